@@ -1,0 +1,3 @@
+from cspt.cli import main
+
+raise SystemExit(main())

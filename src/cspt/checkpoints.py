@@ -1,0 +1,234 @@
+"""Read ViT/MAE checkpoints safely, infer their architecture, and load them with a report.
+
+Formats recognised here: the official MAE layout (``{"model": state_dict}``, with or
+without the decoder), a bare timm/MAE state dict, ``.safetensors`` files, and cspt
+training states. Position embeddings are recomputed (fixed sin-cos) or resampled
+(learned) for another input size, and RGB patch embeddings are adapted to other band
+counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file as load_safetensors
+from timm.layers import resample_abs_pos_embed
+from timm.models._manipulate import adapt_input_conv
+from torch import nn
+
+from cspt.errors import CsptError
+from cspt.models.mae import DECODER_PREFIXES
+from cspt.models.vit import sincos_pos_embed
+
+POS_EMBED_KEYS = ("pos_embed", "decoder_pos_embed")
+
+
+def read_checkpoint(path: str | Path, trust: bool = False) -> Any:
+    """The object stored in a checkpoint file, loaded without running arbitrary code.
+
+    ``argparse.Namespace`` (pickled under ``args`` by the official MAE and CSPT training
+    scripts) is allowed; anything else that needs unpickling code requires ``trust``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CsptError(f"{path}: checkpoint not found")
+    if path.is_dir():
+        raise CsptError(f"{path}: is a folder, not a checkpoint file")
+    if path.stat().st_size == 0:
+        raise CsptError(f"{path}: empty file, not a checkpoint")
+    if path.suffix == ".safetensors":
+        try:
+            return load_safetensors(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CsptError(f"{path}: not a readable safetensors file ({err})") from None
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" in str(err):
+            found = re.search(r"GLOBAL ([\w.]+)", str(err))
+            what = f" ({found.group(1)})" if found else ""
+            raise CsptError(
+                f"{path}: the checkpoint pickles Python objects{what} that need unsafe loading; "
+                "if you trust its source, pass --trust-checkpoint"
+            ) from None
+        raise CsptError(f"{path}: not a PyTorch checkpoint ({_first_line(err)})") from None
+    except Exception as err:  # torch.load raises many types for files that are not checkpoints
+        message = _first_line(err)
+        if "zip archive" in message or "central directory" in message or isinstance(err, EOFError):
+            raise CsptError(f"{path}: truncated or damaged checkpoint ({message})") from None
+        raise CsptError(f"{path}: not a PyTorch checkpoint ({message})") from None
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+@dataclass
+class Checkpoint:
+    """A state dict in MAE/timm names, with what it was detected as."""
+
+    path: Path
+    format: str
+    state_dict: dict[str, torch.Tensor]
+
+    @property
+    def has_decoder(self) -> bool:
+        return any(k.startswith("decoder_") for k in self.state_dict)
+
+
+def load_checkpoint(path: str | Path, trust: bool = False) -> Checkpoint:
+    """Read ``path`` and find the ViT state dict in it."""
+    path = Path(path)
+    obj = read_checkpoint(path, trust)
+    if not isinstance(obj, dict):
+        raise CsptError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+    if obj.get("format") == "cspt-train-state":
+        fmt, state = "cspt training state", obj["model"]
+    elif isinstance(obj.get("model"), dict):
+        fmt, state = "official MAE layout", obj["model"]
+    elif all(isinstance(v, torch.Tensor) for v in obj.values()):
+        fmt, state = "timm/MAE state dict", obj
+    else:
+        raise CsptError(f"{path}: no state dict found (top-level keys: {', '.join(list(obj)[:8])})")
+    state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if "patch_embed.proj.weight" not in state or not any(k.startswith("blocks.") for k in state):
+        sample = ", ".join(list(state)[:4]) or "none"
+        raise CsptError(f"{path}: not a ViT checkpoint (no patch_embed/blocks keys; keys look like {sample})")
+    return Checkpoint(path, fmt, state)
+
+
+def infer_arch(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Architecture fields readable from tensor shapes (heads: width/64, decoder width/32)."""
+    proj = state["patch_embed.proj.weight"]
+    embed_dim, in_chans, patch_size = proj.shape[0], proj.shape[1], proj.shape[2]
+    arch: dict[str, Any] = {
+        "embed_dim": embed_dim,
+        "in_chans": in_chans,
+        "patch_size": patch_size,
+        "depth": _count_blocks(state, "blocks."),
+        "num_heads": max(1, embed_dim // 64),
+    }
+    if "blocks.0.mlp.fc1.weight" in state:
+        arch["mlp_ratio"] = state["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim
+    if "pos_embed" in state:
+        grid = _grid_side(state["pos_embed"])
+        if grid:
+            arch["img_size"] = grid * patch_size
+    if "decoder_embed.weight" in state:
+        decoder_dim = state["decoder_embed.weight"].shape[0]
+        arch["decoder_dim"] = decoder_dim
+        arch["decoder_depth"] = _count_blocks(state, "decoder_blocks.")
+        arch["decoder_num_heads"] = max(1, decoder_dim // 32)
+    return arch
+
+
+def _count_blocks(state: dict[str, torch.Tensor], prefix: str) -> int:
+    ids = {int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)}
+    return max(ids) + 1 if ids else 0
+
+
+def _grid_side(pos_embed: torch.Tensor) -> int | None:
+    """Patches per side of a square position embedding with a cls slot."""
+    tokens = pos_embed.shape[1] - 1
+    side = int(round(tokens**0.5))
+    return side if side * side == tokens else None
+
+
+@dataclass
+class LoadReport:
+    """What a checkpoint load did, for the user to read."""
+
+    source: str
+    format: str
+    loaded: int = 0
+    total: int = 0
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    decoder: str = "none in the model"
+    adapted: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        matched = "all keys matched" if not self.missing and not self.unexpected else "partial load"
+        out = [f"loaded {self.loaded}/{self.total} tensors from {self.source} ({self.format}): {matched}",
+               f"decoder: {self.decoder}"]
+        out += [f"adapted: {note}" for note in self.adapted]
+        if self.missing:
+            out.append(f"missing (initialised): {_short_list(self.missing)}")
+        if self.unexpected:
+            out.append(f"unexpected (ignored): {_short_list(self.unexpected)}")
+        return out
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+
+def _short_list(keys: list[str], limit: int = 8) -> str:
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def load_into_model(model: nn.Module, checkpoint: Checkpoint) -> LoadReport:
+    """Load ``checkpoint`` into ``model``, adapting positions and bands; return the report.
+
+    Shapes that cannot be adapted raise a one-line error naming the file.
+    """
+    own = model.state_dict()
+    state = dict(checkpoint.state_dict)
+    report = LoadReport(str(checkpoint.path), checkpoint.format)
+    for key in POS_EMBED_KEYS:
+        if key in state and key in own and state[key].shape != own[key].shape:
+            state[key] = _adapt_pos_embed(state[key], own[key], key, report)
+    proj = "patch_embed.proj.weight"
+    if proj in state and proj in own and state[proj].shape[1] != own[proj].shape[1]:
+        old = state[proj].shape[1]
+        state[proj] = adapt_input_conv(own[proj].shape[1], state[proj].float(), base_chans=old)
+        report.adapted.append(f"patch embedding from {old} to {own[proj].shape[1]} bands")
+        if "decoder_pred.weight" in state and state["decoder_pred.weight"].shape != own.get(
+                "decoder_pred.weight", state["decoder_pred.weight"]).shape:
+            state.pop("decoder_pred.weight")
+            state.pop("decoder_pred.bias", None)
+            report.adapted.append("decoder_pred re-initialised for the new band count")
+    wrong = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+             for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if wrong:
+        raise CsptError(f"{checkpoint.path}: does not fit the model: {_short_list(wrong, 3)}")
+    result = model.load_state_dict(state, strict=False)
+    report.missing = list(result.missing_keys)
+    report.unexpected = list(result.unexpected_keys)
+    report.total = len(own)
+    report.loaded = len(own) - len(report.missing)
+    model_has_decoder = any(k.startswith(DECODER_PREFIXES) for k in own)
+    if model_has_decoder:
+        missing_decoder = [k for k in report.missing if k.startswith(DECODER_PREFIXES)]
+        if not checkpoint.has_decoder:
+            report.decoder = "not in the checkpoint: initialised from scratch"
+        elif missing_decoder:
+            report.decoder = f"partly loaded ({len(missing_decoder)} decoder tensors initialised)"
+        else:
+            report.decoder = "loaded from the checkpoint"
+    elif checkpoint.has_decoder:
+        report.decoder = "in the checkpoint, not used by this model"
+    return report
+
+
+def _adapt_pos_embed(source: torch.Tensor, target: torch.Tensor, key: str, report: LoadReport) -> torch.Tensor:
+    old_grid, new_grid = _grid_side(source), _grid_side(target)
+    if old_grid is None or new_grid is None:
+        raise CsptError(f"{report.source}: {key} has {source.shape[1]} tokens, not a square grid")
+    for rows_first in (True, False):
+        fixed = sincos_pos_embed(source.shape[-1], old_grid, old_grid, rows_first=rows_first)
+        if torch.allclose(source.float(), fixed, atol=1e-4):
+            report.adapted.append(f"{key}: fixed sin-cos recomputed for a {new_grid}x{new_grid} grid "
+                                  f"(was {old_grid}x{old_grid})")
+            return sincos_pos_embed(source.shape[-1], new_grid, new_grid, rows_first=rows_first)
+    report.adapted.append(f"{key}: resampled bicubically from {old_grid}x{old_grid} to {new_grid}x{new_grid}")
+    return resample_abs_pos_embed(source.float(), [new_grid, new_grid], num_prefix_tokens=1)

@@ -1,0 +1,136 @@
+"""Command-line interface: parses arguments and calls the Python API, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Sequence
+
+from cspt.config import PretrainConfig, build_config
+from cspt.errors import CsptError
+
+log = logging.getLogger("cspt")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
+    """One flag per config field; unset flags stay out of the namespace (YAML then applies)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": f.metadata.get("help")}
+        if hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            base = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+            scalar = typing.get_args(base[0])[0] if typing.get_origin(base[0]) is list else base[0]
+            kwargs["type"] = scalar
+            for key in ("nargs", "choices"):
+                if key in f.metadata:
+                    kwargs[key] = f.metadata[key]
+        parser.add_argument(flag, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cspt", description="Consecutive pretraining of ViTs for remote sensing")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    pre = commands.add_parser("pretrain", help="consecutive MAE pretraining on unlabelled images")
+    pre.add_argument("--config", help="YAML file of options (flags override it)")
+    pre.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
+                     help="continue a run exactly (default: the --output directory)")
+    add_config_flags(pre, PretrainConfig)
+
+    demo = commands.add_parser("demo", help="consecutive pretraining on real NEON aerial scenes (CPU, minutes)")
+    demo.add_argument("--output", default="runs/demo", help="run directory")
+    demo.add_argument("--init", help="source MAE checkpoint (default: the shared natural-image one, if present)")
+
+    stats = commands.add_parser("stats", help="per-band mean/std of images, for the mean/std options")
+    stats.add_argument("data", nargs="+", help="image folders, files or .txt lists")
+    stats.add_argument("--max-images", type=int, default=1000, help="use a seeded sample of this many")
+
+    vis = commands.add_parser("visualize", help="MAE reconstruction grid of a checkpoint on some images")
+    vis.add_argument("--checkpoint", required=True, help="MAE checkpoint (with decoder)")
+    vis.add_argument("--images", required=True, nargs="+", help="image folders, files or .txt lists")
+    vis.add_argument("--output", required=True, help="PNG file to write")
+    vis.add_argument("--count", type=int, default=8, help="images to show")
+    vis.add_argument("--img-size", type=int, help="input size (default: the checkpoint's)")
+    vis.add_argument("--mask-ratio", type=float, default=0.75)
+    vis.add_argument("--mean", type=float, nargs="+", help="per-band mean (default: ImageNet for RGB)")
+    vis.add_argument("--std", type=float, nargs="+", help="per-band std")
+    vis.add_argument("--trust-checkpoint", action="store_true")
+    return parser
+
+
+def run_pretrain(args: argparse.Namespace) -> None:
+    from cspt.tasks.pretrain import pretrain
+
+    reserved = {"command", "debug", "config", "resume"}
+    overrides = {k: v for k, v in vars(args).items() if k not in reserved}
+    if args.resume:
+        if args.config:
+            raise CsptError("--resume continues a run with its saved config; --config cannot change it")
+        resume = args.resume if args.resume is not True else overrides.get("output") or True
+        if resume is True:
+            raise CsptError("--resume needs a run directory (or --output)")
+        run_dir = pretrain(PretrainConfig(), resume=resume, overrides=overrides)
+    else:
+        run_dir = pretrain(build_config(PretrainConfig, args.config, overrides))
+    print(f"run directory: {run_dir}")
+
+
+def run_stats(args: argparse.Namespace) -> None:
+    from cspt.data.files import find_images
+    from cspt.data.stats import band_statistics
+
+    result = band_statistics(find_images(args.data), args.max_images)
+    for message in result.skipped:
+        log.warning("skipped: %s", message)
+    print(f"# {result.images} images, {len(result.mean)} bands, 0-1 scale")
+    print(f"mean: [{', '.join(f'{v:.6f}' for v in result.mean)}]")
+    print(f"std: [{', '.join(f'{v:.6f}' for v in result.std)}]")
+
+
+def run_visualize(args: argparse.Namespace) -> None:
+    from cspt.tasks.visualize import visualize_checkpoint
+
+    path = visualize_checkpoint(args.checkpoint, args.images, args.output, count=args.count,
+                                img_size=args.img_size, mask_ratio=args.mask_ratio, mean=args.mean,
+                                std=args.std, trust=args.trust_checkpoint)
+    print(f"wrote {path}")
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    from cspt.demo import run_demo as demo
+
+    print(f"run directory: {demo(args.output, args.init)}")
+
+
+COMMANDS = {"demo": run_demo, "pretrain": run_pretrain, "stats": run_stats, "visualize": run_visualize}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        COMMANDS[args.command](args)
+    except CsptError as err:
+        if args.debug:
+            raise
+        print(f"cspt: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cspt: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

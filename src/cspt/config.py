@@ -1,0 +1,157 @@
+"""Dataclass configs: defaults, YAML files and command-line overrides, in that order.
+
+Every field is also a command-line flag (``batch_size`` -> ``--batch-size``) and a YAML
+key of the same (underscored) name. Fields whose default is ``None`` mean "decide
+later" (from a preset, from the ``--init`` checkpoint, or from the machine).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from cspt.errors import CsptError
+
+C = TypeVar("C", bound="TrainConfig")
+
+
+def option(default: Any, help: str, **kwargs: Any) -> Any:
+    """A config field with the help text its command-line flag shows."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kwargs})
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass
+class TrainConfig:
+    """What the training engine needs, whatever the task."""
+
+    output: str | None = option(None, "run directory (checkpoints, logs, exports)")
+    epochs: int = option(100, "number of epochs")
+    batch_size: int = option(64, "images per device per step (before accumulation)")
+    accum_iter: int = option(1, "gradient accumulation steps per optimizer step")
+    blr: float = option(1.5e-4, "base learning rate: lr = blr * effective_batch / 256")
+    lr: float | None = option(None, "absolute learning rate (overrides --blr)")
+    min_lr: float = option(0.0, "learning rate at the end of the cosine schedule")
+    warmup_epochs: float = option(5.0, "epochs of linear warmup")
+    weight_decay: float = option(0.05, "AdamW weight decay (not on norms, biases, tokens, positions)")
+    betas: list[float] = option([0.9, 0.95], "AdamW betas", nargs=2)
+    clip_grad: float | None = option(None, "clip the gradient norm to this value")
+    precision: str = option("auto", "fp32, bf16 or fp16 (auto: bf16 on GPU, fp32 on CPU)",
+                            choices=["auto", "fp32", "bf16", "fp16"])
+    device: str = option("auto", "cpu, cuda or auto", choices=["auto", "cpu", "cuda"])
+    num_workers: int | None = option(None, "data loader workers per process (default: by CPU count)")
+    seed: int = option(0, "random seed; a CPU run with the same seed is repeated bit for bit")
+    checkpoint_every: int = option(500, "also checkpoint every N optimizer steps (0: epoch ends only)")
+    keep_checkpoints: int = option(3, "step-numbered checkpoints to keep (last.pt is always kept)")
+    log_every: int = option(10, "write log.jsonl every N optimizer steps")
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    """Consecutive MAE pretraining: model, data and schedule."""
+
+    data: list[str] = option([], "image folders (searched recursively), image files or text file lists",
+                             nargs="+")
+    init: str | None = option(None, "start from these weights (fresh optimizer and schedule)")
+    trust_checkpoint: bool = option(False, "allow --init checkpoints that need unsafe unpickling")
+    model: str | None = option(None, "size preset: vit_tiny, vit_small, vit_base, vit_large, vit_huge")
+    embed_dim: int | None = option(None, "encoder width")
+    depth: int | None = option(None, "encoder blocks")
+    num_heads: int | None = option(None, "encoder attention heads")
+    mlp_ratio: float | None = option(None, "MLP hidden width / width")
+    patch_size: int | None = option(None, "patch size in pixels")
+    img_size: int | None = option(None, "input size in pixels")
+    in_chans: int | None = option(None, "input bands")
+    decoder_dim: int | None = option(None, "decoder width (default 512)")
+    decoder_depth: int | None = option(None, "decoder blocks (default 8)")
+    decoder_num_heads: int | None = option(None, "decoder attention heads (default width/32)")
+    mask_ratio: float = option(0.75, "fraction of patches masked")
+    norm_pix_loss: bool = option(True, "regress per-patch normalised pixels")
+    mean: list[float] | None = option(None, "per-band mean on the 0-1 scale (default: ImageNet for 3 bands)",
+                                      nargs="+")
+    std: list[float] | None = option(None, "per-band std on the 0-1 scale", nargs="+")
+    min_scale: float = option(0.2, "RandomResizedCrop minimum area fraction")
+    tile_size: int | None = option(None, "images larger than twice this are sampled as random "
+                                   "tiles of this size (default: 4 x img_size)")
+    vis_every: int = option(10, "write a reconstruction grid every N epochs (0: never)")
+
+
+def config_fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
+    """Check a YAML or CLI value against the field's type, converting ints to floats etc."""
+    args = typing.get_args(hint)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise CsptError(f"{source}: '{name}' cannot be empty")
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner[0], source)
+    if typing.get_origin(hint) is list:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return [_coerce(name, v, args[0], source) for v in items]
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint is bool and isinstance(value, bool) or hint is int and isinstance(value, int) \
+            and not isinstance(value, bool) or hint is str and isinstance(value, str):
+        return value
+    raise CsptError(f"{source}: '{name}' should be {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def build_config(cls: type[C], yaml_path: str | Path | None = None,
+                 overrides: dict[str, Any] | None = None) -> C:
+    """Defaults, then the YAML file, then ``overrides`` (e.g. the command-line flags)."""
+    values: dict[str, Any] = {}
+    if yaml_path is not None:
+        values.update(read_yaml(yaml_path))
+    values.update(overrides or {})
+    return make_config(cls, values, str(yaml_path or "command line"))
+
+
+def make_config(cls: type[C], values: dict[str, Any], source: str) -> C:
+    """A config from a dict, checking every key and value; errors name ``source``."""
+    hints = typing.get_type_hints(cls)
+    known = config_fields(cls)
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise CsptError(f"{source}: unknown key(s) {', '.join(unknown)}")
+    return cls(**{k: _coerce(k, v, hints[k], source) for k, v in values.items()})
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from a file, with one-line errors naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CsptError(f"{path}: config file not found")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise CsptError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise CsptError(f"{path}: expected a mapping of option: value")
+    return values
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))

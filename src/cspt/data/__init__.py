@@ -1,0 +1,1 @@
+"""Reading imagery and the datasets built on it."""

@@ -1,0 +1,58 @@
+"""Find image files in folders (recursively), single files or text file lists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cspt.data.images import IMAGE_SUFFIXES
+from cspt.errors import CsptError
+
+LIST_SUFFIXES = {".txt", ".lst", ".list"}
+
+
+def find_images(sources: list[str | Path]) -> list[Path]:
+    """All image files named by ``sources``, sorted within each source.
+
+    A source is a folder (searched recursively), an image file, or a text file with
+    one image path per line (relative paths are relative to the list's folder).
+    """
+    if not sources:
+        raise CsptError("no data given: pass one or more image folders or file lists")
+    files: list[Path] = []
+    for source in map(Path, sources):
+        if source.is_dir():
+            found = sorted(
+                p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            )
+            if not found:
+                raise CsptError(f"{source}: folder contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            files += found
+        elif source.is_file() and source.suffix.lower() in LIST_SUFFIXES:
+            files += read_file_list(source)
+        elif source.is_file() and source.suffix.lower() in IMAGE_SUFFIXES:
+            files.append(source)
+        elif source.exists():
+            raise CsptError(f"{source}: not a folder, an image or a .txt list of images")
+        else:
+            raise CsptError(f"{source}: no such file or folder")
+    return files
+
+
+def read_file_list(path: Path) -> list[Path]:
+    """Image paths from a text file, one per line; blank lines and ``#`` comments skipped."""
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise CsptError(f"{path}: file list is not text") from None
+    files = []
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        file = Path(line) if Path(line).is_absolute() else path.parent / line
+        if not file.is_file():
+            raise CsptError(f"{path}:{number}: no such image {line}")
+        files.append(file)
+    if not files:
+        raise CsptError(f"{path}: file list names no images")
+    return files

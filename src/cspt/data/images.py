@@ -1,0 +1,165 @@
+"""Read any remote-sensing image: JPEG/PNG/TIFF/GeoTIFF, 8/16-bit or float, 1..N bands.
+
+Pixels come back as ``float32`` arrays of shape ``(H, W, bands)`` on a 0-1 scale
+(integer types divided by their maximum). Reading a window of a large TIFF touches only
+that window when rasterio is installed (or the file is an uncompressed TIFF).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image, UnidentifiedImageError
+
+from cspt.errors import CsptError
+
+Image.MAX_IMAGE_PIXELS = None  # remote-sensing scenes are legitimately huge
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
+TIFF_SUFFIXES = {".tif", ".tiff"}
+
+try:  # optional: windowed GeoTIFF reads
+    import rasterio
+    from rasterio.windows import Window
+except ImportError:  # pragma: no cover - depends on the environment
+    rasterio = None
+
+
+class ImageReadError(CsptError):
+    """An image that cannot be read; datasets skip and count these."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    height: int
+    width: int
+    bands: int
+
+
+#: (top, left, height, width) in pixels
+WindowBox = tuple[int, int, int, int]
+
+
+def image_info(path: str | Path) -> ImageInfo:
+    """Size and band count from the file header, without decoding the pixels."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            if rasterio is not None:
+                with rasterio.open(path) as src:
+                    return ImageInfo(src.height, src.width, src.count)
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                return _tiff_info(series.shape, series.axes)
+        with Image.open(path) as img:
+            return ImageInfo(img.height, img.width, _pil_bands(img))
+    except Exception as err:  # any library's complaint means "unreadable"
+        raise ImageReadError(f"{path}: cannot read image header ({_reason(err)})") from None
+
+
+def read_image(path: str | Path, window: WindowBox | None = None) -> np.ndarray:
+    """Pixels ``(H, W, bands)`` as float32 on a 0-1 scale, optionally only a window."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            array = _read_tiff(path, window)
+        else:
+            array = _read_pil(path, window)
+    except ImageReadError:
+        raise
+    except Exception as err:
+        raise ImageReadError(f"{path}: cannot decode image ({_reason(err)})") from None
+    return to_unit_float(array, path)
+
+
+def to_unit_float(array: np.ndarray, path: Path) -> np.ndarray:
+    """Integer pixels divided by their type's maximum; floats as they are."""
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.dtype == np.bool_:
+        return array.astype(np.float32)
+    if np.issubdtype(array.dtype, np.integer):
+        return array.astype(np.float32) / np.float32(np.iinfo(array.dtype).max)
+    if np.issubdtype(array.dtype, np.floating):
+        return np.ascontiguousarray(array, dtype=np.float32)
+    raise ImageReadError(f"{path}: unsupported pixel type {array.dtype}")
+
+
+def _reason(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _pil_bands(img: Image.Image) -> int:
+    if img.mode in ("RGBA", "LA", "PA"):
+        return len(img.getbands()) - 1  # alpha is not a spectral band
+    if img.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV"):
+        return 3
+    return len(img.getbands())
+
+
+def _read_pil(path: Path, window: WindowBox | None) -> np.ndarray:
+    if window is None:
+        return _decode_pil(path)
+    top, left, height, width = window
+    # formats without random access decode whole: keep the last few scenes decoded
+    return _decode_pil_cached(path)[top : top + height, left : left + width]
+
+
+@functools.lru_cache(maxsize=2)
+def _decode_pil_cached(path: Path) -> np.ndarray:
+    return _decode_pil(path)
+
+
+def _decode_pil(path: Path) -> np.ndarray:
+    try:
+        img = Image.open(path)
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{path}: not an image file") from None
+    with img:
+        if img.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV", "RGBA", "PA"):
+            img = img.convert("RGB")
+        elif img.mode == "LA":
+            img = img.convert("L")
+        return np.asarray(img)
+
+
+def _tiff_info(shape: tuple[int, ...], axes: str) -> ImageInfo:
+    array_like = np.empty(shape, dtype=np.uint8)
+    hwc = _tiff_to_hwc(array_like, axes)
+    return ImageInfo(*hwc.shape)
+
+
+def _tiff_to_hwc(array: np.ndarray, axes: str) -> np.ndarray:
+    """Reorder a tifffile array with ``axes`` (e.g. YXS, SYX, CYX, QYX) to ``(H, W, bands)``."""
+    if array.ndim == 2:
+        return array[:, :, None]
+    y, x = axes.index("Y"), axes.index("X")
+    band_axes = [i for i in range(array.ndim) if i not in (y, x)]
+    array = np.moveaxis(array, [y, x], [0, 1])
+    return array.reshape(array.shape[0], array.shape[1], -1) if band_axes else array[:, :, None]
+
+
+def _read_tiff(path: Path, window: WindowBox | None) -> np.ndarray:
+    if rasterio is not None:
+        with rasterio.open(path) as src:
+            win = None if window is None else Window(window[1], window[0], window[3], window[2])
+            return np.moveaxis(src.read(window=win), 0, -1)
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        axes = series.axes
+        try:
+            array = tifffile.memmap(path, mode="r") if window is not None else None
+        except ValueError:  # compressed or not contiguous: decode it all
+            array = None
+        if array is None:
+            array = series.asarray()
+    hwc = _tiff_to_hwc(array, axes)
+    if window is not None:
+        top, left, height, width = window
+        hwc = hwc[top : top + height, left : left + width]
+    return np.array(hwc)

@@ -1,0 +1,174 @@
+"""Unlabelled images for MAE pretraining, with per-sample seeds for exact resumption.
+
+Every sample's randomness (scene window, crop, flip and the MAE mask noise) comes from
+a seed the sampler hands over with its index, so a batch is the same whatever the
+number of workers or processes, and a resumed run sees exactly the data it would have.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from torch.utils.data import Dataset
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import RandomResizedCrop
+
+from cspt.data.images import ImageInfo, ImageReadError, WindowBox, image_info, read_image
+from cspt.errors import CsptError
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_REPLACEMENTS = 20
+
+
+def default_normalisation(bands: int) -> tuple[list[float], list[float]]:
+    """ImageNet statistics for RGB; a neutral 0.5 / 0.25 per band otherwise."""
+    if bands == 3:
+        return list(IMAGENET_MEAN), list(IMAGENET_STD)
+    return [0.5] * bands, [0.25] * bands
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One sample: a whole image, or a random tile of a large scene."""
+
+    path: Path
+    info: ImageInfo
+    tiled: bool
+
+
+@dataclass
+class ScanResult:
+    entries: list[Entry]
+    unreadable: list[str]  #: "path: reason" for files whose header could not be read
+
+
+def scan_images(files: Sequence[Path], tile_size: int, threads: int = 8) -> ScanResult:
+    """Read every header; scenes larger than twice ``tile_size`` give one entry per tile."""
+
+    def probe(path: Path) -> ImageInfo | str:
+        try:
+            return image_info(path)
+        except ImageReadError as err:
+            return str(err)
+
+    with ThreadPoolExecutor(threads) as pool:
+        infos = list(pool.map(probe, files))
+    entries, unreadable = [], []
+    for path, info in zip(files, infos):
+        if isinstance(info, str):
+            unreadable.append(info)
+            continue
+        if max(info.height, info.width) > 2 * tile_size:
+            count = max(1, info.height // tile_size) * max(1, info.width // tile_size)
+            entries += [Entry(path, info, True)] * count
+        else:
+            entries.append(Entry(path, info, False))
+    return ScanResult(entries, unreadable)
+
+
+class UnlabelledImages(Dataset):
+    """MAE training samples: RandomResizedCrop + horizontal flip, normalised, plus mask noise.
+
+    ``dataset[(index, seed)]`` returns ``{"image", "noise", "skipped"}``; ``skipped``
+    lists the unreadable files replaced by another (seeded) sample.
+    """
+
+    def __init__(self, entries: Sequence[Entry], img_size: int, patch_size: int, in_chans: int,
+                 mean: Sequence[float], std: Sequence[float], tile_size: int,
+                 min_scale: float = 0.2):
+        if not entries:
+            raise CsptError("no readable images in the data given")
+        if len(mean) != in_chans or len(std) != in_chans:
+            raise CsptError(f"mean/std have {len(mean)}/{len(std)} values for {in_chans} bands")
+        self.entries = list(entries)
+        self.img_size = img_size
+        self.num_patches = (img_size // patch_size) ** 2
+        self.in_chans = in_chans
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.tile_size = tile_size
+        self.min_scale = min_scale
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, item: tuple[int, int]) -> dict:
+        index, seed = item
+        generator = torch.Generator().manual_seed(seed)
+        skipped = []
+        for _ in range(MAX_REPLACEMENTS):
+            try:
+                image = self.load(self.entries[index], generator)
+                break
+            except ImageReadError as err:
+                skipped.append(str(err))
+                index = int(torch.randint(len(self.entries), (1,), generator=generator))
+        else:
+            raise CsptError(f"{MAX_REPLACEMENTS} unreadable images in a row; last: {skipped[-1]}")
+        image, noise = self.augment(image, generator)
+        return {"image": image, "noise": noise, "skipped": skipped}
+
+    def load(self, entry: Entry, generator: torch.Generator) -> torch.Tensor:
+        """The image (or a random tile of it) as a ``(bands, H, W)`` tensor on the 0-1 scale."""
+        window = self.random_window(entry.info, generator) if entry.tiled else None
+        pixels = torch.from_numpy(read_image(entry.path, window)).permute(2, 0, 1)
+        bands = pixels.shape[0]
+        if bands == self.in_chans:
+            return pixels
+        if bands == 1:
+            return pixels.expand(self.in_chans, -1, -1)
+        raise ImageReadError(f"{entry.path}: has {bands} bands, the model expects {self.in_chans}")
+
+    def random_window(self, info: ImageInfo, generator: torch.Generator) -> WindowBox:
+        height, width = min(self.tile_size, info.height), min(self.tile_size, info.width)
+        top = int(torch.randint(info.height - height + 1, (1,), generator=generator))
+        left = int(torch.randint(info.width - width + 1, (1,), generator=generator))
+        return top, left, height, width
+
+    def augment(self, image: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+            top, left, h, w = RandomResizedCrop.get_params(image, (self.min_scale, 1.0), (3 / 4, 4 / 3))
+        image = TF.resized_crop(image, top, left, h, w, [self.img_size, self.img_size],
+                                interpolation=InterpolationMode.BICUBIC, antialias=True)
+        if torch.rand(1, generator=generator) < 0.5:
+            image = image.flip(-1)
+        noise = torch.rand(self.num_patches, generator=generator)
+        return (image - self.mean) / self.std, noise
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack images and noise; gather the skipped-file messages of the whole batch."""
+    return {
+        "image": torch.stack([s["image"] for s in samples]),
+        "noise": torch.stack([s["noise"] for s in samples]),
+        "skipped": [msg for s in samples for msg in s["skipped"]],
+    }
+
+
+def evaluation_images(dataset: UnlabelledImages, count: int) -> torch.Tensor:
+    """``count`` readable images spread over the dataset, resized and centre-cropped, normalised."""
+    images = []
+    step = max(1, len(dataset) // max(1, count))
+    for index in range(0, len(dataset), step):
+        entry = dataset.entries[index]
+        generator = torch.Generator().manual_seed(index)
+        try:
+            pixels = dataset.load(entry, generator)
+        except ImageReadError:
+            continue
+        pixels = TF.center_crop(TF.resize(pixels, [dataset.img_size], antialias=True,
+                                          interpolation=InterpolationMode.BICUBIC), [dataset.img_size] * 2)
+        images.append((pixels - dataset.mean) / dataset.std)
+        if len(images) == count:
+            break
+    return torch.stack(images)

@@ -1,0 +1,68 @@
+"""Run directories: where a run's config lives, and whether starting it means resuming it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from cspt.config import TrainConfig, config_to_dict, make_config, read_yaml
+from cspt.engine.checkpointing import CheckpointManager
+from cspt.errors import CsptError
+
+C = TypeVar("C", bound=TrainConfig)
+
+#: settings that may change when a run is continued
+RESUMABLE_KEYS = {"epochs", "num_workers", "device", "checkpoint_every", "keep_checkpoints",
+                  "log_every", "vis_every", "output", "precision"}
+CONFIG_NAME = "config.yaml"
+
+
+def run_dir_of(resume: str | Path) -> Path:
+    """The run directory named by ``--resume``: the folder itself, or a checkpoint's run."""
+    path = Path(resume)
+    if path.is_dir():
+        return path
+    if not path.exists():
+        raise CsptError(f"{path}: no such run directory or checkpoint to resume")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # unreadable or needs unpickling code: certainly not a cspt training state
+        state = None
+    if not isinstance(state, dict) or state.get("format") != "cspt-train-state":
+        raise CsptError(f"{path}: a weights-only checkpoint cannot be resumed (no optimizer state, "
+                        "schedule or data position); to start from its weights use --init")
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    return bool(CheckpointManager(run_dir / "checkpoints", 0).candidates())
+
+
+def config_for_resume(cls: type[C], run_dir: Path, overrides: dict[str, Any]) -> C:
+    """The saved config of ``run_dir`` with the changes a continued run may make."""
+    saved_path = run_dir / CONFIG_NAME
+    if not saved_path.is_file() or not has_checkpoint(run_dir):
+        raise CsptError(f"{run_dir}: no checkpoint to resume from (needs {CONFIG_NAME} and checkpoints/)")
+    saved = read_yaml(saved_path)
+    config = make_config(cls, {**saved, **overrides, "output": str(run_dir)}, str(saved_path))
+    check_same_run(saved, config, run_dir)
+    return config
+
+
+def check_same_run(saved: dict[str, Any], config: TrainConfig, run_dir: Path) -> None:
+    """Refuse to continue a run under settings that would make it a different run."""
+    new = config_to_dict(config)
+    changed = sorted(k for k in set(saved) | set(new)
+                     if k not in RESUMABLE_KEYS and saved.get(k) != new.get(k))
+    if changed:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in changed[:4])
+        raise CsptError(f"{run_dir}: holds a run with other settings ({detail}); "
+                        "use a new --output, or continue it with --resume and the same settings")
+
+
+def saved_config(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / CONFIG_NAME
+    return read_yaml(path) if path.is_file() else None
+

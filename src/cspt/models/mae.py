@@ -1,0 +1,194 @@
+"""Masked autoencoder (He et al., 2022) on a timm ViT encoder.
+
+The model *is* the encoder (it subclasses timm's ``VisionTransformer``) plus the MAE
+decoder, so its state dict uses the official MAE names: ``cls_token``, ``pos_embed``,
+``patch_embed.proj``, ``blocks.N``, ``norm``, ``mask_token``, ``decoder_embed``,
+``decoder_pos_embed``, ``decoder_blocks.N``, ``decoder_norm``, ``decoder_pred``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import torch
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import nn
+
+from cspt.errors import CsptError
+from cspt.models.vit import ArchConfig, set_sincos_pos_embed
+
+DECODER_PREFIXES = ("mask_token", "decoder_")
+
+
+class Reconstruction(NamedTuple):
+    """Images in the model's input space (normalised), all ``(B, C, H, W)``."""
+
+    masked: torch.Tensor  #: input with the masked patches set to zero
+    reconstruction: torch.Tensor  #: the decoder's prediction of every patch
+    pasted: torch.Tensor  #: the reconstruction with the visible patches of the input pasted back
+    mask: torch.Tensor  #: ``(B, L)``, 1 where a patch was masked
+
+
+class MaskedAutoencoderViT(VisionTransformer):
+    """MAE: encode the visible patches, decode all patches, regress the masked pixels."""
+
+    def __init__(self, arch: ArchConfig, mask_ratio: float = 0.75, norm_pix_loss: bool = True):
+        super().__init__(
+            img_size=arch.img_size,
+            patch_size=arch.patch_size,
+            in_chans=arch.in_chans,
+            embed_dim=arch.embed_dim,
+            depth=arch.depth,
+            num_heads=arch.num_heads,
+            mlp_ratio=arch.mlp_ratio,
+            qkv_bias=True,
+            num_classes=0,
+            global_pool="token",
+        )
+        if not 0.0 <= mask_ratio < 1.0:
+            raise CsptError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        self.arch = arch
+        self.mask_ratio = mask_ratio
+        self.norm_pix_loss = norm_pix_loss
+        num_patches = arch.grid_size**2
+        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, arch.decoder_dim))
+        self.decoder_embed = nn.Linear(arch.embed_dim, arch.decoder_dim)
+        self.decoder_pos_embed = nn.Parameter(
+            torch.zeros(1, num_patches + 1, arch.decoder_dim), requires_grad=False
+        )
+        self.decoder_blocks = nn.Sequential(
+            *[
+                Block(arch.decoder_dim, arch.decoder_num_heads, arch.mlp_ratio, qkv_bias=True,
+                      norm_layer=norm_layer)
+                for _ in range(arch.decoder_depth)
+            ]
+        )
+        self.decoder_norm = norm_layer(arch.decoder_dim)
+        self.decoder_pred = nn.Linear(
+            arch.decoder_dim, arch.patch_size**2 * arch.in_chans, bias=True
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """MAE initialisation: sin-cos positions, xavier linears, small random tokens."""
+        set_sincos_pos_embed(self.pos_embed, self.arch.grid_size)
+        set_sincos_pos_embed(self.decoder_pos_embed, self.arch.grid_size)
+        proj = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(proj.view(proj.shape[0], -1))
+        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.normal_(self.mask_token, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
+        """The encoder's weights under plain timm ViT names (no decoder, no mask token)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(DECODER_PREFIXES)}
+
+    # -- patches -------------------------------------------------------------------------
+    def patchify(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` -> ``(B, L, p*p*C)``, pixels of a patch in (row, col, band) order."""
+        p = self.arch.patch_size
+        b, c, h, w = images.shape
+        x = images.reshape(b, c, h // p, p, w // p, p)
+        return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p * c)
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`patchify` for a square grid."""
+        p, c = self.arch.patch_size, self.arch.in_chans
+        b, length, _ = patches.shape
+        g = int(length**0.5)
+        x = patches.reshape(b, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4)
+        return x.reshape(b, c, g * p, g * p)
+
+    # -- forward -------------------------------------------------------------------------
+    def random_masking(
+        self, num_patches: int, batch: int, mask_ratio: float, noise: torch.Tensor | None,
+        device: torch.device,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-sample random masking by sorting noise.
+
+        Returns the indices of the kept patches ``(B, n_keep)``, the permutation that
+        restores patch order ``(B, L)`` and the binary mask ``(B, L)`` (1 = masked).
+        """
+        if noise is None:
+            noise = torch.rand(batch, num_patches, device=device)
+        n_keep = int(num_patches * (1 - mask_ratio))
+        ids_shuffle = noise.argsort(dim=1)
+        ids_restore = ids_shuffle.argsort(dim=1)
+        mask = (ids_restore >= n_keep).float()
+        return ids_shuffle[:, :n_keep], ids_restore, mask
+
+    def forward_encoder(
+        self, images: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode the visible patches; returns tokens (cls first), mask and restore ids."""
+        x = self.patch_embed(images) + self.pos_embed[:, 1:]
+        b, length, dim = x.shape
+        ids_keep, ids_restore, mask = self.random_masking(length, b, mask_ratio, noise, x.device)
+        x = x.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, dim))
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(b, -1, -1)
+        x = self.norm(self.blocks(torch.cat([cls, x], dim=1)))
+        return x, mask, ids_restore
+
+    def forward_decoder(self, tokens: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """Predict the pixels of every patch, ``(B, L, p*p*C)``."""
+        x = self.decoder_embed(tokens)
+        b, n_tokens, dim = x.shape
+        length = ids_restore.shape[1]
+        mask_tokens = self.mask_token.expand(b, length + 1 - n_tokens, -1)
+        patches = torch.cat([x[:, 1:], mask_tokens], dim=1)
+        patches = patches.gather(1, ids_restore.unsqueeze(-1).expand(-1, -1, dim))
+        x = torch.cat([x[:, :1], patches], dim=1) + self.decoder_pos_embed
+        x = self.decoder_pred(self.decoder_norm(self.decoder_blocks(x)))
+        return x[:, 1:]
+
+    def patch_statistics(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Patchified images with each patch's mean and std (as used by ``norm_pix_loss``)."""
+        target = self.patchify(images)
+        mean = target.mean(dim=-1, keepdim=True)
+        std = (target.var(dim=-1, keepdim=True) + 1e-6).sqrt()
+        return target, mean, std
+
+    def forward_loss(self, images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean squared error over the masked patches."""
+        target, mean, std = self.patch_statistics(images)
+        if self.norm_pix_loss:
+            target = (target - mean) / std
+        per_patch = (pred.float() - target.float()).pow(2).mean(dim=-1)
+        return (per_patch * mask).sum() / mask.sum().clamp(min=1)
+
+    def forward(
+        self, images: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns ``(loss, pred, mask)``; ``noise`` ``(B, L)`` fixes the masks when given."""
+        ratio = self.mask_ratio if mask_ratio is None else mask_ratio
+        tokens, mask, ids_restore = self.forward_encoder(images, ratio, noise)
+        pred = self.forward_decoder(tokens, ids_restore)
+        return self.forward_loss(images, pred, mask), pred, mask
+
+    @torch.no_grad()
+    def reconstruct(
+        self, images: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None
+    ) -> Reconstruction:
+        """Masked input and reconstruction in pixel space (``norm_pix_loss`` undone per patch)."""
+        _, pred, mask = self(images, mask_ratio, noise)
+        _, mean, std = self.patch_statistics(images)
+        if self.norm_pix_loss:
+            pred = pred * std + mean
+        visible = (1 - mask).unsqueeze(-1)
+        patches = self.patchify(images)
+        return Reconstruction(
+            masked=self.unpatchify(patches * visible),
+            reconstruction=self.unpatchify(pred),
+            pasted=self.unpatchify(patches * visible + pred * (1 - visible)),
+            mask=mask,
+        )

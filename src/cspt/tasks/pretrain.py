@@ -1,0 +1,170 @@
+"""Consecutive MAE pretraining: resolve the config, build model and data, train, export.
+
+``pretrain(config)`` is the whole stage as one call; the CLI only builds the config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from cspt.checkpoints import Checkpoint, infer_arch, load_checkpoint, load_into_model
+from cspt.config import PretrainConfig, save_config
+from cspt.data.files import find_images
+from cspt.data.unlabelled import (UnlabelledImages, collate, default_normalisation, evaluation_images,
+                                  scan_images)
+from cspt.engine.checkpointing import atomic_write
+from cspt.engine.distributed import setup_distributed, shutdown_distributed
+from cspt.engine.run_dir import check_same_run, config_for_resume, has_checkpoint, run_dir_of, saved_config
+from cspt.engine.trainer import Trainer
+from cspt.errors import CsptError
+from cspt.models.mae import MaskedAutoencoderViT
+from cspt.models.vit import ArchConfig, resolve_arch
+from cspt.visualize import reconstruction_grid, save_grid
+
+log = logging.getLogger("cspt")
+
+ARCH_KEYS = [f.name for f in dataclasses.fields(ArchConfig)]
+VIS_IMAGES = 8
+
+
+def resolve_config(config: PretrainConfig) -> PretrainConfig:
+    """Fill every "decide later" field: architecture (flags > preset > --init shapes), mean/std, tiles."""
+    inferred = {}
+    if config.init:
+        inferred = infer_arch(load_checkpoint(config.init, config.trust_checkpoint).state_dict)
+    explicit = {k: getattr(config, k) for k in ARCH_KEYS}
+    arch = resolve_arch(explicit, config.model, inferred)
+    mean, std = default_normalisation(arch.in_chans)
+    return dataclasses.replace(
+        config,
+        **arch.to_dict(),
+        mean=config.mean if config.mean is not None else mean,
+        std=config.std if config.std is not None else std,
+        tile_size=config.tile_size or 4 * arch.img_size,
+    )
+
+
+def arch_of(config: PretrainConfig) -> ArchConfig:
+    return ArchConfig.from_dict(dataclasses.asdict(config))
+
+
+class PretrainTask:
+    """MAE on unlabelled images, for the :class:`~cspt.engine.Trainer`."""
+
+    def __init__(self, config: PretrainConfig):
+        self.config = config
+        self.arch = arch_of(config)
+        self.dataset: UnlabelledImages | None = None
+        self.init_report: list[str] = []
+
+    def build_model(self, load_init: bool) -> nn.Module:
+        model = MaskedAutoencoderViT(self.arch, self.config.mask_ratio, self.config.norm_pix_loss)
+        if load_init and self.config.init:
+            report = load_into_model(model, load_checkpoint(self.config.init, self.config.trust_checkpoint))
+            self.init_report = report.lines()
+            for line in self.init_report:
+                log.info("init: %s", line)
+        return model
+
+    def train_data(self) -> tuple[UnlabelledImages, Any]:
+        cfg = self.config
+        files = find_images(cfg.data)
+        scan = scan_images(files, cfg.tile_size)
+        for message in scan.unreadable:
+            log.warning("skipped unreadable image: %s", message)
+        log.info("data: %d files, %d samples per epoch%s", len(files), len(scan.entries),
+                 f", {len(scan.unreadable)} unreadable files skipped" if scan.unreadable else "")
+        self.dataset = UnlabelledImages(scan.entries, cfg.img_size, cfg.patch_size, cfg.in_chans,
+                                        cfg.mean, cfg.std, cfg.tile_size, cfg.min_scale)
+        self.files, self.unreadable = files, scan.unreadable
+        return self.dataset, collate
+
+    def training_step(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+        images = batch["image"].to(device, non_blocking=True)
+        noise = batch["noise"].to(device, non_blocking=True)
+        loss, _, _ = model(images, noise=noise)
+        return loss
+
+    def _write_reconstructions(self, model: MaskedAutoencoderViT, name: str, run_dir: Path) -> None:
+        images = evaluation_images(self.dataset, VIS_IMAGES)
+        noise = torch.rand(len(images), self.dataset.num_patches, generator=torch.Generator().manual_seed(0))
+        device = next(model.parameters()).device
+        grid = reconstruction_grid(model, images.to(device), self.config.mean, self.config.std, noise.to(device))
+        save_grid(grid, run_dir / "reconstructions" / f"{name}.png")
+
+    def on_fit_start(self, model: nn.Module, run_dir: Path) -> None:
+        if self.config.vis_every:
+            self._write_reconstructions(model, "epoch_0000", run_dir)
+
+    def on_epoch_end(self, model: nn.Module, epoch: int, run_dir: Path) -> None:
+        cfg = self.config
+        if cfg.vis_every and ((epoch + 1) % cfg.vis_every == 0 or epoch + 1 == cfg.epochs):
+            self._write_reconstructions(model, f"epoch_{epoch + 1:04d}", run_dir)
+
+    def on_fit_end(self, model: nn.Module, run_dir: Path) -> None:
+        export_encoder(model, self.config, run_dir, images=len(self.files))
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def export_encoder(model: MaskedAutoencoderViT, config: PretrainConfig, run_dir: Path, images: int) -> Path:
+    """Write ``encoder.safetensors`` (timm ViT names) and ``encoder.json`` (config and lineage)."""
+    arch = arch_of(config)
+    lineage = {
+        "stage": "consecutive MAE pretraining",
+        "init": None if not config.init else {"path": str(config.init), "sha256": sha256_of(config.init)},
+        "data": list(config.data),
+        "images": images,
+        "epochs": config.epochs,
+    }
+    info = {"architecture": arch.to_dict(), "mean": config.mean, "std": config.std, "lineage": [lineage]}
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.encoder_state_dict().items()}
+    target = run_dir / "encoder.safetensors"
+    atomic_write(target, lambda tmp: save_file(weights, str(tmp), metadata={"cspt": json.dumps(info)}))
+    (run_dir / "encoder.json").write_text(json.dumps(info, indent=2) + "\n")
+    log.info("exported the encoder to %s", target)
+    return target
+
+
+def pretrain(config: PretrainConfig, resume: str | Path | bool | None = None,
+             overrides: dict[str, Any] | None = None) -> Path:
+    """Run (or continue) consecutive pretraining; returns the run directory.
+
+    ``resume``: a run directory or training checkpoint to continue (``True``: the
+    config's output). Without it, a run directory that already holds checkpoints of
+    the same settings is continued automatically.
+    """
+    if resume:
+        run_dir = run_dir_of(config.output if resume is True else resume)
+        config = config_for_resume(PretrainConfig, run_dir, overrides or {})
+    else:
+        if not config.output:
+            raise CsptError("no --output run directory given")
+        run_dir = Path(config.output)
+        config = resolve_config(config)
+        if has_checkpoint(run_dir):
+            check_same_run(saved_config(run_dir) or {}, config, run_dir)
+    dist = setup_distributed(config.device)
+    try:
+        if dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, run_dir / "config.yaml")
+        Trainer(config, run_dir, dist).fit(PretrainTask(config))
+    finally:
+        shutdown_distributed()
+    return run_dir

@@ -1,0 +1,37 @@
+"""``cspt visualize``: a checkpoint's MAE reconstructions of some images, as one PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from cspt.checkpoints import infer_arch, load_checkpoint, load_into_model
+from cspt.data.files import find_images
+from cspt.data.unlabelled import UnlabelledImages, default_normalisation, evaluation_images, scan_images
+from cspt.errors import CsptError
+from cspt.models.mae import MaskedAutoencoderViT
+from cspt.models.vit import resolve_arch
+from cspt.visualize import reconstruction_grid, save_grid
+
+
+def visualize_checkpoint(checkpoint: str | Path, images: Sequence[str], output: str | Path, count: int = 8,
+                         img_size: int | None = None, mask_ratio: float = 0.75,
+                         mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                         trust: bool = False, seed: int = 0) -> Path:
+    """Write the reconstruction grid of ``count`` images (seeded masks) to ``output``."""
+    ckpt = load_checkpoint(checkpoint, trust)
+    if not ckpt.has_decoder:
+        raise CsptError(f"{checkpoint}: has no MAE decoder, so it cannot reconstruct images")
+    arch = resolve_arch({"img_size": img_size}, None, infer_arch(ckpt.state_dict))
+    model = MaskedAutoencoderViT(arch, mask_ratio)
+    load_into_model(model, ckpt)
+    default_mean, default_std = default_normalisation(arch.in_chans)
+    mean, std = list(mean or default_mean), list(std or default_std)
+    scan = scan_images(find_images(list(images)), 4 * arch.img_size)
+    dataset = UnlabelledImages(scan.entries, arch.img_size, arch.patch_size, arch.in_chans, mean, std,
+                               4 * arch.img_size)
+    batch = evaluation_images(dataset, count)
+    noise = torch.rand(len(batch), dataset.num_patches, generator=torch.Generator().manual_seed(seed))
+    return save_grid(reconstruction_grid(model, batch, mean, std, noise), output)

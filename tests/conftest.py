@@ -1,0 +1,73 @@
+"""Shared test fixtures: the real data in ../shared, tiny architectures, made-up images."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cspt.models import ArchConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CSPT_SHARED", ROOT.parent / "shared"))
+RSSCN7 = SHARED / "data" / "rsscn7"
+NATURAL_MAE = SHARED / "weights" / "mae_vit_tiny_p8_64_tinyimagenet.pth"
+
+TINY_ARCH = ArchConfig(embed_dim=64, depth=2, num_heads=2, patch_size=8, img_size=32, decoder_dim=32,
+                       decoder_depth=1, decoder_num_heads=2)
+#: command-line flags for the same tiny architecture
+TINY_FLAGS = ["--embed-dim", "64", "--depth", "2", "--num-heads", "2", "--patch-size", "8", "--img-size", "32",
+              "--decoder-dim", "32", "--decoder-depth", "1", "--decoder-num-heads", "2"]
+
+
+def needs(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (set CSPT_SHARED)")
+    return path
+
+
+@pytest.fixture
+def rsscn7() -> Path:
+    return needs(RSSCN7)
+
+
+@pytest.fixture
+def natural_mae() -> Path:
+    return needs(NATURAL_MAE)
+
+
+@pytest.fixture
+def rsscn7_list(rsscn7: Path, tmp_path: Path):
+    """Write a text list of ``n`` RSSCN7 images, spread over the classes (seeded)."""
+
+    def make(n: int, seed: int = 0) -> Path:
+        files = sorted(rsscn7.rglob("*.jpg"))
+        chosen = random.Random(seed).sample(files, n)
+        path = tmp_path / f"rsscn7_{n}_{seed}.txt"
+        path.write_text("\n".join(str(f) for f in chosen) + "\n")
+        return path
+
+    return make
+
+
+def write_rgb(path: Path, size: int = 48, seed: int = 0) -> Path:
+    """A textured RGB JPEG/PNG made by the test."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (size // 8, size // 8, 3), dtype=np.uint8)
+    image = Image.fromarray(base).resize((size, size), Image.BICUBIC)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m cspt ARGS`` in a subprocess (as a user would run it)."""
+    return subprocess.run([sys.executable, "-m", "cspt", *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout)

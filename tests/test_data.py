@@ -1,0 +1,151 @@
+"""Finding and reading images, skipping broken ones, tiling scenes, seeded sampling, band stats."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from cspt.data.files import find_images
+from cspt.data.images import ImageReadError, image_info, read_image
+from cspt.data.stats import band_statistics
+from cspt.data.unlabelled import UnlabelledImages, collate, scan_images
+from cspt.engine.sampler import SeededBatchSampler
+from cspt.errors import CsptError
+from tests.conftest import write_rgb
+
+
+def make_dataset(files, img_size=32, in_chans=3, tile_size=128):
+    scan = scan_images(files, tile_size)
+    return scan, UnlabelledImages(scan.entries, img_size, 8, in_chans, [0.5] * in_chans, [0.25] * in_chans,
+                                  tile_size)
+
+
+def test_find_images_recursive_and_lists(tmp_path):
+    a = write_rgb(tmp_path / "set" / "a.jpg")
+    b = write_rgb(tmp_path / "set" / "sub" / "b.png")
+    (tmp_path / "set" / "notes.md").write_text("not an image")
+    assert find_images([tmp_path / "set"]) == [a, b]
+    listing = tmp_path / "list.txt"
+    listing.write_text("# my images\nset/sub/b.png\n\n")
+    assert find_images([listing]) == [tmp_path / "set" / "sub" / "b.png"]
+
+
+@pytest.mark.parametrize("case,message", [("missing", "no such file or folder"),
+                                          ("empty", "folder contains no images"),
+                                          ("badlist", "no such image")])
+def test_find_images_errors_name_the_path(tmp_path, case, message):
+    target = tmp_path / case
+    if case == "empty":
+        target.mkdir()
+    elif case == "badlist":
+        target = tmp_path / "list.txt"
+        target.write_text("gone.jpg\n")
+    with pytest.raises(CsptError, match=message) as err:
+        find_images([target])
+    assert str(target) in str(err.value)
+
+
+def test_sixteen_bit_single_band_tiff_is_read_to_unit_scale(tmp_path):
+    pixels = np.array([[0, 65535], [32768, 1000]], dtype=np.uint16)
+    path = tmp_path / "dem.tif"
+    tifffile.imwrite(path, pixels)
+    assert image_info(path).bands == 1
+    out = read_image(path)
+    assert out.shape == (2, 2, 1) and out.dtype == np.float32
+    assert np.allclose(out[..., 0], pixels / 65535.0)
+
+
+def test_multiband_tiff_planar_and_windows(tmp_path):
+    bands = np.arange(13 * 40 * 50, dtype=np.uint16).reshape(13, 40, 50)
+    path = tmp_path / "s2.tif"
+    tifffile.imwrite(path, bands, photometric="minisblack", planarconfig="separate")
+    info = image_info(path)
+    assert (info.height, info.width, info.bands) == (40, 50, 13)
+    window = read_image(path, (5, 7, 10, 20))
+    assert window.shape == (10, 20, 13)
+    assert np.allclose(window[..., 4], bands[4, 5:15, 7:27] / 65535.0)
+
+
+def test_truncated_jpeg_is_skipped_and_reported(tmp_path, rsscn7):
+    good = sorted((rsscn7).rglob("*.jpg"))[:6]
+    broken = tmp_path / "broken.jpg"
+    data = good[0].read_bytes()
+    broken.write_bytes(data[: len(data) // 3])
+    scan, dataset = make_dataset(good + [broken], img_size=32)
+    assert len(dataset) == 7  # the header is fine; decoding fails
+    with pytest.raises(ImageReadError):
+        read_image(broken)
+    sample = dataset[(6, 123)]
+    assert sample["image"].shape == (3, 32, 32)
+    assert len(sample["skipped"]) == 1 and str(broken) in sample["skipped"][0]
+
+
+def test_unreadable_header_is_skipped_at_scan(tmp_path):
+    good = write_rgb(tmp_path / "good.png")
+    fake = tmp_path / "fake.jpg"
+    fake.write_text("not a jpeg")
+    scan = scan_images([good, fake], tile_size=128)
+    assert len(scan.entries) == 1 and str(fake) in scan.unreadable[0]
+
+
+def test_single_band_images_feed_a_three_band_model_and_other_counts_are_skipped(tmp_path):
+    grey = tmp_path / "grey.tif"
+    tifffile.imwrite(grey, (np.random.default_rng(0).random((64, 64)) * 65535).astype(np.uint16))
+    four = tmp_path / "four.tif"
+    tifffile.imwrite(four, np.zeros((64, 64, 4), dtype=np.uint8))
+    _, dataset = make_dataset([grey, four])
+    image = dataset[(0, 1)]["image"]
+    assert image.shape == (3, 32, 32) and torch.equal(image[0], image[1])
+    sample = dataset[(1, 5)]
+    assert any("has 4 bands, the model expects 3" in m for m in sample["skipped"])
+
+
+def test_large_scene_is_sampled_as_tiles_without_pretiling(tmp_path):
+    scene = tmp_path / "scene.tif"
+    tifffile.imwrite(scene, (np.random.default_rng(1).random((600, 500, 3)) * 255).astype(np.uint8))
+    small = write_rgb(tmp_path / "small.png", size=100)
+    scan, dataset = make_dataset([scene, small], tile_size=128)
+    assert len(dataset) == (600 // 128) * (500 // 128) + 1
+    windows = {dataset.random_window(dataset.entries[0].info, torch.Generator().manual_seed(s)) for s in range(5)}
+    assert len(windows) == 5 and all(h == w == 128 for _, _, h, w in windows)
+    assert dataset[(0, 7)]["image"].shape == (3, 32, 32)
+
+
+def test_samples_depend_only_on_their_seed(tmp_path):
+    files = [write_rgb(tmp_path / f"{i}.png", seed=i) for i in range(4)]
+    _, dataset = make_dataset(files)
+    a, b, c = dataset[(2, 99)], dataset[(2, 99)], dataset[(2, 100)]
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["noise"], b["noise"])
+    assert not torch.equal(a["noise"], c["noise"])
+    batch = collate([a, c])
+    assert batch["image"].shape == (2, 3, 32, 32) and batch["noise"].shape == (2, 16)
+
+
+def test_global_batches_are_the_same_for_any_world_size():
+    single = SeededBatchSampler(50, 8, seed=3)
+    ranks = [SeededBatchSampler(50, 4, seed=3, rank=r, world_size=2) for r in range(2)]
+    for epoch in (0, 1):
+        for sampler in (single, *ranks):
+            sampler.set_epoch(epoch)
+        split = [a + b for a, b in zip(*[list(r) for r in ranks])]
+        assert list(single) == split and len(split) == 6
+    single.set_epoch(1, start_batch=4)
+    assert list(single) == split[4:]
+    with pytest.raises(CsptError, match="fewer than one global batch"):
+        SeededBatchSampler(5, 4, seed=0, world_size=2)
+
+
+def test_band_statistics_match_numpy(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (20, 30, 3), dtype=np.uint8) for _ in range(3)]
+    files = []
+    for i, array in enumerate(arrays):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(array).save(files[-1])
+    stats = band_statistics(files)
+    pixels = np.concatenate([a.reshape(-1, 3) for a in arrays]) / 255.0
+    assert np.allclose(stats.mean, pixels.mean(0), atol=1e-6)
+    assert np.allclose(stats.std, pixels.std(0), atol=1e-6)

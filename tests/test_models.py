@@ -1,0 +1,117 @@
+"""The MAE model: official parameter names, masking, loss, reconstruction, sin-cos positions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cspt.checkpoints import infer_arch, load_checkpoint
+from cspt.errors import CsptError
+from cspt.models import ArchConfig, MaskedAutoencoderViT
+from cspt.models.vit import VIT_PRESETS, build_encoder, resolve_arch, sincos_pos_embed
+from tests.conftest import TINY_ARCH
+
+OFFICIAL_TOP_LEVEL = {"cls_token", "pos_embed", "patch_embed", "blocks", "norm", "mask_token", "decoder_embed",
+                      "decoder_pos_embed", "decoder_blocks", "decoder_norm", "decoder_pred"}
+
+
+def test_parameter_names_follow_the_official_mae_layout():
+    model = MaskedAutoencoderViT(TINY_ARCH)
+    assert {k.split(".")[0] for k in model.state_dict()} == OFFICIAL_TOP_LEVEL
+    assert "patch_embed.proj.weight" in model.state_dict()
+    assert "decoder_blocks.0.attn.qkv.weight" in model.state_dict()
+    assert not model.pos_embed.requires_grad and not model.decoder_pos_embed.requires_grad
+
+
+@pytest.mark.parametrize("bands,patch,size", [(1, 4, 16), (4, 8, 32), (13, 16, 48)])
+def test_any_band_count_patch_and_size(bands, patch, size):
+    arch = ArchConfig(embed_dim=32, depth=1, num_heads=2, patch_size=patch, img_size=size, in_chans=bands,
+                      decoder_dim=16, decoder_depth=1, decoder_num_heads=1)
+    model = MaskedAutoencoderViT(arch)
+    images = torch.randn(2, bands, size, size)
+    loss, pred, mask = model(images)
+    assert pred.shape == (2, (size // patch) ** 2, patch * patch * bands)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert torch.equal(model.unpatchify(model.patchify(images)), images)
+    length = (size // patch) ** 2
+    assert mask.sum(1).eq(length - int(length * 0.25)).all()
+
+
+def test_masking_follows_noise_and_keeps_the_ratio():
+    model = MaskedAutoencoderViT(TINY_ARCH, mask_ratio=0.75)
+    noise = torch.rand(3, 16)
+    _, _, mask = model(torch.randn(3, 3, 32, 32), noise=noise)
+    assert mask.sum(1).tolist() == [12, 12, 12]
+    # the 4 lowest-noise patches stay visible
+    visible = noise.argsort(1)[:, :4]
+    assert mask.gather(1, visible).sum() == 0
+
+
+def test_loss_is_mse_on_masked_normalised_patches():
+    torch.manual_seed(0)
+    model = MaskedAutoencoderViT(TINY_ARCH, norm_pix_loss=True)
+    images = torch.randn(2, 3, 32, 32)
+    loss, pred, mask = model(images, noise=torch.rand(2, 16))
+    target = model.patchify(images)
+    target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+    expected = (((pred - target) ** 2).mean(-1) * mask).sum() / mask.sum()
+    assert torch.allclose(loss, expected, atol=1e-6)
+
+
+def test_reconstruct_undoes_norm_pix_with_each_patch_statistics():
+    torch.manual_seed(0)
+    model = MaskedAutoencoderViT(TINY_ARCH, norm_pix_loss=True).eval()
+    images = torch.randn(2, 3, 32, 32) * 3 + 1
+    noise = torch.rand(2, 16)
+    rec = model.reconstruct(images, noise=noise)
+    _, pred, mask = model(images, noise=noise)
+    patches = model.patchify(images)
+    expected = pred * (patches.var(-1, keepdim=True) + 1e-6).sqrt() + patches.mean(-1, keepdim=True)
+    assert torch.allclose(model.patchify(rec.reconstruction), expected, atol=1e-5)
+    visible = (1 - mask).bool()
+    assert torch.equal(model.patchify(rec.pasted)[visible], patches[visible])
+    assert torch.equal(model.patchify(rec.masked)[~visible], torch.zeros_like(patches[~visible]))
+
+
+def test_sincos_matches_the_natural_checkpoint(natural_mae):
+    state = load_checkpoint(natural_mae).state_dict
+    assert torch.allclose(sincos_pos_embed(192, 8, 8), state["pos_embed"], atol=1e-6)
+    assert torch.allclose(sincos_pos_embed(128, 8, 8), state["decoder_pos_embed"], atol=1e-6)
+
+
+def test_sincos_non_square_grid_encodes_rows_then_columns():
+    embed = sincos_pos_embed(8, 2, 3, cls_token=False)[0]
+    # first half depends on the row only, second half on the column only (row-major patches)
+    assert torch.equal(embed[0, :4], embed[1, :4]) and not torch.equal(embed[0, :4], embed[3, :4])
+    assert torch.equal(embed[0, 4:], embed[3, 4:]) and not torch.equal(embed[0, 4:], embed[1, 4:])
+    swapped = sincos_pos_embed(8, 2, 3, cls_token=False, rows_first=False)[0]
+    assert torch.equal(swapped[:, :4], embed[:, 4:]) and torch.equal(swapped[:, 4:], embed[:, :4])
+
+
+def test_natural_checkpoint_architecture_is_read_from_shapes(natural_mae):
+    arch = resolve_arch({}, None, infer_arch(load_checkpoint(natural_mae).state_dict))
+    assert arch == ArchConfig(embed_dim=192, depth=8, num_heads=3, patch_size=8, img_size=64, in_chans=3,
+                              decoder_dim=128, decoder_depth=1, decoder_num_heads=4)
+
+
+def test_resolve_arch_precedence():
+    inferred = {"embed_dim": 192, "depth": 8, "patch_size": 8, "img_size": 64}
+    arch = resolve_arch({"img_size": 96}, None, inferred)
+    assert (arch.embed_dim, arch.depth, arch.num_heads, arch.img_size) == (192, 8, 3, 96)
+    base = resolve_arch({}, "vit_base", inferred)
+    assert (base.embed_dim, base.depth, base.num_heads) == (768, 12, 12)
+    assert resolve_arch({}).decoder_dim == 512 and resolve_arch({}).decoder_depth == 8
+    assert set(VIT_PRESETS) == {"vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge"}
+    with pytest.raises(CsptError, match="unknown model"):
+        resolve_arch({}, "vit_gigantic")
+    with pytest.raises(CsptError, match="not divisible by patch size"):
+        ArchConfig(img_size=100, patch_size=16)
+
+
+def test_encoder_weights_load_into_a_plain_timm_vit():
+    model = MaskedAutoencoderViT(TINY_ARCH)
+    encoder = build_encoder(TINY_ARCH)
+    assert not encoder.load_state_dict(model.encoder_state_dict(), strict=True).missing_keys
+    images = torch.randn(2, 3, 32, 32)
+    tokens, _, _ = model.forward_encoder(images, mask_ratio=0.0, noise=torch.arange(16.0).expand(2, 16))
+    assert torch.allclose(encoder.forward_features(images), tokens, atol=1e-5)

@@ -1,0 +1,171 @@
+"""Consecutive pretraining end to end on real RSSCN7 images: learning, --init, resume, DDP, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import timm
+import torch
+from safetensors.torch import load_file
+
+from cspt.config import PretrainConfig
+from cspt.engine.run_log import read_log
+from cspt.tasks.pretrain import pretrain
+from tests.conftest import TINY_ARCH, TINY_FLAGS, run_cli, write_rgb
+
+FAST = ["--num-workers", "0", "--warmup-epochs", "0", "--vis-every", "0", "--log-every", "1", "--device", "cpu"]
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["model"]
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [r["loss"] for r in read_log(run_dir) if "loss" in r]
+
+
+def test_mae_loss_falls_on_real_images(rsscn7_list, tmp_path):
+    config = PretrainConfig(data=[str(rsscn7_list(128))], output=str(tmp_path / "run"), epochs=5, batch_size=16,
+                            blr=1.5e-3, warmup_epochs=0.5, num_workers=0, log_every=1, vis_every=5, device="cpu",
+                            **TINY_ARCH.to_dict())
+    run_dir = pretrain(config)
+    curve = losses(run_dir)
+    assert len(curve) == 40
+    assert np.mean(curve[-5:]) < np.mean(curve[:5]) - 0.05, curve
+    assert (run_dir / "reconstructions" / "epoch_0000.png").is_file()
+    assert (run_dir / "reconstructions" / "epoch_0005.png").is_file()
+
+
+def test_init_from_natural_checkpoint_matches_every_key(rsscn7_list, natural_mae, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("pretrain", "--data", str(rsscn7_list(32)), "--init", str(natural_mae), "--output", str(out),
+                     "--epochs", "1", "--batch-size", "16", *FAST)
+    assert result.returncode == 0, result.stderr
+    assert "loaded 122/122 tensors" in result.stderr and "all keys matched" in result.stderr
+    assert "decoder: loaded from the checkpoint" in result.stderr
+    config = (out / "config.yaml").read_text()
+    assert "embed_dim: 192" in config and "depth: 8" in config and "img_size: 64" in config
+    # the exported encoder loads into plain timm and matches the trained weights
+    weights = load_file(out / "encoder.safetensors")
+    info = json.loads((out / "encoder.json").read_text())
+    assert info["lineage"][0]["init"]["sha256"].startswith("2877a60b")
+    vit = timm.create_model("vit_tiny_patch16_224", patch_size=8, img_size=64, depth=8, num_classes=0)
+    assert not vit.load_state_dict(weights, strict=True).missing_keys
+    assert torch.equal(weights["blocks.0.attn.qkv.weight"], final_weights(out)["blocks.0.attn.qkv.weight"])
+
+
+def test_sigkill_at_a_random_step_then_restart_gives_identical_weights(rsscn7_list, tmp_path):
+    data = str(rsscn7_list(48))
+    args = ["pretrain", "--data", data, "--epochs", "3", "--batch-size", "8", "--checkpoint-every", "2",
+            "--seed", "7", *TINY_FLAGS, *FAST]
+    reference = tmp_path / "reference"
+    assert run_cli(*args, "--output", str(reference)).returncode == 0
+    total = len(losses(reference))
+    assert total == 18
+
+    interrupted = tmp_path / "interrupted"
+    kill_at = random.Random().randint(3, total - 3)
+    process = subprocess.Popen([sys.executable, "-m", "cspt", *args, "--output", str(interrupted)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if len(losses(interrupted)) >= kill_at:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, f"the run ended before step {kill_at}"
+    resumed = run_cli(*args, "--output", str(interrupted))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr
+    want, got = final_weights(reference), final_weights(interrupted)
+    assert want.keys() == got.keys()
+    assert all(torch.equal(want[k], got[k]) for k in want), f"weights differ after a kill at step {kill_at}"
+    assert losses(interrupted) == losses(reference)
+
+
+def test_resume_refuses_weights_only_files_and_changed_settings(rsscn7_list, natural_mae, tmp_path):
+    result = run_cli("pretrain", "--resume", str(natural_mae))
+    assert result.returncode == 2 and "weights-only checkpoint cannot be resumed" in result.stderr
+    assert "use --init" in result.stderr and "Traceback" not in result.stderr
+    out = tmp_path / "run"
+    args = ["pretrain", "--data", str(rsscn7_list(16)), "--output", str(out), "--epochs", "1", "--batch-size", "8",
+            *TINY_FLAGS, *FAST]
+    assert run_cli(*args).returncode == 0
+    changed = run_cli(*args, "--blr", "1e-2")
+    assert changed.returncode == 2 and "holds a run with other settings (blr" in changed.stderr
+    extended = run_cli("pretrain", "--resume", str(out), "--epochs", "2")
+    assert extended.returncode == 0, extended.stderr
+    assert max(r.get("epoch", 0) for r in read_log(out)) == 2
+
+
+def test_two_process_gloo_matches_one_process(rsscn7_list, tmp_path):
+    data = str(rsscn7_list(48))
+    common = ["pretrain", "--data", data, "--epochs", "1", "--seed", "3", *TINY_FLAGS, *FAST]
+    single = tmp_path / "single"
+    assert run_cli(*common, "--batch-size", "8", "--output", str(single)).returncode == 0
+    double = tmp_path / "double"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "cspt",
+         *common, "--batch-size", "4", "--output", str(double)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = losses(single), losses(double)
+    assert len(one) == len(two) == 6
+    assert np.allclose(one, two, atol=1e-4), (one, two)
+
+
+def test_bad_input_gives_one_line_errors_or_logged_skips(rsscn7, natural_mae, tmp_path):
+    def cli(*args):
+        result = run_cli("pretrain", *args, "--epochs", "1", "--batch-size", "4", *TINY_FLAGS, *FAST)
+        assert "Traceback" not in result.stderr
+        return result
+
+    missing = cli("--data", str(tmp_path / "nowhere"), "--output", str(tmp_path / "a"))
+    assert missing.returncode == 2 and "nowhere: no such file or folder" in missing.stderr
+    (tmp_path / "empty").mkdir()
+    empty = cli("--data", str(tmp_path / "empty"), "--output", str(tmp_path / "b"))
+    assert empty.returncode == 2 and "empty: folder contains no images" in empty.stderr
+    text = tmp_path / "notes.pth"
+    text.write_text("hello")
+    as_init = run_cli("pretrain", "--data", str(rsscn7), "--init", str(text), "--output", str(tmp_path / "c"))
+    assert as_init.returncode == 2 and f"{text}: not a PyTorch checkpoint" in as_init.stderr
+    assert len(as_init.stderr.strip().splitlines()) == 1
+
+    mixed = tmp_path / "mixed"
+    good = sorted(rsscn7.rglob("*.jpg"))[:8]
+    for i, path in enumerate(good):
+        (mixed / f"{i}.jpg").parent.mkdir(exist_ok=True)
+        (mixed / f"{i}.jpg").write_bytes(path.read_bytes())
+    (mixed / "broken.jpg").write_bytes(good[0].read_bytes()[:2000])
+    tifffile.imwrite(mixed / "dem16.tif", (np.random.default_rng(0).random((80, 80)) * 65535).astype(np.uint16))
+    run = cli("--data", str(mixed), "--output", str(tmp_path / "d"), "--batch-size", "5")
+    assert run.returncode == 0, run.stderr
+    assert "skipped unreadable image" in run.stderr and "broken.jpg" in run.stderr
+    epoch_end = [r for r in read_log(tmp_path / "d") if r.get("event") == "epoch_end"][-1]
+    assert epoch_end["skipped_images"] == 1
+
+
+def test_visualize_and_stats_commands(rsscn7_list, natural_mae, tmp_path):
+    png = tmp_path / "recon.png"
+    result = run_cli("visualize", "--checkpoint", str(natural_mae), "--images", str(rsscn7_list(4)),
+                     "--output", str(png), "--count", "4")
+    assert result.returncode == 0, result.stderr
+    from PIL import Image
+
+    assert Image.open(png).size == (4 * 64 + 3 * 2, 4 * 64 + 3 * 2)
+    folder = tmp_path / "imgs"
+    for i in range(3):
+        write_rgb(folder / f"{i}.png", seed=i)
+    stats = run_cli("stats", str(folder))
+    assert stats.returncode == 0 and "mean: [" in stats.stdout and "std: [" in stats.stdout
