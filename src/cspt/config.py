@@ -107,8 +107,9 @@ def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
             return float(value)
         except ValueError:
             pass
-    if hint is bool and isinstance(value, bool) or hint is int and isinstance(value, int) \
-            and not isinstance(value, bool) or hint is str and isinstance(value, str):
+    exact = {bool: isinstance(value, bool), str: isinstance(value, str),
+             int: isinstance(value, int) and not isinstance(value, bool)}
+    if exact.get(hint, False):
         return value
     raise CsptError(f"{source}: '{name}' should be {getattr(hint, '__name__', hint)}, got {value!r}")
 

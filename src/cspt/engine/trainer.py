@@ -10,9 +10,11 @@ steps as one that never stopped.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -71,10 +73,38 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 
 def default_num_workers(dist: DistContext) -> int:
-    import os
-
+    """Loader workers per process: the CPUs left over, at most 8."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(0, min(8, cpus // max(1, dist.world_size if dist.device.type == "cpu" else 1) - 1))
+    per_process = cpus // dist.world_size if dist.device.type == "cpu" else cpus
+    return max(0, min(8, per_process - 1))
+
+
+@dataclass
+class Schedule:
+    """The step budget and learning rate of a run."""
+
+    micro_per_epoch: int  #: micro-batches per epoch (a multiple of accum_iter)
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    base_lr: float
+    min_lr: float
+
+    def lr(self, step: int) -> float:
+        return warmup_cosine(step, self.total_steps, self.warmup_steps, self.base_lr, self.min_lr)
+
+
+@dataclass
+class Training:
+    """What changes as the run goes: the model (bare and wrapped), optimizer, scaler, position."""
+
+    model: nn.Module
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    epoch: int = 0
+    micro_batch: int = 0
+    step: int = 0
 
 
 class Trainer:
@@ -99,6 +129,42 @@ class Trainer:
         log.info("resuming from %s (epoch %d, step %d)", path, state["epoch"], state["step"])
         return state
 
+    def schedule(self, batches_per_epoch: int) -> Schedule:
+        cfg = self.config
+        micro_per_epoch = batches_per_epoch - batches_per_epoch % cfg.accum_iter
+        if micro_per_epoch == 0:
+            raise CsptError(f"an epoch has {batches_per_epoch} batches, fewer than --accum-iter {cfg.accum_iter}")
+        steps_per_epoch = micro_per_epoch // cfg.accum_iter
+        effective_batch = cfg.batch_size * cfg.accum_iter * self.dist.world_size
+        base_lr = cfg.lr if cfg.lr is not None else cfg.blr * effective_batch / 256
+        schedule = Schedule(micro_per_epoch, steps_per_epoch, steps_per_epoch * cfg.epochs,
+                            round(cfg.warmup_epochs * steps_per_epoch), base_lr, cfg.min_lr)
+        if self.dist.is_main:
+            precision = "fp32" if self.autocast_dtype is None else str(self.autocast_dtype).split(".")[-1]
+            log.info("training %d epochs x %d steps; effective batch %d (%d x %d accumulation x %d processes), "
+                     "lr %.3g, %s on %s", cfg.epochs, steps_per_epoch, effective_batch, cfg.batch_size,
+                     cfg.accum_iter, self.dist.world_size, base_lr, precision, self.dist.device)
+        return schedule
+
+    def setup(self, model: nn.Module, state: dict | None) -> Training:
+        """Optimizer and scaler for ``model``, restored from ``state`` when resuming; DDP wrapping."""
+        cfg, dist = self.config, self.dist
+        optimizer = torch.optim.AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=0.0,
+                                      betas=tuple(cfg.betas))
+        scaler = torch.amp.GradScaler(dist.device.type, enabled=self.autocast_dtype == torch.float16)
+        training = Training(model, model, optimizer, scaler)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            training.epoch, training.micro_batch, training.step = state["epoch"], state["micro_batch"], state["step"]
+            if dist.is_main:
+                truncate_log_after(self.run_dir, training.step)
+        if dist.distributed:
+            ids = [dist.device.index] if dist.device.type == "cuda" else None
+            training.net = DistributedDataParallel(model, device_ids=ids)
+        return training
+
     def fit(self, task: Task) -> nn.Module:
         cfg, dist = self.config, self.dist
         state = self.resume_state()
@@ -106,60 +172,24 @@ class Trainer:
         model = task.build_model(load_init=state is None).to(dist.device)
         dataset, collate = task.train_data()
         sampler = SeededBatchSampler(len(dataset), cfg.batch_size, cfg.seed, dist.rank, dist.world_size)
-        micro_per_epoch = len(sampler) - len(sampler) % cfg.accum_iter
-        if micro_per_epoch == 0:
-            raise CsptError(f"an epoch has {len(sampler)} batches, fewer than --accum-iter {cfg.accum_iter}")
-        steps_per_epoch = micro_per_epoch // cfg.accum_iter
-        total_steps = steps_per_epoch * cfg.epochs
-        warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
-        effective_batch = cfg.batch_size * cfg.accum_iter * dist.world_size
-        base_lr = cfg.lr if cfg.lr is not None else cfg.blr * effective_batch / 256
-
-        optimizer = torch.optim.AdamW(
-            param_groups_weight_decay(model, cfg.weight_decay), lr=base_lr, betas=tuple(cfg.betas)
-        )
-        scaler = torch.amp.GradScaler(dist.device.type, enabled=self.autocast_dtype == torch.float16)
-        epoch, micro_start, step = 0, 0, 0
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
-            epoch, micro_start, step = state["epoch"], state["micro_batch"], state["step"]
-            if dist.is_main:
-                truncate_log_after(self.run_dir, step)
-        if dist.is_main:
-            log.info(
-                "training %d epochs x %d steps; effective batch %d (%d x %d accumulation x %d processes), "
-                "lr %.3g, %s on %s", cfg.epochs, steps_per_epoch, effective_batch, cfg.batch_size,
-                cfg.accum_iter, dist.world_size, base_lr,
-                "fp32" if self.autocast_dtype is None else str(self.autocast_dtype).split(".")[-1],
-                dist.device,
-            )
-        net: nn.Module = model
-        if dist.distributed:
-            ids = [dist.device.index] if dist.device.type == "cuda" else None
-            net = DistributedDataParallel(model, device_ids=ids)
-
+        schedule = self.schedule(len(sampler))
+        training = self.setup(model, state)
         if state is None and dist.is_main:
             task.on_fit_start(model, self.run_dir)
         run_log = RunLog(self.run_dir, dist.is_main)
         workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(dist)
-        progress = tqdm(total=total_steps, initial=step, disable=not dist.is_main or None,
+        progress = tqdm(total=schedule.total_steps, initial=training.step, disable=not dist.is_main or None,
                         dynamic_ncols=True, file=sys.stderr)
         try:
-            while epoch < cfg.epochs:
-                sampler.set_epoch(epoch, micro_start)
-                loader = DataLoader(
-                    dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-                    pin_memory=dist.device.type == "cuda", persistent_workers=False,
-                )
-                step = self._train_epoch(task, net, model, loader, optimizer, scaler, epoch, micro_start,
-                                         micro_per_epoch, step, total_steps, warmup_steps, base_lr,
-                                         run_log, progress)
-                micro_start = 0
-                self._end_epoch(task, model, epoch, step, run_log)
-                epoch += 1
-                self._save(model, optimizer, scaler, epoch, 0, step)
+            while training.epoch < cfg.epochs:
+                sampler.set_epoch(training.epoch, training.micro_batch)
+                loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+                                    pin_memory=dist.device.type == "cuda")
+                self._train_epoch(task, training, loader, schedule, run_log, progress)
+                self._end_epoch(task, training, run_log)
+                training.epoch += 1
+                training.micro_batch = 0
+                self._save(training)
             if dist.is_main:
                 task.on_fit_end(model, self.run_dir)
         finally:
@@ -167,32 +197,31 @@ class Trainer:
             run_log.close()
         return model
 
-    def _train_epoch(self, task: Task, net: nn.Module, model: nn.Module, loader: DataLoader,
-                     optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, epoch: int,
-                     micro_start: int, micro_per_epoch: int, step: int, total_steps: int,
-                     warmup_steps: int, base_lr: float, run_log: RunLog, progress: tqdm) -> int:
+    def _train_epoch(self, task: Task, training: Training, loader: DataLoader, schedule: Schedule,
+                     run_log: RunLog, progress: tqdm) -> None:
         cfg, dist = self.config, self.dist
+        optimizer, scaler = training.optimizer, training.scaler
         loss_sum = torch.zeros((), device=dist.device)
         interval_steps, interval_images, interval_start = 0, 0, time.perf_counter()
-        net.train()
-        for micro, batch in enumerate(loader, start=micro_start):
-            if micro >= micro_per_epoch:
+        training.net.train()
+        for micro, batch in enumerate(loader, start=training.micro_batch):
+            if micro >= schedule.micro_per_epoch:
                 break
             self._report_skipped(batch.pop("skipped", []))
             first, last = micro % cfg.accum_iter == 0, (micro + 1) % cfg.accum_iter == 0
             if first:
-                torch.manual_seed((cfg.seed * 1_000_003 + step) * 4096 + dist.rank)
-                lr = warmup_cosine(step, total_steps, warmup_steps, base_lr, cfg.min_lr)
+                torch.manual_seed((cfg.seed * 1_000_003 + training.step) * 4096 + dist.rank)
+                lr = schedule.lr(training.step)
                 for group in optimizer.param_groups:
                     group["lr"] = lr * group.get("lr_scale", 1.0)
-            sync = nullcontext() if last or not dist.distributed else net.no_sync()
+            sync = nullcontext() if last or not dist.distributed else training.net.no_sync()
             autocast = torch.autocast(dist.device.type, dtype=self.autocast_dtype,
                                       enabled=self.autocast_dtype is not None)
             with sync:
                 with autocast:
-                    loss = task.training_step(net, batch, dist.device)
+                    loss = task.training_step(training.net, batch, dist.device)
                 if not torch.isfinite(loss):
-                    raise CsptError(f"loss is {loss.item()} at step {step}; lower the learning rate")
+                    raise CsptError(f"loss is {loss.item()} at step {training.step}; lower the learning rate")
                 scaler.scale(loss / cfg.accum_iter).backward()
             loss_sum += loss.detach() / cfg.accum_iter
             interval_images += len(batch["image"]) * dist.world_size
@@ -200,26 +229,27 @@ class Trainer:
                 continue
             if cfg.clip_grad is not None:
                 scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                torch.nn.utils.clip_grad_norm_(training.model.parameters(), cfg.clip_grad)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            step += 1
+            training.step += 1
+            training.micro_batch = micro + 1
             interval_steps += 1
             progress.update(1)
-            if step % cfg.log_every == 0 or micro + 1 == micro_per_epoch:
+            end_of_epoch = training.micro_batch == schedule.micro_per_epoch
+            if training.step % cfg.log_every == 0 or end_of_epoch:
                 mean_loss = all_reduce_mean(loss_sum / interval_steps).item()
                 elapsed = time.perf_counter() - interval_start
-                record = {"step": step, "epoch": epoch + (micro + 1) / micro_per_epoch,
+                record = {"step": training.step, "epoch": training.epoch + training.micro_batch / schedule.micro_per_epoch,
                           "loss": mean_loss, "lr": lr, "img_per_s": interval_images / elapsed}
-                run_log.write(record, step)
-                progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}",
-                                     img_s=f"{record['img_per_s']:.1f}", epoch=epoch)
+                run_log.write(record, training.step)
+                progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{record['img_per_s']:.1f}",
+                                     epoch=training.epoch)
                 loss_sum.zero_()
                 interval_steps, interval_images, interval_start = 0, 0, time.perf_counter()
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and micro + 1 < micro_per_epoch:
-                self._save(model, optimizer, scaler, epoch, micro + 1, step)
-        return step
+            if cfg.checkpoint_every and training.step % cfg.checkpoint_every == 0 and not end_of_epoch:
+                self._save(training)
 
     def _report_skipped(self, messages: list[str]) -> None:
         for message in messages:
@@ -227,27 +257,28 @@ class Trainer:
                 self.skipped.add(message)
                 log.warning("skipped unreadable image: %s", message)
 
-    def _end_epoch(self, task: Task, model: nn.Module, epoch: int, step: int, run_log: RunLog) -> None:
+    def _end_epoch(self, task: Task, training: Training, run_log: RunLog) -> None:
         skipped = set().union(*all_gather_objects(self.skipped))
         if self.dist.is_main:
-            run_log.write({"event": "epoch_end", "epoch": epoch + 1, "step": step,
+            epoch = training.epoch + 1
+            run_log.write({"event": "epoch_end", "epoch": epoch, "step": training.step,
                            "skipped_images": len(skipped)})
-            log.info("epoch %d/%d done (step %d)%s", epoch + 1, self.config.epochs, step,
+            log.info("epoch %d/%d done (step %d)%s", epoch, self.config.epochs, training.step,
                      f"; {len(skipped)} unreadable images skipped so far" if skipped else "")
-            task.on_epoch_end(model, epoch, self.run_dir)
+            task.on_epoch_end(training.model, training.epoch, self.run_dir)
 
-    def _save(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-              epoch: int, micro_batch: int, step: int) -> None:
+    def _save(self, training: Training) -> None:
+        """Checkpoint the position reached: ``epoch`` and the next ``micro_batch`` in it."""
         if not self.dist.is_main:
             return
         state = {
             "format": CHECKPOINT_FORMAT,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
-            "epoch": epoch,
-            "micro_batch": micro_batch,
-            "step": step,
+            "model": training.model.state_dict(),
+            "optimizer": training.optimizer.state_dict(),
+            "scaler": training.scaler.state_dict(),
+            "epoch": training.epoch,
+            "micro_batch": training.micro_batch,
+            "step": training.step,
             "config": config_to_dict(self.config),
         }
-        self.checkpoints.save(state, step)
+        self.checkpoints.save(state, training.step)

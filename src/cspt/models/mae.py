@@ -16,7 +16,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from cspt.errors import CsptError
-from cspt.models.vit import ArchConfig, set_sincos_pos_embed
+from cspt.models.vit import ArchConfig, set_sincos_pos_embed, vit_kwargs
 
 DECODER_PREFIXES = ("mask_token", "decoder_")
 
@@ -34,18 +34,7 @@ class MaskedAutoencoderViT(VisionTransformer):
     """MAE: encode the visible patches, decode all patches, regress the masked pixels."""
 
     def __init__(self, arch: ArchConfig, mask_ratio: float = 0.75, norm_pix_loss: bool = True):
-        super().__init__(
-            img_size=arch.img_size,
-            patch_size=arch.patch_size,
-            in_chans=arch.in_chans,
-            embed_dim=arch.embed_dim,
-            depth=arch.depth,
-            num_heads=arch.num_heads,
-            mlp_ratio=arch.mlp_ratio,
-            qkv_bias=True,
-            num_classes=0,
-            global_pool="token",
-        )
+        super().__init__(**vit_kwargs(arch))
         if not 0.0 <= mask_ratio < 1.0:
             raise CsptError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
         self.arch = arch

@@ -100,21 +100,26 @@ def build_encoder(arch: ArchConfig, **kwargs) -> VisionTransformer:
 
     Extra keyword arguments go to timm (``num_classes``, ``global_pool``, ``drop_path_rate``).
     """
-    kwargs.setdefault("num_classes", 0)
-    kwargs.setdefault("global_pool", "token")
-    encoder = VisionTransformer(
-        img_size=arch.img_size,
-        patch_size=arch.patch_size,
-        in_chans=arch.in_chans,
-        embed_dim=arch.embed_dim,
-        depth=arch.depth,
-        num_heads=arch.num_heads,
-        mlp_ratio=arch.mlp_ratio,
-        qkv_bias=True,
-        **kwargs,
-    )
+    encoder = VisionTransformer(**vit_kwargs(arch, **kwargs))
     set_sincos_pos_embed(encoder.pos_embed, arch.grid_size)
     return encoder
+
+
+def vit_kwargs(arch: ArchConfig, **overrides) -> dict:
+    """timm ``VisionTransformer`` arguments for ``arch`` (no classifier head by default)."""
+    return {
+        "img_size": arch.img_size,
+        "patch_size": arch.patch_size,
+        "in_chans": arch.in_chans,
+        "embed_dim": arch.embed_dim,
+        "depth": arch.depth,
+        "num_heads": arch.num_heads,
+        "mlp_ratio": arch.mlp_ratio,
+        "qkv_bias": True,
+        "num_classes": 0,
+        "global_pool": "token",
+        **overrides,
+    }
 
 
 def set_sincos_pos_embed(pos_embed: torch.nn.Parameter, grid_size: int) -> None:
