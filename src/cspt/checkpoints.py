@@ -48,6 +48,10 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> Any:
             return load_safetensors(str(path))
         except (SafetensorError, OSError, ValueError) as err:
             raise CsptError(f"{path}: not a readable safetensors file ({err})") from None
+    with open(path, "rb") as handle:
+        magic = handle.read(2)
+    if magic != b"PK" and not magic.startswith(b"\x80"):
+        raise CsptError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle)")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=not trust)

@@ -7,7 +7,6 @@ import dataclasses
 import logging
 import sys
 import typing
-from pathlib import Path
 from typing import Any, Sequence
 
 from cspt.config import PretrainConfig, build_config

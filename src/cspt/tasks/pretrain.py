@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from cspt.checkpoints import Checkpoint, infer_arch, load_checkpoint, load_into_model
+from cspt.checkpoints import infer_arch, load_checkpoint, load_into_model
 from cspt.config import PretrainConfig, save_config
 from cspt.data.files import find_images
 from cspt.data.unlabelled import (UnlabelledImages, collate, default_normalisation, evaluation_images,
