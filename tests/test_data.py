@@ -149,3 +149,12 @@ def test_band_statistics_match_numpy(tmp_path):
     pixels = np.concatenate([a.reshape(-1, 3) for a in arrays]) / 255.0
     assert np.allclose(stats.mean, pixels.mean(0), atol=1e-6)
     assert np.allclose(stats.std, pixels.std(0), atol=1e-6)
+
+
+def test_windows_of_a_compressed_tiff(tmp_path):
+    pixels = (np.random.default_rng(2).random((300, 200, 4)) * 65535).astype(np.uint16)
+    path = tmp_path / "scene.tif"
+    tifffile.imwrite(path, pixels, compression="zlib")
+    window = read_image(path, (10, 20, 30, 40))
+    assert np.allclose(window, pixels[10:40, 20:60] / 65535.0)
+    assert read_image(path).shape == (300, 200, 4)

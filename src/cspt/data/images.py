@@ -149,17 +149,24 @@ def _read_tiff(path: Path, window: WindowBox | None) -> np.ndarray:
         with rasterio.open(path) as src:
             win = None if window is None else Window(window[1], window[0], window[3], window[2])
             return np.moveaxis(src.read(window=win), 0, -1)
+    if window is None:
+        return _decode_tiff(path)
+    with tifffile.TiffFile(path) as tif:
+        axes = tif.series[0].axes
+    try:
+        hwc = _tiff_to_hwc(tifffile.memmap(path, mode="r"), axes)
+    except ValueError:  # compressed or not contiguous: decode whole, keep the last few
+        hwc = _decode_tiff_cached(path)
+    top, left, height, width = window
+    return np.array(hwc[top : top + height, left : left + width])
+
+
+def _decode_tiff(path: Path) -> np.ndarray:
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
-        axes = series.axes
-        try:
-            array = tifffile.memmap(path, mode="r") if window is not None else None
-        except ValueError:  # compressed or not contiguous: decode it all
-            array = None
-        if array is None:
-            array = series.asarray()
-    hwc = _tiff_to_hwc(array, axes)
-    if window is not None:
-        top, left, height, width = window
-        hwc = hwc[top : top + height, left : left + width]
-    return np.array(hwc)
+        return _tiff_to_hwc(series.asarray(), series.axes)
+
+
+@functools.lru_cache(maxsize=2)
+def _decode_tiff_cached(path: Path) -> np.ndarray:
+    return _decode_tiff(path)
