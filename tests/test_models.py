@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cspt.checkpoints import infer_arch, load_checkpoint
+from cspt.checkpoints import load_checkpoint
 from cspt.errors import CsptError
 from cspt.models import ArchConfig, MaskedAutoencoderViT
 from cspt.models.vit import VIT_PRESETS, build_encoder, resolve_arch, sincos_pos_embed
@@ -89,7 +89,7 @@ def test_sincos_non_square_grid_encodes_rows_then_columns():
 
 
 def test_natural_checkpoint_architecture_is_read_from_shapes(natural_mae):
-    arch = resolve_arch({}, None, infer_arch(load_checkpoint(natural_mae).state_dict))
+    arch = resolve_arch({}, None, load_checkpoint(natural_mae).arch)
     assert arch == ArchConfig(embed_dim=192, depth=8, num_heads=3, patch_size=8, img_size=64, in_chans=3,
                               decoder_dim=128, decoder_depth=1, decoder_num_heads=4)
 

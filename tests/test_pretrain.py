@@ -57,7 +57,9 @@ def test_init_from_natural_checkpoint_matches_every_key(rsscn7_list, natural_mae
     # the exported encoder loads into plain timm and matches the trained weights
     weights = load_file(out / "encoder.safetensors")
     info = json.loads((out / "encoder.json").read_text())
-    assert info["lineage"][0]["init"]["sha256"].startswith("2877a60b")
+    source, stage = info["lineage"]
+    assert source["sha256"].startswith("2877a60b") and source["path"] == str(natural_mae)
+    assert stage["images"] == 32 and stage["epochs"] == 1
     vit = timm.create_model("vit_tiny_patch16_224", patch_size=8, img_size=64, depth=8, num_classes=0)
     assert not vit.load_state_dict(weights, strict=True).missing_keys
     assert torch.equal(weights["blocks.0.attn.qkv.weight"], final_weights(out)["blocks.0.attn.qkv.weight"])

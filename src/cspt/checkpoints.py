@@ -1,8 +1,9 @@
 """Read ViT/MAE checkpoints safely, infer their architecture, and load them with a report.
 
 Formats recognised here: the official MAE layout (``{"model": state_dict}``, with or
-without the decoder), a bare timm/MAE state dict, ``.safetensors`` files, and cspt
-training states. Position embeddings are recomputed (fixed sin-cos) or resampled
+without the decoder), bare timm/MAE state dicts, ``.safetensors`` files, Hugging Face
+ViT-MAE (files or ``save_pretrained`` folders), OpenMMLab checkpoints, and cspt runs
+(training states, run folders, ``encoder.safetensors``). Position embeddings are recomputed (fixed sin-cos) or resampled
 (learned) for another input size, and RGB patch embeddings are adapted to other band
 counts.
 """
@@ -10,6 +11,7 @@ counts.
 from __future__ import annotations
 
 import argparse
+import json
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -17,17 +19,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file as load_safetensors
 from timm.layers import resample_abs_pos_embed
 from timm.models._manipulate import adapt_input_conv
 from torch import nn
 
+from cspt.checkpoint_formats import hugging_face_to_mae, is_hugging_face, is_openmmlab, openmmlab_to_mae
 from cspt.errors import CsptError
 from cspt.models.mae import DECODER_PREFIXES
 from cspt.models.vit import sincos_pos_embed
 
 POS_EMBED_KEYS = ("pos_embed", "decoder_pos_embed")
+HF_SIDECAR = "lineage.json"
+#: what shapes cannot tell, read from a config stored with the weights: cspt/MAE name -> sources' names
+DECLARED_HEADS = {"num_heads": ("num_heads", "num_attention_heads"),
+                  "decoder_num_heads": ("decoder_num_heads", "decoder_num_attention_heads")}
 
 
 def read_checkpoint(path: str | Path, trust: bool = False) -> Any:
@@ -83,15 +90,37 @@ class Checkpoint:
     path: Path
     format: str
     state_dict: dict[str, torch.Tensor]
+    declared: dict[str, Any] = field(default_factory=dict)  #: config values stored with the weights
+
+    @property
+    def arch(self) -> dict[str, Any]:
+        """Architecture from shapes, with the attention heads a stored config declares."""
+        arch = infer_arch(self.state_dict)
+        for name, sources in DECLARED_HEADS.items():
+            value = next((self.declared[s] for s in sources if isinstance(self.declared.get(s), int)), None)
+            if value and (name != "decoder_num_heads" or "decoder_dim" in arch):
+                arch[name] = value
+        return arch
 
     @property
     def has_decoder(self) -> bool:
         return any(k.startswith("decoder_") for k in self.state_dict)
 
 
+def checkpoint_file(path: Path) -> Path:
+    """The weights file behind ``path``: itself, or the one inside a run or Hugging Face folder."""
+    if not path.is_dir():
+        return path
+    for name in ("checkpoints/last.pt", "encoder.safetensors", "model.safetensors", "pytorch_model.bin"):
+        if (path / name).is_file():
+            return path / name
+    raise CsptError(f"{path}: folder holds no checkpoint (checkpoints/last.pt, encoder.safetensors, "
+                    "model.safetensors or pytorch_model.bin)")
+
+
 def load_checkpoint(path: str | Path, trust: bool = False) -> Checkpoint:
-    """Read ``path`` and find the ViT state dict in it."""
-    path = Path(path)
+    """Read ``path`` (a file, a cspt run folder or a Hugging Face folder) and find the ViT in it."""
+    path = checkpoint_file(Path(path))
     obj = read_checkpoint(path, trust)
     if not isinstance(obj, dict):
         raise CsptError(f"{path}: holds a {type(obj).__name__}, not a state dict")
@@ -99,15 +128,68 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> Checkpoint:
         fmt, state = "cspt training state", obj["model"]
     elif isinstance(obj.get("model"), dict):
         fmt, state = "official MAE layout", obj["model"]
+    elif isinstance(obj.get("state_dict"), dict):
+        fmt, state = "OpenMMLab checkpoint", obj["state_dict"]
     elif all(isinstance(v, torch.Tensor) for v in obj.values()):
-        fmt, state = "timm/MAE state dict", obj
+        fmt, state = ("safetensors" if path.suffix == ".safetensors" else "timm/MAE state dict"), obj
     else:
         raise CsptError(f"{path}: no state dict found (top-level keys: {', '.join(list(obj)[:8])})")
     state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    try:
+        if is_hugging_face(state):
+            fmt, state = "Hugging Face ViT-MAE", hugging_face_to_mae(state)
+        elif is_openmmlab(state):
+            fmt, state = "OpenMMLab (backbone/neck)", openmmlab_to_mae(state)
+    except ValueError as err:
+        raise CsptError(f"{path}: cannot convert the {fmt} keys ({err})") from None
     if "patch_embed.proj.weight" not in state or not any(k.startswith("blocks.") for k in state):
         sample = ", ".join(list(state)[:4]) or "none"
         raise CsptError(f"{path}: not a ViT checkpoint (no patch_embed/blocks keys; keys look like {sample})")
-    return Checkpoint(path, fmt, state)
+    return Checkpoint(path, fmt, state, declared_config(path, obj))
+
+
+def declared_config(path: Path, obj: dict) -> dict[str, Any]:
+    """A config stored with the weights: in the file, its JSON sidecar, or an HF ``config.json``."""
+    for candidate in (obj.get("config"), description_of(path).get("architecture")):
+        if isinstance(candidate, dict):
+            return candidate
+    hf_config = path.parent / "config.json"
+    if path.name in ("model.safetensors", "pytorch_model.bin") and hf_config.is_file():
+        try:
+            return json.loads(hf_config.read_text())
+        except json.JSONDecodeError:
+            raise CsptError(f"{hf_config}: damaged JSON") from None
+    return {}
+
+
+def sidecar_of(path: Path) -> Path:
+    """Where the JSON description of a weights file lives (``encoder.safetensors`` -> ``encoder.json``)."""
+    if path.parent.name == "checkpoints":  # a run's training states: the run's encoder.json
+        return path.parent.parent / "encoder.json"
+    if path.name in ("model.safetensors", "pytorch_model.bin"):
+        return path.parent / HF_SIDECAR
+    return path.with_suffix(".json")
+
+
+def description_of(path: str | Path) -> dict[str, Any]:
+    """The sidecar (or safetensors metadata) of a weights file, ``{}`` when it has none."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    sidecar = sidecar_of(path)
+    if sidecar.is_file():
+        try:
+            return json.loads(sidecar.read_text())
+        except json.JSONDecodeError:
+            raise CsptError(f"{sidecar}: damaged JSON sidecar") from None
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), "pt") as handle:
+            meta = (handle.metadata() or {}).get("cspt")
+        if meta:
+            return json.loads(meta)
+    return {}
+
+
 
 
 def infer_arch(state: dict[str, torch.Tensor]) -> dict[str, Any]:

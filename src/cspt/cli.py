@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 import typing
@@ -50,6 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="consecutive pretraining on real NEON aerial scenes (CPU, minutes)")
     demo.add_argument("--output", default="runs/demo", help="run directory")
     demo.add_argument("--init", help="source MAE checkpoint (default: the shared natural-image one, if present)")
+
+    export = commands.add_parser("export", help="export weights for timm, Hugging Face or the MAE code")
+    export.add_argument("source", help="a run directory or any checkpoint the loader accepts")
+    export.add_argument("--to", required=True, choices=["timm", "hf", "mae"])
+    export.add_argument("--output", required=True, help="file (timm: .safetensors, mae: .pth) or folder (hf)")
+    export.add_argument("--trust-checkpoint", action="store_true", help="allow unsafe unpickling")
+
+    info = commands.add_parser("info", help="format, architecture and lineage of a checkpoint")
+    info.add_argument("checkpoint", help="a checkpoint file, run directory or Hugging Face folder")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.add_argument("--trust-checkpoint", action="store_true", help="allow unsafe unpickling")
 
     stats = commands.add_parser("stats", help="per-band mean/std of images, for the mean/std options")
     stats.add_argument("data", nargs="+", help="image folders, files or .txt lists")
@@ -112,7 +124,31 @@ def run_demo(args: argparse.Namespace) -> None:
     print(f"run directory: {demo(args.output, args.init)}")
 
 
-COMMANDS = {"demo": run_demo, "pretrain": run_pretrain, "stats": run_stats, "visualize": run_visualize}
+def run_export(args: argparse.Namespace) -> None:
+    from cspt.export import export_checkpoint
+
+    print(f"wrote {export_checkpoint(args.source, args.to, args.output, args.trust_checkpoint)}")
+
+
+def run_info(args: argparse.Namespace) -> None:
+    from cspt.export import checkpoint_info
+
+    info = checkpoint_info(args.checkpoint, args.trust_checkpoint)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    arch = info["architecture"]
+    print(f"file: {info['file']}\nformat: {info['format']}")
+    print(f"tensors: {info['tensors']} ({info['parameters'] / 1e6:.2f} M parameters)")
+    print("architecture: " + ", ".join(f"{k}={v}" for k, v in arch.items()))
+    print(f"decoder: {'yes' if info['decoder'] else 'no'}")
+    print("lineage:")
+    for number, stage in enumerate(info["lineage"], 1):
+        details = ", ".join(f"{k}={v}" for k, v in stage.items() if k not in ("stage", "config"))
+        print(f"  {number}. {stage.get('stage')}: {details}")
+
+
+COMMANDS = {"demo": run_demo, "export": run_export, "info": run_info, "pretrain": run_pretrain, "stats": run_stats, "visualize": run_visualize}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

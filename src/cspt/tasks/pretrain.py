@@ -6,26 +6,23 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from cspt.checkpoints import infer_arch, load_checkpoint, load_into_model
+from cspt.checkpoints import load_checkpoint, load_into_model
 from cspt.config import PretrainConfig, save_config
 from cspt.data.files import find_images
 from cspt.data.unlabelled import (UnlabelledImages, collate, default_normalisation, evaluation_images,
                                   scan_images)
-from cspt.engine.checkpointing import atomic_write
 from cspt.engine.distributed import setup_distributed, shutdown_distributed
 from cspt.engine.run_dir import check_same_run, config_for_resume, has_checkpoint, run_dir_of, saved_config
 from cspt.engine.trainer import Trainer
 from cspt.errors import CsptError
+from cspt.export import lineage_of, write_encoder
 from cspt.models.mae import MaskedAutoencoderViT
 from cspt.models.vit import ArchConfig, resolve_arch
 from cspt.visualize import reconstruction_grid, save_grid
@@ -40,7 +37,7 @@ def resolve_config(config: PretrainConfig) -> PretrainConfig:
     """Fill every "decide later" field: architecture (flags > preset > --init shapes), mean/std, tiles."""
     inferred = {}
     if config.init:
-        inferred = infer_arch(load_checkpoint(config.init, config.trust_checkpoint).state_dict)
+        inferred = load_checkpoint(config.init, config.trust_checkpoint).arch
     explicit = {k: getattr(config, k) for k in ARCH_KEYS}
     arch = resolve_arch(explicit, config.model, inferred)
     mean, std = default_normalisation(arch.in_chans)
@@ -111,32 +108,18 @@ class PretrainTask:
             self._write_reconstructions(model, f"epoch_{epoch + 1:04d}", run_dir)
 
     def on_fit_end(self, model: nn.Module, run_dir: Path) -> None:
-        export_encoder(model, self.config, run_dir, images=len(self.files))
+        parents = lineage_of(self.config.init) if self.config.init else []
+        export_encoder(model, self.config, run_dir, len(self.files), parents)
 
 
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def export_encoder(model: MaskedAutoencoderViT, config: PretrainConfig, run_dir: Path, images: int) -> Path:
+def export_encoder(model: MaskedAutoencoderViT, config: PretrainConfig, run_dir: Path, images: int,
+                   parents: list[dict[str, Any]]) -> Path:
     """Write ``encoder.safetensors`` (timm ViT names) and ``encoder.json`` (config and lineage)."""
-    arch = arch_of(config)
-    lineage = {
-        "stage": "consecutive MAE pretraining",
-        "init": None if not config.init else {"path": str(config.init), "sha256": sha256_of(config.init)},
-        "data": list(config.data),
-        "images": images,
-        "epochs": config.epochs,
-    }
-    info = {"architecture": arch.to_dict(), "mean": config.mean, "std": config.std, "lineage": [lineage]}
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.encoder_state_dict().items()}
-    target = run_dir / "encoder.safetensors"
-    atomic_write(target, lambda tmp: save_file(weights, str(tmp), metadata={"cspt": json.dumps(info)}))
-    (run_dir / "encoder.json").write_text(json.dumps(info, indent=2) + "\n")
+    stage = {"stage": "consecutive MAE pretraining", "run": str(run_dir), "data": list(config.data),
+             "images": images, "epochs": config.epochs, "config": dataclasses.asdict(config)}
+    info = {"architecture": arch_of(config).to_dict(), "format": "timm", "mean": config.mean, "std": config.std,
+            "lineage": parents + [stage]}
+    target = write_encoder(model.state_dict(), run_dir / "encoder.safetensors", info)
     log.info("exported the encoder to %s", target)
     return target
 

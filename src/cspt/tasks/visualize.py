@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from cspt.checkpoints import infer_arch, load_checkpoint, load_into_model
+from cspt.checkpoints import load_checkpoint, load_into_model
 from cspt.data.files import find_images
 from cspt.data.unlabelled import UnlabelledImages, default_normalisation, evaluation_images, scan_images
 from cspt.errors import CsptError
@@ -24,7 +24,7 @@ def visualize_checkpoint(checkpoint: str | Path, images: Sequence[str], output: 
     ckpt = load_checkpoint(checkpoint, trust)
     if not ckpt.has_decoder:
         raise CsptError(f"{checkpoint}: has no MAE decoder, so it cannot reconstruct images")
-    arch = resolve_arch({"img_size": img_size}, None, infer_arch(ckpt.state_dict))
+    arch = resolve_arch({"img_size": img_size}, None, ckpt.arch)
     model = MaskedAutoencoderViT(arch, mask_ratio)
     load_into_model(model, ckpt)
     default_mean, default_std = default_normalisation(arch.in_chans)
