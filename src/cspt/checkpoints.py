@@ -190,8 +190,6 @@ def description_of(path: str | Path) -> dict[str, Any]:
     return {}
 
 
-
-
 def infer_arch(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Architecture fields readable from tensor shapes (heads: width/64, decoder width/32)."""
     proj = state["patch_embed.proj.weight"]
