@@ -46,8 +46,6 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> Any:
     path = Path(path)
     if not path.exists():
         raise CsptError(f"{path}: checkpoint not found")
-    if path.is_dir():
-        raise CsptError(f"{path}: is a folder, not a checkpoint file")
     if path.stat().st_size == 0:
         raise CsptError(f"{path}: empty file, not a checkpoint")
     if path.suffix == ".safetensors":

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from cspt.checkpoint_formats import mae_to_hugging_face
-from cspt.checkpoints import HF_SIDECAR, Checkpoint, checkpoint_file, description_of, load_checkpoint, sidecar_of
+from cspt.checkpoints import Checkpoint, checkpoint_file, description_of, load_checkpoint, sidecar_of
 from cspt.engine.checkpointing import atomic_torch_save, atomic_write
 from cspt.errors import CsptError
 from cspt.models.mae import DECODER_PREFIXES
@@ -48,8 +48,13 @@ def write_encoder(state: dict[str, torch.Tensor], target: Path, info: dict[str, 
     """Encoder weights (plain timm ViT keys) as safetensors with ``info`` in metadata and a sidecar."""
     weights = {k: v.detach().cpu().contiguous() for k, v in state.items() if not k.startswith(DECODER_PREFIXES)}
     atomic_write(target, lambda tmp: save_file(weights, str(tmp), metadata={"cspt": json.dumps(info)}))
-    sidecar_of(target).write_text(json.dumps(info, indent=2) + "\n")
+    write_sidecar(target, info)
     return target
+
+
+def write_sidecar(weights: Path, info: dict[str, Any]) -> None:
+    """The JSON description beside a weights file, where :func:`description_of` finds it."""
+    sidecar_of(weights).write_text(json.dumps(info, indent=2) + "\n")
 
 
 def export_checkpoint(source: str | Path, to: str, output: str | Path, trust: bool = False) -> Path:
@@ -67,7 +72,7 @@ def export_checkpoint(source: str | Path, to: str, output: str | Path, trust: bo
         return write_encoder(checkpoint.state_dict, output, info)
     if to == "mae":
         atomic_torch_save({"model": checkpoint.state_dict}, output)
-        sidecar_of(output).write_text(json.dumps(info, indent=2) + "\n")
+        write_sidecar(output, info)
         return output
     return export_hugging_face(checkpoint, arch, output, info)
 
@@ -93,7 +98,7 @@ def export_hugging_face(checkpoint: Checkpoint, arch: ArchConfig, folder: Path, 
     transformers5 = "vit.layers.0.attention.q_proj.weight" in model.state_dict()
     model.load_state_dict(mae_to_hugging_face(checkpoint.state_dict, transformers5), strict=True)
     model.save_pretrained(folder)
-    (folder / HF_SIDECAR).write_text(json.dumps(info, indent=2) + "\n")
+    write_sidecar(folder / "model.safetensors", info)
     return folder
 
 

@@ -106,13 +106,7 @@ def _read_pil(path: Path, window: WindowBox | None) -> np.ndarray:
     if window is None:
         return _decode_pil(path)
     top, left, height, width = window
-    # formats without random access decode whole: keep the last few scenes decoded
-    return _decode_pil_cached(path)[top : top + height, left : left + width]
-
-
-@functools.lru_cache(maxsize=2)
-def _decode_pil_cached(path: Path) -> np.ndarray:
-    return _decode_pil(path)
+    return _decode_whole_cached(path)[top : top + height, left : left + width]
 
 
 def _decode_pil(path: Path) -> np.ndarray:
@@ -155,8 +149,8 @@ def _read_tiff(path: Path, window: WindowBox | None) -> np.ndarray:
         axes = tif.series[0].axes
     try:
         hwc = _tiff_to_hwc(tifffile.memmap(path, mode="r"), axes)
-    except ValueError:  # compressed or not contiguous: decode whole, keep the last few
-        hwc = _decode_tiff_cached(path)
+    except ValueError:  # compressed or not contiguous
+        hwc = _decode_whole_cached(path)
     top, left, height, width = window
     return np.array(hwc[top : top + height, left : left + width])
 
@@ -168,5 +162,6 @@ def _decode_tiff(path: Path) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=2)
-def _decode_tiff_cached(path: Path) -> np.ndarray:
-    return _decode_tiff(path)
+def _decode_whole_cached(path: Path) -> np.ndarray:
+    """Files without random access are decoded whole to cut windows: keep the last few decoded."""
+    return _decode_tiff(path) if path.suffix.lower() in TIFF_SUFFIXES else _decode_pil(path)
