@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cspt.checkpoints import load_checkpoint, load_into_model
+from cspt.checkpoints import Checkpoint, load_checkpoint, load_into_model
 from cspt.config import PretrainConfig, save_config
 from cspt.data.files import find_images
 from cspt.data.unlabelled import (UnlabelledImages, collate, default_normalisation, evaluation_images,
@@ -33,13 +33,10 @@ ARCH_KEYS = [f.name for f in dataclasses.fields(ArchConfig)]
 VIS_IMAGES = 8
 
 
-def resolve_config(config: PretrainConfig) -> PretrainConfig:
-    """Fill every "decide later" field: architecture (flags > preset > --init shapes), mean/std, tiles."""
-    inferred = {}
-    if config.init:
-        inferred = load_checkpoint(config.init, config.trust_checkpoint).arch
+def resolve_config(config: PretrainConfig, init: Checkpoint | None = None) -> PretrainConfig:
+    """Fill every "decide later" field: architecture (flags > preset > ``init`` shapes), mean/std, tiles."""
     explicit = {k: getattr(config, k) for k in ARCH_KEYS}
-    arch = resolve_arch(explicit, config.model, inferred)
+    arch = resolve_arch(explicit, config.model, init.arch if init else {})
     mean, std = default_normalisation(arch.in_chans)
     return dataclasses.replace(
         config,
@@ -57,19 +54,19 @@ def arch_of(config: PretrainConfig) -> ArchConfig:
 class PretrainTask:
     """MAE on unlabelled images, for the :class:`~cspt.engine.Trainer`."""
 
-    def __init__(self, config: PretrainConfig):
+    def __init__(self, config: PretrainConfig, init: Checkpoint | None = None):
         self.config = config
         self.arch = arch_of(config)
+        self.init = init  #: the loaded --init checkpoint, released once the model has it
         self.dataset: UnlabelledImages | None = None
-        self.init_report: list[str] = []
 
     def build_model(self, load_init: bool) -> nn.Module:
         model = MaskedAutoencoderViT(self.arch, self.config.mask_ratio, self.config.norm_pix_loss)
         if load_init and self.config.init:
-            report = load_into_model(model, load_checkpoint(self.config.init, self.config.trust_checkpoint))
-            self.init_report = report.lines()
-            for line in self.init_report:
+            init = self.init or load_checkpoint(self.config.init, self.config.trust_checkpoint)
+            for line in load_into_model(model, init).lines():
                 log.info("init: %s", line)
+        self.init = None
         return model
 
     def train_data(self) -> tuple[UnlabelledImages, Any]:
@@ -82,7 +79,7 @@ class PretrainTask:
                  f", {len(scan.unreadable)} unreadable files skipped" if scan.unreadable else "")
         self.dataset = UnlabelledImages(scan.entries, cfg.img_size, cfg.patch_size, cfg.in_chans,
                                         cfg.mean, cfg.std, cfg.tile_size, cfg.min_scale)
-        self.files, self.unreadable = files, scan.unreadable
+        self.files = files
         return self.dataset, collate
 
     def training_step(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
@@ -135,11 +132,13 @@ def pretrain(config: PretrainConfig, resume: str | Path | bool | None = None,
     if resume:
         run_dir = run_dir_of(config.output if resume is True else resume)
         config = config_for_resume(PretrainConfig, run_dir, overrides or {})
+        init = None  # the run's own checkpoint replaces the --init weights
     else:
         if not config.output:
             raise CsptError("no --output run directory given")
         run_dir = Path(config.output)
-        config = resolve_config(config)
+        init = load_checkpoint(config.init, config.trust_checkpoint) if config.init else None
+        config = resolve_config(config, init)
         if has_checkpoint(run_dir):
             check_same_run(saved_config(run_dir) or {}, config, run_dir)
     dist = setup_distributed(config.device)
@@ -147,7 +146,7 @@ def pretrain(config: PretrainConfig, resume: str | Path | bool | None = None,
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, run_dir / "config.yaml")
-        Trainer(config, run_dir, dist).fit(PretrainTask(config))
+        Trainer(config, run_dir, dist).fit(PretrainTask(config, init))
     finally:
         shutdown_distributed()
     return run_dir
