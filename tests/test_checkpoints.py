@@ -52,6 +52,7 @@ def test_pickled_objects_other_than_namespace_need_trust(tmp_path):
     ("text", "not a PyTorch checkpoint"),
     ("empty", "empty file"),
     ("truncated", "truncated or damaged"),
+    ("truncated_early", "truncated or damaged"),
     ("resnet", "not a ViT checkpoint"),
     ("missing", "checkpoint not found"),
 ])
@@ -64,6 +65,9 @@ def test_bad_checkpoints_give_one_line_errors_naming_the_file(tmp_path, kind, me
     elif kind == "truncated":
         torch.save({"model": MaskedAutoencoderViT(TINY_ARCH).state_dict()}, path)
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == "truncated_early":
+        torch.save({"model": MaskedAutoencoderViT(TINY_ARCH).state_dict()}, path)
+        path.write_bytes(path.read_bytes()[:5000])
     elif kind == "resnet":
         torch.save(torchvision.models.resnet18().state_dict(), path)
     with pytest.raises(CsptError, match=message) as err:

@@ -71,7 +71,7 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> Any:
         raise CsptError(f"{path}: not a PyTorch checkpoint ({_first_line(err)})") from None
     except Exception as err:  # torch.load raises many types for files that are not checkpoints
         message = _first_line(err)
-        if "zip archive" in message or "central directory" in message or isinstance(err, EOFError):
+        if magic == b"PK" or isinstance(err, EOFError):  # starts like a checkpoint, cannot be read
             raise CsptError(f"{path}: truncated or damaged checkpoint ({message})") from None
         raise CsptError(f"{path}: not a PyTorch checkpoint ({message})") from None
 
