@@ -22,8 +22,9 @@ NATURAL_MAE = SHARED / "weights" / "mae_vit_tiny_p8_64_tinyimagenet.pth"
 TINY_ARCH = ArchConfig(embed_dim=64, depth=2, num_heads=2, patch_size=8, img_size=32, decoder_dim=32,
                        decoder_depth=1, decoder_num_heads=2)
 #: command-line flags for the same tiny architecture
-TINY_FLAGS = ["--embed-dim", "64", "--depth", "2", "--num-heads", "2", "--patch-size", "8", "--img-size", "32",
-              "--decoder-dim", "32", "--decoder-depth", "1", "--decoder-num-heads", "2"]
+TINY_ENCODER_FLAGS = ["--embed-dim", "64", "--depth", "2", "--num-heads", "2", "--patch-size", "8"]
+TINY_FLAGS = [*TINY_ENCODER_FLAGS, "--img-size", "32", "--decoder-dim", "32", "--decoder-depth", "1",
+              "--decoder-num-heads", "2"]
 
 
 def needs(path: Path) -> Path:
@@ -54,6 +55,27 @@ def rsscn7_list(rsscn7: Path, tmp_path: Path):
         return path
 
     return make
+
+
+@pytest.fixture
+def rsscn7_csv(rsscn7: Path, tmp_path: Path):
+    """Write a ``path,label`` CSV of ``per_class`` seeded RSSCN7 images of every class."""
+
+    def make(per_class: int, seed: int = 0) -> Path:
+        rows = ["path,label"]
+        for folder in sorted(p for p in rsscn7.iterdir() if p.is_dir()):
+            files = sorted(folder.glob("*.jpg"))
+            rows += [f"{f},{folder.name}" for f in random.Random(seed).sample(files, per_class)]
+        path = tmp_path / f"rsscn7_{per_class}x7_{seed}.csv"
+        path.write_text("\n".join(rows) + "\n")
+        return path
+
+    return make
+
+
+#: fine-tuning flags without the heavy regularisation, so a few dozen CPU steps learn something
+PLAIN_FINETUNE = {"mixup": 0.0, "cutmix": 0.0, "rand_augment": None, "reprob": 0.0, "smoothing": 0.0,
+                  "layer_decay": 1.0, "drop_path": 0.0}
 
 
 def write_rgb(path: Path, size: int = 48, seed: int = 0) -> Path:

@@ -264,7 +264,9 @@ def load_into_model(model: nn.Module, checkpoint: Checkpoint) -> LoadReport:
     Shapes that cannot be adapted raise a one-line error naming the file.
     """
     own = model.state_dict()
-    state = dict(checkpoint.state_dict)
+    model_has_decoder = any(k.startswith(DECODER_PREFIXES) for k in own)
+    state = {k: v for k, v in checkpoint.state_dict.items()
+             if model_has_decoder or not k.startswith(DECODER_PREFIXES)}  # an unused decoder is no mismatch
     report = LoadReport(str(checkpoint.path), checkpoint.format)
     for key in POS_EMBED_KEYS:
         if key in state and key in own and state[key].shape != own[key].shape:
@@ -288,7 +290,6 @@ def load_into_model(model: nn.Module, checkpoint: Checkpoint) -> LoadReport:
     report.unexpected = list(result.unexpected_keys)
     report.total = len(own)
     report.loaded = len(own) - len(report.missing)
-    model_has_decoder = any(k.startswith(DECODER_PREFIXES) for k in own)
     if model_has_decoder:
         missing_decoder = [k for k in report.missing if k.startswith(DECODER_PREFIXES)]
         if not checkpoint.has_decoder:

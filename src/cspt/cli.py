@@ -10,7 +10,7 @@ import sys
 import typing
 from typing import Any, Sequence
 
-from cspt.config import PretrainConfig, build_config
+from cspt.config import ClassifyConfig, PretrainConfig, ProbeConfig, build_config
 from cspt.errors import CsptError
 
 log = logging.getLogger("cspt")
@@ -37,16 +37,51 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[
         parser.add_argument(flag, **kwargs)
 
 
+def add_training_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    parser.add_argument("--config", help="YAML file of options (flags override it)")
+    parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
+                        help="continue a run exactly (default: the --output directory)")
+    add_config_flags(parser, cls)
+
+
+def add_inference_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--num-workers", type=int, help="data loader workers (default: by CPU count)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cspt", description="Consecutive pretraining of ViTs for remote sensing")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
 
     pre = commands.add_parser("pretrain", help="consecutive MAE pretraining on unlabelled images")
-    pre.add_argument("--config", help="YAML file of options (flags override it)")
-    pre.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
-                     help="continue a run exactly (default: the --output directory)")
-    add_config_flags(pre, PretrainConfig)
+    add_training_flags(pre, PretrainConfig)
+
+    finetune = commands.add_parser("finetune", help="fine-tune on a labelled downstream task")
+    tasks = finetune.add_subparsers(dest="task", required=True)
+    add_training_flags(tasks.add_parser("classify", help="scene classification (MAE/CSPT recipe)"), ClassifyConfig)
+
+    probe = commands.add_parser("probe", help="kNN or linear probe of a checkpoint's frozen features")
+    probe.add_argument("kind", choices=["knn", "linear"])
+    probe.add_argument("--config", help="YAML file of options (flags override it)")
+    add_config_flags(probe, ProbeConfig)
+
+    evaluate = commands.add_parser("evaluate", help="metrics of a fine-tuned model")
+    tasks = evaluate.add_subparsers(dest="task", required=True)
+    ev = tasks.add_parser("classify", help="OA, AA, kappa, per-class scores and confusion matrix")
+    ev.add_argument("--checkpoint", required=True, help="fine-tuning run directory or its classifier.safetensors")
+    ev.add_argument("--data", help="ImageFolder directory or path,label CSV (default: the run's test split)")
+    ev.add_argument("--output", help="folder for metrics.json etc. (default: the run, or RUN/evaluation/NAME)")
+    add_inference_flags(ev)
+
+    predict = commands.add_parser("predict", help="predictions of a fine-tuned model on new images")
+    tasks = predict.add_subparsers(dest="task", required=True)
+    pr = tasks.add_parser("classify", help="a path,label,score CSV")
+    pr.add_argument("--checkpoint", required=True, help="fine-tuning run directory or its classifier.safetensors")
+    pr.add_argument("--images", required=True, nargs="+", help="image folders, files or .txt lists")
+    pr.add_argument("--output", default="predictions.csv", help="CSV to write")
+    add_inference_flags(pr)
 
     demo = commands.add_parser("demo", help="consecutive pretraining on real NEON aerial scenes (CPU, minutes)")
     demo.add_argument("--output", default="runs/demo", help="run directory")
@@ -80,21 +115,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_pretrain(args: argparse.Namespace) -> None:
-    from cspt.tasks.pretrain import pretrain
+RESERVED = {"command", "task", "kind", "debug", "config", "resume"}
 
-    reserved = {"command", "debug", "config", "resume"}
-    overrides = {k: v for k, v in vars(args).items() if k not in reserved}
+
+def run_training(args: argparse.Namespace, cls: type, train: Any) -> None:
+    """Start a training stage from ``--config`` + flags, or continue one with ``--resume``."""
+    overrides = {k: v for k, v in vars(args).items() if k not in RESERVED}
     if args.resume:
         if args.config:
             raise CsptError("--resume continues a run with its saved config; --config cannot change it")
         resume = args.resume if args.resume is not True else overrides.get("output") or True
         if resume is True:
             raise CsptError("--resume needs a run directory (or --output)")
-        run_dir = pretrain(PretrainConfig(), resume=resume, overrides=overrides)
+        run_dir = train(cls(), resume=resume, overrides=overrides)
     else:
-        run_dir = pretrain(build_config(PretrainConfig, args.config, overrides))
+        run_dir = train(build_config(cls, args.config, overrides))
     print(f"run directory: {run_dir}")
+
+
+def run_pretrain(args: argparse.Namespace) -> None:
+    from cspt.tasks.pretrain import pretrain
+
+    run_training(args, PretrainConfig, pretrain)
+
+
+def run_finetune(args: argparse.Namespace) -> None:
+    from cspt.tasks.classify import finetune_classify
+
+    run_training(args, ClassifyConfig, finetune_classify)
+
+
+def print_metrics(metrics: dict[str, Any], where: str) -> None:
+    print(f"OA {metrics['oa']:.4f}  AA {metrics['aa']:.4f}  kappa {metrics['kappa']:.4f}  "
+          f"({metrics['images']} images){where}")
+
+
+def run_probe(args: argparse.Namespace) -> None:
+    from cspt.tasks.probe import run_probe as probe
+
+    overrides = {k: v for k, v in vars(args).items() if k not in RESERVED}
+    config = build_config(ProbeConfig, args.config, overrides)
+    print_metrics(probe(args.kind, config), f"; written to {config.output}" if config.output else "")
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    from cspt.tasks.classify import evaluate_classifier
+
+    metrics, folder = evaluate_classifier(args.checkpoint, args.data, args.output, args.batch_size, args.device,
+                                          args.num_workers)
+    print_metrics(metrics, f"; written to {folder}")
+
+
+def run_predict(args: argparse.Namespace) -> None:
+    from cspt.tasks.classify import predict_classifier
+
+    path = predict_classifier(args.checkpoint, args.images, args.output, args.batch_size, args.device,
+                              args.num_workers)
+    print(f"wrote {path}")
 
 
 def run_stats(args: argparse.Namespace) -> None:
@@ -148,7 +225,9 @@ def run_info(args: argparse.Namespace) -> None:
         print(f"  {number}. {stage.get('stage')}: {details}")
 
 
-COMMANDS = {"demo": run_demo, "export": run_export, "info": run_info, "pretrain": run_pretrain, "stats": run_stats, "visualize": run_visualize}
+COMMANDS = {"demo": run_demo, "evaluate": run_evaluate, "export": run_export, "finetune": run_finetune,
+            "info": run_info, "predict": run_predict, "pretrain": run_pretrain, "probe": run_probe,
+            "stats": run_stats, "visualize": run_visualize}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,8 @@ import yaml
 from cspt.errors import CsptError
 
 C = TypeVar("C", bound="TrainConfig")
+#: what an optional text option may be given as to mean "none" (e.g. ``--rand-augment none``)
+NONE_WORDS = ("none", "null")
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:
@@ -54,11 +56,9 @@ class TrainConfig:
 
 
 @dataclass
-class PretrainConfig(TrainConfig):
-    """Consecutive MAE pretraining: model, data and schedule."""
+class EncoderConfig:
+    """Where the ViT's weights come from, its shape, and how its inputs are normalised."""
 
-    data: list[str] = option([], "image folders (searched recursively), image files or text file lists",
-                             nargs="+")
     init: str | None = option(None, "start from these weights (fresh optimizer and schedule)")
     trust_checkpoint: bool = option(False, "allow --init checkpoints that need unsafe unpickling")
     model: str | None = option(None, "size preset: vit_tiny, vit_small, vit_base, vit_large, vit_huge")
@@ -69,18 +69,91 @@ class PretrainConfig(TrainConfig):
     patch_size: int | None = option(None, "patch size in pixels")
     img_size: int | None = option(None, "input size in pixels")
     in_chans: int | None = option(None, "input bands")
+    mean: list[float] | None = option(None, "per-band mean on the 0-1 scale (default: ImageNet for 3 bands)",
+                                      nargs="+")
+    std: list[float] | None = option(None, "per-band std on the 0-1 scale", nargs="+")
+
+
+@dataclass
+class PretrainConfig(TrainConfig, EncoderConfig):
+    """Consecutive MAE pretraining: model, data and schedule."""
+
+    data: list[str] = option([], "image folders (searched recursively), image files or text file lists",
+                             nargs="+")
     decoder_dim: int | None = option(None, "decoder width (default 512)")
     decoder_depth: int | None = option(None, "decoder blocks (default 8)")
     decoder_num_heads: int | None = option(None, "decoder attention heads (default width/32)")
     mask_ratio: float = option(0.75, "fraction of patches masked")
     norm_pix_loss: bool = option(True, "regress per-patch normalised pixels")
-    mean: list[float] | None = option(None, "per-band mean on the 0-1 scale (default: ImageNet for 3 bands)",
-                                      nargs="+")
-    std: list[float] | None = option(None, "per-band std on the 0-1 scale", nargs="+")
     min_scale: float = option(0.2, "RandomResizedCrop minimum area fraction")
     tile_size: int | None = option(None, "images larger than twice this are sampled as random "
                                    "tiles of this size (default: 4 x img_size)")
     vis_every: int = option(10, "write a reconstruction grid every N epochs (0: never)")
+
+
+@dataclass
+class LabelledDataConfig:
+    """A labelled image dataset and its train/val/test split."""
+
+    data: str | None = option(None, "one labelled set to split: an ImageFolder directory or a path,label CSV")
+    train: str | None = option(None, "explicit training set (ImageFolder directory or CSV) instead of --data")
+    val: str | None = option(None, "explicit validation set (selects the best checkpoint)")
+    test: str | None = option(None, "explicit test set (default: the validation set)")
+    train_fraction: float = option(0.5, "with --data: fraction of each class used for training")
+    val_fraction: float = option(0.0, "with --data: fraction of each class held out for validation")
+    label_fraction: float = option(1.0, "keep only this fraction of the training labels (per class)")
+    split_seed: int = option(0, "seed of the stratified split (independent of --seed)")
+    eval_crop_ratio: float = option(0.875, "evaluation: resize to img_size / ratio, then centre-crop")
+
+
+@dataclass
+class ClassifyConfig(TrainConfig, EncoderConfig, LabelledDataConfig):
+    """Scene classification fine-tuning (the MAE/CSPT recipe)."""
+
+    epochs: int = option(100, "number of epochs")
+    batch_size: int = option(32, "images per device per step (before accumulation)")
+    blr: float = option(5e-4, "base learning rate: lr = blr * effective_batch / 256")
+    min_lr: float = option(1e-6, "learning rate at the end of the cosine schedule")
+    betas: list[float] = option([0.9, 0.999], "AdamW betas", nargs=2)
+    global_pool: str = option("avg", "avg: mean of patch tokens + fc_norm; token: the cls token",
+                              choices=["avg", "token"])
+    drop_path: float = option(0.1, "stochastic depth rate")
+    layer_decay: float = option(0.65, "layer-wise lr decay (1.0: off)")
+    mixup: float = option(0.8, "mixup alpha (0: off)")
+    cutmix: float = option(1.0, "cutmix alpha (0: off)")
+    mixup_prob: float = option(1.0, "probability of mixing a batch")
+    mixup_switch_prob: float = option(0.5, "probability of cutmix instead of mixup when both are on")
+    smoothing: float = option(0.1, "label smoothing")
+    rand_augment: str | None = option("rand-m9-mstd0.5-inc1", "timm RandAugment policy for RGB (none: off)")
+    reprob: float = option(0.25, "random erasing probability")
+    min_scale: float = option(0.08, "RandomResizedCrop minimum area fraction")
+    ema: float | None = option(None, "keep an EMA of the weights with this decay and evaluate it")
+    eval_every: int = option(1, "evaluate on the validation set every N epochs")
+
+
+@dataclass
+class ProbeConfig(LabelledDataConfig):
+    """kNN and linear probes on frozen encoder features."""
+
+    checkpoint: str | None = option(None, "encoder weights: any checkpoint the loader accepts, or a run")
+    trust_checkpoint: bool = option(False, "allow checkpoints that need unsafe unpickling")
+    output: str | None = option(None, "folder for metrics.json and the confusion matrix")
+    img_size: int | None = option(None, "input size in pixels (default: the checkpoint's)")
+    mean: list[float] | None = option(None, "per-band mean on the 0-1 scale (default: the checkpoint's, "
+                                      "else ImageNet for 3 bands)", nargs="+")
+    std: list[float] | None = option(None, "per-band std on the 0-1 scale", nargs="+")
+    pool: str = option("avg", "features: mean of normed patch tokens (avg) or the cls token",
+                       choices=["avg", "token"])
+    k: int = option(20, "kNN: neighbours that vote")
+    temperature: float = option(0.07, "kNN: votes weighted by exp(cosine / temperature)")
+    epochs: int = option(90, "linear: epochs over the cached features")
+    batch_size: int = option(256, "images per feature batch; linear-probe batch size")
+    blr: float = option(0.1, "linear: base learning rate, lr = blr * batch / 256")
+    weight_decay: float = option(0.0, "linear: weight decay")
+    optimizer: str = option("lars", "linear: LARS (as in MAE) or SGD with momentum", choices=["lars", "sgd"])
+    device: str = option("auto", "cpu, cuda or auto", choices=["auto", "cpu", "cuda"])
+    num_workers: int | None = option(None, "data loader workers (default: by CPU count)")
+    seed: int = option(0, "seed of the linear probe")
 
 
 def config_fields(cls: type) -> dict[str, dataclasses.Field]:
@@ -96,6 +169,8 @@ def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
         raise CsptError(f"{source}: '{name}' cannot be empty")
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
+        if inner[0] is str and isinstance(value, str) and value.lower() in NONE_WORDS:
+            return None
         return _coerce(name, value, inner[0], source)
     if typing.get_origin(hint) is list:
         items = value if isinstance(value, (list, tuple)) else [value]

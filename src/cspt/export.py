@@ -44,8 +44,8 @@ def lineage_of(path: str | Path, fmt: str | None = None) -> list[dict[str, Any]]
     return [stage]
 
 
-def write_encoder(state: dict[str, torch.Tensor], target: Path, info: dict[str, Any]) -> Path:
-    """Encoder weights (plain timm ViT keys) as safetensors with ``info`` in metadata and a sidecar."""
+def write_weights(state: dict[str, torch.Tensor], target: Path, info: dict[str, Any]) -> Path:
+    """Weights (plain timm ViT keys, no MAE decoder) as safetensors with ``info`` in metadata and a sidecar."""
     weights = {k: v.detach().cpu().contiguous() for k, v in state.items() if not k.startswith(DECODER_PREFIXES)}
     atomic_write(target, lambda tmp: save_file(weights, str(tmp), metadata={"cspt": json.dumps(info)}))
     write_sidecar(target, info)
@@ -69,7 +69,7 @@ def export_checkpoint(source: str | Path, to: str, output: str | Path, trust: bo
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     if to == "timm":
-        return write_encoder(checkpoint.state_dict, output, info)
+        return write_weights(checkpoint.state_dict, output, info)
     if to == "mae":
         atomic_torch_save({"model": checkpoint.state_dict}, output)
         write_sidecar(output, info)

@@ -14,19 +14,16 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import RandomResizedCrop
 
 from cspt.data.images import ImageInfo, ImageReadError, WindowBox, image_info, read_image
+from cspt.data.sampling import load_or_replace, match_bands, random_resized_crop, resize_centre_crop
 from cspt.errors import CsptError
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-MAX_REPLACEMENTS = 20
 
 
 def default_normalisation(bands: int) -> tuple[list[float], list[float]]:
@@ -104,16 +101,8 @@ class UnlabelledImages(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> dict:
         index, seed = item
         generator = torch.Generator().manual_seed(seed)
-        skipped = []
-        for _ in range(MAX_REPLACEMENTS):
-            try:
-                image = self.load(self.entries[index], generator)
-                break
-            except ImageReadError as err:
-                skipped.append(str(err))
-                index = int(torch.randint(len(self.entries), (1,), generator=generator))
-        else:
-            raise CsptError(f"{MAX_REPLACEMENTS} unreadable images in a row; last: {skipped[-1]}")
+        image, _, skipped = load_or_replace(lambda i: self.load(self.entries[i], generator), index,
+                                            len(self.entries), generator)
         image, noise = self.augment(image, generator)
         return {"image": image, "noise": noise, "skipped": skipped}
 
@@ -121,12 +110,7 @@ class UnlabelledImages(Dataset):
         """The image (or a random tile of it) as a ``(bands, H, W)`` tensor on the 0-1 scale."""
         window = self.random_window(entry.info, generator) if entry.tiled else None
         pixels = torch.from_numpy(read_image(entry.path, window)).permute(2, 0, 1)
-        bands = pixels.shape[0]
-        if bands == self.in_chans:
-            return pixels
-        if bands == 1:
-            return pixels.expand(self.in_chans, -1, -1)
-        raise ImageReadError(f"{entry.path}: has {bands} bands, the model expects {self.in_chans}")
+        return match_bands(pixels, self.in_chans, entry.path)
 
     def random_window(self, info: ImageInfo, generator: torch.Generator) -> WindowBox:
         height, width = min(self.tile_size, info.height), min(self.tile_size, info.width)
@@ -135,11 +119,7 @@ class UnlabelledImages(Dataset):
         return top, left, height, width
 
     def augment(self, image: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
-            top, left, h, w = RandomResizedCrop.get_params(image, (self.min_scale, 1.0), (3 / 4, 4 / 3))
-        image = TF.resized_crop(image, top, left, h, w, [self.img_size, self.img_size],
-                                interpolation=InterpolationMode.BICUBIC, antialias=True)
+        image = random_resized_crop(image, self.img_size, self.min_scale, generator)
         if torch.rand(1, generator=generator) < 0.5:
             image = image.flip(-1)
         noise = torch.rand(self.num_patches, generator=generator)
@@ -166,8 +146,7 @@ def evaluation_images(dataset: UnlabelledImages, count: int) -> torch.Tensor:
             pixels = dataset.load(entry, generator)
         except ImageReadError:
             continue
-        pixels = TF.center_crop(TF.resize(pixels, [dataset.img_size], antialias=True,
-                                          interpolation=InterpolationMode.BICUBIC), [dataset.img_size] * 2)
+        pixels = resize_centre_crop(pixels, dataset.img_size)
         images.append((pixels - dataset.mean) / dataset.std)
         if len(images) == count:
             break

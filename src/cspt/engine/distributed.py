@@ -57,6 +57,12 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
+def barrier() -> None:
+    """Wait for every process (no-op when not distributed)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     """The mean of ``value`` over all processes (itself when not distributed)."""
     if dist.is_initialized() and dist.get_world_size() > 1:

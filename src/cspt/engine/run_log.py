@@ -33,9 +33,10 @@ class RunLog:
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
         if self.writer is not None and step is not None:
+            group = record.get("event", "train")
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("time", "step", "epoch"):
-                    self.writer.add_scalar(f"train/{key}", value, step)
+                    self.writer.add_scalar(f"{group}/{key}", value, step)
 
     def close(self) -> None:
         if self.writer is not None:

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -37,28 +39,56 @@ log = logging.getLogger("cspt")
 CHECKPOINT_FORMAT = "cspt-train-state"
 
 
-class Task(Protocol):
-    """What a task gives the trainer."""
+class Task:
+    """What a task gives the trainer: model, data and step, plus optional hooks.
+
+    Subclasses implement the first three; the hooks default to doing nothing.
+    """
 
     config: TrainConfig
 
     def build_model(self, load_init: bool) -> nn.Module:
         """The model, with ``--init`` weights loaded unless resuming."""
+        raise NotImplementedError
 
     def train_data(self) -> tuple[Dataset, Callable[[list], Any]]:
         """The dataset (indexed by ``(index, seed)``) and its collate function."""
+        raise NotImplementedError
 
     def training_step(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
         """The loss of one micro-batch."""
+        raise NotImplementedError
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        """Optimizer parameter groups (a group's ``lr_scale`` multiplies the scheduled lr)."""
+        return param_groups_weight_decay(model, self.config.weight_decay)
 
     def on_fit_start(self, model: nn.Module, run_dir: Path) -> None:
         """Main process only, on a fresh (not resumed) run: e.g. a "before" picture."""
 
-    def on_epoch_end(self, model: nn.Module, epoch: int, run_dir: Path) -> None:
-        """Main process only: per-epoch outputs (e.g. reconstruction grids)."""
+    def on_step_end(self, model: nn.Module, step: int) -> None:
+        """Every process, after each optimizer step (e.g. an EMA update)."""
+
+    def on_epoch_end(self, model: nn.Module, epoch: int, run_dir: Path) -> dict[str, Any] | None:
+        """Main process only: per-epoch outputs; returned metrics go into the log."""
+        return None
 
     def on_fit_end(self, model: nn.Module, run_dir: Path) -> None:
         """Main process only: final outputs (e.g. the exported encoder)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Task state that a resumed run needs (e.g. EMA weights, best score)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` when resuming."""
+
+
+def seed_step(seed: int) -> None:
+    """Seed torch, numpy and ``random`` (timm's mixup and augmentations draw from all three)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -146,17 +176,17 @@ class Trainer:
                      cfg.accum_iter, self.dist.world_size, base_lr, precision, self.dist.device)
         return schedule
 
-    def setup(self, model: nn.Module, state: dict | None) -> Training:
+    def setup(self, task: Task, model: nn.Module, state: dict | None) -> Training:
         """Optimizer and scaler for ``model``, restored from ``state`` when resuming; DDP wrapping."""
         cfg, dist = self.config, self.dist
-        optimizer = torch.optim.AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=0.0,
-                                      betas=tuple(cfg.betas))
+        optimizer = torch.optim.AdamW(task.param_groups(model), lr=0.0, betas=tuple(cfg.betas))
         scaler = torch.amp.GradScaler(dist.device.type, enabled=self.autocast_dtype == torch.float16)
         training = Training(model, model, optimizer, scaler)
         if state is not None:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scaler.load_state_dict(state["scaler"])
+            task.load_state_dict(state.get("task", {}))
             training.epoch, training.micro_batch, training.step = state["epoch"], state["micro_batch"], state["step"]
             if dist.is_main:
                 truncate_log_after(self.run_dir, training.step)
@@ -173,7 +203,7 @@ class Trainer:
         dataset, collate = task.train_data()
         sampler = SeededBatchSampler(len(dataset), cfg.batch_size, cfg.seed, dist.rank, dist.world_size)
         schedule = self.schedule(len(sampler))
-        training = self.setup(model, state)
+        training = self.setup(task, model, state)
         if state is None and dist.is_main:
             task.on_fit_start(model, self.run_dir)
         run_log = RunLog(self.run_dir, dist.is_main)
@@ -189,7 +219,7 @@ class Trainer:
                 self._end_epoch(task, training, run_log)
                 training.epoch += 1
                 training.micro_batch = 0
-                self._save(training)
+                self._save(task, training)
             if dist.is_main:
                 task.on_fit_end(model, self.run_dir)
         finally:
@@ -210,7 +240,7 @@ class Trainer:
             self._report_skipped(batch.pop("skipped", []))
             first, last = micro % cfg.accum_iter == 0, (micro + 1) % cfg.accum_iter == 0
             if first:
-                torch.manual_seed((cfg.seed * 1_000_003 + training.step) * 4096 + dist.rank)
+                seed_step((cfg.seed * 1_000_003 + training.step) * 4096 + dist.rank)
                 lr = schedule.lr(training.step)
                 for group in optimizer.param_groups:
                     group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -234,6 +264,7 @@ class Trainer:
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             training.step += 1
+            task.on_step_end(training.model, training.step)
             training.micro_batch = micro + 1
             interval_steps += 1
             progress.update(1)
@@ -249,7 +280,7 @@ class Trainer:
                 loss_sum.zero_()
                 interval_steps, interval_images, interval_start = 0, 0, time.perf_counter()
             if cfg.checkpoint_every and training.step % cfg.checkpoint_every == 0 and not end_of_epoch:
-                self._save(training)
+                self._save(task, training)
 
     def _report_skipped(self, messages: list[str]) -> None:
         for message in messages:
@@ -265,9 +296,12 @@ class Trainer:
                            "skipped_images": len(skipped)})
             log.info("epoch %d/%d done (step %d)%s", epoch, self.config.epochs, training.step,
                      f"; {len(skipped)} unreadable images skipped so far" if skipped else "")
-            task.on_epoch_end(training.model, training.epoch, self.run_dir)
+            metrics = task.on_epoch_end(training.model, training.epoch, self.run_dir)
+            if metrics:
+                run_log.write({"event": "eval", "epoch": epoch, "step": training.step, **metrics}, training.step)
+                log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
-    def _save(self, training: Training) -> None:
+    def _save(self, task: Task, training: Training) -> None:
         """Checkpoint the position reached: ``epoch`` and the next ``micro_batch`` in it."""
         if not self.dist.is_main:
             return
@@ -279,6 +313,7 @@ class Trainer:
             "epoch": training.epoch,
             "micro_batch": training.micro_batch,
             "step": training.step,
+            "task": task.state_dict(),
             "config": config_to_dict(self.config),
         }
         self.checkpoints.save(state, training.step)

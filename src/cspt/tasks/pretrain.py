@@ -13,45 +13,31 @@ from typing import Any
 import torch
 from torch import nn
 
-from cspt.checkpoints import Checkpoint, load_checkpoint, load_into_model
+from cspt.checkpoints import Checkpoint, load_checkpoint
 from cspt.config import PretrainConfig, save_config
 from cspt.data.files import find_images
-from cspt.data.unlabelled import (UnlabelledImages, collate, default_normalisation, evaluation_images,
-                                  scan_images)
+from cspt.data.unlabelled import UnlabelledImages, collate, evaluation_images, scan_images
 from cspt.engine.distributed import setup_distributed, shutdown_distributed
 from cspt.engine.run_dir import check_same_run, config_for_resume, has_checkpoint, run_dir_of, saved_config
-from cspt.engine.trainer import Trainer
+from cspt.engine.trainer import Task, Trainer
 from cspt.errors import CsptError
-from cspt.export import lineage_of, write_encoder
+from cspt.export import lineage_of, write_weights
 from cspt.models.mae import MaskedAutoencoderViT
-from cspt.models.vit import ArchConfig, resolve_arch
+from cspt.tasks.encoder import arch_of, load_init_weights, resolved_encoder_fields
 from cspt.visualize import reconstruction_grid, save_grid
 
 log = logging.getLogger("cspt")
 
-ARCH_KEYS = [f.name for f in dataclasses.fields(ArchConfig)]
 VIS_IMAGES = 8
 
 
 def resolve_config(config: PretrainConfig, init: Checkpoint | None = None) -> PretrainConfig:
     """Fill every "decide later" field: architecture (flags > preset > ``init`` shapes), mean/std, tiles."""
-    explicit = {k: getattr(config, k) for k in ARCH_KEYS}
-    arch = resolve_arch(explicit, config.model, init.arch if init else {})
-    mean, std = default_normalisation(arch.in_chans)
-    return dataclasses.replace(
-        config,
-        **arch.to_dict(),
-        mean=config.mean if config.mean is not None else mean,
-        std=config.std if config.std is not None else std,
-        tile_size=config.tile_size or 4 * arch.img_size,
-    )
+    fields = resolved_encoder_fields(config, init)
+    return dataclasses.replace(config, **fields, tile_size=config.tile_size or 4 * fields["img_size"])
 
 
-def arch_of(config: PretrainConfig) -> ArchConfig:
-    return ArchConfig.from_dict(dataclasses.asdict(config))
-
-
-class PretrainTask:
+class PretrainTask(Task):
     """MAE on unlabelled images, for the :class:`~cspt.engine.Trainer`."""
 
     def __init__(self, config: PretrainConfig, init: Checkpoint | None = None):
@@ -62,10 +48,8 @@ class PretrainTask:
 
     def build_model(self, load_init: bool) -> nn.Module:
         model = MaskedAutoencoderViT(self.arch, self.config.mask_ratio, self.config.norm_pix_loss)
-        if load_init and self.config.init:
-            init = self.init or load_checkpoint(self.config.init, self.config.trust_checkpoint)
-            for line in load_into_model(model, init).lines():
-                log.info("init: %s", line)
+        if load_init:
+            load_init_weights(model, self.config, self.init)
         self.init = None
         return model
 
@@ -116,7 +100,7 @@ def export_encoder(model: MaskedAutoencoderViT, config: PretrainConfig, run_dir:
              "images": images, "epochs": config.epochs, "config": dataclasses.asdict(config)}
     info = {"architecture": arch_of(config).to_dict(), "format": "timm", "mean": config.mean, "std": config.std,
             "lineage": parents + [stage]}
-    target = write_encoder(model.state_dict(), run_dir / "encoder.safetensors", info)
+    target = write_weights(model.state_dict(), run_dir / "encoder.safetensors", info)
     log.info("exported the encoder to %s", target)
     return target
 

@@ -1,0 +1,254 @@
+"""Labelled scene images: ImageFolder and CSV sources, stratified splits, and the datasets.
+
+A source is an ImageFolder directory (one sub-folder per class, searched recursively)
+or a CSV of ``path,label`` rows (paths relative to the CSV's folder). Splits are written
+as the same CSVs (absolute paths), so a run's ``splits/`` folder is itself a source.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from cspt.data.files import find_images
+from cspt.data.images import IMAGE_SUFFIXES, ImageReadError, read_image
+from cspt.data.sampling import load_or_replace, match_bands, random_resized_crop, resize_centre_crop, seeded_rngs
+from cspt.errors import CsptError
+
+
+@dataclass
+class LabelledSet:
+    """Image paths with class indices into ``classes``."""
+
+    paths: list[Path]
+    labels: list[int]
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices: Sequence[int]) -> "LabelledSet":
+        return LabelledSet([self.paths[i] for i in indices], [self.labels[i] for i in indices], self.classes)
+
+    def counts(self) -> list[int]:
+        return [self.labels.count(c) for c in range(len(self.classes))]
+
+
+def read_labelled(source: str | Path, classes: list[str] | None = None) -> LabelledSet:
+    """An ImageFolder directory or a ``path,label`` CSV; ``classes`` fixes the class order."""
+    source = Path(source)
+    if source.is_dir():
+        data = read_image_folder(source, classes)
+    elif source.is_file() and source.suffix.lower() == ".csv":
+        data = read_label_csv(source, classes)
+    elif source.exists():
+        raise CsptError(f"{source}: not an ImageFolder directory or a path,label .csv")
+    else:
+        raise CsptError(f"{source}: no such folder or file")
+    if classes is None and len(data.classes) < 2:
+        found = ", ".join(data.classes) or "none"
+        raise CsptError(f"{source}: found {len(data.classes)} class ({found}); classification needs at least 2")
+    return data
+
+
+def read_image_folder(folder: Path, classes: list[str] | None = None) -> LabelledSet:
+    """One class per sub-folder (sorted names); images anywhere below it."""
+    folders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        loose = any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir())
+        hint = " (the images sit directly in it: put each class in its own sub-folder)" if loose else ""
+        raise CsptError(f"{folder}: no class sub-folders{hint}")
+    names = [p.name for p in folders]
+    order = classes or names
+    unknown = sorted(set(names) - set(order))
+    if unknown:
+        raise CsptError(f"{folder}: class folder(s) {', '.join(unknown)} not among the model's classes "
+                        f"({', '.join(order)})")
+    paths, labels = [], []
+    for sub in folders:
+        files = find_images([sub])
+        paths += files
+        labels += [order.index(sub.name)] * len(files)
+    return LabelledSet(paths, labels, list(order))
+
+
+def read_label_csv(path: Path, classes: list[str] | None = None) -> LabelledSet:
+    """``path,label`` rows (a header row is optional); every named file must exist."""
+    try:
+        rows = list(csv.reader(path.read_text().splitlines()))
+    except UnicodeDecodeError:
+        raise CsptError(f"{path}: not a text CSV") from None
+    start = 1 if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"] else 0
+    items = []
+    for number, row in enumerate(rows[start:], start + 1):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) < 2:
+            raise CsptError(f"{path}:{number}: expected path,label, got {','.join(row)!r}")
+        name, label = row[0].strip(), row[1].strip()
+        file = Path(name) if Path(name).is_absolute() else path.parent / name
+        if not file.is_file():
+            raise CsptError(f"{path}:{number}: no such image {name}")
+        items.append((file, label))
+    if not items:
+        raise CsptError(f"{path}: names no images")
+    names = sorted({label for _, label in items})
+    order = classes or names
+    unknown = sorted(set(names) - set(order))
+    if unknown:
+        raise CsptError(f"{path}: label(s) {', '.join(unknown)} not among the model's classes ({', '.join(order)})")
+    return LabelledSet([f for f, _ in items], [order.index(label) for _, label in items], list(order))
+
+
+def write_label_csv(data: LabelledSet, path: Path) -> None:
+    """``path,label`` rows with absolute paths and class names."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label"])
+        for file, label in zip(data.paths, data.labels):
+            writer.writerow([str(Path(file).resolve()), data.classes[label]])
+
+
+def stratified_split(data: LabelledSet, fractions: dict[str, float], seed: int,
+                     source: str | Path) -> dict[str, LabelledSet]:
+    """Split every class by ``fractions`` (e.g. train 0.2, val 0.1); the rest is ``test``.
+
+    Deterministic for a seed; every class lands in every split, and splits never overlap.
+    """
+    total = sum(fractions.values())
+    if not all(0 < f < 1 for f in fractions.values()) or total >= 1:
+        raise CsptError(f"split fractions {fractions} must each lie in (0, 1) and leave some images for testing")
+    chosen: dict[str, list[int]] = {name: [] for name in [*fractions, "test"]}
+    for label, name in enumerate(data.classes):
+        members = [i for i, y in enumerate(data.labels) if y == label]
+        random.Random(f"{seed}:{name}").shuffle(members)
+        start = 0
+        for split, fraction in fractions.items():
+            count = round(len(members) * fraction)
+            if count == 0 or start + count >= len(members):
+                raise CsptError(f"{source}: class {name} has {len(members)} images, too few for a "
+                                f"{fraction:g} {split} split with images left for testing")
+            chosen[split] += members[start:start + count]
+            start += count
+        chosen["test"] += members[start:]
+    return {split: data.subset(sorted(indices)) for split, indices in chosen.items()}
+
+
+def keep_label_fraction(data: LabelledSet, fraction: float, seed: int) -> LabelledSet:
+    """A seeded, per-class ``fraction`` of ``data`` (low-label studies)."""
+    if not 0 < fraction <= 1:
+        raise CsptError(f"--label-fraction {fraction} must lie in (0, 1]")
+    if fraction == 1:
+        return data
+    kept = []
+    for label, name in enumerate(data.classes):
+        members = [i for i, y in enumerate(data.labels) if y == label]
+        random.Random(f"labels:{seed}:{name}").shuffle(members)
+        count = round(len(members) * fraction)
+        if count == 0:
+            raise CsptError(f"--label-fraction {fraction} leaves class {name} ({len(members)} training images) "
+                            "with no labelled image")
+        kept += members[:count]
+    return data.subset(sorted(kept))
+
+
+class LabelledImages(Dataset):
+    """Classification samples, indexed by ``(index, seed)``.
+
+    Training (``train=True``): RandomResizedCrop + horizontal flip (+ RandAugment on RGB,
+    random erasing), and an unreadable file is replaced by another seeded sample.
+    Evaluation: resize and centre-crop; an unreadable file gives ``image=None`` (counted,
+    never replaced, so metrics stay honest).
+    """
+
+    def __init__(self, data: LabelledSet, img_size: int, in_chans: int, mean: Sequence[float],
+                 std: Sequence[float], train: bool, min_scale: float = 0.08, rand_augment: str | None = None,
+                 reprob: float = 0.0, crop_ratio: float = 0.875):
+        if len(mean) != in_chans or len(std) != in_chans:
+            raise CsptError(f"mean/std have {len(mean)}/{len(std)} values for {in_chans} bands")
+        if rand_augment and in_chans != 3:
+            raise CsptError(f"RandAugment works on RGB images; the model has {in_chans} bands "
+                            "(set rand_augment to none)")
+        self.data = data
+        self.img_size = img_size
+        self.in_chans = in_chans
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.train = train
+        self.min_scale = min_scale
+        self.crop_ratio = crop_ratio
+        self.rand_augment = _rand_augment(rand_augment, mean) if rand_augment and train else None
+        self.erase = _random_erasing(reprob) if reprob > 0 and train else None
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def load(self, index: int) -> torch.Tensor:
+        path = self.data.paths[index]
+        return match_bands(torch.from_numpy(read_image(path)).permute(2, 0, 1), self.in_chans, path)
+
+    def __getitem__(self, item: tuple[int, int]) -> dict:
+        index, seed = item
+        if not self.train:
+            try:
+                image = self.normalise(resize_centre_crop(self.load(index), self.img_size, self.crop_ratio))
+            except ImageReadError as err:
+                return {"image": None, "label": self.data.labels[index], "index": index, "skipped": [str(err)]}
+            return {"image": image, "label": self.data.labels[index], "index": index, "skipped": []}
+        generator = torch.Generator().manual_seed(seed)
+        image, index, skipped = load_or_replace(self.load, index, len(self.data), generator)
+        return {"image": self.augment(image, generator), "label": self.data.labels[index], "index": index,
+                "skipped": skipped}
+
+    def normalise(self, image: torch.Tensor) -> torch.Tensor:
+        return (image - self.mean) / self.std
+
+    def augment(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        image = random_resized_crop(image, self.img_size, self.min_scale, generator)
+        if torch.rand(1, generator=generator) < 0.5:
+            image = image.flip(-1)
+        if self.rand_augment is not None:
+            with seeded_rngs(generator):
+                pil = Image.fromarray((image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
+                augmented = np.array(self.rand_augment(pil))
+                image = torch.from_numpy(augmented).permute(2, 0, 1).float() / 255
+        image = self.normalise(image)
+        if self.erase is not None:
+            with seeded_rngs(generator):
+                image = self.erase(image)
+        return image
+
+
+def _rand_augment(policy: str, mean: Sequence[float]):
+    from timm.data.auto_augment import rand_augment_transform
+
+    try:
+        return rand_augment_transform(policy, {"img_mean": tuple(round(255 * m) for m in mean)})
+    except (AssertionError, KeyError, ValueError, IndexError) as err:
+        raise CsptError(f"--rand-augment {policy!r} is not a timm RandAugment policy ({err})") from None
+
+
+def _random_erasing(probability: float):
+    from timm.data.random_erasing import RandomErasing
+
+    return RandomErasing(probability, mode="pixel", device="cpu")
+
+
+def collate_labelled(samples: list[dict]) -> dict:
+    """Stack the readable samples; keep their dataset indices and the skipped-file messages."""
+    kept = [s for s in samples if s["image"] is not None]
+    return {
+        "image": torch.stack([s["image"] for s in kept]) if kept else torch.empty(0),
+        "label": torch.tensor([s["label"] for s in kept], dtype=torch.long),
+        "index": torch.tensor([s["index"] for s in kept], dtype=torch.long),
+        "skipped": [msg for s in samples for msg in s["skipped"]],
+    }

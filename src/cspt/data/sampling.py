@@ -1,0 +1,81 @@
+"""Pieces every dataset shares: band matching, seeded crops, and skipping unreadable files."""
+
+from __future__ import annotations
+
+import random
+from contextlib import contextmanager
+from typing import Callable, Iterator, TypeVar
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import RandomResizedCrop
+
+from cspt.data.images import ImageReadError
+from cspt.errors import CsptError
+
+T = TypeVar("T")
+MAX_REPLACEMENTS = 20
+
+
+def match_bands(pixels: torch.Tensor, in_chans: int, source: object) -> torch.Tensor:
+    """``(bands, H, W)`` pixels with the model's band count (grey images are repeated)."""
+    bands = pixels.shape[0]
+    if bands == in_chans:
+        return pixels
+    if bands == 1:
+        return pixels.expand(in_chans, -1, -1)
+    raise ImageReadError(f"{source}: has {bands} bands, the model expects {in_chans}")
+
+
+@contextmanager
+def seeded_rngs(generator: torch.Generator) -> Iterator[None]:
+    """Run a block with the global torch, numpy and ``random`` RNGs seeded from ``generator``.
+
+    Library transforms (torchvision, timm) draw from the global RNGs; this makes them a
+    function of the sample's seed and leaves the callers' RNG state as it was.
+    """
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def random_resized_crop(image: torch.Tensor, size: int, min_scale: float,
+                        generator: torch.Generator) -> torch.Tensor:
+    """A seeded RandomResizedCrop (bicubic, antialiased) to ``size`` x ``size``."""
+    with seeded_rngs(generator):
+        top, left, h, w = RandomResizedCrop.get_params(image, (min_scale, 1.0), (3 / 4, 4 / 3))
+    return TF.resized_crop(image, top, left, h, w, [size, size], interpolation=InterpolationMode.BICUBIC,
+                           antialias=True)
+
+
+def resize_centre_crop(image: torch.Tensor, size: int, crop_ratio: float = 1.0) -> torch.Tensor:
+    """Resize the short side to ``size / crop_ratio``, then take the central ``size`` square."""
+    short = int(round(size / crop_ratio))
+    image = TF.resize(image, [short], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return TF.center_crop(image, [size, size])
+
+
+def load_or_replace(load: Callable[[int], T], index: int, count: int,
+                    generator: torch.Generator) -> tuple[T, int, list[str]]:
+    """``load(index)``, or of another seeded index when a file is unreadable.
+
+    Returns the result, the index it came from, and the messages of the files skipped.
+    """
+    skipped = []
+    for _ in range(MAX_REPLACEMENTS):
+        try:
+            return load(index), index, skipped
+        except ImageReadError as err:
+            skipped.append(str(err))
+            index = int(torch.randint(count, (1,), generator=generator))
+    raise CsptError(f"{MAX_REPLACEMENTS} unreadable images in a row; last: {skipped[-1]}")

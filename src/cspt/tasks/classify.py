@@ -1,0 +1,398 @@
+"""Scene classification: fine-tune a ViT (the MAE/CSPT recipe), evaluate it, predict with it.
+
+``finetune_classify(config)`` is the whole stage as one call. A run directory ends with
+``classifier.safetensors`` + ``classifier.json`` (the best validation epoch, or the last
+one without a validation split), ``splits/`` and the test evaluation: ``metrics.json``,
+``confusion.csv``, ``confusion.png`` and ``predictions.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import param_groups_layer_decay
+from timm.utils import ModelEmaV3
+from torch import nn
+
+from cspt.checkpoints import Checkpoint, description_of, load_checkpoint
+from cspt.config import ClassifyConfig, LabelledDataConfig, save_config
+from cspt.data.classification import (
+    LabelledImages,
+    LabelledSet,
+    collate_labelled,
+    keep_label_fraction,
+    read_label_csv,
+    read_labelled,
+    stratified_split,
+    write_label_csv,
+)
+from cspt.data.files import find_images
+from cspt.engine.distributed import DistContext, barrier, resolve_device, setup_distributed, shutdown_distributed
+from cspt.engine.inference import Outputs, run_inference
+from cspt.engine.run_dir import check_same_run, config_for_resume, has_checkpoint, run_dir_of, saved_config
+from cspt.engine.trainer import Task, Trainer, default_num_workers, resolve_precision
+from cspt.errors import CsptError
+from cspt.export import lineage_of, write_weights
+from cspt.metrics import classification_metrics, write_confusion_csv
+from cspt.models.classifier import NOT_FOR_CLASSIFIER, build_classifier
+from cspt.models.vit import ArchConfig
+from cspt.plots import plot_confusion
+from cspt.tasks.encoder import arch_of, load_init_weights, resolved_encoder_fields
+
+log = logging.getLogger("cspt")
+
+CLASSIFIER = "classifier.safetensors"
+SPLITS_DIR = "splits"
+EVAL_BATCH = 64
+
+
+# ---------------------------------------------------------------- splits
+
+def make_splits(config: LabelledDataConfig) -> dict[str, LabelledSet]:
+    """train / val / test sets from ``--data`` (stratified fractions) or explicit sources."""
+    if config.data and (config.train or config.val or config.test):
+        raise CsptError("give --data (split by --train-fraction) or --train with --val/--test, not both")
+    if config.data:
+        fractions = {"train": config.train_fraction}
+        if config.val_fraction > 0:
+            fractions["val"] = config.val_fraction
+        splits = stratified_split(read_labelled(config.data), fractions, config.split_seed, config.data)
+    elif config.train:
+        train = read_labelled(config.train)
+        splits = {"train": train}
+        for name in ("val", "test"):
+            source = getattr(config, name)
+            if source:
+                splits[name] = read_labelled(source, train.classes)
+        if len(splits) == 1:
+            raise CsptError(f"{config.train}: --train needs --val or --test to evaluate on")
+    else:
+        raise CsptError("no data: give --data DIR (split by --train-fraction) or --train DIR with --val/--test")
+    splits["train"] = keep_label_fraction(splits["train"], config.label_fraction, config.split_seed)
+    empty = [name for name, count in zip(splits["train"].classes, splits["train"].counts()) if count == 0]
+    if empty:
+        raise CsptError(f"{config.train or config.data}: no training image for class(es) {', '.join(empty)}")
+    return splits
+
+
+def write_splits(splits: dict[str, LabelledSet], folder: Path) -> None:
+    """``train/val/test.csv`` (absolute paths) and ``classes.txt`` (written last: marks completion)."""
+    for name, data in splits.items():
+        write_label_csv(data, folder / f"{name}.csv")
+    (folder / "classes.txt").write_text("\n".join(splits["train"].classes) + "\n")
+
+
+def read_splits(folder: Path) -> dict[str, LabelledSet]:
+    classes = (folder / "classes.txt").read_text().split("\n")[:-1]
+    return {name: read_label_csv(folder / f"{name}.csv", classes)
+            for name in ("train", "val", "test") if (folder / f"{name}.csv").is_file()}
+
+
+def has_splits(run_dir: Path) -> bool:
+    return (run_dir / SPLITS_DIR / "classes.txt").is_file()
+
+
+def describe_splits(splits: dict[str, LabelledSet]) -> str:
+    sizes = ", ".join(f"{name} {len(data)}" for name, data in splits.items())
+    return f"{len(splits['train'].classes)} classes; images: {sizes}"
+
+
+# ---------------------------------------------------------------- saving and loading classifiers
+
+def write_classifier(model: nn.Module, path: Path, info: dict[str, Any]) -> Path:
+    """``classifier.safetensors`` (timm keys, head included) with its ``classifier.json``."""
+    return write_weights(model.state_dict(), path, info)
+
+
+def classifier_path(checkpoint: str | Path) -> Path:
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / CLASSIFIER
+    if not path.is_file():
+        raise CsptError(f"{path}: no such classifier (a fine-tuning run directory or its {CLASSIFIER})")
+    return path
+
+
+def load_classifier(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """A fine-tuned classifier and its description (classes, architecture, normalisation)."""
+    path = classifier_path(checkpoint)
+    info = description_of(path)
+    if "classes" not in info:
+        raise CsptError(f"{path}: not a cspt classifier (its description has no classes)")
+    model = build_classifier(ArchConfig.from_dict(info["architecture"]), len(info["classes"]),
+                             info["global_pool"])
+    state = load_checkpoint(path).state_dict
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CsptError(f"{path}: weights do not fit the described classifier ({str(err).splitlines()[0]})") from None
+    return model.eval(), info
+
+
+# ---------------------------------------------------------------- evaluation
+
+def eval_dataset(data: LabelledSet, info: dict[str, Any]) -> LabelledImages:
+    arch = info["architecture"]
+    return LabelledImages(data, arch["img_size"], arch["in_chans"], info["mean"], info["std"], train=False,
+                          crop_ratio=info["eval_crop_ratio"])
+
+
+def inference_workers(requested: int | None, device: torch.device) -> int:
+    return requested if requested is not None else default_num_workers(DistContext(0, 1, 0, device))
+
+
+def classify_outputs(model: nn.Module, dataset: LabelledImages, device: torch.device,
+                     batch_size: int = EVAL_BATCH, num_workers: int | None = None,
+                     precision: str = "auto") -> Outputs:
+    """Class probabilities of every readable image of ``dataset``."""
+    model = model.to(device).eval()
+    return run_inference(lambda x: model(x).softmax(-1), dataset, collate_labelled, batch_size, device,
+                         inference_workers(num_workers, device), resolve_precision(precision, device),
+                         desc="evaluating")
+
+
+def write_evaluation(metrics: dict[str, Any], outputs: Outputs, data: LabelledSet, folder: Path,
+                     title: str) -> None:
+    """``metrics.json``, ``confusion.csv``, ``confusion.png`` and ``predictions.csv`` in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_confusion_csv(metrics["confusion"], data.classes, folder / "confusion.csv")
+    plot_confusion(metrics["confusion"], data.classes, folder / "confusion.png",
+                   f"{title}: OA {metrics['oa']:.3f}, kappa {metrics['kappa']:.3f}")
+    write_predictions(outputs, data.paths, data.classes, folder / "predictions.csv", data.labels)
+
+
+def write_predictions(outputs: Outputs, paths: Sequence[Path], classes: Sequence[str], path: Path,
+                      labels: Sequence[int] | None = None) -> None:
+    """``path,label,score`` per image (plus ``true`` when labels are known)."""
+    scores, predicted = outputs.values.max(1)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "score"] + (["true"] if labels is not None else []))
+        for index, label, score in zip(outputs.indices.tolist(), predicted.tolist(), scores.tolist()):
+            row = [str(paths[index]), classes[label], f"{score:.6f}"]
+            writer.writerow(row + ([classes[labels[index]]] if labels is not None else []))
+
+
+def evaluate_classifier(checkpoint: str | Path, data: str | Path | None = None, output: str | Path | None = None,
+                        batch_size: int = EVAL_BATCH, device: str = "auto",
+                        num_workers: int | None = None) -> tuple[dict[str, Any], Path]:
+    """Evaluate a classifier on ``data`` (default: its run's test split); returns metrics and folder."""
+    model, info = load_classifier(checkpoint)
+    run_dir = classifier_path(checkpoint).parent
+    if data is not None:
+        labelled = read_labelled(data, info["classes"])
+        folder = Path(output) if output else run_dir / "evaluation" / Path(data).stem
+        source = str(data)
+    else:
+        split = next((run_dir / SPLITS_DIR / f"{name}.csv" for name in ("test", "val")
+                      if (run_dir / SPLITS_DIR / f"{name}.csv").is_file()), None)
+        if split is None:
+            raise CsptError(f"{run_dir}: no {SPLITS_DIR}/test.csv; pass --data to evaluate on")
+        labelled = read_label_csv(split, info["classes"])
+        folder, source = Path(output) if output else run_dir, str(split)
+    outputs = classify_outputs(model, eval_dataset(labelled, info), torch.device(resolve_device(device)),
+                               batch_size, num_workers)
+    for message in outputs.skipped:
+        log.warning("skipped unreadable image: %s", message)
+    if len(outputs.labels) == 0:
+        raise CsptError(f"{source}: no readable image to evaluate")
+    metrics = classification_metrics(outputs.values.argmax(1), outputs.labels, info["classes"])
+    metrics.update(checkpoint=str(classifier_path(checkpoint)), data=source, skipped_images=len(outputs.skipped))
+    write_evaluation(metrics, outputs, labelled, folder, Path(source).stem)
+    log.info("OA %.4f, AA %.4f, kappa %.4f on %d images of %s", metrics["oa"], metrics["aa"], metrics["kappa"],
+             metrics["images"], source)
+    return metrics, folder
+
+
+def predict_classifier(checkpoint: str | Path, images: Sequence[str], output: str | Path,
+                       batch_size: int = EVAL_BATCH, device: str = "auto",
+                       num_workers: int | None = None) -> Path:
+    """Write ``path,label,score`` for every readable image in ``images`` to the CSV ``output``."""
+    model, info = load_classifier(checkpoint)
+    files = find_images(list(images))
+    data = LabelledSet(files, [0] * len(files), info["classes"])
+    outputs = classify_outputs(model, eval_dataset(data, info), torch.device(resolve_device(device)),
+                               batch_size, num_workers)
+    for message in outputs.skipped:
+        log.warning("skipped unreadable image: %s", message)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_predictions(outputs, files, info["classes"], output)
+    log.info("predicted %d images (%d unreadable skipped)", len(outputs.indices), len(outputs.skipped))
+    return output
+
+
+# ---------------------------------------------------------------- fine-tuning
+
+def resolve_config(config: ClassifyConfig, init: Checkpoint | None = None) -> ClassifyConfig:
+    """Architecture and normalisation from flags, preset and ``--init``; checks that need them."""
+    config = dataclasses.replace(config, **resolved_encoder_fields(config, init))
+    mixing = (config.mixup > 0 or config.cutmix > 0) and config.mixup_prob > 0
+    if mixing and config.batch_size % 2:
+        raise CsptError(f"mixup/cutmix need an even --batch-size, got {config.batch_size}")
+    if not 0 < config.eval_crop_ratio <= 1:
+        raise CsptError(f"--eval-crop-ratio {config.eval_crop_ratio} must lie in (0, 1]")
+    return config
+
+
+class ClassifyTask(Task):
+    """Fine-tuning a ViT classifier, for the :class:`~cspt.engine.Trainer`."""
+
+    def __init__(self, config: ClassifyConfig, splits: dict[str, LabelledSet], init: Checkpoint | None = None):
+        self.config = config
+        self.splits = splits
+        self.classes = splits["train"].classes
+        self.arch = arch_of(config)
+        self.init = init
+        mixing = (config.mixup > 0 or config.cutmix > 0) and config.mixup_prob > 0
+        self.mixup = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
+                           switch_prob=config.mixup_switch_prob, label_smoothing=config.smoothing,
+                           num_classes=len(self.classes)) if mixing else None
+        if self.mixup is not None:
+            self.criterion: nn.Module = SoftTargetCrossEntropy()
+        elif config.smoothing > 0:
+            self.criterion = LabelSmoothingCrossEntropy(config.smoothing)
+        else:
+            self.criterion = nn.CrossEntropyLoss()
+        self.ema: ModelEmaV3 | None = None
+        self.ema_state: dict | None = None  #: EMA weights from a resumed state, until the EMA exists
+        self.best: dict[str, Any] = {"val_oa": -1.0, "epoch": 0}
+
+    def build_model(self, load_init: bool) -> nn.Module:
+        cfg = self.config
+        model = build_classifier(self.arch, len(self.classes), cfg.global_pool, cfg.drop_path)
+        if load_init:
+            drop = NOT_FOR_CLASSIFIER + (("norm.",) if cfg.global_pool == "avg" else ())
+            load_init_weights(model, cfg, self.init, drop)
+        self.init = None
+        return model
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        return param_groups_layer_decay(model, self.config.weight_decay, model.no_weight_decay(),
+                                        layer_decay=self.config.layer_decay)
+
+    def train_data(self) -> tuple[LabelledImages, Any]:
+        cfg = self.config
+        dataset = LabelledImages(self.splits["train"], cfg.img_size, cfg.in_chans, cfg.mean, cfg.std, train=True,
+                                 min_scale=cfg.min_scale, rand_augment=cfg.rand_augment, reprob=cfg.reprob)
+        return dataset, collate_labelled
+
+    def training_step(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+        images = batch["image"].to(device, non_blocking=True)
+        targets = batch["label"].to(device, non_blocking=True)
+        if self.mixup is not None:
+            images, targets = self.mixup(images, targets)
+        return self.criterion(model(images), targets)
+
+    def ema_model(self, model: nn.Module) -> nn.Module:
+        """The model to evaluate and keep: the EMA copy when ``--ema`` is on."""
+        if self.config.ema is None:
+            return model
+        if self.ema is None:
+            self.ema = ModelEmaV3(model, decay=self.config.ema)
+            if self.ema_state is not None:
+                self.ema.load_state_dict(self.ema_state)
+                self.ema_state = None
+        return self.ema.module
+
+    def on_step_end(self, model: nn.Module, step: int) -> None:
+        if self.config.ema is not None:
+            self.ema_model(model)
+            self.ema.update(model, step)
+
+    def on_epoch_end(self, model: nn.Module, epoch: int, run_dir: Path) -> dict[str, Any] | None:
+        cfg = self.config
+        done = epoch + 1
+        if "val" not in self.splits or (done % cfg.eval_every and done != cfg.epochs):
+            return None
+        net = self.ema_model(model)
+        val = LabelledImages(self.splits["val"], cfg.img_size, cfg.in_chans, cfg.mean, cfg.std, train=False,
+                             crop_ratio=cfg.eval_crop_ratio)
+        outputs = classify_outputs(net, val, next(net.parameters()).device, num_workers=cfg.num_workers,
+                                   precision=cfg.precision)
+        metrics = classification_metrics(outputs.values.argmax(1), outputs.labels, self.classes)
+        net.train()
+        if metrics["oa"] > self.best["val_oa"]:
+            self.best = {"val_oa": metrics["oa"], "epoch": done}
+            write_classifier(net, run_dir / CLASSIFIER,
+                             self.describe(run_dir, f"best validation OA {metrics['oa']:.4f} at epoch {done}"))
+        return {"val_oa": metrics["oa"], "val_aa": metrics["aa"], "val_kappa": metrics["kappa"],
+                "best_val_oa": self.best["val_oa"]}
+
+    def on_fit_end(self, model: nn.Module, run_dir: Path) -> None:
+        if "val" not in self.splits:
+            write_classifier(self.ema_model(model), run_dir / CLASSIFIER, self.describe(run_dir, "last epoch"))
+        cfg = self.config
+        evaluate_classifier(run_dir, device=str(next(model.parameters()).device.type),
+                            num_workers=cfg.num_workers)
+
+    def describe(self, run_dir: Path, selected: str) -> dict[str, Any]:
+        """``classifier.json``: what the weights are, how to feed them, where they came from."""
+        cfg = self.config
+        stage = {"stage": "fine-tuning (scene classification)", "run": str(run_dir),
+                 "data": cfg.data or cfg.train, "train_images": len(self.splits["train"]),
+                 "label_fraction": cfg.label_fraction, "epochs": cfg.epochs, "selected": selected,
+                 "config": dataclasses.asdict(cfg)}
+        return {"task": "classify", "architecture": self.arch.to_dict(), "format": "timm",
+                "classes": self.classes, "global_pool": cfg.global_pool, "mean": cfg.mean, "std": cfg.std,
+                "eval_crop_ratio": cfg.eval_crop_ratio, "selected": selected, "lineage": self.parents + [stage]}
+
+    @functools.cached_property
+    def parents(self) -> list[dict[str, Any]]:
+        """The lineage of the ``--init`` weights (read once: it may hash a large file)."""
+        return lineage_of(self.config.init) if self.config.init else []
+
+    def state_dict(self) -> dict[str, Any]:
+        ema = self.ema.state_dict() if self.ema is not None else self.ema_state
+        return {"best": self.best, "ema": ema}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = state.get("best", self.best)
+        self.ema_state = state.get("ema")
+
+
+def finetune_classify(config: ClassifyConfig, resume: str | Path | bool | None = None,
+                      overrides: dict[str, Any] | None = None) -> Path:
+    """Run (or continue) classification fine-tuning, then evaluate; returns the run directory.
+
+    The train/val/test split is fixed when the run starts (``RUN_DIR/splits``) and reused
+    by every later step (resume, ``cspt evaluate``).
+    """
+    if resume:
+        run_dir = run_dir_of(config.output if resume is True else resume)
+        config = config_for_resume(ClassifyConfig, run_dir, overrides or {})
+        init = None
+    else:
+        if not config.output:
+            raise CsptError("no --output run directory given")
+        run_dir = Path(config.output)
+        init = load_checkpoint(config.init, config.trust_checkpoint) if config.init else None
+        config = resolve_config(config, init)
+        if has_checkpoint(run_dir):
+            check_same_run(saved_config(run_dir) or {}, config, run_dir)
+    dist = setup_distributed(config.device)
+    try:
+        splits_dir = run_dir / SPLITS_DIR
+        if dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, run_dir / "config.yaml")
+            if not (has_splits(run_dir) and has_checkpoint(run_dir)):  # a continued run keeps its split
+                write_splits(make_splits(config), splits_dir)
+        barrier()
+        splits = read_splits(splits_dir)
+        if dist.is_main:
+            log.info("data: %s (splits in %s)", describe_splits(splits), splits_dir)
+        Trainer(config, run_dir, dist).fit(ClassifyTask(config, splits, init))
+    finally:
+        shutdown_distributed()
+    return run_dir

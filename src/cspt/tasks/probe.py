@@ -1,0 +1,122 @@
+"""``cspt probe knn|linear``: compare checkpoints on frozen features in seconds to minutes.
+
+Features are the encoder's normed last-block tokens, averaged over patches (or the cls
+token), of centre-cropped images. The training split is the kNN memory bank / the
+linear probe's training set; the test split (else the validation split) is scored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from cspt.checkpoints import description_of, load_checkpoint, load_into_model
+from cspt.config import ProbeConfig
+from cspt.data.classification import LabelledImages, LabelledSet, collate_labelled
+from cspt.data.unlabelled import default_normalisation
+from cspt.engine.distributed import resolve_device
+from cspt.engine.inference import Outputs, run_inference
+from cspt.errors import CsptError
+from cspt.metrics import classification_metrics
+from cspt.models.classifier import NOT_FOR_CLASSIFIER, pooled_features
+from cspt.models.vit import build_encoder, resolve_arch
+from cspt.probes import knn_predict, train_linear_probe
+from cspt.tasks.classify import describe_splits, inference_workers, make_splits, write_evaluation, write_splits
+
+log = logging.getLogger("cspt")
+
+PROBES = ("knn", "linear")
+
+
+@dataclasses.dataclass
+class FrozenEncoder:
+    """An encoder with what its inputs need."""
+
+    model: VisionTransformer
+    img_size: int
+    mean: list[float]
+    std: list[float]
+
+
+def frozen_encoder(config: ProbeConfig) -> FrozenEncoder:
+    """The ``--checkpoint`` encoder (at ``--img-size``), with its normalisation."""
+    if not config.checkpoint:
+        raise CsptError("no --checkpoint to probe")
+    checkpoint = load_checkpoint(config.checkpoint, config.trust_checkpoint)
+    arch = resolve_arch({"img_size": config.img_size}, None, checkpoint.arch)
+    encoder = build_encoder(arch)
+    state = {k: v for k, v in checkpoint.state_dict.items() if not k.startswith(NOT_FOR_CLASSIFIER)}
+    report = load_into_model(encoder, dataclasses.replace(checkpoint, state_dict=state))
+    for line in report.lines():
+        log.info("checkpoint: %s", line)
+    described = description_of(checkpoint.path)
+    mean, std = default_normalisation(arch.in_chans)
+    return FrozenEncoder(encoder, arch.img_size, config.mean or described.get("mean") or mean,
+                         config.std or described.get("std") or std)
+
+
+def extract_features(encoder: FrozenEncoder, data: LabelledSet, pool: str, device: torch.device,
+                     batch_size: int = 256, num_workers: int | None = None, crop_ratio: float = 0.875) -> Outputs:
+    """Pooled features of every readable image in ``data`` (unreadable ones are left out and listed)."""
+    model = encoder.model.to(device).eval()
+    dataset = LabelledImages(data, encoder.img_size, model.patch_embed.proj.in_channels, encoder.mean,
+                             encoder.std, train=False, crop_ratio=crop_ratio)
+    outputs = run_inference(lambda x: pooled_features(model, x, pool), dataset, collate_labelled, batch_size,
+                            device, inference_workers(num_workers, device), desc="features")
+    for message in outputs.skipped:
+        log.warning("skipped unreadable image: %s", message)
+    return outputs
+
+
+def probe_scores(kind: str, bank: Outputs, queries: Outputs, num_classes: int, config: ProbeConfig) -> torch.Tensor:
+    """Class scores of the query features, from a kNN vote or a trained linear probe."""
+    if len(bank.labels) == 0 or len(queries.labels) == 0:
+        raise CsptError("no readable images in the training or evaluation split")
+    if kind == "knn":
+        return knn_predict(bank.values, bank.labels, queries.values, num_classes, config.k, config.temperature)
+    if kind == "linear":
+        head = train_linear_probe(bank.values, bank.labels, num_classes, config.epochs, config.batch_size,
+                                  config.blr, config.weight_decay, config.optimizer, seed=config.seed)
+        with torch.no_grad():
+            return head(queries.values).softmax(-1)
+    raise CsptError(f"unknown probe '{kind}'; choose one of {', '.join(PROBES)}")
+
+
+def probe_encoder(kind: str, encoder: FrozenEncoder, splits: dict[str, LabelledSet], config: ProbeConfig,
+                  device: torch.device) -> tuple[dict[str, Any], Outputs]:
+    """Metrics (OA, AA, kappa, ...) of a ``kind`` probe of ``encoder``, and the scored outputs."""
+    evaluated = "test" if "test" in splits else "val"
+    features = {name: extract_features(encoder, splits[name], config.pool, device, config.batch_size,
+                                       config.num_workers, config.eval_crop_ratio) for name in ("train", evaluated)}
+    classes = splits["train"].classes
+    scores = probe_scores(kind, features["train"], features[evaluated], len(classes), config)
+    queries = dataclasses.replace(features[evaluated], values=scores)
+    metrics = classification_metrics(scores.argmax(1), queries.labels, classes)
+    metrics.update(probe=kind, split=evaluated, train_images=len(features["train"].labels), pool=config.pool,
+                   skipped_images=len(features["train"].skipped) + len(queries.skipped))
+    if kind == "knn":
+        metrics.update(k=config.k, temperature=config.temperature)
+    return metrics, queries
+
+
+def run_probe(kind: str, config: ProbeConfig) -> dict[str, Any]:
+    """Probe ``config.checkpoint``; with ``--output``, write metrics, confusion matrix and splits there."""
+    if kind not in PROBES:
+        raise CsptError(f"unknown probe '{kind}'; choose one of {', '.join(PROBES)}")
+    encoder = frozen_encoder(config)
+    splits = make_splits(config)
+    log.info("data: %s", describe_splits(splits))
+    metrics, queries = probe_encoder(kind, encoder, splits, config, torch.device(resolve_device(config.device)))
+    metrics["checkpoint"] = config.checkpoint
+    if config.output:
+        folder = Path(config.output)
+        write_splits(splits, folder / "splits")
+        write_evaluation(metrics, queries, splits[metrics["split"]], folder, f"{kind} probe")
+        (folder / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    return metrics
