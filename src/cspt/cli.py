@@ -10,7 +10,7 @@ import sys
 import typing
 from typing import Any, Sequence
 
-from cspt.config import ClassifyConfig, PretrainConfig, ProbeConfig, build_config
+from cspt.config import ClassifyConfig, PretrainConfig, ProbeConfig, SegmentConfig, build_config
 from cspt.errors import CsptError
 
 log = logging.getLogger("cspt")
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune = commands.add_parser("finetune", help="fine-tune on a labelled downstream task")
     tasks = finetune.add_subparsers(dest="task", required=True)
     add_training_flags(tasks.add_parser("classify", help="scene classification (MAE/CSPT recipe)"), ClassifyConfig)
+    add_training_flags(tasks.add_parser("segment", help="semantic segmentation (ViT + UperNet)"), SegmentConfig)
 
     probe = commands.add_parser("probe", help="kNN or linear probe of a checkpoint's frozen features")
     probe.add_argument("kind", choices=["knn", "linear"])
@@ -74,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="ImageFolder directory or path,label CSV (default: the run's test split)")
     ev.add_argument("--output", help="folder for metrics.json etc. (default: the run, or RUN/evaluation/NAME)")
     add_inference_flags(ev)
+    es = tasks.add_parser("segment", help="mIoU, per-class IoU, OA, mean F1 and confusion matrix")
+    es.add_argument("--checkpoint", required=True, help="segmentation run directory or its segmenter.safetensors")
+    es.add_argument("--images", nargs="+", help="image folders (default: the run's validation tiles)")
+    es.add_argument("--masks", nargs="+", help="mask folders mirroring --images (default: 'masks' beside 'images')")
+    es.add_argument("--output", help="folder for metrics.json etc. (default: the run, or RUN/evaluation/NAME)")
+    es.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     predict = commands.add_parser("predict", help="predictions of a fine-tuned model on new images")
     tasks = predict.add_subparsers(dest="task", required=True)
@@ -82,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--images", required=True, nargs="+", help="image folders, files or .txt lists")
     pr.add_argument("--output", default="predictions.csv", help="CSV to write")
     add_inference_flags(pr)
+    ps = tasks.add_parser("segment", help="index and colour PNG masks (and overlays with --draw)")
+    ps.add_argument("--checkpoint", required=True, help="segmentation run directory or its segmenter.safetensors")
+    ps.add_argument("--images", required=True, nargs="+", help="image folders, files or .txt lists")
+    ps.add_argument("--output", required=True, help="folder for NAME.png, NAME_color.png (and NAME_overlay.jpg)")
+    ps.add_argument("--draw", action="store_true", help="also write the mask blended over the image")
+    ps.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     demo = commands.add_parser("demo", help="consecutive pretraining on real NEON aerial scenes (CPU, minutes)")
     demo.add_argument("--output", default="runs/demo", help="run directory")
@@ -140,6 +153,11 @@ def run_pretrain(args: argparse.Namespace) -> None:
 
 
 def run_finetune(args: argparse.Namespace) -> None:
+    if args.task == "segment":
+        from cspt.tasks.segment import finetune_segment
+
+        run_training(args, SegmentConfig, finetune_segment)
+        return
     from cspt.tasks.classify import finetune_classify
 
     run_training(args, ClassifyConfig, finetune_classify)
@@ -159,6 +177,13 @@ def run_probe(args: argparse.Namespace) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
+    if args.task == "segment":
+        from cspt.tasks.segment import evaluate_segmenter
+
+        metrics, folder = evaluate_segmenter(args.checkpoint, args.images, args.masks, args.output, args.device)
+        print(f"mIoU {metrics['miou']:.4f}  OA {metrics['oa']:.4f}  mean F1 {metrics['mean_f1']:.4f}  "
+              f"({metrics['tiles']} tiles); written to {folder}")
+        return
     from cspt.tasks.classify import evaluate_classifier
 
     metrics, folder = evaluate_classifier(args.checkpoint, args.data, args.output, args.batch_size, args.device,
@@ -167,6 +192,11 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> None:
+    if args.task == "segment":
+        from cspt.tasks.segment import predict_segmenter
+
+        print(f"wrote {predict_segmenter(args.checkpoint, args.images, args.output, args.draw, args.device)}")
+        return
     from cspt.tasks.classify import predict_classifier
 
     path = predict_classifier(args.checkpoint, args.images, args.output, args.batch_size, args.device,

@@ -42,6 +42,8 @@ class TrainConfig:
     lr: float | None = option(None, "absolute learning rate (overrides --blr)")
     min_lr: float = option(0.0, "learning rate at the end of the cosine schedule")
     warmup_epochs: float = option(5.0, "epochs of linear warmup")
+    lr_schedule: str = option("cosine", "after warmup: half a cosine, or poly (linear decay, power 1)",
+                              choices=["cosine", "poly"])
     weight_decay: float = option(0.05, "AdamW weight decay (not on norms, biases, tokens, positions)")
     betas: list[float] = option([0.9, 0.95], "AdamW betas", nargs=2)
     clip_grad: float | None = option(None, "clip the gradient norm to this value")
@@ -129,6 +131,47 @@ class ClassifyConfig(TrainConfig, EncoderConfig, LabelledDataConfig):
     min_scale: float = option(0.08, "RandomResizedCrop minimum area fraction")
     ema: float | None = option(None, "keep an EMA of the weights with this decay and evaluate it")
     eval_every: int = option(1, "evaluate on the validation set every N epochs")
+
+
+@dataclass
+class SegmentConfig(TrainConfig, EncoderConfig):
+    """Semantic segmentation fine-tuning: ViT + feature pyramid + UperNet (the CSPT/BEiT recipe)."""
+
+    images: list[str] = option([], "image folders (or one image,mask CSV); masks sit in a 'masks' folder "
+                               "beside each 'images' folder unless --masks is given", nargs="+")
+    masks: list[str] | None = option(None, "mask folders mirroring --images, one per --images folder", nargs="+")
+    val_images: list[str] | None = option(None, "validation image folders (or CSV)", nargs="+")
+    val_masks: list[str] | None = option(None, "validation mask folders", nargs="+")
+    val_fraction: float = option(0.0, "without --val-images: hold out this fraction of the tiles (seeded)")
+    split_seed: int = option(0, "seed of the tile hold-out")
+    palette: str | None = option(None, "colour-coded masks: a palette YAML (classes: {name: [r, g, b]}, "
+                                 "ignore: [[r, g, b]]) or a built-in name (dubai)")
+    class_names: list[str] | None = option(None, "index masks: the class names, in index order", nargs="+")
+    ignore_index: int = option(255, "mask value that is not scored")
+    crop_size: int | None = option(None, "training crop and sliding window, in pixels (default: img_size)")
+    stride: int | None = option(None, "sliding-window stride (default: 2/3 of the crop)")
+    resize: float = option(1.0, "rescale tiles by this factor before cropping and inference "
+                           "(metrics at full resolution)")
+    scale_range: list[float] = option([0.5, 2.0], "random scale jitter of training tiles", nargs=2)
+    photometric: bool = option(True, "random brightness/contrast/saturation/hue on RGB training crops")
+    pyramid: str = option("cspt", "cspt: taps after four blocks; simple: ViTDet, last block only",
+                          choices=["cspt", "simple"])
+    taps: list[int] | None = option(None, "blocks the pyramid taps (default: 3 5 7 11 scaled to the depth)",
+                                    nargs=4)
+    channels: int = option(768, "UperNet channels")
+    aux_channels: int = option(256, "auxiliary FCN head channels (0: no auxiliary head)")
+    aux_weight: float = option(0.4, "weight of the auxiliary loss")
+    layer_decay: float = option(0.65, "layer-wise lr decay of the encoder (1.0: off)")
+    drop_path: float = option(0.1, "stochastic depth rate")
+    epochs: int = option(50, "number of epochs (an epoch: about one crop per crop-sized area of every tile)")
+    batch_size: int = option(4, "crops per device per step (at least 2: the heads use BatchNorm)")
+    blr: float = option(4.8e-4, "base learning rate: lr = blr * effective_batch / 256 (3e-5 at batch 16)")
+    min_lr: float = option(0.0, "learning rate at the end of the schedule")
+    betas: list[float] = option([0.9, 0.999], "AdamW betas", nargs=2)
+    lr_schedule: str = option("poly", "after warmup: poly (linear decay, as mmseg) or cosine",
+                              choices=["cosine", "poly"])
+    warmup_epochs: float = option(1.0, "epochs of linear warmup")
+    eval_every: int = option(1, "evaluate on the validation tiles every N epochs")
 
 
 @dataclass

@@ -48,3 +48,37 @@ def write_confusion_csv(confusion: Sequence[Sequence[int]], classes: Sequence[st
         writer.writerow(["true \\ predicted", *classes])
         for name, row in zip(classes, confusion):
             writer.writerow([name, *row])
+
+
+def segmentation_confusion(predictions: torch.Tensor, targets: torch.Tensor, num_classes: int,
+                           ignore_index: int = 255) -> torch.Tensor:
+    """``confusion[true, predicted]`` pixel counts; pixels whose target is ``ignore_index`` are left out."""
+    keep = targets != ignore_index
+    pairs = targets[keep].long() * num_classes + predictions[keep].long()
+    return torch.bincount(pairs, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def segmentation_metrics(confusion: torch.Tensor, classes: Sequence[str]) -> dict[str, Any]:
+    """mIoU, per-class IoU/F1/precision/recall, pixel OA and mean F1 from a pixel confusion matrix.
+
+    A class absent from both the targets and the predictions has no IoU/F1 (``None``) and
+    is left out of the means, as in mmseg.
+    """
+    confusion = confusion.double()
+    correct, true_counts, predicted_counts = confusion.diag(), confusion.sum(1), confusion.sum(0)
+    union = true_counts + predicted_counts - correct
+    seen = union > 0
+    iou = correct / union.clamp(min=1)
+    f1 = 2 * correct / (true_counts + predicted_counts).clamp(min=1)
+    total = confusion.sum()
+    per_class = {}
+    for i, name in enumerate(classes):
+        per_class[name] = {"iou": iou[i].item() if seen[i] else None, "f1": f1[i].item() if seen[i] else None,
+                           "precision": (correct[i] / predicted_counts[i]).item() if predicted_counts[i] else None,
+                           "recall": (correct[i] / true_counts[i]).item() if true_counts[i] else None,
+                           "support": int(true_counts[i])}
+    return {"miou": iou[seen].mean().item() if seen.any() else 0.0,
+            "oa": (correct.sum() / total).item() if total else 0.0,
+            "mean_f1": f1[seen].mean().item() if seen.any() else 0.0,
+            "pixels": int(total), "per_class": per_class, "classes": list(classes),
+            "confusion": confusion.long().tolist()}

@@ -54,6 +54,8 @@ def config_for_resume(cls: type[C], run_dir: Path, overrides: dict[str, Any]) ->
 def check_same_run(saved: dict[str, Any], config: TrainConfig, run_dir: Path) -> None:
     """Refuse to continue a run under settings that would make it a different run."""
     new = config_to_dict(config)
+    defaults = config_to_dict(type(config)())
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}  # options added since
     changed = sorted(k for k in set(saved) | set(new)
                      if k not in RESUMABLE_KEYS and saved.get(k) != new.get(k))
     if changed:

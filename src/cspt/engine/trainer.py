@@ -29,7 +29,7 @@ from tqdm import tqdm
 from cspt.config import TrainConfig, config_to_dict
 from cspt.engine.checkpointing import CheckpointManager
 from cspt.engine.distributed import DistContext, all_gather_objects, all_reduce_mean
-from cspt.engine.optim import param_groups_weight_decay, warmup_cosine
+from cspt.engine.optim import param_groups_weight_decay, warmup_cosine, warmup_poly
 from cspt.engine.run_log import RunLog, truncate_log_after
 from cspt.engine.sampler import SeededBatchSampler
 from cspt.errors import CsptError
@@ -119,9 +119,11 @@ class Schedule:
     warmup_steps: int
     base_lr: float
     min_lr: float
+    shape: str = "cosine"
 
     def lr(self, step: int) -> float:
-        return warmup_cosine(step, self.total_steps, self.warmup_steps, self.base_lr, self.min_lr)
+        decay = warmup_poly if self.shape == "poly" else warmup_cosine
+        return decay(step, self.total_steps, self.warmup_steps, self.base_lr, self.min_lr)
 
 
 @dataclass
@@ -168,7 +170,7 @@ class Trainer:
         effective_batch = cfg.batch_size * cfg.accum_iter * self.dist.world_size
         base_lr = cfg.lr if cfg.lr is not None else cfg.blr * effective_batch / 256
         schedule = Schedule(micro_per_epoch, steps_per_epoch, steps_per_epoch * cfg.epochs,
-                            round(cfg.warmup_epochs * steps_per_epoch), base_lr, cfg.min_lr)
+                            round(cfg.warmup_epochs * steps_per_epoch), base_lr, cfg.min_lr, cfg.lr_schedule)
         if self.dist.is_main:
             precision = "fp32" if self.autocast_dtype is None else str(self.autocast_dtype).split(".")[-1]
             log.info("training %d epochs x %d steps; effective batch %d (%d x %d accumulation x %d processes), "
@@ -179,6 +181,8 @@ class Trainer:
     def setup(self, task: Task, model: nn.Module, state: dict | None) -> Training:
         """Optimizer and scaler for ``model``, restored from ``state`` when resuming; DDP wrapping."""
         cfg, dist = self.config, self.dist
+        if dist.distributed and dist.device.type == "cuda":  # BatchNorm over the global batch (dense heads)
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         optimizer = torch.optim.AdamW(task.param_groups(model), lr=0.0, betas=tuple(cfg.betas))
         scaler = torch.amp.GradScaler(dist.device.type, enabled=self.autocast_dtype == torch.float16)
         training = Training(model, model, optimizer, scaler)
@@ -205,7 +209,7 @@ class Trainer:
         schedule = self.schedule(len(sampler))
         training = self.setup(task, model, state)
         if state is None and dist.is_main:
-            task.on_fit_start(model, self.run_dir)
+            task.on_fit_start(training.model, self.run_dir)
         run_log = RunLog(self.run_dir, dist.is_main)
         workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(dist)
         progress = tqdm(total=schedule.total_steps, initial=training.step, disable=not dist.is_main or None,
@@ -221,11 +225,11 @@ class Trainer:
                 training.micro_batch = 0
                 self._save(task, training)
             if dist.is_main:
-                task.on_fit_end(model, self.run_dir)
+                task.on_fit_end(training.model, self.run_dir)
         finally:
             progress.close()
             run_log.close()
-        return model
+        return training.model
 
     def _train_epoch(self, task: Task, training: Training, loader: DataLoader, schedule: Schedule,
                      run_log: RunLog, progress: tqdm) -> None:

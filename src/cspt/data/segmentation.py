@@ -1,0 +1,311 @@
+"""Image/mask pairs for semantic segmentation: pairing, palettes, checks, training crops.
+
+Masks are index images (PNG/TIFF, one band: the class index, ``ignore_index`` for
+"don't care") or RGB colour-coded with a palette (``name: [r, g, b]`` per class, plus
+colours mapped to ignore). Every mask is checked once before training: its size must
+match its image and every colour must be in the palette.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms import InterpolationMode
+
+from cspt.config import read_yaml
+from cspt.data.files import find_images
+from cspt.data.images import ImageReadError, image_info, read_image
+from cspt.data.sampling import load_or_replace, match_bands
+from cspt.errors import CsptError
+
+MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
+
+
+@dataclass
+class Palette:
+    """Class names, their mask colours (RGB masks) and the colours that mean "ignore"."""
+
+    classes: list[str]
+    colors: list[tuple[int, int, int]] | None = None  #: None: masks hold class indices
+    ignore_colors: list[tuple[int, int, int]] = field(default_factory=list)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Palette":
+        """``classes: {name: [r, g, b], ...}`` and optional ``ignore: [[r, g, b], ...]``."""
+        values = read_yaml(path)
+        classes = values.get("classes")
+        if not isinstance(classes, dict) or len(classes) < 2:
+            raise CsptError(f"{path}: needs 'classes:' mapping at least two names to [r, g, b]")
+        try:
+            colors = [_rgb(c) for c in classes.values()]
+            ignore = [_rgb(c) for c in values.get("ignore") or []]
+        except (TypeError, ValueError):
+            raise CsptError(f"{path}: colours must be [r, g, b] with values 0-255") from None
+        if len(set(colors)) != len(colors):
+            raise CsptError(f"{path}: two classes share a colour")
+        return cls([str(name) for name in classes], colors, ignore)
+
+    def to_dict(self) -> dict:
+        return {"classes": self.classes, "colors": self.colors, "ignore_colors": self.ignore_colors}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Palette":
+        colors = [tuple(c) for c in values["colors"]] if values.get("colors") else None
+        return cls(list(values["classes"]), colors, [tuple(c) for c in values.get("ignore_colors", [])])
+
+
+def _rgb(value: Sequence[int]) -> tuple[int, int, int]:
+    rgb = tuple(int(v) for v in value)
+    if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
+        raise ValueError(value)
+    return rgb  # type: ignore[return-value]
+
+
+def read_mask(path: Path, palette: Palette, ignore_index: int) -> np.ndarray:
+    """The mask as ``int64`` class indices (``ignore_index`` where ignored)."""
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB") if palette.colors and image.mode != "RGB" else image)
+    except Exception as err:  # any decoder complaint
+        raise ImageReadError(f"{path}: unreadable mask ({err})") from None
+    if palette.colors is None:
+        if pixels.ndim != 2:
+            raise CsptError(f"{path}: an index mask needs one band, found {pixels.shape[-1]} "
+                            "(for colour-coded masks give a --palette)")
+        labels = pixels.astype(np.int64)
+        bad = np.unique(labels[(labels != ignore_index) & ((labels < 0) | (labels >= len(palette.classes)))])
+        if bad.size:
+            raise CsptError(f"{path}: class indices {', '.join(map(str, bad[:8]))} outside 0-"
+                            f"{len(palette.classes) - 1} (and ignore {ignore_index})")
+        return labels
+    if pixels.ndim != 3 or pixels.shape[-1] < 3:
+        raise CsptError(f"{path}: a colour-coded mask needs RGB pixels")
+    packed = (pixels[..., 0].astype(np.int64) << 16) | (pixels[..., 1].astype(np.int64) << 8) | pixels[..., 2]
+    lookup = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(palette.colors)}
+    lookup.update({(r << 16) | (g << 8) | b: ignore_index for r, g, b in palette.ignore_colors})
+    codes = np.array(sorted(lookup), dtype=np.int64)
+    position = np.searchsorted(codes, packed).clip(max=len(codes) - 1)
+    known = codes[position] == packed
+    if not known.all():
+        unknown = np.unique(packed[~known])
+        found = ", ".join(f"({c >> 16}, {(c >> 8) & 255}, {c & 255})" for c in unknown[:8].tolist())
+        raise CsptError(f"{path}: colours not in the palette: {found}; add them to the palette's classes "
+                        "or its ignore list")
+    return np.array([lookup[int(c)] for c in codes], dtype=np.int64)[position]
+
+
+@dataclass
+class Pair:
+    image: Path
+    mask: Path
+    height: int
+    width: int
+
+
+def sibling_masks(image: Path) -> list[Path]:
+    """Where the mask of ``.../images/x.jpg`` may be: ``.../masks/x.{png,tif,...}`` (the last ``images``)."""
+    parts = image.parent.parts
+    if "images" not in parts:
+        return []
+    at = len(parts) - 1 - parts[::-1].index("images")
+    folder = Path(*parts[:at], "masks", *parts[at + 1:])
+    return [folder / (image.stem + suffix) for suffix in MASK_SUFFIXES]
+
+
+def pair_images(images: Sequence[str | Path], masks: Sequence[str | Path] | None) -> list[tuple[Path, Path]]:
+    """(image, mask) pairs.
+
+    With ``masks``: ``masks[i]`` mirrors ``images[i]`` (same relative path, any mask
+    suffix). Without: every image inside an ``images`` folder has its mask in the
+    ``masks`` folder beside it (``tile_1/images/a.jpg`` -> ``tile_1/masks/a.png``), so a
+    dataset root can be given as it is. A single ``image,mask`` CSV works too.
+    """
+    if len(images) == 1 and Path(images[0]).suffix.lower() == ".csv" and not masks:
+        return _pairs_from_csv(Path(images[0]))
+    if masks and len(masks) != len(images):
+        raise CsptError(f"give one --masks folder per --images folder ({len(images)} vs {len(masks)})")
+    pairs = []
+    for i, source in enumerate(map(Path, images)):
+        root = source if source.is_dir() else source.parent
+        files = find_images([source])
+        if masks:
+            mask_root = Path(masks[i])
+            if not mask_root.is_dir():
+                raise CsptError(f"{mask_root}: no such masks folder")
+            options = {f: [mask_root / f.relative_to(root).with_suffix(s) for s in MASK_SUFFIXES] for f in files}
+        else:
+            files = [f for f in files if "masks" not in f.relative_to(root).parts[:-1]]
+            options = {f: sibling_masks(f) for f in files}
+            if not any(options.values()):
+                raise CsptError(f"{source}: no 'images' folder with a 'masks' folder beside it; give --masks")
+        for image, candidates in options.items():
+            mask = next((m for m in candidates if m.is_file()), None)
+            if mask is None:
+                where = candidates[0].with_suffix(".*") if candidates else "an 'images'/'masks' folder pair"
+                raise CsptError(f"{image}: no mask (looked for {where})")
+            pairs.append((image, mask))
+    return pairs
+
+
+def _pairs_from_csv(path: Path) -> list[tuple[Path, Path]]:
+    rows = list(csv.reader(path.read_text().splitlines()))
+    start = 1 if rows and [c.strip().lower() for c in rows[0][:2]] == ["image", "mask"] else 0
+    pairs = []
+    for number, row in enumerate(rows[start:], start + 1):
+        if not row:
+            continue
+        if len(row) < 2:
+            raise CsptError(f"{path}:{number}: expected image,mask")
+        image, mask = (Path(v.strip()) if Path(v.strip()).is_absolute() else path.parent / v.strip() for v in row[:2])
+        for file in (image, mask):
+            if not file.is_file():
+                raise CsptError(f"{path}:{number}: no such file {file}")
+        pairs.append((image, mask))
+    if not pairs:
+        raise CsptError(f"{path}: names no image/mask pairs")
+    return pairs
+
+
+def check_pairs(pairs: Sequence[tuple[Path, Path]], palette: Palette, ignore_index: int,
+                threads: int = 8) -> tuple[list[Pair], np.ndarray]:
+    """Read every mask once: sizes must match, colours must be known. Returns pairs and pixel counts per class."""
+
+    def check(pair: tuple[Path, Path]) -> tuple[Pair, np.ndarray]:
+        image, mask = pair
+        info = image_info(image)
+        labels = read_mask(mask, palette, ignore_index)
+        if labels.shape != (info.height, info.width):
+            raise CsptError(f"{mask}: mask is {labels.shape[1]}x{labels.shape[0]} but its image {image.name} "
+                            f"is {info.width}x{info.height}")
+        counts = np.bincount(labels[labels != ignore_index].ravel(), minlength=len(palette.classes))
+        return Pair(image, mask, info.height, info.width), counts
+
+    with ThreadPoolExecutor(threads) as pool:
+        results = list(pool.map(check, pairs))
+    return [r[0] for r in results], np.sum([r[1] for r in results], axis=0)
+
+
+def split_pairs(pairs: list[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """A seeded hold-out of ``fraction`` of the tiles (at least one, never all)."""
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
+    count = min(len(pairs) - 1, max(1, round(len(pairs) * fraction)))
+    if len(pairs) < 2:
+        raise CsptError("need at least two image/mask pairs to hold some out for validation")
+    held = set(order[:count])
+    return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
+
+
+class SegmentationCrops(Dataset):
+    """Training samples, indexed by ``(index, seed)``: a random crop of a scale-jittered tile.
+
+    Tiles are first rescaled by ``base_scale`` (the ``--resize`` option); every tile gives
+    ``area / crop_size**2`` samples per epoch at that scale (at least one). Image and mask
+    share the scale jitter, crop, flips and 90-degree rotation; the image alone gets
+    photometric distortion. Areas padded to reach the crop size are ``ignore_index``.
+    Decoded tiles are kept in a small per-process cache (``cache_pixels`` in total).
+    """
+
+    def __init__(self, pairs: Sequence[Pair], palette: Palette, crop_size: int, in_chans: int,
+                 mean: Sequence[float], std: Sequence[float], ignore_index: int = 255,
+                 scale_range: Sequence[float] = (0.5, 2.0), photometric: bool = True, base_scale: float = 1.0,
+                 cache_pixels: int = 8_000_000):
+        area = [round(p.height * base_scale) * round(p.width * base_scale) for p in pairs]
+        self.entries = [p for p, a in zip(pairs, area, strict=True) for _ in range(max(1, a // crop_size**2))]
+        self.palette = palette
+        self.crop_size = crop_size
+        self.in_chans = in_chans
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.ignore_index = ignore_index
+        self.scale_range = tuple(scale_range)
+        self.photometric = photometric
+        self.base_scale = base_scale
+        self.cache_pixels = cache_pixels
+        self.cache: OrderedDict[Path, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tile and its mask at ``base_scale`` (from the cache when there)."""
+        pair = self.entries[index]
+        if pair.image in self.cache:
+            self.cache.move_to_end(pair.image)
+            return self.cache[pair.image]
+        image = match_bands(torch.from_numpy(read_image(pair.image)).permute(2, 0, 1), self.in_chans, pair.image)
+        mask = torch.from_numpy(read_mask(pair.mask, self.palette, self.ignore_index))
+        if self.base_scale != 1.0:
+            image, mask = resize_pair(image, mask, self.base_scale)
+        self.cache[pair.image] = image, mask
+        while len(self.cache) > 1 and sum(m.numel() for _, m in self.cache.values()) > self.cache_pixels:
+            self.cache.popitem(last=False)
+        return image, mask
+
+    def __getitem__(self, item: tuple[int, int]) -> dict:
+        index, seed = item
+        generator = torch.Generator().manual_seed(seed)
+        (image, mask), _, skipped = load_or_replace(self.load, index, len(self.entries), generator)
+        image, mask = self.augment(image, mask, generator)
+        return {"image": (image - self.mean) / self.std, "mask": mask, "skipped": skipped}
+
+    def augment(self, image: torch.Tensor, mask: torch.Tensor,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        low, high = self.scale_range
+        image, mask = resize_pair(image, mask, low + (high - low) * float(torch.rand(1, generator=generator)))
+        crop = self.crop_size
+        pad_h, pad_w = max(0, crop - image.shape[1]), max(0, crop - image.shape[2])
+        if pad_h or pad_w:
+            image = TF.pad(image, [0, 0, pad_w, pad_h], fill=0.0)
+            mask = TF.pad(mask[None], [0, 0, pad_w, pad_h], fill=self.ignore_index)[0]
+        top = int(torch.randint(image.shape[1] - crop + 1, (1,), generator=generator))
+        left = int(torch.randint(image.shape[2] - crop + 1, (1,), generator=generator))
+        image, mask = image[:, top:top + crop, left:left + crop], mask[top:top + crop, left:left + crop]
+        if torch.rand(1, generator=generator) < 0.5:
+            image, mask = image.flip(-1), mask.flip(-1)
+        turns = int(torch.randint(4, (1,), generator=generator))
+        image, mask = image.rot90(turns, (1, 2)), mask.rot90(turns, (0, 1))
+        if self.photometric and self.in_chans == 3:
+            image = photometric_distortion(image, generator)
+        return image.contiguous(), mask.contiguous()
+
+
+def resize_pair(image: torch.Tensor, mask: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rescale an image (bilinear, antialiased) and its mask (nearest) together."""
+    size = [max(1, round(image.shape[1] * scale)), max(1, round(image.shape[2] * scale))]
+    return (TF.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True),
+            TF.resize(mask[None], size, interpolation=InterpolationMode.NEAREST)[0])
+
+
+def photometric_distortion(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random brightness, contrast, saturation and hue changes (each applied half of the time)."""
+
+    def draw(low: float, high: float) -> float | None:
+        if torch.rand(1, generator=generator) < 0.5:
+            return None
+        return low + (high - low) * float(torch.rand(1, generator=generator))
+
+    brightness, contrast, saturation, hue = draw(0.875, 1.125), draw(0.5, 1.5), draw(0.5, 1.5), draw(-0.05, 0.05)
+    if brightness is not None:
+        image = TF.adjust_brightness(image, brightness)
+    if contrast is not None:
+        image = TF.adjust_contrast(image, contrast)
+    if saturation is not None:
+        image = TF.adjust_saturation(image, saturation)
+    if hue is not None:
+        image = TF.adjust_hue(image, hue)
+    return image.clamp(0, 1)
+
+
+def collate_crops(samples: list[dict]) -> dict:
+    return {"image": torch.stack([s["image"] for s in samples]), "mask": torch.stack([s["mask"] for s in samples]),
+            "skipped": [m for s in samples for m in s["skipped"]]}

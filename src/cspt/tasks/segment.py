@@ -1,0 +1,418 @@
+"""Semantic segmentation: fine-tune ViT + UperNet, evaluate with sliding windows, predict masks.
+
+``finetune_segment(config)`` is the whole stage as one call. A run directory ends with
+``segmenter.safetensors`` + ``segmenter.json`` (best validation mIoU, or the last epoch
+without validation tiles), ``splits/{train,val}.csv`` and, with validation tiles,
+``metrics.json``, ``confusion.csv`` and ``confusion.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import json
+import logging
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+from safetensors.torch import load_file
+from torch import nn
+from torchvision.transforms import InterpolationMode
+
+from cspt.checkpoints import Checkpoint, description_of, load_checkpoint
+from cspt.config import SegmentConfig, save_config
+from cspt.data.files import find_images
+from cspt.data.images import ImageReadError, read_image
+from cspt.data.sampling import match_bands
+from cspt.data.segmentation import (
+    Pair,
+    Palette,
+    SegmentationCrops,
+    check_pairs,
+    collate_crops,
+    pair_images,
+    read_mask,
+    split_pairs,
+)
+from cspt.engine.distributed import barrier, resolve_device, setup_distributed, shutdown_distributed
+from cspt.engine.optim import param_groups_encoder_layer_decay
+from cspt.engine.run_dir import check_same_run, config_for_resume, has_checkpoint, run_dir_of, saved_config
+from cspt.engine.sliding import sliding_window_logits
+from cspt.engine.trainer import Task, Trainer, resolve_precision
+from cspt.errors import CsptError
+from cspt.export import lineage_of, write_weights
+from cspt.metrics import segmentation_confusion, segmentation_metrics, write_confusion_csv
+from cspt.models.pyramid import default_taps
+from cspt.models.segmenter import Segmenter, build_segmenter
+from cspt.models.vit import ArchConfig
+from cspt.plots import plot_confusion
+from cspt.tasks.encoder import arch_of, load_init_weights, resolved_encoder_fields
+
+log = logging.getLogger("cspt")
+
+SEGMENTER = "segmenter.safetensors"
+SPLITS_DIR = "splits"
+
+
+# ---------------------------------------------------------------- palettes and data
+
+def load_palette(palette: str | None, class_names: Sequence[str] | None) -> Palette:
+    """A palette YAML, a built-in palette by name, or index masks with ``class_names``."""
+    if palette:
+        builtin = resources.files("cspt") / "recipes" / "palettes" / f"{palette}.yaml"
+        if not Path(palette).exists() and builtin.is_file():
+            with resources.as_file(builtin) as path:
+                return Palette.from_yaml(path)
+        return Palette.from_yaml(palette)
+    if not class_names or len(class_names) < 2:
+        raise CsptError("give --palette (colour-coded masks) or --class-names (index masks, at least two)")
+    return Palette(list(class_names))
+
+
+def write_pairs(pairs: Sequence[Pair], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "mask"])
+        writer.writerows([str(p.image.resolve()), str(p.mask.resolve())] for p in pairs)
+
+
+def make_split(config: SegmentConfig, palette: Palette) -> dict[str, list[Pair]]:
+    """Checked training and (optional) validation pairs; logs the pixel share of every class."""
+    if not config.images:
+        raise CsptError("no --images given")
+    pairs, counts = check_pairs(pair_images(config.images, config.masks), palette, config.ignore_index)
+    if config.val_images:
+        val, _ = check_pairs(pair_images(config.val_images, config.val_masks), palette, config.ignore_index)
+        splits = {"train": pairs, "val": val}
+    elif config.val_fraction > 0:
+        train, val = split_pairs(pairs, config.val_fraction, config.split_seed)
+        splits = {"train": train, "val": val}
+    else:
+        splits = {"train": pairs}
+    shares = counts / max(1, counts.sum())
+    log.info("classes (pixel share): %s", ", ".join(f"{n} {s:.1%}" for n, s in zip(palette.classes, shares,
+                                                                                     strict=True)))
+    return splits
+
+
+def read_split(folder: Path) -> dict[str, list[Pair]]:
+    """The pairs a run was started with (sizes re-read from the headers, masks not re-checked)."""
+    from cspt.data.images import image_info
+
+    splits = {}
+    for name in ("train", "val"):
+        path = folder / f"{name}.csv"
+        if path.is_file():
+            rows = list(csv.reader(path.read_text().splitlines()))[1:]
+            splits[name] = [Pair(Path(i), Path(m), *_size(image_info(Path(i)))) for i, m in rows]
+    return splits
+
+
+def _size(info: Any) -> tuple[int, int]:
+    return info.height, info.width
+
+
+# ---------------------------------------------------------------- inference and evaluation
+
+def load_tile(path: Path, in_chans: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """A whole image, normalised, as (C, H, W)."""
+    image = match_bands(torch.from_numpy(read_image(path)).permute(2, 0, 1), in_chans, path)
+    return (image - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
+
+
+@torch.no_grad()
+def predict_tile(model: nn.Module, image: torch.Tensor, window: int, stride: int, resize: float = 1.0,
+                 device: torch.device | None = None, autocast: torch.dtype | None = None) -> torch.Tensor:
+    """Class logits ``(classes, H, W)`` of a whole normalised image, by sliding windows.
+
+    With ``resize`` != 1 the image is rescaled for the network and the logits are
+    resized back, so the result always has the image's own size.
+    """
+    device = device or next(model.parameters()).device
+    height, width = image.shape[-2:]
+    scaled = image
+    if resize != 1.0:
+        size = [max(1, round(height * resize)), max(1, round(width * resize))]
+        scaled = TF.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+
+    def forward(crops: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            return model(crops)
+
+    logits = sliding_window_logits(forward, scaled.to(device), window, stride)
+    if resize != 1.0:
+        logits = F.interpolate(logits[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+    return logits
+
+
+def evaluate_pairs(model: nn.Module, pairs: Sequence[Pair], info: dict[str, Any], device: torch.device,
+                   precision: str = "auto") -> dict[str, Any]:
+    """Sliding-window metrics (mIoU, OA, mean F1, per class, confusion) over whole tiles."""
+    palette = Palette.from_dict(info["palette"])
+    classes, ignore = palette.classes, info["ignore_index"]
+    confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
+    model = model.to(device).eval()
+    autocast = resolve_precision(precision, device)
+    skipped = 0
+    for pair in pairs:
+        try:
+            image = load_tile(pair.image, info["architecture"]["in_chans"], info["mean"], info["std"])
+            target = torch.from_numpy(read_mask(pair.mask, palette, ignore))
+        except ImageReadError as err:
+            log.warning("skipped unreadable tile: %s", err)
+            skipped += 1
+            continue
+        logits = predict_tile(model, image, info["crop_size"], info["stride"], info["resize"], device, autocast)
+        confusion += segmentation_confusion(logits.argmax(0).cpu(), target, len(classes), ignore)
+    metrics = segmentation_metrics(confusion, classes)
+    metrics["skipped_tiles"] = skipped
+    return metrics
+
+
+def write_segmentation_metrics(metrics: dict[str, Any], folder: Path, title: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_confusion_csv(metrics["confusion"], metrics["classes"], folder / "confusion.csv")
+    plot_confusion(metrics["confusion"], metrics["classes"], folder / "confusion.png",
+                   f"{title}: mIoU {metrics['miou']:.3f}, OA {metrics['oa']:.3f}")
+
+
+def segmenter_path(checkpoint: str | Path) -> Path:
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / SEGMENTER
+    if not path.is_file():
+        raise CsptError(f"{path}: no such segmenter (a segmentation run directory or its {SEGMENTER})")
+    return path
+
+
+def model_from_description(info: dict[str, Any], drop_path: float = 0.0) -> Segmenter:
+    return build_segmenter(ArchConfig.from_dict(info["architecture"]), len(info["palette"]["classes"]),
+                           info["channels"], info["aux_channels"] or None, info["pyramid"], info["taps"], drop_path)
+
+
+def load_segmenter(checkpoint: str | Path) -> tuple[Segmenter, dict[str, Any]]:
+    path = segmenter_path(checkpoint)
+    info = description_of(path)
+    if info.get("task") != "segment":
+        raise CsptError(f"{path}: not a cspt segmenter (its description has no palette)")
+    model = model_from_description(info)
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except RuntimeError as err:
+        raise CsptError(f"{path}: weights do not fit the described segmenter ({str(err).splitlines()[0]})") from None
+    return model.eval(), info
+
+
+def evaluate_segmenter(checkpoint: str | Path, images: Sequence[str] | None = None,
+                       masks: Sequence[str] | None = None, output: str | Path | None = None,
+                       device: str = "auto") -> tuple[dict[str, Any], Path]:
+    """Evaluate on ``images`` (+ ``masks``), default the run's validation tiles; returns metrics and folder."""
+    model, info = load_segmenter(checkpoint)
+    run_dir = segmenter_path(checkpoint).parent
+    palette = Palette.from_dict(info["palette"])
+    if images:
+        pairs, _ = check_pairs(pair_images(images, masks), palette, info["ignore_index"])
+        folder = Path(output) if output else run_dir / "evaluation" / Path(images[0]).name
+    else:
+        split = read_split(run_dir / SPLITS_DIR).get("val")
+        if not split:
+            raise CsptError(f"{run_dir}: no validation tiles in {SPLITS_DIR}/; pass --images (and --masks)")
+        pairs, folder = split, Path(output) if output else run_dir
+    metrics = evaluate_pairs(model, pairs, info, torch.device(resolve_device(device)))
+    metrics.update(checkpoint=str(segmenter_path(checkpoint)), tiles=len(pairs))
+    write_segmentation_metrics(metrics, folder, "segmentation")
+    log.info("mIoU %.4f, OA %.4f, mean F1 %.4f on %d tiles", metrics["miou"], metrics["oa"], metrics["mean_f1"],
+             len(pairs))
+    return metrics, folder
+
+
+def class_colors(palette: Palette) -> np.ndarray:
+    """An RGB colour per class: the palette's, or a qualitative colour map for index masks."""
+    if palette.colors:
+        return np.array(palette.colors, dtype=np.uint8)
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20"]
+    return np.array([[round(255 * c) for c in cmap(i % 20)[:3]] for i in range(len(palette.classes))], np.uint8)
+
+
+def predict_segmenter(checkpoint: str | Path, images: Sequence[str], output: str | Path, draw: bool = False,
+                      device: str = "auto") -> Path:
+    """Write ``NAME.png`` (class indices) and ``NAME_color.png`` per image (+ ``NAME_overlay.jpg`` with draw)."""
+    model, info = load_segmenter(checkpoint)
+    colors = class_colors(Palette.from_dict(info["palette"]))
+    folder = Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch_device = torch.device(resolve_device(device))
+    written = 0
+    for path in find_images(list(images)):
+        try:
+            image = load_tile(path, info["architecture"]["in_chans"], info["mean"], info["std"])
+        except ImageReadError as err:
+            log.warning("skipped unreadable image: %s", err)
+            continue
+        labels = predict_tile(model.to(torch_device), image, info["crop_size"], info["stride"], info["resize"],
+                              torch_device).argmax(0).cpu().numpy().astype(np.uint8)
+        Image.fromarray(labels).save(folder / f"{path.stem}.png")
+        Image.fromarray(colors[labels]).save(folder / f"{path.stem}_color.png")
+        if draw:
+            pixels = (read_image(path)[..., :3] * 255).round().astype(np.uint8)
+            if pixels.shape[-1] == 1:
+                pixels = np.repeat(pixels, 3, axis=-1)
+            overlay = (0.5 * pixels + 0.5 * colors[labels]).astype(np.uint8)
+            Image.fromarray(overlay).save(folder / f"{path.stem}_overlay.jpg", quality=90)
+        written += 1
+    log.info("wrote masks of %d images to %s", written, folder)
+    return folder
+
+
+# ---------------------------------------------------------------- fine-tuning
+
+def resolve_config(config: SegmentConfig, init: Checkpoint | None = None) -> SegmentConfig:
+    """Architecture (input size = crop size), stride and pyramid taps; checks that need them."""
+    if config.crop_size is not None:
+        config = dataclasses.replace(config, img_size=config.crop_size)
+    config = dataclasses.replace(config, **resolved_encoder_fields(config, init))
+    stride = config.stride or max(1, round(config.img_size * 2 / 3))
+    taps = config.taps or default_taps(config.depth, config.pyramid)
+    if not all(0 <= t < config.depth for t in taps):
+        raise CsptError(f"--taps {taps} must be block indices below the depth {config.depth}")
+    if config.batch_size < 2:
+        raise CsptError("--batch-size must be at least 2 (the pyramid and heads use BatchNorm)")
+    if not 0 < stride <= config.img_size:
+        raise CsptError(f"--stride {stride} must lie in 1..{config.img_size} (the crop size)")
+    if config.resize <= 0:
+        raise CsptError(f"--resize {config.resize} must be positive")
+    return dataclasses.replace(config, crop_size=config.img_size, stride=stride, taps=list(taps))
+
+
+class SegmentTask(Task):
+    """Fine-tuning ViT + UperNet, for the :class:`~cspt.engine.Trainer`."""
+
+    def __init__(self, config: SegmentConfig, palette: Palette, splits: dict[str, list[Pair]],
+                 init: Checkpoint | None = None):
+        self.config = config
+        self.palette = palette
+        self.splits = splits
+        self.arch = arch_of(config)
+        self.init = init
+        self.best: dict[str, Any] = {"val_miou": -1.0, "epoch": 0}
+
+    def build_model(self, load_init: bool) -> nn.Module:
+        model = model_from_description(self.describe(Path(), ""), self.config.drop_path)
+        if load_init:
+            load_init_weights(model.backbone.encoder, self.config, self.init, ("head.",))
+        self.init = None
+        return model
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        return param_groups_encoder_layer_decay(model, model.backbone.encoder, self.config.weight_decay,
+                                                self.config.layer_decay)
+
+    def train_data(self) -> tuple[SegmentationCrops, Any]:
+        cfg = self.config
+        dataset = SegmentationCrops(self.splits["train"], self.palette, cfg.crop_size, cfg.in_chans, cfg.mean,
+                                    cfg.std, cfg.ignore_index, cfg.scale_range, cfg.photometric, cfg.resize)
+        return dataset, collate_crops
+
+    def training_step(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+        images = batch["image"].to(device, non_blocking=True)
+        masks = batch["mask"].to(device, non_blocking=True)
+        out = model(images)
+        ignore = self.config.ignore_index
+        if isinstance(out, tuple):
+            logits, aux = out
+            return (F.cross_entropy(logits, masks, ignore_index=ignore)
+                    + self.config.aux_weight * F.cross_entropy(aux, masks, ignore_index=ignore))
+        return F.cross_entropy(out, masks, ignore_index=ignore)
+
+    def on_epoch_end(self, model: nn.Module, epoch: int, run_dir: Path) -> dict[str, Any] | None:
+        cfg = self.config
+        done = epoch + 1
+        if "val" not in self.splits or (done % cfg.eval_every and done != cfg.epochs):
+            return None
+        metrics = evaluate_pairs(model, self.splits["val"], self.describe(run_dir, ""),
+                                 next(model.parameters()).device, cfg.precision)
+        model.train()
+        if metrics["miou"] > self.best["val_miou"]:
+            self.best = {"val_miou": metrics["miou"], "epoch": done}
+            write_weights(model.state_dict(), run_dir / SEGMENTER,
+                          self.describe(run_dir, f"best validation mIoU {metrics['miou']:.4f} at epoch {done}"))
+            write_segmentation_metrics({**metrics, "epoch": done}, run_dir, "validation tiles")
+        return {"val_miou": metrics["miou"], "val_oa": metrics["oa"], "val_mean_f1": metrics["mean_f1"],
+                "best_val_miou": self.best["val_miou"]}
+
+    def on_fit_end(self, model: nn.Module, run_dir: Path) -> None:
+        if "val" not in self.splits:
+            write_weights(model.state_dict(), run_dir / SEGMENTER, self.describe(run_dir, "last epoch"))
+            log.info("no validation tiles: kept the last epoch; evaluate it with cspt evaluate segment")
+
+    def describe(self, run_dir: Path, selected: str) -> dict[str, Any]:
+        """``segmenter.json``: how to rebuild, feed and read the model, and where it came from."""
+        cfg = self.config
+        stage = {"stage": "fine-tuning (semantic segmentation)", "run": str(run_dir), "data": cfg.images,
+                 "train_tiles": len(self.splits["train"]), "epochs": cfg.epochs, "selected": selected,
+                 "config": dataclasses.asdict(cfg)}
+        return {"task": "segment", "architecture": self.arch.to_dict(), "format": "cspt segmenter",
+                "palette": self.palette.to_dict(), "ignore_index": cfg.ignore_index, "mean": cfg.mean,
+                "std": cfg.std, "pyramid": cfg.pyramid, "taps": cfg.taps, "channels": cfg.channels,
+                "aux_channels": cfg.aux_channels, "crop_size": cfg.crop_size, "stride": cfg.stride,
+                "resize": cfg.resize, "selected": selected, "lineage": self.parents + [stage]}
+
+    @functools.cached_property
+    def parents(self) -> list[dict[str, Any]]:
+        return lineage_of(self.config.init) if self.config.init else []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = state.get("best", self.best)
+
+
+def finetune_segment(config: SegmentConfig, resume: str | Path | bool | None = None,
+                     overrides: dict[str, Any] | None = None) -> Path:
+    """Run (or continue) segmentation fine-tuning; returns the run directory."""
+    if resume:
+        run_dir = run_dir_of(config.output if resume is True else resume)
+        config = config_for_resume(SegmentConfig, run_dir, overrides or {})
+        init = None
+    else:
+        if not config.output:
+            raise CsptError("no --output run directory given")
+        run_dir = Path(config.output)
+        init = load_checkpoint(config.init, config.trust_checkpoint) if config.init else None
+        config = resolve_config(config, init)
+        if has_checkpoint(run_dir):
+            check_same_run(saved_config(run_dir) or {}, config, run_dir)
+    palette = load_palette(config.palette, config.class_names)
+    dist = setup_distributed(config.device)
+    try:
+        splits_dir = run_dir / SPLITS_DIR
+        if dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, run_dir / "config.yaml")
+            if not ((splits_dir / "train.csv").is_file() and has_checkpoint(run_dir)):
+                for stale in splits_dir.glob("*.csv"):
+                    stale.unlink()
+                for name, pairs in make_split(config, palette).items():
+                    write_pairs(pairs, splits_dir / f"{name}.csv")
+        barrier()
+        splits = read_split(splits_dir)
+        if dist.is_main:
+            log.info("data: %s tiles (splits in %s)",
+                     ", ".join(f"{n} {len(p)}" for n, p in splits.items()), splits_dir)
+        Trainer(config, run_dir, dist).fit(SegmentTask(config, palette, splits, init))
+    finally:
+        shutdown_distributed()
+    return run_dir
