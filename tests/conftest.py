@@ -6,6 +6,7 @@ import os
 import random
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,11 @@ TINY_FLAGS = [*TINY_ENCODER_FLAGS, "--img-size", "32", "--decoder-dim", "32", "-
               "--decoder-num-heads", "2"]
 
 
+#: the deepforest wheel (NEON aerial scenes with tree-crown boxes); the README's set-up downloads it
+DEEPFOREST_WHEEL = Path(os.environ.get("CSPT_DEEPFOREST_WHEEL",
+                                       ROOT / ".cache" / "wheels" / "deepforest-2.1.0-py3-none-any.whl"))
+
+
 def needs(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"real data not found at {path} (set CSPT_SHARED)")
@@ -36,6 +42,18 @@ def needs(path: Path) -> Path:
 @pytest.fixture
 def rsscn7() -> Path:
     return needs(RSSCN7)
+
+
+@pytest.fixture(scope="session")
+def neon(tmp_path_factory) -> Path:
+    """The ``deepforest/data`` folder of the wheel: NEON PNG/TIF scenes with VOC XML and CSV boxes."""
+    wheel = needs(DEEPFOREST_WHEEL)
+    target = tmp_path_factory.mktemp("neon")
+    with zipfile.ZipFile(wheel) as archive:
+        for name in archive.namelist():
+            if name.startswith("deepforest/data/") and name.endswith((".png", ".tif", ".xml", ".csv")):
+                (target / Path(name).name).write_bytes(archive.read(name))
+    return target
 
 
 @pytest.fixture

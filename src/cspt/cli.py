@@ -8,9 +8,10 @@ import json
 import logging
 import sys
 import typing
+from pathlib import Path
 from typing import Any, Sequence
 
-from cspt.config import ClassifyConfig, PretrainConfig, ProbeConfig, SegmentConfig, build_config
+from cspt.config import ClassifyConfig, DetectConfig, PretrainConfig, ProbeConfig, SegmentConfig, build_config
 from cspt.errors import CsptError
 
 log = logging.getLogger("cspt")
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     tasks = finetune.add_subparsers(dest="task", required=True)
     add_training_flags(tasks.add_parser("classify", help="scene classification (MAE/CSPT recipe)"), ClassifyConfig)
     add_training_flags(tasks.add_parser("segment", help="semantic segmentation (ViT + UperNet)"), SegmentConfig)
+    add_training_flags(tasks.add_parser("detect", help="object detection (ViT + FPN + Faster R-CNN)"), DetectConfig)
 
     probe = commands.add_parser("probe", help="kNN or linear probe of a checkpoint's frozen features")
     probe.add_argument("kind", choices=["knn", "linear"])
@@ -81,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--masks", nargs="+", help="mask folders mirroring --images (default: 'masks' beside 'images')")
     es.add_argument("--output", help="folder for metrics.json etc. (default: the run, or RUN/evaluation/NAME)")
     es.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ed = tasks.add_parser("detect", help="VOC mAP@0.5 (per class) and COCO mAP@[.5:.95] on whole scenes")
+    ed.add_argument("--checkpoint", required=True, help="detection run directory or its detector.safetensors")
+    ed.add_argument("--annotations", help="annotations to score against (default: the run's --val)")
+    ed.add_argument("--images", help="folder of the annotated images")
+    ed.add_argument("--format", default="auto", choices=["auto", "coco", "dota", "voc", "hrsc", "csv"])
+    ed.add_argument("--output", help="folder for metrics.json (default: the run, or RUN/evaluation/NAME)")
+    ed.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     predict = commands.add_parser("predict", help="predictions of a fine-tuned model on new images")
     tasks = predict.add_subparsers(dest="task", required=True)
@@ -95,10 +104,35 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--output", required=True, help="folder for NAME.png, NAME_color.png (and NAME_overlay.jpg)")
     ps.add_argument("--draw", action="store_true", help="also write the mask blended over the image")
     ps.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    pd = tasks.add_parser("detect", help="COCO JSON and DOTA-style txt of whole-scene detections")
+    pd.add_argument("--checkpoint", required=True, help="detection run directory or its detector.safetensors")
+    pd.add_argument("--images", required=True, nargs="+", help="image folders, files or .txt lists")
+    pd.add_argument("--output", required=True, help="folder for detections.json, dota/NAME.txt (and drawn/)")
+    pd.add_argument("--draw", action="store_true", help="also write the images with their boxes drawn")
+    pd.add_argument("--draw-score", type=float, default=0.5, help="draw the detections scoring at least this")
+    pd.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
-    demo = commands.add_parser("demo", help="consecutive pretraining on real NEON aerial scenes (CPU, minutes)")
-    demo.add_argument("--output", default="runs/demo", help="run directory")
-    demo.add_argument("--init", help="source MAE checkpoint (default: the shared natural-image one, if present)")
+    pipe = commands.add_parser("pipeline", help="run a chain of stages from a YAML config (skips finished ones)")
+    pipe.add_argument("config", help="pipeline YAML (output, source, arms, pretrain, finetune, gap)")
+    pipe.add_argument("--from", dest="start", metavar="STAGE", help="re-run this stage and every later one")
+    pipe.add_argument("--only", metavar="STAGE", help="run this stage alone")
+
+    gap = commands.add_parser("gap", help="domain gap of a checkpoint between source and target images")
+    gap.add_argument("--checkpoint", required=True, help="MAE checkpoint (the decoder gives the reconstruction loss)")
+    gap.add_argument("--source", required=True, nargs="+", help="images of the checkpoint's source domain")
+    gap.add_argument("--target", required=True, nargs="+", help="target-domain images")
+    gap.add_argument("--max-images", type=int, default=256, help="per set (the source gives two sets)")
+    gap.add_argument("--output", help="folder for gap.json and gap.md")
+    gap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    gap.add_argument("--trust-checkpoint", action="store_true")
+
+    rep = commands.add_parser("report", help="write report.md and report.html of a run directory")
+    rep.add_argument("run_dir")
+
+    demo = commands.add_parser("demo", help="the CSPT chain on real NEON aerial scenes: pretraining, tree-crown "
+                                            "detection, held-out mAP, report (CPU, minutes)")
+    demo.add_argument("--output", default="runs/demo", help="pipeline folder")
+    demo.add_argument("--init", help="source MAE checkpoint (default: $CSPT_SOURCE_CHECKPOINT, else random init)")
 
     export = commands.add_parser("export", help="export weights for timm, Hugging Face or the MAE code")
     export.add_argument("source", help="a run directory or any checkpoint the loader accepts")
@@ -153,6 +187,11 @@ def run_pretrain(args: argparse.Namespace) -> None:
 
 
 def run_finetune(args: argparse.Namespace) -> None:
+    if args.task == "detect":
+        from cspt.tasks.detect import finetune_detect
+
+        run_training(args, DetectConfig, finetune_detect)
+        return
     if args.task == "segment":
         from cspt.tasks.segment import finetune_segment
 
@@ -177,6 +216,14 @@ def run_probe(args: argparse.Namespace) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
+    if args.task == "detect":
+        from cspt.tasks.detect import evaluate_detector
+
+        metrics, folder = evaluate_detector(args.checkpoint, args.annotations, args.images, args.format,
+                                            args.output, args.device)
+        print(f"mAP@0.5 {metrics['map50']:.4f}  mAP@[.5:.95] {metrics['map']:.4f}  ({metrics['scenes']} scenes, "
+              f"{metrics['objects']} objects); written to {folder}")
+        return
     if args.task == "segment":
         from cspt.tasks.segment import evaluate_segmenter
 
@@ -192,6 +239,13 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> None:
+    if args.task == "detect":
+        from cspt.tasks.detect import predict_detector
+
+        folder = predict_detector(args.checkpoint, args.images, args.output, args.draw, args.device,
+                                  args.draw_score)
+        print(f"wrote {folder}")
+        return
     if args.task == "segment":
         from cspt.tasks.segment import predict_segmenter
 
@@ -202,6 +256,29 @@ def run_predict(args: argparse.Namespace) -> None:
     path = predict_classifier(args.checkpoint, args.images, args.output, args.batch_size, args.device,
                               args.num_workers)
     print(f"wrote {path}")
+
+
+def run_pipeline(args: argparse.Namespace) -> None:
+    from cspt.pipeline import run_pipeline as pipeline
+
+    print(f"report: {pipeline(args.config, args.start, args.only)}")
+
+
+def run_gap(args: argparse.Namespace) -> None:
+    from cspt.gap import domain_gap, gap_summary, write_gap
+
+    result = domain_gap(args.checkpoint, args.source, args.target, args.max_images, device=args.device,
+                        trust=args.trust_checkpoint)
+    for line in gap_summary(result):
+        print(line)
+    if args.output:
+        print(f"wrote {write_gap(result, Path(args.output))}")
+
+
+def run_report(args: argparse.Namespace) -> None:
+    from cspt.report import write_run_report
+
+    print(f"report: {write_run_report(args.run_dir)}")
 
 
 def run_stats(args: argparse.Namespace) -> None:
@@ -228,7 +305,7 @@ def run_visualize(args: argparse.Namespace) -> None:
 def run_demo(args: argparse.Namespace) -> None:
     from cspt.demo import run_demo as demo
 
-    print(f"run directory: {demo(args.output, args.init)}")
+    print(f"report: {demo(args.output, args.init)}")
 
 
 def run_export(args: argparse.Namespace) -> None:
@@ -256,8 +333,9 @@ def run_info(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"demo": run_demo, "evaluate": run_evaluate, "export": run_export, "finetune": run_finetune,
-            "info": run_info, "predict": run_predict, "pretrain": run_pretrain, "probe": run_probe,
-            "stats": run_stats, "visualize": run_visualize}
+            "gap": run_gap, "info": run_info, "pipeline": run_pipeline, "predict": run_predict,
+            "pretrain": run_pretrain, "probe": run_probe, "report": run_report, "stats": run_stats,
+            "visualize": run_visualize}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

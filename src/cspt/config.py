@@ -175,6 +175,44 @@ class SegmentConfig(TrainConfig, EncoderConfig):
 
 
 @dataclass
+class DetectConfig(TrainConfig, EncoderConfig):
+    """Object detection fine-tuning: ViT + feature pyramid + FPN + Faster R-CNN."""
+
+    train: str | None = option(None, "training annotations: COCO JSON, DOTA labelTxt folder, VOC/DIOR/HRSC "
+                               "XML folder or file, or image,xmin,ymin,xmax,ymax,label CSV")
+    images: str | None = option(None, "folder of the training images")
+    val: str | None = option(None, "validation annotations (selects the best checkpoint; metrics.json)")
+    val_images: str | None = option(None, "folder of the validation images (default: --images)")
+    format: str = option("auto", "annotation format", choices=["auto", "coco", "dota", "voc", "hrsc", "csv"])
+    classes: list[str] | None = option(None, "fix the class list (other names are an error)", nargs="+")
+    tile_size: int | None = option(None, "training tile and sliding window in pixels; the network input "
+                                   "(default: img_size)")
+    tile_overlap: int = option(200, "overlap of neighbouring tiles and windows, in pixels")
+    min_visible: float = option(0.5, "keep a clipped box when at least this fraction of it is inside the tile")
+    empty_tiles: float = option(0.1, "fraction of object-free training tiles kept")
+    scale_range: list[float] = option([0.8, 1.25], "random scale jitter of training tiles", nargs=2)
+    pyramid: str = option("cspt", "cspt: taps after four blocks; simple: ViTDet, last block only",
+                          choices=["cspt", "simple"])
+    taps: list[int] | None = option(None, "blocks the pyramid taps (default: 3 5 7 11 scaled to the depth)",
+                                    nargs=4)
+    fpn_channels: int = option(256, "FPN width")
+    anchor_sizes: list[int] = option([16, 32, 64, 128, 256], "anchor side per FPN level (5 levels)", nargs=5)
+    roi_samples: int = option(512, "RoI head: proposals sampled per training image")
+    detections_per_image: int = option(300, "most detections kept per window and per scene")
+    score_threshold: float = option(0.05, "drop detections scoring below this")
+    nms_iou: float = option(0.5, "class-wise NMS threshold when merging windows")
+    layer_decay: float = option(0.75, "layer-wise lr decay of the encoder (1.0: off)")
+    drop_path: float = option(0.1, "stochastic depth rate")
+    epochs: int = option(12, "number of epochs (an epoch: every kept training tile once)")
+    batch_size: int = option(2, "tiles per device per step")
+    blr: float = option(1.6e-3, "base learning rate: lr = blr * effective_batch / 256 (1e-4 at batch 16)")
+    min_lr: float = option(0.0, "learning rate at the end of the schedule")
+    betas: list[float] = option([0.9, 0.999], "AdamW betas", nargs=2)
+    warmup_epochs: float = option(1.0, "epochs of linear warmup")
+    eval_every: int = option(1, "evaluate on the validation scenes every N epochs")
+
+
+@dataclass
 class ProbeConfig(LabelledDataConfig):
     """kNN and linear probes on frozen encoder features."""
 

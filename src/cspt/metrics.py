@@ -82,3 +82,72 @@ def segmentation_metrics(confusion: torch.Tensor, classes: Sequence[str]) -> dic
             "mean_f1": f1[seen].mean().item() if seen.any() else 0.0,
             "pixels": int(total), "per_class": per_class, "classes": list(classes),
             "confusion": confusion.long().tolist()}
+
+
+def voc_ap(recall: torch.Tensor, precision: torch.Tensor) -> float:
+    """Area under the precision envelope, all points (VOC 2010+)."""
+    recall = torch.cat([torch.tensor([0.0]), recall.double(), torch.tensor([1.0])])
+    precision = torch.cat([torch.tensor([0.0]), precision.double(), torch.tensor([0.0])])
+    precision = precision.flip(0).cummax(0).values.flip(0)
+    steps = torch.nonzero(recall[1:] != recall[:-1]).squeeze(1)
+    return float(((recall[steps + 1] - recall[steps]) * precision[steps + 1]).sum())
+
+
+def voc_map(detections: Sequence[dict], ground_truths: Sequence[dict], classes: Sequence[str],
+            iou_threshold: float = 0.5) -> dict[str, Any]:
+    """VOC mAP: per-class AP at ``iou_threshold``, all-point interpolation, difficult objects ignored.
+
+    ``detections[i]``: ``boxes`` (N, 4) xyxy, ``scores``, ``labels`` (class indices) of image ``i``;
+    ``ground_truths[i]``: ``boxes``, ``labels`` and ``difficult`` (bool). A detection matching a
+    difficult object counts neither as a hit nor as a false alarm.
+    """
+    from torchvision.ops import box_iou
+
+    per_class: dict[str, float | None] = {}
+    for label, name in enumerate(classes):
+        positives = sum(int(((g["labels"] == label) & ~g["difficult"]).sum()) for g in ground_truths)
+        found = []  # (score, outcome) with outcome 1 hit, 0 false alarm, -1 ignored
+        for det, gt in zip(detections, ground_truths, strict=True):
+            mine = det["labels"] == label
+            boxes, scores = det["boxes"][mine], det["scores"][mine]
+            targets = gt["labels"] == label
+            gt_boxes, difficult = gt["boxes"][targets], gt["difficult"][targets]
+            taken = torch.zeros(len(gt_boxes), dtype=torch.bool)
+            overlaps = box_iou(boxes.double(), gt_boxes.double()) if len(gt_boxes) and len(boxes) else None
+            for k in scores.argsort(descending=True).tolist():
+                outcome = 0
+                if overlaps is not None:
+                    best, j = overlaps[k].max(0)
+                    if best >= iou_threshold:
+                        if difficult[j]:
+                            outcome = -1
+                        elif not taken[j]:
+                            taken[j], outcome = True, 1
+                found.append((float(scores[k]), outcome))
+        if positives == 0:
+            per_class[name] = None
+            continue
+        found = [f for f in sorted(found, key=lambda f: -f[0]) if f[1] >= 0]
+        hits = torch.tensor([f[1] for f in found], dtype=torch.double)
+        true_positives, false_positives = hits.cumsum(0), (1 - hits).cumsum(0)
+        recall = true_positives / positives
+        precision = true_positives / (true_positives + false_positives).clamp(min=1e-12)
+        per_class[name] = voc_ap(recall, precision) if len(found) else 0.0
+    scored = [v for v in per_class.values() if v is not None]
+    return {"map50": sum(scored) / len(scored) if scored else 0.0, "ap50_per_class": per_class}
+
+
+def coco_map(detections: Sequence[dict], ground_truths: Sequence[dict]) -> dict[str, float]:
+    """COCO mAP@[.5:.95], mAP@.5 and @.75 (pycocotools through torchmetrics; difficult = crowd).
+
+    As in COCO, at most the 100 best detections of an image count.
+    """
+    from torchmetrics.detection import MeanAveragePrecision
+
+    metric = MeanAveragePrecision(iou_type="bbox", backend="pycocotools")
+    metric.warn_on_many_detections = False  # dense aerial scenes: the 100-detection cap is COCO's rule
+    metric.update([{k: d[k] for k in ("boxes", "scores", "labels")} for d in detections],
+                  [{"boxes": g["boxes"], "labels": g["labels"], "iscrowd": g["difficult"].long()}
+                   for g in ground_truths])
+    result = metric.compute()
+    return {"map": float(result["map"]), "map_50": float(result["map_50"]), "map_75": float(result["map_75"])}

@@ -276,8 +276,9 @@ class Trainer:
             if training.step % cfg.log_every == 0 or end_of_epoch:
                 mean_loss = all_reduce_mean(loss_sum / interval_steps).item()
                 elapsed = time.perf_counter() - interval_start
-                record = {"step": training.step, "epoch": training.epoch + training.micro_batch / schedule.micro_per_epoch,
-                          "loss": mean_loss, "lr": lr, "img_per_s": interval_images / elapsed}
+                epoch = training.epoch + training.micro_batch / schedule.micro_per_epoch
+                record = {"step": training.step, "epoch": epoch, "loss": mean_loss, "lr": lr,
+                          "img_per_s": interval_images / elapsed}
                 run_log.write(record, training.step)
                 progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{record['img_per_s']:.1f}",
                                      epoch=training.epoch)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import json
 import logging
 from pathlib import Path
@@ -23,8 +22,8 @@ from timm.optim import param_groups_layer_decay
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from cspt.checkpoints import Checkpoint, description_of, load_checkpoint
-from cspt.config import ClassifyConfig, LabelledDataConfig, save_config
+from cspt.checkpoints import Checkpoint
+from cspt.config import ClassifyConfig, LabelledDataConfig
 from cspt.data.classification import (
     LabelledImages,
     LabelledSet,
@@ -36,17 +35,26 @@ from cspt.data.classification import (
     write_label_csv,
 )
 from cspt.data.files import find_images
-from cspt.engine.distributed import DistContext, barrier, resolve_device, setup_distributed, shutdown_distributed
+from cspt.engine.distributed import DistContext, barrier, resolve_device
 from cspt.engine.inference import Outputs, run_inference
-from cspt.engine.run_dir import check_same_run, config_for_resume, has_checkpoint, run_dir_of, saved_config
-from cspt.engine.trainer import Task, Trainer, default_num_workers, resolve_precision
+from cspt.engine.run_dir import has_checkpoint
+from cspt.engine.trainer import Trainer, default_num_workers, resolve_precision
 from cspt.errors import CsptError
-from cspt.export import lineage_of, write_weights
+from cspt.export import write_weights
 from cspt.metrics import classification_metrics, write_confusion_csv
 from cspt.models.classifier import NOT_FOR_CLASSIFIER, build_classifier
 from cspt.models.vit import ArchConfig
 from cspt.plots import plot_confusion
-from cspt.tasks.encoder import arch_of, load_init_weights, resolved_encoder_fields
+from cspt.tasks.common import (
+    FineTuneTask,
+    arch_of,
+    described_weights,
+    distributed_run,
+    load_described,
+    load_init_weights,
+    resolved_encoder_fields,
+    start_run,
+)
 
 log = logging.getLogger("cspt")
 
@@ -114,28 +122,13 @@ def write_classifier(model: nn.Module, path: Path, info: dict[str, Any]) -> Path
 
 
 def classifier_path(checkpoint: str | Path) -> Path:
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = path / CLASSIFIER
-    if not path.is_file():
-        raise CsptError(f"{path}: no such classifier (a fine-tuning run directory or its {CLASSIFIER})")
-    return path
+    return described_weights(checkpoint, CLASSIFIER, "classify")[0]
 
 
 def load_classifier(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """A fine-tuned classifier and its description (classes, architecture, normalisation)."""
-    path = classifier_path(checkpoint)
-    info = description_of(path)
-    if "classes" not in info:
-        raise CsptError(f"{path}: not a cspt classifier (its description has no classes)")
-    model = build_classifier(ArchConfig.from_dict(info["architecture"]), len(info["classes"]),
-                             info["global_pool"])
-    state = load_checkpoint(path).state_dict
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise CsptError(f"{path}: weights do not fit the described classifier ({str(err).splitlines()[0]})") from None
-    return model.eval(), info
+    return load_described(checkpoint, CLASSIFIER, "classify", lambda info: build_classifier(
+        ArchConfig.from_dict(info["architecture"]), len(info["classes"]), info["global_pool"]))
 
 
 # ---------------------------------------------------------------- evaluation
@@ -245,8 +238,10 @@ def resolve_config(config: ClassifyConfig, init: Checkpoint | None = None) -> Cl
     return config
 
 
-class ClassifyTask(Task):
+class ClassifyTask(FineTuneTask):
     """Fine-tuning a ViT classifier, for the :class:`~cspt.engine.Trainer`."""
+
+    monitor = "val_oa"
 
     def __init__(self, config: ClassifyConfig, splits: dict[str, LabelledSet], init: Checkpoint | None = None):
         self.config = config
@@ -266,7 +261,7 @@ class ClassifyTask(Task):
             self.criterion = nn.CrossEntropyLoss()
         self.ema: ModelEmaV3 | None = None
         self.ema_state: dict | None = None  #: EMA weights from a resumed state, until the EMA exists
-        self.best: dict[str, Any] = {"val_oa": -1.0, "epoch": 0}
+        super().__init__()
 
     def build_model(self, load_init: bool) -> nn.Module:
         cfg = self.config
@@ -312,9 +307,9 @@ class ClassifyTask(Task):
 
     def on_epoch_end(self, model: nn.Module, epoch: int, run_dir: Path) -> dict[str, Any] | None:
         cfg = self.config
-        done = epoch + 1
-        if "val" not in self.splits or (done % cfg.eval_every and done != cfg.epochs):
+        if not self.evaluates_after(epoch, "val" in self.splits):
             return None
+        done = epoch + 1
         net = self.ema_model(model)
         val = LabelledImages(self.splits["val"], cfg.img_size, cfg.in_chans, cfg.mean, cfg.std, train=False,
                              crop_ratio=cfg.eval_crop_ratio)
@@ -322,8 +317,7 @@ class ClassifyTask(Task):
                                    precision=cfg.precision)
         metrics = classification_metrics(outputs.values.argmax(1), outputs.labels, self.classes)
         net.train()
-        if metrics["oa"] > self.best["val_oa"]:
-            self.best = {"val_oa": metrics["oa"], "epoch": done}
+        if self.improves(metrics["oa"], epoch):
             write_classifier(net, run_dir / CLASSIFIER,
                              self.describe(run_dir, f"best validation OA {metrics['oa']:.4f} at epoch {done}"))
         return {"val_oa": metrics["oa"], "val_aa": metrics["aa"], "val_kappa": metrics["kappa"],
@@ -347,17 +341,12 @@ class ClassifyTask(Task):
                 "classes": self.classes, "global_pool": cfg.global_pool, "mean": cfg.mean, "std": cfg.std,
                 "eval_crop_ratio": cfg.eval_crop_ratio, "selected": selected, "lineage": self.parents + [stage]}
 
-    @functools.cached_property
-    def parents(self) -> list[dict[str, Any]]:
-        """The lineage of the ``--init`` weights (read once: it may hash a large file)."""
-        return lineage_of(self.config.init) if self.config.init else []
-
     def state_dict(self) -> dict[str, Any]:
         ema = self.ema.state_dict() if self.ema is not None else self.ema_state
-        return {"best": self.best, "ema": ema}
+        return {**super().state_dict(), "ema": ema}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best = state.get("best", self.best)
+        super().load_state_dict(state)
         self.ema_state = state.get("ema")
 
 
@@ -368,31 +357,14 @@ def finetune_classify(config: ClassifyConfig, resume: str | Path | bool | None =
     The train/val/test split is fixed when the run starts (``RUN_DIR/splits``) and reused
     by every later step (resume, ``cspt evaluate``).
     """
-    if resume:
-        run_dir = run_dir_of(config.output if resume is True else resume)
-        config = config_for_resume(ClassifyConfig, run_dir, overrides or {})
-        init = None
-    else:
-        if not config.output:
-            raise CsptError("no --output run directory given")
-        run_dir = Path(config.output)
-        init = load_checkpoint(config.init, config.trust_checkpoint) if config.init else None
-        config = resolve_config(config, init)
-        if has_checkpoint(run_dir):
-            check_same_run(saved_config(run_dir) or {}, config, run_dir)
-    dist = setup_distributed(config.device)
-    try:
+    config, run_dir, init = start_run(ClassifyConfig, config, resume, overrides, resolve_config)
+    with distributed_run(config, run_dir) as dist:
         splits_dir = run_dir / SPLITS_DIR
-        if dist.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, run_dir / "config.yaml")
-            if not (has_splits(run_dir) and has_checkpoint(run_dir)):  # a continued run keeps its split
-                write_splits(make_splits(config), splits_dir)
+        if dist.is_main and not (has_splits(run_dir) and has_checkpoint(run_dir)):  # a continued run keeps it
+            write_splits(make_splits(config), splits_dir)
         barrier()
         splits = read_splits(splits_dir)
         if dist.is_main:
             log.info("data: %s (splits in %s)", describe_splits(splits), splits_dir)
         Trainer(config, run_dir, dist).fit(ClassifyTask(config, splits, init))
-    finally:
-        shutdown_distributed()
     return run_dir

@@ -13,17 +13,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from cspt.checkpoints import Checkpoint, load_checkpoint
-from cspt.config import PretrainConfig, save_config
+from cspt.checkpoints import Checkpoint
+from cspt.config import PretrainConfig
 from cspt.data.files import find_images
 from cspt.data.unlabelled import UnlabelledImages, collate, evaluation_images, scan_images
-from cspt.engine.distributed import setup_distributed, shutdown_distributed
-from cspt.engine.run_dir import check_same_run, config_for_resume, has_checkpoint, run_dir_of, saved_config
 from cspt.engine.trainer import Task, Trainer
-from cspt.errors import CsptError
 from cspt.export import lineage_of, write_weights
 from cspt.models.mae import MaskedAutoencoderViT
-from cspt.tasks.encoder import arch_of, load_init_weights, resolved_encoder_fields
+from cspt.tasks.common import arch_of, distributed_run, load_init_weights, resolved_encoder_fields, start_run
 from cspt.visualize import reconstruction_grid, save_grid
 
 log = logging.getLogger("cspt")
@@ -113,24 +110,7 @@ def pretrain(config: PretrainConfig, resume: str | Path | bool | None = None,
     config's output). Without it, a run directory that already holds checkpoints of
     the same settings is continued automatically.
     """
-    if resume:
-        run_dir = run_dir_of(config.output if resume is True else resume)
-        config = config_for_resume(PretrainConfig, run_dir, overrides or {})
-        init = None  # the run's own checkpoint replaces the --init weights
-    else:
-        if not config.output:
-            raise CsptError("no --output run directory given")
-        run_dir = Path(config.output)
-        init = load_checkpoint(config.init, config.trust_checkpoint) if config.init else None
-        config = resolve_config(config, init)
-        if has_checkpoint(run_dir):
-            check_same_run(saved_config(run_dir) or {}, config, run_dir)
-    dist = setup_distributed(config.device)
-    try:
-        if dist.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, run_dir / "config.yaml")
+    config, run_dir, init = start_run(PretrainConfig, config, resume, overrides, resolve_config)
+    with distributed_run(config, run_dir) as dist:
         Trainer(config, run_dir, dist).fit(PretrainTask(config, init))
-    finally:
-        shutdown_distributed()
     return run_dir

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import json
 import logging
 from collections.abc import Sequence
@@ -23,12 +22,11 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
-from safetensors.torch import load_file
 from torch import nn
 from torchvision.transforms import InterpolationMode
 
-from cspt.checkpoints import Checkpoint, description_of, load_checkpoint
-from cspt.config import SegmentConfig, save_config
+from cspt.checkpoints import Checkpoint
+from cspt.config import SegmentConfig
 from cspt.data.files import find_images
 from cspt.data.images import ImageReadError, read_image
 from cspt.data.sampling import match_bands
@@ -42,19 +40,28 @@ from cspt.data.segmentation import (
     read_mask,
     split_pairs,
 )
-from cspt.engine.distributed import barrier, resolve_device, setup_distributed, shutdown_distributed
+from cspt.engine.distributed import barrier, resolve_device
 from cspt.engine.optim import param_groups_encoder_layer_decay
-from cspt.engine.run_dir import check_same_run, config_for_resume, has_checkpoint, run_dir_of, saved_config
+from cspt.engine.run_dir import has_checkpoint
 from cspt.engine.sliding import sliding_window_logits
-from cspt.engine.trainer import Task, Trainer, resolve_precision
+from cspt.engine.trainer import Trainer, resolve_precision
 from cspt.errors import CsptError
-from cspt.export import lineage_of, write_weights
+from cspt.export import write_weights
 from cspt.metrics import segmentation_confusion, segmentation_metrics, write_confusion_csv
 from cspt.models.pyramid import default_taps
 from cspt.models.segmenter import Segmenter, build_segmenter
 from cspt.models.vit import ArchConfig
 from cspt.plots import plot_confusion
-from cspt.tasks.encoder import arch_of, load_init_weights, resolved_encoder_fields
+from cspt.tasks.common import (
+    FineTuneTask,
+    arch_of,
+    described_weights,
+    distributed_run,
+    load_described,
+    load_init_weights,
+    resolved_encoder_fields,
+    start_run,
+)
 
 log = logging.getLogger("cspt")
 
@@ -187,12 +194,7 @@ def write_segmentation_metrics(metrics: dict[str, Any], folder: Path, title: str
 
 
 def segmenter_path(checkpoint: str | Path) -> Path:
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = path / SEGMENTER
-    if not path.is_file():
-        raise CsptError(f"{path}: no such segmenter (a segmentation run directory or its {SEGMENTER})")
-    return path
+    return described_weights(checkpoint, SEGMENTER, "segment")[0]
 
 
 def model_from_description(info: dict[str, Any], drop_path: float = 0.0) -> Segmenter:
@@ -201,16 +203,7 @@ def model_from_description(info: dict[str, Any], drop_path: float = 0.0) -> Segm
 
 
 def load_segmenter(checkpoint: str | Path) -> tuple[Segmenter, dict[str, Any]]:
-    path = segmenter_path(checkpoint)
-    info = description_of(path)
-    if info.get("task") != "segment":
-        raise CsptError(f"{path}: not a cspt segmenter (its description has no palette)")
-    model = model_from_description(info)
-    try:
-        model.load_state_dict(load_file(str(path)))
-    except RuntimeError as err:
-        raise CsptError(f"{path}: weights do not fit the described segmenter ({str(err).splitlines()[0]})") from None
-    return model.eval(), info
+    return load_described(checkpoint, SEGMENTER, "segment", model_from_description)
 
 
 def evaluate_segmenter(checkpoint: str | Path, images: Sequence[str] | None = None,
@@ -296,8 +289,10 @@ def resolve_config(config: SegmentConfig, init: Checkpoint | None = None) -> Seg
     return dataclasses.replace(config, crop_size=config.img_size, stride=stride, taps=list(taps))
 
 
-class SegmentTask(Task):
+class SegmentTask(FineTuneTask):
     """Fine-tuning ViT + UperNet, for the :class:`~cspt.engine.Trainer`."""
+
+    monitor = "val_miou"
 
     def __init__(self, config: SegmentConfig, palette: Palette, splits: dict[str, list[Pair]],
                  init: Checkpoint | None = None):
@@ -306,7 +301,7 @@ class SegmentTask(Task):
         self.splits = splits
         self.arch = arch_of(config)
         self.init = init
-        self.best: dict[str, Any] = {"val_miou": -1.0, "epoch": 0}
+        super().__init__()
 
     def build_model(self, load_init: bool) -> nn.Module:
         model = model_from_description(self.describe(Path(), ""), self.config.drop_path)
@@ -338,14 +333,13 @@ class SegmentTask(Task):
 
     def on_epoch_end(self, model: nn.Module, epoch: int, run_dir: Path) -> dict[str, Any] | None:
         cfg = self.config
-        done = epoch + 1
-        if "val" not in self.splits or (done % cfg.eval_every and done != cfg.epochs):
+        if not self.evaluates_after(epoch, "val" in self.splits):
             return None
+        done = epoch + 1
         metrics = evaluate_pairs(model, self.splits["val"], self.describe(run_dir, ""),
                                  next(model.parameters()).device, cfg.precision)
         model.train()
-        if metrics["miou"] > self.best["val_miou"]:
-            self.best = {"val_miou": metrics["miou"], "epoch": done}
+        if self.improves(metrics["miou"], epoch):
             write_weights(model.state_dict(), run_dir / SEGMENTER,
                           self.describe(run_dir, f"best validation mIoU {metrics['miou']:.4f} at epoch {done}"))
             write_segmentation_metrics({**metrics, "epoch": done}, run_dir, "validation tiles")
@@ -369,50 +363,24 @@ class SegmentTask(Task):
                 "aux_channels": cfg.aux_channels, "crop_size": cfg.crop_size, "stride": cfg.stride,
                 "resize": cfg.resize, "selected": selected, "lineage": self.parents + [stage]}
 
-    @functools.cached_property
-    def parents(self) -> list[dict[str, Any]]:
-        return lineage_of(self.config.init) if self.config.init else []
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best = state.get("best", self.best)
 
 
 def finetune_segment(config: SegmentConfig, resume: str | Path | bool | None = None,
                      overrides: dict[str, Any] | None = None) -> Path:
     """Run (or continue) segmentation fine-tuning; returns the run directory."""
-    if resume:
-        run_dir = run_dir_of(config.output if resume is True else resume)
-        config = config_for_resume(SegmentConfig, run_dir, overrides or {})
-        init = None
-    else:
-        if not config.output:
-            raise CsptError("no --output run directory given")
-        run_dir = Path(config.output)
-        init = load_checkpoint(config.init, config.trust_checkpoint) if config.init else None
-        config = resolve_config(config, init)
-        if has_checkpoint(run_dir):
-            check_same_run(saved_config(run_dir) or {}, config, run_dir)
+    config, run_dir, init = start_run(SegmentConfig, config, resume, overrides, resolve_config)
     palette = load_palette(config.palette, config.class_names)
-    dist = setup_distributed(config.device)
-    try:
+    with distributed_run(config, run_dir) as dist:
         splits_dir = run_dir / SPLITS_DIR
-        if dist.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, run_dir / "config.yaml")
-            if not ((splits_dir / "train.csv").is_file() and has_checkpoint(run_dir)):
-                for stale in splits_dir.glob("*.csv"):
-                    stale.unlink()
-                for name, pairs in make_split(config, palette).items():
-                    write_pairs(pairs, splits_dir / f"{name}.csv")
+        if dist.is_main and not ((splits_dir / "train.csv").is_file() and has_checkpoint(run_dir)):
+            for stale in splits_dir.glob("*.csv"):
+                stale.unlink()
+            for name, pairs in make_split(config, palette).items():
+                write_pairs(pairs, splits_dir / f"{name}.csv")
         barrier()
         splits = read_split(splits_dir)
         if dist.is_main:
             log.info("data: %s tiles (splits in %s)",
                      ", ".join(f"{n} {len(p)}" for n, p in splits.items()), splits_dir)
         Trainer(config, run_dir, dist).fit(SegmentTask(config, palette, splits, init))
-    finally:
-        shutdown_distributed()
     return run_dir

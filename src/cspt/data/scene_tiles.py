@@ -1,0 +1,121 @@
+"""Training tiles of large annotated scenes, with box-aware augmentation (torchvision transforms v2).
+
+A scene larger than the tile is cut into overlapping tiles; boxes are clipped to each
+tile and remnants showing less than ``min_visible`` of their object are dropped. Tiles
+without objects are sub-sampled. Difficult objects are left out of training targets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from cspt.data.detection import Scene
+from cspt.data.images import read_image
+from cspt.data.sampling import load_or_replace, match_bands, seeded_rngs
+from cspt.engine.sliding import window_starts
+
+
+@dataclass(frozen=True)
+class Tile:
+    scene: int  #: index into the scene list
+    top: int
+    left: int
+
+
+def tile_targets(scene: Scene, top: int, left: int, size: int, min_visible: float = 0.5,
+                 keep_difficult: bool = False) -> tuple[np.ndarray, list[str]]:
+    """Boxes of ``scene`` inside the window, in window coordinates, with their labels."""
+    boxes = scene.boxes - np.array([left, top, left, top], dtype=np.float32)
+    clipped = boxes.clip(0, size)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    visible = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+    keep = (visible >= min_visible * area) & (clipped[:, 2] - clipped[:, 0] >= 2) & (clipped[:, 3] - clipped[:, 1] >= 2)
+    if not keep_difficult:
+        keep &= ~scene.difficult
+    return clipped[keep], [label for label, k in zip(scene.labels, keep, strict=True) if k]
+
+
+def make_tiles(scenes: Sequence[Scene], size: int, overlap: int, min_visible: float = 0.5,
+               empty_fraction: float = 0.1, seed: int = 0) -> list[Tile]:
+    """Overlapping tiles of every scene; a seeded ``empty_fraction`` of the object-free ones is kept."""
+    stride = max(1, size - overlap)
+    tiles, empty = [], []
+    for index, scene in enumerate(scenes):
+        for top in window_starts(scene.height, size, stride):
+            for left in window_starts(scene.width, size, stride):
+                boxes, _ = tile_targets(scene, top, left, size, min_visible)
+                (tiles if len(boxes) else empty).append(Tile(index, top, left))
+    if empty and empty_fraction > 0:
+        order = torch.randperm(len(empty), generator=torch.Generator().manual_seed(seed)).tolist()
+        tiles += [empty[i] for i in sorted(order[:max(1, round(len(empty) * empty_fraction))])]
+    return tiles
+
+
+def read_window(scene: Scene, top: int, left: int, size: int, in_chans: int) -> torch.Tensor:
+    """The ``size`` x ``size`` window of a scene, 0-1 scale, zero-padded past the scene's edge."""
+    height, width = min(size, scene.height - top), min(size, scene.width - left)
+    pixels = torch.from_numpy(read_image(scene.image, (top, left, height, width))).permute(2, 0, 1)
+    pixels = match_bands(pixels, in_chans, scene.image)
+    return F.pad(pixels, (0, size - width, 0, size - height))
+
+
+class DetectionTiles(Dataset):
+    """Training tiles indexed by ``(index, seed)``: image (0-1 scale) and torchvision target.
+
+    Augmentation: horizontal and vertical flips, 90-degree turns (aerial images have no
+    "up") and scale jitter, applied to the image and its boxes together.
+    """
+
+    def __init__(self, scenes: Sequence[Scene], tiles: Sequence[Tile], classes: Sequence[str], size: int,
+                 in_chans: int, min_visible: float = 0.5, scale_range: Sequence[float] = (0.8, 1.25),
+                 augment: bool = True):
+        self.scenes = list(scenes)
+        self.tiles = list(tiles)
+        self.class_index = {name: i + 1 for i, name in enumerate(classes)}  # 0 is the background
+        self.size = size
+        self.in_chans = in_chans
+        self.min_visible = min_visible
+        self.transform = v2.Compose([
+            v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(),
+            v2.RandomChoice([v2.RandomRotation((angle, angle)) for angle in (0, 90, 180, 270)]),
+            v2.ScaleJitter((size, size), tuple(scale_range)), v2.RandomCrop(size, pad_if_needed=True),
+            v2.SanitizeBoundingBoxes(min_size=2),
+        ]) if augment else None
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def load(self, index: int) -> tuple[torch.Tensor, dict]:
+        tile = self.tiles[index]
+        scene = self.scenes[tile.scene]
+        image = read_window(scene, tile.top, tile.left, self.size, self.in_chans)
+        boxes, labels = tile_targets(scene, tile.top, tile.left, self.size, self.min_visible)
+        target = {"boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY",
+                                                    canvas_size=(self.size, self.size)),
+                  "labels": torch.tensor([self.class_index[label] for label in labels], dtype=torch.long)}
+        return image, target
+
+    def __getitem__(self, item: tuple[int, int]) -> dict:
+        index, seed = item
+        generator = torch.Generator().manual_seed(seed)
+        (image, target), _, skipped = load_or_replace(self.load, index, len(self.tiles), generator)
+        if self.transform is not None:
+            with seeded_rngs(generator):
+                image, target = self.transform(tv_tensors.Image(image), target)
+        return {"image": image.as_subclass(torch.Tensor),
+                "target": {"boxes": target["boxes"].as_subclass(torch.Tensor).float(), "labels": target["labels"]},
+                "skipped": skipped}
+
+
+def collate_tiles(samples: list[dict]) -> dict:
+    """Lists of images and targets (what torchvision detectors take)."""
+    return {"image": [s["image"] for s in samples], "target": [s["target"] for s in samples],
+            "skipped": [m for s in samples for m in s["skipped"]]}

@@ -1,0 +1,162 @@
+"""``cspt gap``: how far target imagery is from a checkpoint's source domain.
+
+Measured on seeded samples: a *reference* and a *held-out* half of the source images
+and a target sample. The held-out source gives the baseline (what "in domain" looks
+like); the target's excess over it is the gap:
+- MAE reconstruction loss (same masks everywhere) on held-out source vs target;
+- Fréchet distance and MMD (RBF kernel, median bandwidth) between the encoder's pooled
+  features of the reference half and of each other set;
+- per-band pixel mean and std of the source and the target.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cspt.checkpoints import description_of, load_checkpoint, load_into_model
+from cspt.data.classification import LabelledImages, LabelledSet, collate_labelled
+from cspt.data.files import find_images
+from cspt.data.unlabelled import default_normalisation
+from cspt.engine.distributed import resolve_device
+from cspt.engine.inference import run_inference
+from cspt.errors import CsptError
+from cspt.models.classifier import pooled_features
+from cspt.models.mae import MaskedAutoencoderViT
+from cspt.models.vit import resolve_arch
+
+log = logging.getLogger("cspt")
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2)`` of two feature sets."""
+    a, b = a.double(), b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    root_a = _psd_sqrt(cov_a)
+    cross = _psd_sqrt(root_a @ cov_b @ root_a)
+    return float((mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * cross.trace())
+
+
+def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
+    values, vectors = torch.linalg.eigh((matrix + matrix.T) / 2)
+    return vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
+
+
+def mmd(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Squared maximum mean discrepancy with an RBF kernel (bandwidth: median pairwise distance)."""
+    joint = torch.cat([a, b]).double()
+    distances = torch.cdist(joint, joint).pow(2)
+    bandwidth = distances[distances > 0].median()
+    kernel = (-distances / bandwidth).exp()
+    n = len(a)
+    return float(kernel[:n, :n].mean() + kernel[n:, n:].mean() - 2 * kernel[:n, n:].mean())
+
+
+def band_statistics(data: LabelledImages) -> dict[str, list[float]]:
+    """Mean and std per band of the (un-normalised) centre crops."""
+    total = count = square = None
+    for index in range(len(data)):
+        image = data[(index, 0)]["image"]
+        if image is None:
+            continue
+        pixels = (image * data.std + data.mean).flatten(1).double()
+        total = pixels.sum(1) if total is None else total + pixels.sum(1)
+        square = pixels.pow(2).sum(1) if square is None else square + pixels.pow(2).sum(1)
+        count = pixels.shape[1] + (count or 0)
+    mean = total / count
+    return {"mean": mean.tolist(), "std": (square / count - mean.pow(2)).clamp(min=0).sqrt().tolist()}
+
+
+def sample_files(sources: Sequence[str | Path], count: int, seed: int) -> list[Path]:
+    files = find_images(list(sources))
+    return sorted(random.Random(seed).sample(files, min(count, len(files))))
+
+
+def domain_gap(checkpoint: str | Path, source: Sequence[str | Path], target: Sequence[str | Path],
+               max_images: int = 256, img_size: int | None = None, seed: int = 0, device: str = "auto",
+               trust: bool = False) -> dict[str, Any]:
+    """The gap report of ``checkpoint`` between ``source`` and ``target`` image folders (see module doc)."""
+    loaded = load_checkpoint(checkpoint, trust)
+    arch = resolve_arch({"img_size": img_size}, None, loaded.arch)
+    model = MaskedAutoencoderViT(arch)
+    report = load_into_model(model, loaded)
+    described = description_of(loaded.path)
+    default_mean, default_std = default_normalisation(arch.in_chans)
+    mean, std = described.get("mean") or default_mean, described.get("std") or default_std
+    source_files = sample_files(source, 2 * max_images, seed)
+    if len(source_files) < 4:
+        raise CsptError(f"{', '.join(map(str, source))}: need at least 4 source images, found {len(source_files)}")
+    half = len(source_files) // 2
+    sets = {"reference": source_files[:half], "source": source_files[half:],
+            "target": sample_files(target, max_images, seed)}
+    torch_device = torch.device(resolve_device(device))
+    model = model.to(torch_device).eval()
+    features, losses, bands = {}, {}, {}
+    for name, files in sets.items():
+        data = LabelledImages(LabelledSet(files, [0] * len(files), ["image"]), arch.img_size, arch.in_chans,
+                              mean, std, train=False)
+        features[name] = run_inference(lambda x: pooled_features(model, x), data, collate_labelled, 64,
+                                       torch_device, 0, desc=f"features ({name})").values
+        if name != "reference":
+            losses[name] = reconstruction_loss(model, data, torch_device, seed) if loaded.has_decoder else None
+            bands[name] = band_statistics(data)
+    result = {
+        "checkpoint": str(loaded.path),
+        "images": {name: len(files) for name, files in sets.items()},
+        "reconstruction_loss": losses,
+        "frechet_distance": {name: frechet_distance(features["reference"], features[name])
+                             for name in ("source", "target")},
+        "mmd": {name: mmd(features["reference"], features[name]) for name in ("source", "target")},
+        "band_statistics": bands,
+        "decoder": report.decoder,
+    }
+    return result
+
+
+@torch.no_grad()
+def reconstruction_loss(model: MaskedAutoencoderViT, data: LabelledImages, device: torch.device,
+                        seed: int) -> float:
+    """Mean MAE loss over ``data`` with masks drawn from ``seed`` (the same for every set)."""
+    generator = torch.Generator().manual_seed(seed)
+    total, count = 0.0, 0
+    for start in range(0, len(data), 64):
+        batch = collate_labelled([data[(i, 0)] for i in range(start, min(start + 64, len(data)))])
+        if len(batch["image"]) == 0:
+            continue
+        noise = torch.rand(len(batch["image"]), model.patch_embed.num_patches, generator=generator)
+        loss, _, _ = model(batch["image"].to(device), noise=noise.to(device))
+        total += float(loss) * len(batch["image"])
+        count += len(batch["image"])
+    return total / max(1, count)
+
+
+def gap_summary(result: dict[str, Any]) -> list[str]:
+    """Human-readable lines: each measure on held-out source vs target."""
+    lines = []
+    for key, name in (("reconstruction_loss", "MAE reconstruction loss"), ("frechet_distance", "Fréchet distance"),
+                      ("mmd", "MMD")):
+        values = result[key]
+        if values.get("target") is not None:
+            lines.append(f"{name}: source {values['source']:.4f}, target {values['target']:.4f}")
+    return lines
+
+
+def write_gap(result: dict[str, Any], folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "gap.json").write_text(json.dumps(result, indent=2) + "\n")
+    (folder / "gap.md").write_text("# Domain gap\n\n" + "".join(f"- {line}\n" for line in gap_summary(result)))
+    return folder / "gap.json"
+
+
+def gap_closed(before: dict[str, Any], after: dict[str, Any], key: str = "frechet_distance") -> float | None:
+    """Percent of the target's excess distance over the held-out source removed between two reports."""
+    excess = [r[key]["target"] - r[key]["source"] for r in (before, after)]
+    return 100 * (excess[0] - excess[1]) / excess[0] if excess[0] > 0 else None
+

@@ -1,0 +1,61 @@
+"""Object detection: ViT feature pyramid + FPN + torchvision's Faster R-CNN.
+
+The plain ViT gives four maps (:mod:`cspt.models.pyramid`); an FPN brings them to one
+width and adds a max-pooled fifth level; torchvision's RPN and RoI heads do the rest.
+The input size is fixed (the ViT's position grid): tiles are padded to it, never resized.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from cspt.models.pyramid import ViTFeaturePyramid
+from cspt.models.vit import ArchConfig, build_encoder
+
+#: anchor side per FPN level (strides 4..64 for patch 16): smaller than torchvision's 32..512
+SMALL_OBJECT_ANCHORS = (16, 32, 64, 128, 256)
+
+
+class PyramidFPN(nn.Module):
+    """ViT pyramid -> FPN (+ max-pooled top level): the ``backbone`` torchvision detectors expect."""
+
+    def __init__(self, pyramid: ViTFeaturePyramid, out_channels: int = 256):
+        super().__init__()
+        self.pyramid = pyramid
+        self.fpn = FeaturePyramidNetwork(pyramid.channels, out_channels, extra_blocks=LastLevelMaxPool())
+        self.out_channels = out_channels
+
+    def forward(self, images: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(self.pyramid(images))))
+
+
+def build_detector(arch: ArchConfig, num_classes: int, mean: Sequence[float], std: Sequence[float],
+                   style: str = "cspt", taps: Sequence[int] | None = None, fpn_channels: int = 256,
+                   anchor_sizes: Sequence[int] = SMALL_OBJECT_ANCHORS, detections_per_image: int = 300,
+                   score_threshold: float = 0.05, roi_samples: int = 512, drop_path: float = 0.0) -> FasterRCNN:
+    """Faster R-CNN on a ViT for ``num_classes`` object classes (background is added).
+
+    Inputs are lists of ``(C, img_size, img_size)`` images on the 0-1 scale; the model
+    normalises them with ``mean``/``std``.
+    """
+    pyramid = ViTFeaturePyramid(build_encoder(arch, drop_path_rate=drop_path), style, taps)
+    anchors = AnchorGenerator(sizes=tuple((s,) for s in anchor_sizes), aspect_ratios=((0.5, 1.0, 2.0),) * 5)
+    return FasterRCNN(PyramidFPN(pyramid, fpn_channels), num_classes=num_classes + 1,
+                      min_size=arch.img_size, max_size=arch.img_size, image_mean=list(mean), image_std=list(std),
+                      fixed_size=(arch.img_size, arch.img_size), size_divisible=arch.patch_size,
+                      rpn_anchor_generator=anchors, box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2),
+                      box_detections_per_img=detections_per_image, box_score_thresh=score_threshold,
+                      box_batch_size_per_image=roi_samples)
+
+
+def detector_encoder(model: FasterRCNN) -> nn.Module:
+    """The ViT inside a detector built by :func:`build_detector`."""
+    return model.backbone.pyramid.encoder

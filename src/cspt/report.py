@@ -1,0 +1,253 @@
+"""Run and pipeline reports: ``report.md`` and a self-contained ``report.html`` (images embedded).
+
+A report is a list of blocks (headings, paragraphs, tables, figures) rendered twice:
+Markdown with relative image links, HTML with the images inlined as data URIs, so
+the HTML file can be mailed or archived alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+from cspt.engine.run_log import read_log  # noqa: E402
+
+log = logging.getLogger("cspt")
+
+Block = tuple  # ("h", level, text) | ("p", text) | ("table", header, rows) | ("img", path, caption)
+WEIGHTS = {"classify": "classifier.json", "detect": "detector.json", "segment": "segmenter.json",
+           "pretrain": "encoder.json"}
+HEADLINE = {"classify": [("oa", "OA"), ("aa", "AA"), ("kappa", "kappa")],
+            "detect": [("map50", "mAP@0.5"), ("map", "mAP@[.5:.95]")],
+            "segment": [("miou", "mIoU"), ("oa", "OA"), ("mean_f1", "mean F1")]}
+
+
+def run_kind(run_dir: Path) -> str:
+    """What a run directory holds, from the weights it exported."""
+    for kind, name in WEIGHTS.items():
+        if (run_dir / name).is_file():
+            return kind
+    return "pretrain" if (run_dir / "reconstructions").is_dir() else "unknown"
+
+
+def headline(run_dir: Path, kind: str) -> dict[str, float]:
+    """The task's headline metrics from ``metrics.json`` (pretraining: the last logged loss)."""
+    if kind == "pretrain":
+        losses = [r["loss"] for r in read_log(run_dir) if "loss" in r]
+        return {"final MAE loss": losses[-1]} if losses else {}
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return {}
+    metrics = json.loads(path.read_text())
+    return {label: metrics[key] for key, label in HEADLINE.get(kind, []) if key in metrics}
+
+
+def plot_curves(run_dir: Path, target: Path) -> Path | None:
+    """Training loss and learning rate against the optimizer step."""
+    records = [r for r in read_log(run_dir) if "loss" in r]
+    if not records:
+        return None
+    steps = [r["step"] for r in records]
+    fig, (loss_ax, lr_ax) = plt.subplots(1, 2, figsize=(9, 3.2))
+    loss_ax.plot(steps, [r["loss"] for r in records])
+    loss_ax.set(xlabel="step", ylabel="loss", title="training loss")
+    lr_ax.plot(steps, [r["lr"] for r in records], color="tab:orange")
+    lr_ax.set(xlabel="step", ylabel="lr", title="learning rate")
+    evals = [r for r in read_log(run_dir) if r.get("event") == "eval"]
+    if evals:
+        metric = next(k for k in evals[0] if k.startswith("val_"))
+        twin = loss_ax.twinx()
+        twin.plot([r["step"] for r in evals], [r[metric] for r in evals], "o-", color="tab:green")
+        twin.set_ylabel(metric)
+    fig.tight_layout()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=100)
+    plt.close(fig)
+    return target
+
+
+def example_figure(run_dir: Path, kind: str) -> tuple[Path, str] | None:
+    """A picture of the model at work: reconstructions, confusion matrix, boxes or an overlay."""
+    if kind == "pretrain":
+        grids = sorted((run_dir / "reconstructions").glob("epoch_*.png"))
+        return (grids[-1], f"MAE reconstructions after {grids[-1].stem.replace('_', ' ')}") if grids else None
+    if kind == "classify" and (run_dir / "confusion.png").is_file():
+        return run_dir / "confusion.png", "confusion matrix on the test split"
+    if kind == "detect":
+        return _detection_example(run_dir)
+    if kind == "segment":
+        return _segmentation_example(run_dir)
+    return None
+
+
+def _detection_example(run_dir: Path) -> tuple[Path, str] | None:
+    from cspt.data.detection import read_annotations
+    from cspt.tasks.detect import load_detector, predict_detector
+
+    _, info = load_detector(run_dir)
+    if not info.get("val"):
+        return None
+    scene = read_annotations(info["val"], info["val_images"], info.get("format", "auto"), info["classes"]).scenes[0]
+    drawn = run_dir / "examples" / "drawn" / f"{scene.image.stem}.png"
+    if not drawn.is_file():
+        predict_detector(run_dir, [str(scene.image)], run_dir / "examples", draw=True, device="cpu")
+    return drawn, f"detections scoring 0.5 or more on the held-out scene {scene.image.name}"
+
+
+def _segmentation_example(run_dir: Path) -> tuple[Path, str] | None:
+    from cspt.tasks.segment import SPLITS_DIR, predict_segmenter, read_split
+
+    val = read_split(run_dir / SPLITS_DIR).get("val")
+    if not val:
+        return None
+    overlay = run_dir / "examples" / f"{val[0].image.stem}_overlay.jpg"
+    if not overlay.is_file():
+        predict_segmenter(run_dir, [str(val[0].image)], run_dir / "examples", draw=True, device="cpu")
+    return overlay, f"predicted classes over the held-out tile {val[0].image.name}"
+
+
+def lineage_lines(run_dir: Path, kind: str) -> list[str]:
+    path = run_dir / WEIGHTS.get(kind, "")
+    if not path.is_file():
+        return []
+    lines = []
+    for number, stage in enumerate(json.loads(path.read_text()).get("lineage", []), 1):
+        details = ", ".join(f"{k}={v}" for k, v in stage.items() if k not in ("stage", "config"))
+        lines.append(f"{number}. {stage.get('stage')}: {details}")
+    return lines
+
+
+def run_blocks(run_dir: Path, name: str, figures: Path) -> list[Block]:
+    """The report blocks of one run: headline metrics, curves, an example, lineage."""
+    kind = run_kind(run_dir)
+    blocks: list[Block] = [("h", 2, f"{name} ({kind})")]
+    metrics = headline(run_dir, kind)
+    if metrics:
+        blocks.append(("table", ["metric", "value"], [[k, f"{v:.4f}"] for k, v in metrics.items()]))
+    slug = name.replace("/", "_")
+    curves = plot_curves(run_dir, figures / f"{slug}_curves.png")
+    if curves:
+        blocks.append(("img", curves, "loss, learning rate (and validation metric) over training"))
+    try:
+        example = example_figure(run_dir, kind)
+    except Exception as err:  # a report must not fail for want of an illustration
+        log.warning("%s: no example figure (%s)", run_dir, err)
+        example = None
+    if example and example[0].is_file():
+        blocks.append(("img", example[0], example[1]))
+    lineage = lineage_lines(run_dir, kind)
+    if lineage:
+        blocks += [("p", "Lineage of the weights:"), ("list", lineage)]
+    return blocks
+
+
+def render_markdown(blocks: Sequence[Block], folder: Path) -> str:
+    out = []
+    for block in blocks:
+        if block[0] == "h":
+            out.append(f"{'#' * block[1]} {block[2]}\n")
+        elif block[0] == "p":
+            out.append(f"{block[1]}\n")
+        elif block[0] == "list":
+            out.append("".join(f"- {item}\n" for item in block[1]))
+        elif block[0] == "table":
+            header, rows = block[1], block[2]
+            out.append("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
+                       + "".join("| " + " | ".join(map(str, row)) + " |\n" for row in rows))
+        elif block[0] == "img":
+            out.append(f"![{block[2]}]({_relative(block[1], folder)})\n\n*{block[2]}*\n")
+    return "\n".join(out)
+
+
+def render_html(blocks: Sequence[Block], title: str) -> str:
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+           "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}"
+           "td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:100%}</style></head><body>"]
+    for block in blocks:
+        if block[0] == "h":
+            out.append(f"<h{block[1]}>{html.escape(block[2])}</h{block[1]}>")
+        elif block[0] == "p":
+            out.append(f"<p>{html.escape(block[1])}</p>")
+        elif block[0] == "list":
+            out.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in block[1]) + "</ul>")
+        elif block[0] == "table":
+            rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
+                           for row in block[2])
+            head = "".join(f"<th>{html.escape(h)}</th>" for h in block[1])
+            out.append(f"<table><tr>{head}</tr>{rows}</table>")
+        elif block[0] == "img":
+            mime = "image/jpeg" if block[1].suffix.lower() in (".jpg", ".jpeg") else "image/png"
+            data = base64.b64encode(block[1].read_bytes()).decode()
+            out.append(f"<figure><img src='data:{mime};base64,{data}' alt='{html.escape(block[2])}'>"
+                       f"<figcaption>{html.escape(block[2])}</figcaption></figure>")
+    return "\n".join(out) + "</body></html>\n"
+
+
+def _relative(path: Path, folder: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(folder.resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def write_report(blocks: Sequence[Block], folder: Path, title: str) -> Path:
+    """``report.md`` and ``report.html`` in ``folder``; returns the HTML path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.md").write_text(f"# {title}\n\n" + render_markdown(blocks, folder))
+    (folder / "report.html").write_text(render_html([("h", 1, title), *blocks], title))
+    return folder / "report.html"
+
+
+def write_run_report(run_dir: str | Path) -> Path:
+    """The report of one run directory (``cspt report RUN_DIR``)."""
+    run_dir = Path(run_dir)
+    return write_report(run_blocks(run_dir, run_dir.name, run_dir / "figures"), run_dir, f"cspt run {run_dir.name}")
+
+
+def gap_blocks(folder: Path) -> list[Block]:
+    from cspt.gap import gap_summary
+
+    blocks: list[Block] = [("h", 2, "Domain gap")]
+    for name, caption in (("source", "source checkpoint"), ("pretrained", "after consecutive pretraining")):
+        path = folder / name / "gap.json"
+        if path.is_file():
+            blocks += [("p", f"{caption}:"), ("list", gap_summary(json.loads(path.read_text())))]
+    closed = folder / "gap_closed.json"
+    if closed.is_file():
+        value = json.loads(closed.read_text())["frechet_distance_gap_closed_percent"]
+        if value is not None:
+            blocks.append(("p", f"Consecutive pretraining closed {value:.1f}% of the feature-distance gap "
+                                "(target minus held-out source, Fréchet distance)."))
+    return blocks
+
+
+def write_pipeline_report(output: Path, stages: Sequence[Any], spec: dict[str, Any]) -> Path:
+    """The pipeline's report: a metrics table of every stage and arm, then each run's section."""
+    figures = output / "figures"
+    rows = []
+    for stage in stages:
+        if stage.kind == "gap" or not stage.run_dir.is_dir():
+            continue
+        metrics = headline(stage.run_dir, stage.kind)
+        rows.append([stage.name, stage.kind, stage.arm or "-",
+                     ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) or "(none)"])
+    blocks: list[Block] = [("p", f"Source checkpoint: {spec.get('source') or 'none (random initialisation)'}; "
+                                 f"arms: {', '.join(spec['arms'])}."),
+                           ("h", 2, "Results"), ("table", ["stage", "task", "arm", "metrics"], rows)]
+    for stage in stages:
+        if stage.kind == "gap":
+            blocks += gap_blocks(stage.run_dir)
+        elif stage.run_dir.is_dir():
+            blocks += run_blocks(stage.run_dir, stage.name, figures)
+            write_run_report(stage.run_dir)
+    return write_report(blocks, output, "cspt pipeline report")

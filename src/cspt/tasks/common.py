@@ -1,0 +1,155 @@
+"""What every stage shares: encoder settings, ``--init`` loading, starting or continuing a run,
+and reading back the described weights a stage exports."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from safetensors.torch import load_file
+from torch import nn
+
+from cspt.checkpoints import Checkpoint, description_of, load_checkpoint, load_into_model
+from cspt.config import EncoderConfig, TrainConfig, save_config
+from cspt.data.unlabelled import default_normalisation
+from cspt.engine.distributed import DistContext, setup_distributed, shutdown_distributed
+from cspt.engine.run_dir import check_same_run, config_for_resume, has_checkpoint, run_dir_of, saved_config
+from cspt.engine.trainer import Task
+from cspt.errors import CsptError
+from cspt.export import lineage_of
+from cspt.models.vit import ArchConfig, resolve_arch
+
+C = TypeVar("C", bound=TrainConfig)
+
+log = logging.getLogger("cspt")
+
+ARCH_KEYS = [f.name for f in dataclasses.fields(ArchConfig)]
+
+
+def resolved_encoder_fields(config: EncoderConfig, init: Checkpoint | None) -> dict[str, Any]:
+    """Architecture (flags > preset > ``init`` shapes) and mean/std, as config field values."""
+    explicit = {k: getattr(config, k, None) for k in ARCH_KEYS}
+    arch = resolve_arch(explicit, config.model, init.arch if init else {})
+    mean, std = default_normalisation(arch.in_chans)
+    names = {f.name for f in dataclasses.fields(config)}
+    fields = {k: v for k, v in arch.to_dict().items() if k in names}
+    fields["mean"] = config.mean if config.mean is not None else mean
+    fields["std"] = config.std if config.std is not None else std
+    return fields
+
+
+def arch_of(config: EncoderConfig) -> ArchConfig:
+    """The architecture a resolved config describes (decoder fields default when absent)."""
+    return ArchConfig.from_dict(dataclasses.asdict(config))
+
+
+def load_init_weights(model: nn.Module, config: EncoderConfig, init: Checkpoint | None,
+              drop: tuple[str, ...] = ()) -> None:
+    """Load ``--init`` (already read, or read now) into ``model`` and log the report.
+
+    Keys starting with a prefix in ``drop`` (e.g. a decoder or an old head) are left out.
+    """
+    if not config.init:
+        return
+    init = init or load_checkpoint(config.init, config.trust_checkpoint)
+    if drop:
+        state = {k: v for k, v in init.state_dict.items() if not k.startswith(drop)}
+        init = dataclasses.replace(init, state_dict=state)
+    for line in load_into_model(model, init).lines():
+        log.info("init: %s", line)
+
+
+def start_run(cls: type[C], config: C, resume: str | Path | bool | None, overrides: dict[str, Any] | None,
+              resolve: Callable[[C, Checkpoint | None], C]) -> tuple[C, Path, Checkpoint | None]:
+    """The resolved config, run directory and loaded ``--init`` of a stage.
+
+    ``resume``: a run directory or training checkpoint to continue with its saved config
+    (``True``: the config's output); the run's own checkpoint then replaces ``--init``.
+    A fresh start in a directory holding a run of other settings is refused.
+    """
+    if resume:
+        run_dir = run_dir_of(config.output if resume is True else resume)
+        return config_for_resume(cls, run_dir, overrides or {}), run_dir, None
+    if not config.output:
+        raise CsptError("no --output run directory given")
+    run_dir = Path(config.output)
+    init = load_checkpoint(config.init, config.trust_checkpoint) if getattr(config, "init", None) else None
+    config = resolve(config, init)
+    if has_checkpoint(run_dir):
+        check_same_run(saved_config(run_dir) or {}, config, run_dir)
+    return config, run_dir, init
+
+
+@contextmanager
+def distributed_run(config: TrainConfig, run_dir: Path) -> Iterator[DistContext]:
+    """Join the process group (under torchrun); the main process writes the run's ``config.yaml``."""
+    dist = setup_distributed(config.device)
+    try:
+        if dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, run_dir / "config.yaml")
+        yield dist
+    finally:
+        shutdown_distributed()
+
+
+def described_weights(checkpoint: str | Path, file_name: str, task: str) -> tuple[Path, dict[str, Any]]:
+    """A stage's exported weights (the file, or ``RUN_DIR/file_name``) and their JSON description."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / file_name
+    if not path.is_file():
+        raise CsptError(f"{path}: no such {task} model (a {task} run directory or its {file_name})")
+    info = description_of(path)
+    if info.get("task") != task:
+        raise CsptError(f"{path}: not a cspt {task} model (no {task} description beside it)")
+    return path, info
+
+
+def load_described(checkpoint: str | Path, file_name: str, task: str,
+                   build: Callable[[dict[str, Any]], nn.Module]) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a stage's model from its description and load its weights strictly."""
+    path, info = described_weights(checkpoint, file_name, task)
+    model = build(info)
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except RuntimeError as err:
+        raise CsptError(f"{path}: weights do not fit the described model ({str(err).splitlines()[0]})") from None
+    return model.eval(), info
+
+
+class FineTuneTask(Task):
+    """A downstream task that keeps its best validation epoch: the bookkeeping every one shares."""
+
+    monitor = "val_score"  #: the validation metric that picks the kept weights (higher is better)
+
+    def __init__(self) -> None:
+        self.best: dict[str, Any] = {self.monitor: -1.0, "epoch": 0}
+
+    def evaluates_after(self, epoch: int, has_validation: bool) -> bool:
+        """Whether to validate after 0-based ``epoch`` (every ``eval_every``, and the last)."""
+        done = epoch + 1
+        return has_validation and (done % self.config.eval_every == 0 or done == self.config.epochs)
+
+    def improves(self, value: float, epoch: int) -> bool:
+        """Record ``value`` of 0-based ``epoch`` when it beats the best so far."""
+        if value <= self.best[self.monitor]:
+            return False
+        self.best = {self.monitor: value, "epoch": epoch + 1}
+        return True
+
+    @functools.cached_property
+    def parents(self) -> list[dict[str, Any]]:
+        """The lineage of the ``--init`` weights (read once: it may hash a large file)."""
+        return lineage_of(self.config.init) if self.config.init else []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = state.get("best", self.best)

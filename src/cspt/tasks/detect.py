@@ -1,0 +1,288 @@
+"""Object detection: fine-tune ViT + Faster R-CNN on scene tiles, evaluate and predict whole scenes.
+
+``finetune_detect(config)`` is the whole stage as one call. A run directory ends with
+``detector.safetensors`` + ``detector.json`` (best validation mAP@0.5, or the last
+epoch) and, with validation scenes, ``metrics.json`` (VOC mAP@0.5 with per-class AP,
+COCO mAP@[.5:.95]). Whole scenes are always read through the same sliding windows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch import nn
+
+from cspt.checkpoints import Checkpoint
+from cspt.config import DetectConfig
+from cspt.data.detection import Annotations, Scene, read_annotations
+from cspt.data.files import find_images
+from cspt.data.images import ImageReadError, image_info, read_image
+from cspt.data.scene_tiles import DetectionTiles, collate_tiles, make_tiles, read_window
+from cspt.engine.distributed import resolve_device
+from cspt.engine.optim import param_groups_encoder_layer_decay
+from cspt.engine.sliding import sliding_window_detections
+from cspt.engine.trainer import Trainer, resolve_precision
+from cspt.errors import CsptError
+from cspt.export import write_weights
+from cspt.metrics import coco_map, voc_map
+from cspt.models.detector import build_detector, detector_encoder
+from cspt.models.pyramid import default_taps
+from cspt.models.vit import ArchConfig
+from cspt.tasks.common import (
+    FineTuneTask,
+    arch_of,
+    described_weights,
+    distributed_run,
+    load_described,
+    load_init_weights,
+    resolved_encoder_fields,
+    start_run,
+)
+
+log = logging.getLogger("cspt")
+
+DETECTOR = "detector.safetensors"
+
+
+# ---------------------------------------------------------------- inference and evaluation
+
+def model_from_description(info: dict[str, Any], drop_path: float = 0.0) -> nn.Module:
+    return build_detector(ArchConfig.from_dict(info["architecture"]), len(info["classes"]), info["mean"],
+                          info["std"], info["pyramid"], info["taps"], info["fpn_channels"], info["anchor_sizes"],
+                          info["detections_per_image"], info["score_threshold"], info["roi_samples"], drop_path)
+
+
+@torch.no_grad()
+def detect_scene(model: nn.Module, image: Path, height: int, width: int, info: dict[str, Any],
+                 device: torch.device, autocast: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Boxes (scene pixels), scores and 0-based class indices of a whole scene, by sliding windows."""
+    size, in_chans = info["tile_size"], info["architecture"]["in_chans"]
+    scene = Scene(image, height, width, np.zeros((0, 4), np.float32), [], np.zeros(0, bool))
+
+    def predict(offsets: list[tuple[int, int]]) -> list[dict]:
+        windows = [read_window(scene, top, left, size, in_chans).to(device) for top, left in offsets]
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            found = model(windows)
+        return [{"boxes": f["boxes"].float().cpu(), "scores": f["scores"].float().cpu(),
+                 "labels": f["labels"].cpu() - 1} for f in found]
+
+    model.eval()
+    return sliding_window_detections(predict, height, width, size, info["tile_overlap"], info["nms_iou"],
+                                     info["detections_per_image"])
+
+
+def ground_truth(scene: Scene, classes: Sequence[str]) -> dict[str, torch.Tensor]:
+    index = {name: i for i, name in enumerate(classes)}
+    return {"boxes": torch.from_numpy(scene.boxes).float(),
+            "labels": torch.tensor([index[label] for label in scene.labels], dtype=torch.long),
+            "difficult": torch.from_numpy(scene.difficult)}
+
+
+def evaluate_scenes(model: nn.Module, scenes: Sequence[Scene], info: dict[str, Any], device: torch.device,
+                    precision: str = "auto") -> tuple[dict[str, Any], list[dict]]:
+    """VOC mAP@0.5 (per class, difficult ignored) and COCO mAP of whole-scene detections."""
+    autocast = resolve_precision(precision, device)
+    model = model.to(device)
+    detections = [detect_scene(model, s.image, s.height, s.width, info, device, autocast) for s in scenes]
+    truths = [ground_truth(s, info["classes"]) for s in scenes]
+    metrics = {**voc_map(detections, truths, info["classes"]), **coco_map(detections, truths),
+               "scenes": len(scenes), "objects": int(sum(len(t["labels"]) for t in truths))}
+    return metrics, detections
+
+
+def detector_path(checkpoint: str | Path) -> Path:
+    return described_weights(checkpoint, DETECTOR, "detect")[0]
+
+
+def load_detector(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    return load_described(checkpoint, DETECTOR, "detect", model_from_description)
+
+
+def evaluate_detector(checkpoint: str | Path, annotations: str | None = None, images: str | None = None,
+                      fmt: str = "auto", output: str | Path | None = None,
+                      device: str = "auto") -> tuple[dict[str, Any], Path]:
+    """Evaluate on ``annotations`` + ``images`` (default: the run's validation set)."""
+    model, info = load_detector(checkpoint)
+    run_dir = detector_path(checkpoint).parent
+    if annotations is None:
+        annotations, images, fmt = info.get("val"), info.get("val_images"), info.get("format", "auto")
+        if not annotations:
+            raise CsptError(f"{run_dir}: trained without --val; pass --annotations and --images")
+        folder = Path(output) if output else run_dir
+    else:
+        if not images:
+            raise CsptError("--annotations needs --images (the folder of the annotated images)")
+        folder = Path(output) if output else run_dir / "evaluation" / Path(annotations).stem
+    scenes = read_annotations(annotations, images, fmt, info["classes"]).scenes
+    metrics, _ = evaluate_scenes(model, scenes, info, torch.device(resolve_device(device)))
+    metrics.update(checkpoint=str(detector_path(checkpoint)), annotations=str(annotations))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    log.info("mAP@0.5 (VOC) %.4f, mAP@[.5:.95] (COCO) %.4f on %d scenes", metrics["map50"], metrics["map"],
+             len(scenes))
+    return metrics, folder
+
+
+def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str | Path, draw: bool = False,
+                     device: str = "auto", draw_score: float = 0.5) -> Path:
+    """``detections.json`` (COCO style, with scores), ``dota/NAME.txt`` and, with ``draw``, ``drawn/NAME.png``
+    (the detections scoring at least ``draw_score``)."""
+    model, info = load_detector(checkpoint)
+    torch_device = torch.device(resolve_device(device))
+    classes = info["classes"]
+    folder = Path(output)
+    (folder / "dota").mkdir(parents=True, exist_ok=True)
+    coco: dict[str, Any] = {"images": [], "annotations": [],
+                            "categories": [{"id": i + 1, "name": n} for i, n in enumerate(classes)]}
+    for image_id, path in enumerate(find_images(list(images)), 1):
+        try:
+            size = image_info(path)
+        except ImageReadError as err:
+            log.warning("skipped unreadable image: %s", err)
+            continue
+        found = detect_scene(model.to(torch_device), path, size.height, size.width, info, torch_device)
+        coco["images"].append({"id": image_id, "file_name": str(path), "height": size.height, "width": size.width})
+        lines = []
+        for box, score, label in zip(found["boxes"].tolist(), found["scores"].tolist(), found["labels"].tolist(),
+                                     strict=True):
+            x1, y1, x2, y2 = box
+            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": image_id,
+                                        "category_id": label + 1, "bbox": [x1, y1, x2 - x1, y2 - y1],
+                                        "score": score, "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+            lines.append(f"{x1:.1f} {y1:.1f} {x2:.1f} {y1:.1f} {x2:.1f} {y2:.1f} {x1:.1f} {y2:.1f} "
+                         f"{classes[label]} {score:.4f}")
+        (folder / "dota" / f"{path.stem}.txt").write_text("".join(line + "\n" for line in lines))
+        if draw:
+            confident = found["scores"] >= draw_score
+            draw_boxes(path, {k: v[confident] for k, v in found.items()}, classes,
+                       folder / "drawn" / f"{path.stem}.png")
+    (folder / "detections.json").write_text(json.dumps(coco) + "\n")
+    log.info("%d detections in %d images", len(coco["annotations"]), len(coco["images"]))
+    return folder
+
+
+def draw_boxes(image: Path, found: dict[str, torch.Tensor], classes: Sequence[str], target: Path) -> None:
+    """The image with its boxes; class and score written beside each (when there are few)."""
+    pixels = (read_image(image)[..., :3] * 255).round().astype(np.uint8)
+    canvas = Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels).convert("RGB")
+    pen = ImageDraw.Draw(canvas)
+    for box, score, label in zip(found["boxes"].tolist(), found["scores"].tolist(), found["labels"].tolist(),
+                                 strict=True):
+        pen.rectangle(box, outline=(255, 40, 40), width=2)
+        if len(found["scores"]) <= 50:
+            pen.text((box[0] + 2, box[1] + 1), f"{classes[label]} {score:.2f}", fill=(255, 255, 0))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(target)
+
+
+# ---------------------------------------------------------------- fine-tuning
+
+def resolve_config(config: DetectConfig, init: Checkpoint | None = None) -> DetectConfig:
+    """Architecture (input size = tile size), pyramid taps and classes; checks that need them."""
+    if config.tile_size is not None:
+        config = dataclasses.replace(config, img_size=config.tile_size)
+    config = dataclasses.replace(config, **resolved_encoder_fields(config, init))
+    taps = config.taps or default_taps(config.depth, config.pyramid)
+    if not all(0 <= t < config.depth for t in taps):
+        raise CsptError(f"--taps {taps} must be block indices below the depth {config.depth}")
+    if not 0 <= config.tile_overlap < config.img_size:
+        raise CsptError(f"--tile-overlap {config.tile_overlap} must be below the tile size {config.img_size}")
+    if not config.train or not config.images:
+        raise CsptError("give --train ANNOTATIONS and --images FOLDER")
+    return dataclasses.replace(config, tile_size=config.img_size, taps=list(taps))
+
+
+class DetectTask(FineTuneTask):
+    """Fine-tuning ViT + Faster R-CNN on scene tiles, for the :class:`~cspt.engine.Trainer`."""
+
+    monitor = "val_map50"
+
+    def __init__(self, config: DetectConfig, train: Annotations, val: Annotations | None,
+                 init: Checkpoint | None = None):
+        self.config = config
+        self.train = train
+        self.val = val
+        self.arch = arch_of(config)
+        self.init = init
+        super().__init__()
+
+    def build_model(self, load_init: bool) -> nn.Module:
+        model = model_from_description(self.describe(Path(), ""), self.config.drop_path)
+        if load_init:
+            load_init_weights(detector_encoder(model), self.config, self.init, ("head.",))
+        self.init = None
+        return model
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        return param_groups_encoder_layer_decay(model, detector_encoder(model), self.config.weight_decay,
+                                                self.config.layer_decay)
+
+    def train_data(self) -> tuple[DetectionTiles, Any]:
+        cfg = self.config
+        tiles = make_tiles(self.train.scenes, cfg.tile_size, cfg.tile_overlap, cfg.min_visible, cfg.empty_tiles,
+                           cfg.seed)
+        log.info("training tiles: %d of %d px from %d scenes (%d objects)", len(tiles), cfg.tile_size,
+                 len(self.train.scenes), self.train.count_boxes())
+        return DetectionTiles(self.train.scenes, tiles, self.train.classes, cfg.tile_size, cfg.in_chans,
+                              cfg.min_visible, cfg.scale_range), collate_tiles
+
+    def training_step(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+        images = [image.to(device, non_blocking=True) for image in batch["image"]]
+        targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in batch["target"]]
+        return sum(model(images, targets).values())
+
+    def on_epoch_end(self, model: nn.Module, epoch: int, run_dir: Path) -> dict[str, Any] | None:
+        cfg = self.config
+        if not self.evaluates_after(epoch, self.val is not None):
+            return None
+        done = epoch + 1
+        metrics, _ = evaluate_scenes(model, self.val.scenes, self.describe(run_dir, ""),
+                                     next(model.parameters()).device, cfg.precision)
+        model.train()
+        if self.improves(metrics["map50"], epoch):
+            write_weights(model.state_dict(), run_dir / DETECTOR,
+                          self.describe(run_dir, f"best validation mAP@0.5 {metrics['map50']:.4f} at epoch {done}"))
+            (run_dir / "metrics.json").write_text(json.dumps({**metrics, "epoch": done}, indent=2) + "\n")
+        return {"val_map50": metrics["map50"], "val_map": metrics["map"], "best_val_map50": self.best["val_map50"]}
+
+    def on_fit_end(self, model: nn.Module, run_dir: Path) -> None:
+        if self.val is None:
+            write_weights(model.state_dict(), run_dir / DETECTOR, self.describe(run_dir, "last epoch"))
+            log.info("no validation scenes: kept the last epoch; evaluate it with cspt evaluate detect")
+
+    def describe(self, run_dir: Path, selected: str) -> dict[str, Any]:
+        """``detector.json``: how to rebuild and feed the model, its classes and its lineage."""
+        cfg = self.config
+        stage = {"stage": "fine-tuning (object detection)", "run": str(run_dir), "data": cfg.train,
+                 "train_scenes": len(self.train.scenes), "epochs": cfg.epochs, "selected": selected,
+                 "config": dataclasses.asdict(cfg)}
+        keys = ("mean", "std", "pyramid", "taps", "fpn_channels", "anchor_sizes", "roi_samples", "detections_per_image",
+                "score_threshold", "tile_size", "tile_overlap", "nms_iou", "val", "format")
+        return {"task": "detect", "architecture": self.arch.to_dict(), "format_of_weights": "cspt detector",
+                "classes": self.train.classes, **{k: getattr(cfg, k) for k in keys},
+                "val_images": cfg.val_images or cfg.images, "selected": selected,
+                "lineage": self.parents + [stage]}
+
+
+
+def finetune_detect(config: DetectConfig, resume: str | Path | bool | None = None,
+                    overrides: dict[str, Any] | None = None) -> Path:
+    """Run (or continue) detection fine-tuning; returns the run directory."""
+    config, run_dir, init = start_run(DetectConfig, config, resume, overrides, resolve_config)
+    train = read_annotations(config.train, config.images, config.format, config.classes)
+    val = read_annotations(config.val, config.val_images or config.images, config.format, train.classes) \
+        if config.val else None
+    clipped = sum(s.clipped for s in train.scenes)
+    log.info("data: %d scenes, %d objects, classes %s%s", len(train.scenes), train.count_boxes(),
+             ", ".join(train.classes), f"; {clipped} boxes clipped to their image" if clipped else "")
+    with distributed_run(config, run_dir) as dist:
+        Trainer(config, run_dir, dist).fit(DetectTask(config, train, val, init))
+    return run_dir

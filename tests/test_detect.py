@@ -1,0 +1,189 @@
+"""Object detection: annotation formats on real samples, NEON overfitting, sliding windows, mAP, CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cspt.config import DetectConfig
+from cspt.data.detection import read_annotations
+from cspt.engine.sliding import sliding_window_detections
+from cspt.errors import CsptError
+from cspt.metrics import coco_map, voc_map
+from cspt.tasks.detect import DetectTask, evaluate_scenes, finetune_detect, resolve_config
+from tests.conftest import SHARED, TINY_ENCODER_FLAGS, needs, run_cli, write_rgb
+
+DETECTION = SHARED / "data" / "detection"
+TINY_DETECT = dict(embed_dim=64, depth=2, num_heads=2, patch_size=8, tile_size=128, tile_overlap=32, fpn_channels=64,
+                   roi_samples=128, drop_path=0.0, layer_decay=1.0, num_workers=0, device="cpu")
+
+
+@pytest.fixture
+def detection() -> Path:
+    return needs(DETECTION)
+
+
+def test_dota_labeltxt(detection: Path, tmp_path: Path):
+    dota = detection / "dota"
+    scene = read_annotations(dota / "labelTxt" / "P1888.txt", dota / "images").scenes[0]
+    assert (scene.width, scene.height) == (712, 557)
+    assert len(scene.labels) == 64  # 66 lines, two of them the imagesource/gsd header
+    assert scene.labels.count("small-vehicle") == 14 and scene.labels.count("large-vehicle") == 50
+    assert scene.polygons.shape == (64, 8) and not scene.difficult.any()
+    first = scene.polygons[0]  # 674 375 683 375 684 394 675 395: the box is the polygon's extent
+    assert scene.boxes[0].tolist() == [first[0::2].min(), first[1::2].min(), first[0::2].max(), first[1::2].max()]
+    # an empty label file is a scene without objects (when its image exists)
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(dota / "images" / "P1888.png", images / "P0004__1__0___1024.png")
+    empty = read_annotations(dota / "labelTxt" / "P0004__1__0___1024.txt", images).scenes[0]
+    assert empty.boxes.shape == (0, 4) and empty.labels == []
+    # the shared samples were downscaled after labelling: their boxes fall outside the image, which is refused
+    with pytest.raises(CsptError, match=r"P0004__1__0___0.txt:1: box \(398, 694, 465, 718\) outside the 285x294"):
+        read_annotations(dota / "labelTxt", dota / "images")
+
+
+def test_dior_and_hrsc_xml(detection: Path, tmp_path: Path):
+    dior = read_annotations(detection / "dior" / "Annotations" / "Oriented Bounding Boxes",
+                            detection / "dior" / "JPEGImage")
+    scene = dior.scenes[0]
+    assert dior.classes == ["golffield"] and scene.boxes.tolist() == [[133, 237, 684, 672]]
+    assert scene.polygons.tolist() == [[133, 237, 684, 237, 684, 672, 133, 672]]
+    Image.new("RGB", (1172, 816)).save(tmp_path / "100000006.bmp")  # HRSC ships annotations only
+    hrsc = read_annotations(detection / "hrsc" / "FullDataSet" / "Annotations", tmp_path)
+    ship = hrsc.scenes[0]
+    assert hrsc.classes == ["ship"] and ship.boxes.tolist() == [[119, 75, 587, 789]]
+    centre = ship.polygons[0].reshape(4, 2).mean(0)
+    assert centre == pytest.approx([341.2143, 443.3325], abs=1e-3)  # the rotated box keeps its centre
+
+
+@pytest.mark.parametrize("name, counts", [("OSBS_029", {"Tree": 61}), ("SOAP_061", {"Alive": 9, "Dead": 28}),
+                                          ("2019_YELL_2_541000_4977000_image_crop", {"Tree": 279}),
+                                          ("2019_YELL_2_528000_4978000_image_crop2", {"Tree": 574})])
+def test_neon_voc_xml(neon: Path, name: str, counts: dict[str, int]):
+    scene = read_annotations(neon / f"{name}.xml", neon).scenes[0]
+    assert {label: scene.labels.count(label) for label in set(scene.labels)} == counts
+    assert scene.image.stem == name  # OSBS_029.xml names a .tif: found, LZW-compressed, read
+
+
+def test_neon_csv_and_coco_agree_with_the_xml(neon: Path, tmp_path: Path):
+    xml = read_annotations(neon / "OSBS_029.xml", neon).scenes[0]
+    csv = read_annotations(neon / "OSBS_029.csv", neon).scenes[0]
+    assert np.array_equal(np.sort(xml.boxes, 0), np.sort(csv.boxes, 0))
+    coco = {"images": [{"id": 7, "file_name": "OSBS_029.png", "height": 400, "width": 400}],
+            "categories": [{"id": 1, "name": "Tree"}],
+            "annotations": [{"id": i, "image_id": 7, "category_id": 1, "iscrowd": 0,
+                             "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]}
+                            for i, b in enumerate(xml.boxes)]}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    assert np.allclose(read_annotations(tmp_path / "coco.json", neon).scenes[0].boxes, xml.boxes)
+
+
+def test_tiny_detector_overfits_a_neon_scene(neon: Path, tmp_path: Path):
+    """Training tiles and whole-scene sliding-window evaluation: the code full runs use."""
+    config = DetectConfig(train=str(neon / "OSBS_029.xml"), images=str(neon), val=str(neon / "OSBS_029.xml"),
+                          output=str(tmp_path / "run"), epochs=10, batch_size=4, lr=1e-3, warmup_epochs=0.5,
+                          eval_every=10, **TINY_DETECT)
+    scenes = read_annotations(config.train, config.images)
+    task = DetectTask(resolve_config(config), scenes, scenes)
+    torch.manual_seed(config.seed)
+    before, _ = evaluate_scenes(task.build_model(False), scenes.scenes, task.describe(tmp_path, ""),
+                                torch.device("cpu"))
+    run_dir = finetune_detect(config)  # 16 tiles of 128 px, 4 per step: 40 steps
+    after = json.loads((run_dir / "metrics.json").read_text())
+    print(f"OSBS_029 mAP@0.5: {before['map50']:.3f} before, {after['map50']:.3f} after 40 CPU steps")
+    assert after["objects"] == 61 and after["map50"] > before["map50"] + 0.05
+
+
+def test_sliding_window_merges_seams_into_one_box_per_object():
+    objects = torch.tensor([[120.0, 30, 160, 70],  # straddles the seam between windows at x=0 and x=100
+                            [10.0, 10, 40, 40], [250.0, 150, 290, 190],
+                            [60.0, 120, 140, 195]])  # wider than the overlap; window x=100 sees a 40-px sliver
+
+    def predict(offsets: list[tuple[int, int]]) -> list[dict]:
+        """A perfect detector that sees each window alone: the visible part of every object."""
+        found = []
+        for top, left in offsets:
+            boxes = objects - torch.tensor([left, top, left, top], dtype=torch.float32)
+            clipped = boxes.clamp(0, 160)
+            visible = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+            found.append({"boxes": clipped[visible], "scores": torch.full((int(visible.sum()),), 0.9),
+                          "labels": torch.zeros(int(visible.sum()), dtype=torch.long)})
+        return found
+
+    merged = sliding_window_detections(predict, height=200, width=300, window=160, overlap=60)
+    got = sorted(map(tuple, merged["boxes"].tolist()))
+    assert got == sorted(map(tuple, objects.tolist()))  # scene coordinates, each object once
+
+
+def test_voc_map_by_hand_and_against_pycocotools():
+    truths = [{"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]]),
+               "labels": torch.tensor([0, 0, 0]), "difficult": torch.tensor([False, False, True])},
+              {"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([0]),
+               "difficult": torch.tensor([False])}]
+    detections = [{"boxes": torch.tensor([[0.0, 0, 10, 10], [40, 40, 50, 50], [60, 60, 70, 70], [21, 21, 30, 30]]),
+                   "scores": torch.tensor([0.9, 0.8, 0.7, 0.6]), "labels": torch.tensor([0, 0, 0, 0])},
+                  {"boxes": torch.tensor([[50.0, 50, 60, 60]]), "scores": torch.tensor([0.85]),
+                   "labels": torch.tensor([0])}]
+    # ranked: hit, miss, (difficult: ignored), miss, hit (IoU 0.81) over 3 positives
+    # precision envelope 1 up to recall 1/3, then 0.5 up to 2/3: AP = 1/3 + 1/6 = 0.5
+    result = voc_map(detections, truths, ["tree"])
+    assert result["map50"] == pytest.approx(0.5) and result["ap50_per_class"] == {"tree": pytest.approx(0.5)}
+    assert coco_map(detections, truths)["map_50"] == pytest.approx(0.5)
+    assert voc_map(detections, truths, ["tree", "car"])["ap50_per_class"]["car"] is None  # no car: not scored
+
+
+def test_bad_annotations_give_one_line_errors_naming_file_and_line(tmp_path: Path):
+    images = tmp_path / "images"
+    write_rgb(images / "a.png", size=64)
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    cases = {
+        "seven.txt": ("1 1 9 1 9 9 1 plane 0\n", "seven.txt:1: expected 8 polygon coordinates then a class, found 7"),
+        "outside.txt": ("100 100 120 100 120 120 100 120 plane 0\n",
+                        "outside.txt:1: box (100, 100, 120, 120) outside the 64x64 image"),
+        "unknown.txt": ("1 1 9 1 9 9 1 9 ship 0\n", "unknown.txt: unknown class 'ship' (classes: plane)"),
+        "missing.txt": ("1 1 9 1 9 9 1 9 plane 0\n", "missing.txt: image missing.png not found"),
+    }
+    for name, (text, message) in cases.items():
+        (labels / name).write_text(text)
+        if name != "missing.txt":
+            shutil.copy(images / "a.png", images / f"{Path(name).stem}.png")
+        result = run_cli("finetune", "detect", "--train", str(labels / name), "--images", str(images),
+                         "--classes", "plane", "--output", str(tmp_path / "run"), "--tile-size", "64",
+                         "--tile-overlap", "16", *TINY_ENCODER_FLAGS)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_cli_finetune_evaluate_predict_detect(neon: Path, natural_mae: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    result = run_cli("finetune", "detect", "--train", str(neon / "SOAP_061.xml"), "--images", str(neon),
+                     "--val", str(neon / "SOAP_061.xml"), "--init", str(natural_mae), "--output", str(run),
+                     "--epochs", "1", "--batch-size", "2", "--tile-size", "128", "--tile-overlap", "32",
+                     "--fpn-channels", "32", "--roi-samples", "64", "--num-workers", "0", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "pos_embed: fixed sin-cos recomputed for a 16x16 grid (was 8x8)" in result.stderr
+    info = json.loads((run / "detector.json").read_text())
+    assert info["classes"] == ["Alive", "Dead"] and info["taps"] == [2, 3, 4, 7]
+    evaluated = run_cli("evaluate", "detect", "--checkpoint", str(run), "--device", "cpu")
+    assert evaluated.returncode == 0 and evaluated.stdout.startswith("mAP@0.5 "), evaluated.stderr
+    assert "(1 scenes, 37 objects)" in evaluated.stdout
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"map50", "ap50_per_class", "map", "map_50"} <= set(metrics)
+    out = tmp_path / "predicted"
+    predicted = run_cli("predict", "detect", "--checkpoint", str(run), "--images", str(neon / "SOAP_061.png"),
+                        "--output", str(out), "--draw", "--device", "cpu")
+    assert predicted.returncode == 0, predicted.stderr
+    coco = json.loads((out / "detections.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == ["Alive", "Dead"] and coco["images"][0]["width"] == 400
+    lines = (out / "dota" / "SOAP_061.txt").read_text().splitlines()
+    assert len(lines) == len(coco["annotations"]) and all(len(line.split()) == 10 for line in lines)
+    assert Image.open(out / "drawn" / "SOAP_061.png").size == (400, 400)

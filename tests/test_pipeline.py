@@ -1,0 +1,114 @@
+"""The pipeline (both arms on RSSCN7, caching), the domain-gap report and the HTML report."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from cspt.gap import domain_gap, frechet_distance, mmd
+from tests.conftest import PLAIN_FINETUNE, SHARED, needs, run_cli
+
+TINY_IMAGENET = SHARED / "data" / "tiny-imagenet-val"
+
+
+def test_distances_grow_with_the_shift():
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(400, 8, generator=generator), torch.randn(400, 8, generator=generator)
+    shifted = b + 1.5
+    assert frechet_distance(a, b) < 0.2 and frechet_distance(a, shifted) == pytest.approx(8 * 1.5**2, rel=0.15)
+    assert mmd(a, b) < mmd(a, shifted)
+
+
+def test_gap_is_larger_on_aerial_images_than_on_held_out_natural_ones(natural_mae, rsscn7):
+    result = domain_gap(natural_mae, [needs(TINY_IMAGENET)], [rsscn7], max_images=96, device="cpu")
+    assert result["images"] == {"reference": 96, "source": 96, "target": 96}
+    for measure in ("reconstruction_loss", "frechet_distance", "mmd"):
+        values = result[measure]
+        print(f"{measure}: held-out source {values['source']:.4f}, RSSCN7 {values['target']:.4f}")
+        assert values["target"] > values["source"], measure
+    assert len(result["band_statistics"]["target"]["mean"]) == 3
+
+
+@pytest.mark.slow
+def test_pipeline_runs_both_arms_then_skips_finished_stages(natural_mae, rsscn7_csv, rsscn7_list, tmp_path):
+    spec = {
+        "output": str(tmp_path / "pipe"),
+        "source": str(natural_mae),
+        "arms": ["direct", "cspt"],
+        "pretrain": {"data": [str(rsscn7_list(48))], "epochs": 1, "batch_size": 16, "warmup_epochs": 0,
+                     "num_workers": 0, "device": "cpu", "vis_every": 1},
+        "finetune": {"rsscn7": {"task": "classify", "data": str(rsscn7_csv(6)), "train_fraction": 0.5,
+                                "epochs": 1, "batch_size": 8, "img_size": 32, "num_workers": 0, "device": "cpu",
+                                **PLAIN_FINETUNE, "rand_augment": "none"}},
+        "gap": {"source": [str(needs(TINY_IMAGENET))], "target": [str(rsscn7_list(24, seed=1))], "max_images": 16},
+    }
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump(spec))
+    first = run_cli("--debug", "pipeline", str(config))
+    assert first.returncode == 0, first.stderr[-3000:]
+    pipe = tmp_path / "pipe"
+    for stage in ("pretrain", "direct/rsscn7", "cspt/rsscn7", "gap"):
+        assert json.loads((pipe / stage / "stage.json").read_text())["done"], stage
+    cspt_lineage = json.loads((pipe / "cspt" / "rsscn7" / "classifier.json").read_text())["lineage"]
+    assert [s["stage"] for s in cspt_lineage] == ["source", "consecutive MAE pretraining",
+                                                  "fine-tuning (scene classification)"]
+    report = (pipe / "report.md").read_text()
+    assert "| direct/rsscn7 | classify | direct | OA " in report and "| cspt/rsscn7 | classify | cspt | OA " in report
+    assert "Domain gap" in report and "Fréchet distance: source" in report
+    assert (pipe / "cspt" / "rsscn7" / "report.html").is_file()  # every run gets its own report too
+
+    metrics = (pipe / "direct" / "rsscn7" / "metrics.json").stat().st_mtime_ns
+    second = run_cli("pipeline", str(config))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stderr.count("skipped") == 4 and "running" not in second.stderr
+    assert (pipe / "direct" / "rsscn7" / "metrics.json").stat().st_mtime_ns == metrics
+
+    only = run_cli("pipeline", str(config), "--only", "direct/rsscn7")
+    assert only.returncode == 0 and "stage direct/rsscn7: running" in only.stderr
+    assert "stage cspt/rsscn7: running" not in only.stderr
+
+    check_html(pipe / "report.html", tmp_path)
+
+
+def check_html(path: Path, tmp_path: Path) -> None:
+    """Every image is embedded and decodes; in headless Chromium when it is installed."""
+    text = path.read_text()
+    sources = re.findall(r"<img src='([^']*)'", text)
+    assert len(sources) >= 4 and all(s.startswith("data:image/") for s in sources)
+    for source in sources:
+        Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))).verify()
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        return
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                          path.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0 and dom.stdout.count("<img") == len(sources)
+
+
+def test_demo_spec_reads_the_wheel_and_holds_out_two_sites(tmp_path, monkeypatch):
+    from cspt.demo import HELD_OUT, demo_spec
+    from cspt.pipeline import plan
+    from tests.conftest import DEEPFOREST_WHEEL, ROOT
+
+    needs(DEEPFOREST_WHEEL)
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("CSPT_CACHE", str(tmp_path / "cache"))
+    spec = demo_spec(str(tmp_path / "demo"), None)
+    assert [s.name for s in plan(spec)] == ["pretrain", "cspt/neon_trees"]
+    assert len(spec["pretrain"]["data"]) == 5 and spec["source"] is None
+    detect = spec["finetune"]["neon_trees"]
+    held_out = Path(detect["val"]).read_text().splitlines()
+    assert len(held_out) == 1 + 61 + 37 and {line.split(",")[0] for line in held_out[1:]} == {
+        f"{stem}.png" for stem in HELD_OUT}
+    assert Path(detect["train"]).stem not in HELD_OUT
