@@ -170,3 +170,22 @@ def test_visualize_and_stats_commands(rsscn7_list, natural_mae, tmp_path):
         write_rgb(folder / f"{i}.png", seed=i)
     stats = run_cli("stats", str(folder))
     assert stats.returncode == 0 and "mean: [" in stats.stdout and "std: [" in stats.stdout
+
+
+def test_knn_probes_during_pretraining_and_stop_on_plateau(rsscn7_list, rsscn7_csv, tmp_path):
+    """Probes are logged every epoch; a patience of one probe ends the run once the probe stops improving."""
+    config = PretrainConfig(data=[str(rsscn7_list(32))], output=str(tmp_path / "run"), epochs=6, batch_size=16,
+                            blr=1e-2, warmup_epochs=0, num_workers=0, log_every=1, vis_every=0, device="cpu",
+                            probe_target=str(rsscn7_csv(6)), probe_source=str(rsscn7_csv(4, seed=3)),
+                            probe_every=1, stop_on_plateau=1, **TINY_ARCH.to_dict())
+    run_dir = pretrain(config)
+    probes = [r for r in read_log(run_dir) if r.get("event") == "eval"]
+    assert probes and all(0 <= r["knn_target"] <= 1 and 0 <= r["knn_source"] <= 1 for r in probes)
+    best = max(range(len(probes)), key=lambda i: probes[i]["knn_target"])
+    stopped = [r for r in read_log(run_dir) if r.get("event") == "stopped"]
+    if len(probes) < 6:  # ended early: exactly one probe after the best one, and the reason recorded
+        assert len(probes) == best + 2 and stopped and "has not improved for 1 probes" in stopped[0]["reason"]
+        assert json.loads((run_dir / "stopped.json").read_text())["reason"] == stopped[0]["reason"]
+    else:  # the probe improved every epoch: it never stopped
+        assert not stopped and all(a["knn_target"] < b["knn_target"] for a, b in zip(probes, probes[1:]))
+    assert (run_dir / "encoder.safetensors").is_file()  # an early stop still exports the encoder

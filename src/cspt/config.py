@@ -91,6 +91,12 @@ class PretrainConfig(TrainConfig, EncoderConfig):
     tile_size: int | None = option(None, "images larger than twice this are sampled as random "
                                    "tiles of this size (default: 4 x img_size)")
     vis_every: int = option(10, "write a reconstruction grid every N epochs (0: never)")
+    probe_target: str | None = option(None, "labelled target images (ImageFolder or CSV): kNN-probe them "
+                                      "every --probe-every epochs (is the pretraining helping?)")
+    probe_source: str | None = option(None, "labelled source-domain images: kNN-probe them too (how much is "
+                                      "forgotten?)")
+    probe_every: int = option(0, "epochs between kNN probes (0: never)")
+    stop_on_plateau: int = option(0, "stop when the target probe has not improved for N probes (0: never)")
 
 
 @dataclass

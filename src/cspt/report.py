@@ -64,11 +64,12 @@ def plot_curves(run_dir: Path, target: Path) -> Path | None:
     lr_ax.plot(steps, [r["lr"] for r in records], color="tab:orange")
     lr_ax.set(xlabel="step", ylabel="lr", title="learning rate")
     evals = [r for r in read_log(run_dir) if r.get("event") == "eval"]
-    if evals:
-        metric = next(k for k in evals[0] if k.startswith("val_"))
+    metrics = [k for k in (evals[0] if evals else {}) if k.startswith(("val_", "knn_"))]
+    if metrics:  # validation metrics or kNN probes, on a second axis
         twin = loss_ax.twinx()
-        twin.plot([r["step"] for r in evals], [r[metric] for r in evals], "o-", color="tab:green")
-        twin.set_ylabel(metric)
+        for metric in metrics:
+            twin.plot([r["step"] for r in evals], [r[metric] for r in evals], "o-", label=metric)
+        twin.legend(fontsize=7)
     fig.tight_layout()
     target.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(target, dpi=100)
@@ -76,18 +77,18 @@ def plot_curves(run_dir: Path, target: Path) -> Path | None:
     return target
 
 
-def example_figure(run_dir: Path, kind: str) -> tuple[Path, str] | None:
-    """A picture of the model at work: reconstructions, confusion matrix, boxes or an overlay."""
+def example_figures(run_dir: Path, kind: str) -> list[tuple[Path, str]]:
+    """Pictures of the model at work: reconstructions before/after, confusion matrix, boxes, an overlay."""
     if kind == "pretrain":
         grids = sorted((run_dir / "reconstructions").glob("epoch_*.png"))
-        return (grids[-1], f"MAE reconstructions after {grids[-1].stem.replace('_', ' ')}") if grids else None
+        chosen = [grids[0], grids[-1]] if len(grids) > 1 else grids
+        return [(g, f"MAE reconstructions at {g.stem.replace('_', ' ')} (original | masked | reconstruction | "
+                    "reconstruction with the visible patches)") for g in chosen]
     if kind == "classify" and (run_dir / "confusion.png").is_file():
-        return run_dir / "confusion.png", "confusion matrix on the test split"
-    if kind == "detect":
-        return _detection_example(run_dir)
-    if kind == "segment":
-        return _segmentation_example(run_dir)
-    return None
+        return [(run_dir / "confusion.png", "confusion matrix on the test split")]
+    example = _detection_example(run_dir) if kind == "detect" else (
+        _segmentation_example(run_dir) if kind == "segment" else None)
+    return [example] if example else []
 
 
 def _detection_example(run_dir: Path) -> tuple[Path, str] | None:
@@ -139,12 +140,11 @@ def run_blocks(run_dir: Path, name: str, figures: Path) -> list[Block]:
     if curves:
         blocks.append(("img", curves, "loss, learning rate (and validation metric) over training"))
     try:
-        example = example_figure(run_dir, kind)
+        examples = example_figures(run_dir, kind)
     except Exception as err:  # a report must not fail for want of an illustration
         log.warning("%s: no example figure (%s)", run_dir, err)
-        example = None
-    if example and example[0].is_file():
-        blocks.append(("img", example[0], example[1]))
+        examples = []
+    blocks += [("img", path, caption) for path, caption in examples if path.is_file()]
     lineage = lineage_lines(run_dir, kind)
     if lineage:
         blocks += [("p", "Lineage of the weights:"), ("list", lineage)]

@@ -15,7 +15,8 @@ C = TypeVar("C", bound=TrainConfig)
 
 #: settings that may change when a run is continued
 RESUMABLE_KEYS = {"epochs", "num_workers", "device", "checkpoint_every", "keep_checkpoints",
-                  "log_every", "vis_every", "eval_every", "output", "precision"}
+                  "log_every", "vis_every", "eval_every", "output", "precision",
+                  "probe_every", "stop_on_plateau"}
 CONFIG_NAME = "config.yaml"
 
 

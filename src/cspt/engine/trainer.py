@@ -9,6 +9,7 @@ steps as one that never stopped.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -75,6 +76,10 @@ class Task:
 
     def on_fit_end(self, model: nn.Module, run_dir: Path) -> None:
         """Main process only: final outputs (e.g. the exported encoder)."""
+
+    def stop_reason(self) -> str | None:
+        """Main process, after :meth:`on_epoch_end`: why to end the run early (None: go on)."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         """Task state that a resumed run needs (e.g. EMA weights, best score)."""
@@ -215,7 +220,7 @@ class Trainer:
         progress = tqdm(total=schedule.total_steps, initial=training.step, disable=not dist.is_main or None,
                         dynamic_ncols=True, file=sys.stderr)
         try:
-            while training.epoch < cfg.epochs:
+            while training.epoch < cfg.epochs and not self._stopped(task, run_log):
                 sampler.set_epoch(training.epoch, training.micro_batch)
                 loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
                                     pin_memory=dist.device.type == "cuda")
@@ -305,6 +310,15 @@ class Trainer:
             if metrics:
                 run_log.write({"event": "eval", "epoch": epoch, "step": training.step, **metrics}, training.step)
                 log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+    def _stopped(self, task: Task, run_log: RunLog) -> bool:
+        """Whether the task asks to end the run (the main process decides for all)."""
+        reason = all_gather_objects(task.stop_reason() if self.dist.is_main else None)[0]
+        if reason and self.dist.is_main and not (self.run_dir / "stopped.json").is_file():
+            log.info("stopping early: %s", reason)
+            run_log.write({"event": "stopped", "reason": reason})
+            (self.run_dir / "stopped.json").write_text(json.dumps({"reason": reason}) + "\n")
+        return bool(reason)
 
     def _save(self, task: Task, training: Training) -> None:
         """Checkpoint the position reached: ``epoch`` and the next ``micro_batch`` in it."""

@@ -6,9 +6,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -22,6 +23,9 @@ from cspt.export import lineage_of, write_weights
 from cspt.models.mae import MaskedAutoencoderViT
 from cspt.tasks.common import arch_of, distributed_run, load_init_weights, resolved_encoder_fields, start_run
 from cspt.visualize import reconstruction_grid, save_grid
+
+if TYPE_CHECKING:
+    from cspt.tasks.probe import ProbeMonitor
 
 log = logging.getLogger("cspt")
 
@@ -80,10 +84,31 @@ class PretrainTask(Task):
         if self.config.vis_every:
             self._write_reconstructions(model, "epoch_0000", run_dir)
 
-    def on_epoch_end(self, model: nn.Module, epoch: int, run_dir: Path) -> None:
+    def on_epoch_end(self, model: nn.Module, epoch: int, run_dir: Path) -> dict[str, Any] | None:
         cfg = self.config
         if cfg.vis_every and ((epoch + 1) % cfg.vis_every == 0 or epoch + 1 == cfg.epochs):
             self._write_reconstructions(model, f"epoch_{epoch + 1:04d}", run_dir)
+        if cfg.probe_every and ((epoch + 1) % cfg.probe_every == 0 or epoch + 1 == cfg.epochs):
+            return self.monitor.probe(model, epoch)
+        return None
+
+    @functools.cached_property
+    def monitor(self) -> ProbeMonitor:
+        from cspt.tasks.probe import ProbeMonitor
+
+        cfg = self.config
+        return ProbeMonitor(cfg.probe_target, cfg.probe_source, cfg.img_size, cfg.mean, cfg.std,
+                            cfg.stop_on_plateau)
+
+    def stop_reason(self) -> str | None:
+        return self.monitor.stop_reason if self.config.probe_every else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"monitor": self.monitor.state_dict()} if self.config.probe_every else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "monitor" in state:
+            self.monitor.load_state_dict(state["monitor"])
 
     def on_fit_end(self, model: nn.Module, run_dir: Path) -> None:
         parents = lineage_of(self.config.init) if self.config.init else []

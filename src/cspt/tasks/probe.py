@@ -120,3 +120,44 @@ def run_probe(kind: str, config: ProbeConfig) -> dict[str, Any]:
         write_evaluation(metrics, queries, splits[metrics["split"]], folder, f"{kind} probe")
         (folder / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
     return metrics
+
+
+class ProbeMonitor:
+    """Periodic kNN probes of an encoder during pretraining, and the plateau that ends it.
+
+    ``target`` (and optionally ``source``) are labelled sets, split 50/50 per class once.
+    """
+
+    def __init__(self, target: str | None, source: str | None, img_size: int, mean: list[float],
+                 std: list[float], patience: int = 0):
+        if not target:
+            raise CsptError("--probe-every needs --probe-target (a labelled ImageFolder or CSV of target images)")
+        self.sets = {name: make_splits(ProbeConfig(data=data, train_fraction=0.5))
+                     for name, data in (("target", target), ("source", source)) if data}
+        self.img_size, self.mean, self.std = img_size, list(mean), list(std)
+        self.patience = patience
+        self.best = {"knn_target": -1.0, "epoch": 0, "since": 0}
+        self.stop_reason: str | None = None
+
+    def probe(self, model: VisionTransformer, epoch: int) -> dict[str, float]:
+        """kNN accuracy on every set; updates the plateau count from the target's."""
+        was_training = model.training
+        encoder = FrozenEncoder(model, self.img_size, self.mean, self.std)
+        device = next(model.parameters()).device
+        results = {f"knn_{name}": probe_encoder("knn", encoder, splits, ProbeConfig(num_workers=0), device)[0]["oa"]
+                   for name, splits in self.sets.items()}
+        model.train(was_training)
+        if results["knn_target"] > self.best["knn_target"]:
+            self.best = {"knn_target": results["knn_target"], "epoch": epoch + 1, "since": 0}
+        else:
+            self.best["since"] += 1
+        if self.patience and self.best["since"] >= self.patience:
+            self.stop_reason = (f"the target kNN probe has not improved for {self.best['since']} probes "
+                                f"(best {self.best['knn_target']:.4f} after epoch {self.best['epoch']})")
+        return results
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "stop_reason": self.stop_reason}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.stop_reason = state["best"], state["stop_reason"]
