@@ -25,6 +25,7 @@ import time
 
 import torch
 
+from cspt.engine.trainer import flush_denormals_on_cpu
 from cspt.models import MaskedAutoencoderViT
 from cspt.models.vit import VIT_PRESETS, resolve_arch
 
@@ -50,6 +51,7 @@ class Runner:
     def __init__(self, name: str, args: argparse.Namespace):
         self.name = name
         self.device = args.device
+        flush_denormals_on_cpu(torch.device(args.device))  # as the cspt engine does (process-wide: both gain)
         self.model = build(name, args.model, args.device).train()
         if args.compile:
             self.model = torch.compile(self.model)
