@@ -49,7 +49,7 @@ def arch_of(config: EncoderConfig) -> ArchConfig:
 
 
 def load_init_weights(model: nn.Module, config: EncoderConfig, init: Checkpoint | None,
-              drop: tuple[str, ...] = ()) -> None:
+                      drop: tuple[str, ...] = ()) -> None:
     """Load ``--init`` (already read, or read now) into ``model`` and log the report.
 
     Keys starting with a prefix in ``drop`` (e.g. a decoder or an old head) are left out.
