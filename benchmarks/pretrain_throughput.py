@@ -144,9 +144,11 @@ def main() -> None:
             speeds[name].append(runner.timed(args.steps))
     ratios = [a / b for a, b in zip(speeds["cspt"], speeds["hf"], strict=True)]
 
-    device = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    print(f"device: {device}; torch {torch.__version__}; ViT-{args.model[0].upper()}/16 224 px, batch {args.batch_size}, "
-          f"{'bf16 autocast' if args.device == 'cuda' else 'fp32'}{', compiled' if args.compile else ''}")
+    cpu = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    device = torch.cuda.get_device_name() if args.device == "cuda" else cpu
+    print(f"device: {device}; torch {torch.__version__}; ViT-{args.model[0].upper()}/16 224 px, "
+          f"batch {args.batch_size}, {'bf16 autocast' if args.device == 'cuda' else 'fp32'}"
+          f"{', compiled' if args.compile else ''}")
     for name in ("cspt", "hf"):
         line = f"{name:>5}: {statistics.median(speeds[name]):8.2f} img/s (runs: " + \
                ", ".join(f"{s:.2f}" for s in speeds[name]) + f"), peak memory {memory[name]:.0f} MiB"

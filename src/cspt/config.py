@@ -140,7 +140,17 @@ class ClassifyConfig(TrainConfig, EncoderConfig, LabelledDataConfig):
 
 
 @dataclass
-class SegmentConfig(TrainConfig, EncoderConfig):
+class PyramidConfig:
+    """The multi-level feature pyramid dense heads (segmentation, detection) read from the ViT."""
+
+    pyramid: str = option("cspt", "cspt: taps after four blocks; simple: ViTDet, last block only",
+                          choices=["cspt", "simple"])
+    taps: list[int] | None = option(None, "blocks the pyramid taps (default: 3 5 7 11 scaled to the depth)",
+                                    nargs=4)
+
+
+@dataclass
+class SegmentConfig(TrainConfig, EncoderConfig, PyramidConfig):
     """Semantic segmentation fine-tuning: ViT + feature pyramid + UperNet (the CSPT/BEiT recipe)."""
 
     images: list[str] = option([], "image folders (or one image,mask CSV); masks sit in a 'masks' folder "
@@ -160,10 +170,6 @@ class SegmentConfig(TrainConfig, EncoderConfig):
                            "(metrics at full resolution)")
     scale_range: list[float] = option([0.5, 2.0], "random scale jitter of training tiles", nargs=2)
     photometric: bool = option(True, "random brightness/contrast/saturation/hue on RGB training crops")
-    pyramid: str = option("cspt", "cspt: taps after four blocks; simple: ViTDet, last block only",
-                          choices=["cspt", "simple"])
-    taps: list[int] | None = option(None, "blocks the pyramid taps (default: 3 5 7 11 scaled to the depth)",
-                                    nargs=4)
     channels: int = option(768, "UperNet channels")
     aux_channels: int = option(256, "auxiliary FCN head channels (0: no auxiliary head)")
     aux_weight: float = option(0.4, "weight of the auxiliary loss")
@@ -181,7 +187,7 @@ class SegmentConfig(TrainConfig, EncoderConfig):
 
 
 @dataclass
-class DetectConfig(TrainConfig, EncoderConfig):
+class DetectConfig(TrainConfig, EncoderConfig, PyramidConfig):
     """Object detection fine-tuning: ViT + feature pyramid + FPN + Faster R-CNN."""
 
     train: str | None = option(None, "training annotations: COCO JSON, DOTA labelTxt folder, VOC/DIOR/HRSC "
@@ -197,10 +203,6 @@ class DetectConfig(TrainConfig, EncoderConfig):
     min_visible: float = option(0.5, "keep a clipped box when at least this fraction of it is inside the tile")
     empty_tiles: float = option(0.1, "fraction of object-free training tiles kept")
     scale_range: list[float] = option([0.8, 1.25], "random scale jitter of training tiles", nargs=2)
-    pyramid: str = option("cspt", "cspt: taps after four blocks; simple: ViTDet, last block only",
-                          choices=["cspt", "simple"])
-    taps: list[int] | None = option(None, "blocks the pyramid taps (default: 3 5 7 11 scaled to the depth)",
-                                    nargs=4)
     fpn_channels: int = option(256, "FPN width")
     anchor_sizes: list[int] = option([16, 32, 64, 128, 256], "anchor side per FPN level (5 levels)", nargs=5)
     roi_samples: int = option(512, "RoI head: proposals sampled per training image")

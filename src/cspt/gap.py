@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 
 from cspt.checkpoints import description_of, load_checkpoint, load_into_model
 from cspt.data.classification import LabelledImages, LabelledSet, collate_labelled
 from cspt.data.files import find_images
+from cspt.data.stats import band_statistics
 from cspt.data.unlabelled import default_normalisation
 from cspt.engine.distributed import resolve_device
-from cspt.engine.inference import run_inference
 from cspt.errors import CsptError
 from cspt.models.classifier import pooled_features
 from cspt.models.mae import MaskedAutoencoderViT
@@ -59,21 +60,6 @@ def mmd(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(kernel[:n, :n].mean() + kernel[n:, n:].mean() - 2 * kernel[:n, n:].mean())
 
 
-def band_statistics(data: LabelledImages) -> dict[str, list[float]]:
-    """Mean and std per band of the (un-normalised) centre crops."""
-    total = count = square = None
-    for index in range(len(data)):
-        image = data[(index, 0)]["image"]
-        if image is None:
-            continue
-        pixels = (image * data.std + data.mean).flatten(1).double()
-        total = pixels.sum(1) if total is None else total + pixels.sum(1)
-        square = pixels.pow(2).sum(1) if square is None else square + pixels.pow(2).sum(1)
-        count = pixels.shape[1] + (count or 0)
-    mean = total / count
-    return {"mean": mean.tolist(), "std": (square / count - mean.pow(2)).clamp(min=0).sqrt().tolist()}
-
-
 def sample_files(sources: Sequence[str | Path], count: int, seed: int) -> list[Path]:
     files = find_images(list(sources))
     return sorted(random.Random(seed).sample(files, min(count, len(files))))
@@ -102,11 +88,11 @@ def domain_gap(checkpoint: str | Path, source: Sequence[str | Path], target: Seq
     for name, files in sets.items():
         data = LabelledImages(LabelledSet(files, [0] * len(files), ["image"]), arch.img_size, arch.in_chans,
                               mean, std, train=False)
-        features[name] = run_inference(lambda x: pooled_features(model, x), data, collate_labelled, 64,
-                                       torch_device, 0, desc=f"features ({name})").values
+        features[name], losses[name] = encode(model, data, torch_device, seed, loaded.has_decoder)
         if name != "reference":
-            losses[name] = reconstruction_loss(model, data, torch_device, seed) if loaded.has_decoder else None
-            bands[name] = band_statistics(data)
+            stats = band_statistics(files, max_images=None)
+            bands[name] = {"mean": stats.mean, "std": stats.std}
+    del losses["reference"]
     result = {
         "checkpoint": str(loaded.path),
         "images": {name: len(files) for name, files in sets.items()},
@@ -121,20 +107,26 @@ def domain_gap(checkpoint: str | Path, source: Sequence[str | Path], target: Seq
 
 
 @torch.no_grad()
-def reconstruction_loss(model: MaskedAutoencoderViT, data: LabelledImages, device: torch.device,
-                        seed: int) -> float:
-    """Mean MAE loss over ``data`` with masks drawn from ``seed`` (the same for every set)."""
+def encode(model: MaskedAutoencoderViT, data: LabelledImages, device: torch.device, seed: int,
+           with_loss: bool) -> tuple[torch.Tensor, float | None]:
+    """Pooled features of ``data`` and, with ``with_loss``, its mean MAE loss, in one pass.
+
+    The masks come from ``seed``, so every set is scored with the same masks.
+    """
     generator = torch.Generator().manual_seed(seed)
-    total, count = 0.0, 0
-    for start in range(0, len(data), 64):
-        batch = collate_labelled([data[(i, 0)] for i in range(start, min(start + 64, len(data)))])
-        if len(batch["image"]) == 0:
+    loader = DataLoader(data, batch_size=64, sampler=[(i, 0) for i in range(len(data))],
+                        collate_fn=collate_labelled)
+    features, total, count = [], 0.0, 0
+    for batch in loader:
+        images = batch["image"].to(device)
+        if len(images) == 0:
             continue
-        noise = torch.rand(len(batch["image"]), model.patch_embed.num_patches, generator=generator)
-        loss, _, _ = model(batch["image"].to(device), noise=noise.to(device))
-        total += float(loss) * len(batch["image"])
-        count += len(batch["image"])
-    return total / max(1, count)
+        features.append(pooled_features(model, images).float().cpu())
+        if with_loss:
+            noise = torch.rand(len(images), model.patch_embed.num_patches, generator=generator)
+            total += float(model(images, noise=noise.to(device))[0]) * len(images)
+            count += len(images)
+    return torch.cat(features), (total / count if with_loss else None)
 
 
 def gap_summary(result: dict[str, Any]) -> list[str]:

@@ -93,9 +93,10 @@ def example_figures(run_dir: Path, kind: str) -> list[tuple[Path, str]]:
 
 def _detection_example(run_dir: Path) -> tuple[Path, str] | None:
     from cspt.data.detection import read_annotations
-    from cspt.tasks.detect import load_detector, predict_detector
+    from cspt.tasks.common import described_weights
+    from cspt.tasks.detect import DETECTOR, predict_detector
 
-    _, info = load_detector(run_dir)
+    _, info = described_weights(run_dir, DETECTOR, "detect")
     if not info.get("val"):
         return None
     scene = read_annotations(info["val"], info["val_images"], info.get("format", "auto"), info["classes"]).scenes[0]

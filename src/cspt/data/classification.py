@@ -19,8 +19,15 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from cspt.data.files import find_images
-from cspt.data.images import IMAGE_SUFFIXES, ImageReadError, read_image
-from cspt.data.sampling import load_or_replace, match_bands, random_resized_crop, resize_centre_crop, seeded_rngs
+from cspt.data.images import IMAGE_SUFFIXES, ImageReadError
+from cspt.data.sampling import (
+    band_tensors,
+    load_or_replace,
+    random_resized_crop,
+    read_bands,
+    resize_centre_crop,
+    seeded_rngs,
+)
 from cspt.errors import CsptError
 
 
@@ -173,16 +180,13 @@ class LabelledImages(Dataset):
     def __init__(self, data: LabelledSet, img_size: int, in_chans: int, mean: Sequence[float],
                  std: Sequence[float], train: bool, min_scale: float = 0.08, rand_augment: str | None = None,
                  reprob: float = 0.0, crop_ratio: float = 0.875):
-        if len(mean) != in_chans or len(std) != in_chans:
-            raise CsptError(f"mean/std have {len(mean)}/{len(std)} values for {in_chans} bands")
         if rand_augment and in_chans != 3:
             raise CsptError(f"RandAugment works on RGB images; the model has {in_chans} bands "
                             "(set rand_augment to none)")
         self.data = data
         self.img_size = img_size
         self.in_chans = in_chans
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.mean, self.std = band_tensors(mean, std, in_chans)
         self.train = train
         self.min_scale = min_scale
         self.crop_ratio = crop_ratio
@@ -193,8 +197,7 @@ class LabelledImages(Dataset):
         return len(self.data)
 
     def load(self, index: int) -> torch.Tensor:
-        path = self.data.paths[index]
-        return match_bands(torch.from_numpy(read_image(path)).permute(2, 0, 1), self.in_chans, path)
+        return read_bands(self.data.paths[index], self.in_chans)
 
     def __getitem__(self, item: tuple[int, int]) -> dict:
         index, seed = item

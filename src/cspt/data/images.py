@@ -76,6 +76,12 @@ def read_image(path: str | Path, window: WindowBox | None = None) -> np.ndarray:
     return to_unit_float(array, path)
 
 
+def display_rgb(pixels: np.ndarray) -> np.ndarray:
+    """``(H, W, bands)`` 0-1 pixels as 8-bit RGB for pictures: the first three bands, or grey repeated."""
+    bands = pixels[..., :3] if pixels.shape[-1] >= 3 else np.repeat(pixels[..., :1], 3, axis=-1)
+    return (bands.clip(0, 1) * 255).round().astype(np.uint8)
+
+
 def to_unit_float(array: np.ndarray, path: Path) -> np.ndarray:
     """Integer pixels divided by their type's maximum; floats as they are."""
     if array.ndim == 2:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 import numpy as np
@@ -12,7 +14,7 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import RandomResizedCrop
 
-from cspt.data.images import ImageReadError
+from cspt.data.images import ImageReadError, WindowBox, read_image
 from cspt.errors import CsptError
 
 T = TypeVar("T")
@@ -27,6 +29,19 @@ def match_bands(pixels: torch.Tensor, in_chans: int, source: object) -> torch.Te
     if bands == 1:
         return pixels.expand(in_chans, -1, -1)
     raise ImageReadError(f"{source}: has {bands} bands, the model expects {in_chans}")
+
+
+def read_bands(path: Path, in_chans: int, window: WindowBox | None = None) -> torch.Tensor:
+    """An image (or a window of it) as ``(in_chans, H, W)`` on the 0-1 scale (see :func:`match_bands`)."""
+    return match_bands(torch.from_numpy(read_image(path, window)).permute(2, 0, 1), in_chans, path)
+
+
+def band_tensors(mean: Sequence[float], std: Sequence[float], in_chans: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean``/``std`` as ``(bands, 1, 1)`` tensors, checked against the band count."""
+    if len(mean) != in_chans or len(std) != in_chans:
+        raise CsptError(f"mean/std have {len(mean)}/{len(std)} values for {in_chans} bands")
+    return (torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1),
+            torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
 
 
 @contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,8 +19,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from cspt.data.detection import Scene
-from cspt.data.images import read_image
-from cspt.data.sampling import load_or_replace, match_bands, seeded_rngs
+from cspt.data.sampling import load_or_replace, read_bands, seeded_rngs
 from cspt.engine.sliding import window_starts
 
 
@@ -59,12 +59,12 @@ def make_tiles(scenes: Sequence[Scene], size: int, overlap: int, min_visible: fl
     return tiles
 
 
-def read_window(scene: Scene, top: int, left: int, size: int, in_chans: int) -> torch.Tensor:
-    """The ``size`` x ``size`` window of a scene, 0-1 scale, zero-padded past the scene's edge."""
-    height, width = min(size, scene.height - top), min(size, scene.width - left)
-    pixels = torch.from_numpy(read_image(scene.image, (top, left, height, width))).permute(2, 0, 1)
-    pixels = match_bands(pixels, in_chans, scene.image)
-    return F.pad(pixels, (0, size - width, 0, size - height))
+def read_window(image: Path, height: int, width: int, top: int, left: int, size: int,
+                in_chans: int) -> torch.Tensor:
+    """The ``size`` x ``size`` window of a ``height`` x ``width`` image, 0-1 scale, zero-padded past its edge."""
+    rows, cols = min(size, height - top), min(size, width - left)
+    pixels = read_bands(image, in_chans, (top, left, rows, cols))
+    return F.pad(pixels, (0, size - cols, 0, size - rows))
 
 
 class DetectionTiles(Dataset):
@@ -96,7 +96,7 @@ class DetectionTiles(Dataset):
     def load(self, index: int) -> tuple[torch.Tensor, dict]:
         tile = self.tiles[index]
         scene = self.scenes[tile.scene]
-        image = read_window(scene, tile.top, tile.left, self.size, self.in_chans)
+        image = read_window(scene.image, scene.height, scene.width, tile.top, tile.left, self.size, self.in_chans)
         boxes, labels = tile_targets(scene, tile.top, tile.left, self.size, self.min_visible)
         target = {"boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY",
                                                     canvas_size=(self.size, self.size)),

@@ -24,8 +24,8 @@ from torchvision.transforms import InterpolationMode
 
 from cspt.config import read_yaml
 from cspt.data.files import find_images
-from cspt.data.images import ImageReadError, image_info, read_image
-from cspt.data.sampling import load_or_replace, match_bands
+from cspt.data.images import ImageReadError, image_info
+from cspt.data.sampling import band_tensors, load_or_replace, read_bands
 from cspt.errors import CsptError
 
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
@@ -224,8 +224,7 @@ class SegmentationCrops(Dataset):
         self.palette = palette
         self.crop_size = crop_size
         self.in_chans = in_chans
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.mean, self.std = band_tensors(mean, std, in_chans)
         self.ignore_index = ignore_index
         self.scale_range = tuple(scale_range)
         self.photometric = photometric
@@ -242,7 +241,7 @@ class SegmentationCrops(Dataset):
         if pair.image in self.cache:
             self.cache.move_to_end(pair.image)
             return self.cache[pair.image]
-        image = match_bands(torch.from_numpy(read_image(pair.image)).permute(2, 0, 1), self.in_chans, pair.image)
+        image = read_bands(pair.image, self.in_chans)
         mask = torch.from_numpy(read_mask(pair.mask, self.palette, self.ignore_index))
         if self.base_scale != 1.0:
             image, mask = resize_pair(image, mask, self.base_scale)

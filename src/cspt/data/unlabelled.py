@@ -16,8 +16,8 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset
 
-from cspt.data.images import ImageInfo, ImageReadError, WindowBox, image_info, read_image
-from cspt.data.sampling import load_or_replace, match_bands, random_resized_crop, resize_centre_crop
+from cspt.data.images import ImageInfo, ImageReadError, WindowBox, image_info
+from cspt.data.sampling import band_tensors, load_or_replace, random_resized_crop, read_bands, resize_centre_crop
 from cspt.errors import CsptError
 
 log = logging.getLogger(__name__)
@@ -84,14 +84,11 @@ class UnlabelledImages(Dataset):
                  min_scale: float = 0.2):
         if not entries:
             raise CsptError("no readable images in the data given")
-        if len(mean) != in_chans or len(std) != in_chans:
-            raise CsptError(f"mean/std have {len(mean)}/{len(std)} values for {in_chans} bands")
         self.entries = list(entries)
         self.img_size = img_size
         self.num_patches = (img_size // patch_size) ** 2
         self.in_chans = in_chans
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.mean, self.std = band_tensors(mean, std, in_chans)
         self.tile_size = tile_size
         self.min_scale = min_scale
 
@@ -109,8 +106,7 @@ class UnlabelledImages(Dataset):
     def load(self, entry: Entry, generator: torch.Generator) -> torch.Tensor:
         """The image (or a random tile of it) as a ``(bands, H, W)`` tensor on the 0-1 scale."""
         window = self.random_window(entry.info, generator) if entry.tiled else None
-        pixels = torch.from_numpy(read_image(entry.path, window)).permute(2, 0, 1)
-        return match_bands(pixels, self.in_chans, entry.path)
+        return read_bands(entry.path, self.in_chans, window)
 
     def random_window(self, info: ImageInfo, generator: torch.Generator) -> WindowBox:
         height, width = min(self.tile_size, info.height), min(self.tile_size, info.width)

@@ -46,9 +46,10 @@ from cspt.models.classifier import NOT_FOR_CLASSIFIER, build_classifier
 from cspt.models.vit import ArchConfig
 from cspt.plots import plot_confusion
 from cspt.tasks.common import (
+    SPLITS_DIR,
+    DescribedModel,
     FineTuneTask,
     arch_of,
-    described_weights,
     distributed_run,
     load_described,
     load_init_weights,
@@ -59,7 +60,6 @@ from cspt.tasks.common import (
 log = logging.getLogger("cspt")
 
 CLASSIFIER = "classifier.safetensors"
-SPLITS_DIR = "splits"
 EVAL_BATCH = 64
 
 
@@ -121,11 +121,7 @@ def write_classifier(model: nn.Module, path: Path, info: dict[str, Any]) -> Path
     return write_weights(model.state_dict(), path, info)
 
 
-def classifier_path(checkpoint: str | Path) -> Path:
-    return described_weights(checkpoint, CLASSIFIER, "classify")[0]
-
-
-def load_classifier(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_classifier(checkpoint: str | Path) -> DescribedModel:
     """A fine-tuned classifier and its description (classes, architecture, normalisation)."""
     return load_described(checkpoint, CLASSIFIER, "classify", lambda info: build_classifier(
         ArchConfig.from_dict(info["architecture"]), len(info["classes"]), info["global_pool"]))
@@ -180,8 +176,8 @@ def evaluate_classifier(checkpoint: str | Path, data: str | Path | None = None, 
                         batch_size: int = EVAL_BATCH, device: str = "auto",
                         num_workers: int | None = None) -> tuple[dict[str, Any], Path]:
     """Evaluate a classifier on ``data`` (default: its run's test split); returns metrics and folder."""
-    model, info = load_classifier(checkpoint)
-    run_dir = classifier_path(checkpoint).parent
+    model, info, weights = load_classifier(checkpoint)
+    run_dir = weights.parent
     if data is not None:
         labelled = read_labelled(data, info["classes"])
         folder = Path(output) if output else run_dir / "evaluation" / Path(data).stem
@@ -200,7 +196,7 @@ def evaluate_classifier(checkpoint: str | Path, data: str | Path | None = None, 
     if len(outputs.labels) == 0:
         raise CsptError(f"{source}: no readable image to evaluate")
     metrics = classification_metrics(outputs.values.argmax(1), outputs.labels, info["classes"])
-    metrics.update(checkpoint=str(classifier_path(checkpoint)), data=source, skipped_images=len(outputs.skipped))
+    metrics.update(checkpoint=str(weights), data=source, skipped_images=len(outputs.skipped))
     write_evaluation(metrics, outputs, labelled, folder, Path(source).stem)
     log.info("OA %.4f, AA %.4f, kappa %.4f on %d images of %s", metrics["oa"], metrics["aa"], metrics["kappa"],
              metrics["images"], source)
@@ -211,7 +207,7 @@ def predict_classifier(checkpoint: str | Path, images: Sequence[str], output: st
                        batch_size: int = EVAL_BATCH, device: str = "auto",
                        num_workers: int | None = None) -> Path:
     """Write ``path,label,score`` for every readable image in ``images`` to the CSV ``output``."""
-    model, info = load_classifier(checkpoint)
+    model, info, _ = load_classifier(checkpoint)
     files = find_images(list(images))
     data = LabelledSet(files, [0] * len(files), info["classes"])
     outputs = classify_outputs(model, eval_dataset(data, info), torch.device(resolve_device(device)),
@@ -227,11 +223,15 @@ def predict_classifier(checkpoint: str | Path, images: Sequence[str], output: st
 
 # ---------------------------------------------------------------- fine-tuning
 
+def mixes(config: ClassifyConfig) -> bool:
+    """Whether batches go through mixup/cutmix (then targets are soft)."""
+    return (config.mixup > 0 or config.cutmix > 0) and config.mixup_prob > 0
+
+
 def resolve_config(config: ClassifyConfig, init: Checkpoint | None = None) -> ClassifyConfig:
     """Architecture and normalisation from flags, preset and ``--init``; checks that need them."""
     config = dataclasses.replace(config, **resolved_encoder_fields(config, init))
-    mixing = (config.mixup > 0 or config.cutmix > 0) and config.mixup_prob > 0
-    if mixing and config.batch_size % 2:
+    if mixes(config) and config.batch_size % 2:
         raise CsptError(f"mixup/cutmix need an even --batch-size, got {config.batch_size}")
     if not 0 < config.eval_crop_ratio <= 1:
         raise CsptError(f"--eval-crop-ratio {config.eval_crop_ratio} must lie in (0, 1]")
@@ -249,10 +249,9 @@ class ClassifyTask(FineTuneTask):
         self.classes = splits["train"].classes
         self.arch = arch_of(config)
         self.init = init
-        mixing = (config.mixup > 0 or config.cutmix > 0) and config.mixup_prob > 0
         self.mixup = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
                            switch_prob=config.mixup_switch_prob, label_smoothing=config.smoothing,
-                           num_classes=len(self.classes)) if mixing else None
+                           num_classes=len(self.classes)) if mixes(config) else None
         if self.mixup is not None:
             self.criterion: nn.Module = SoftTargetCrossEntropy()
         elif config.smoothing > 0:

@@ -9,19 +9,20 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from safetensors.torch import load_file
 from torch import nn
 
 from cspt.checkpoints import Checkpoint, description_of, load_checkpoint, load_into_model
-from cspt.config import EncoderConfig, TrainConfig, save_config
+from cspt.config import EncoderConfig, PyramidConfig, TrainConfig, save_config
 from cspt.data.unlabelled import default_normalisation
 from cspt.engine.distributed import DistContext, setup_distributed, shutdown_distributed
 from cspt.engine.run_dir import check_same_run, config_for_resume, has_checkpoint, run_dir_of, saved_config
 from cspt.engine.trainer import Task
 from cspt.errors import CsptError
 from cspt.export import lineage_of
+from cspt.models.pyramid import default_taps
 from cspt.models.vit import ArchConfig, resolve_arch
 
 C = TypeVar("C", bound=TrainConfig)
@@ -29,6 +30,8 @@ C = TypeVar("C", bound=TrainConfig)
 log = logging.getLogger("cspt")
 
 ARCH_KEYS = [f.name for f in dataclasses.fields(ArchConfig)]
+#: where a fine-tuning run records the data split it was started with
+SPLITS_DIR = "splits"
 
 
 def resolved_encoder_fields(config: EncoderConfig, init: Checkpoint | None) -> dict[str, Any]:
@@ -41,6 +44,14 @@ def resolved_encoder_fields(config: EncoderConfig, init: Checkpoint | None) -> d
     fields["mean"] = config.mean if config.mean is not None else mean
     fields["std"] = config.std if config.std is not None else std
     return fields
+
+
+def resolved_taps(config: PyramidConfig) -> list[int]:
+    """The pyramid's tapped blocks: ``--taps``, else the style's default for ``config.depth`` (checked)."""
+    taps = config.taps or default_taps(config.depth, config.pyramid)
+    if not all(0 <= t < config.depth for t in taps):
+        raise CsptError(f"--taps {taps} must be block indices below the depth {config.depth}")
+    return list(taps)
 
 
 def arch_of(config: EncoderConfig) -> ArchConfig:
@@ -111,8 +122,16 @@ def described_weights(checkpoint: str | Path, file_name: str, task: str) -> tupl
     return path, info
 
 
+class DescribedModel(NamedTuple):
+    """A stage's model rebuilt from its exported weights."""
+
+    model: nn.Module
+    info: dict[str, Any]  #: the JSON description: architecture, classes, normalisation, lineage
+    path: Path  #: the weights file
+
+
 def load_described(checkpoint: str | Path, file_name: str, task: str,
-                   build: Callable[[dict[str, Any]], nn.Module]) -> tuple[nn.Module, dict[str, Any]]:
+                   build: Callable[[dict[str, Any]], nn.Module]) -> DescribedModel:
     """Rebuild a stage's model from its description and load its weights strictly."""
     path, info = described_weights(checkpoint, file_name, task)
     model = build(info)
@@ -120,7 +139,7 @@ def load_described(checkpoint: str | Path, file_name: str, task: str,
         model.load_state_dict(load_file(str(path)))
     except RuntimeError as err:
         raise CsptError(f"{path}: weights do not fit the described model ({str(err).splitlines()[0]})") from None
-    return model.eval(), info
+    return DescribedModel(model.eval(), info, path)
 
 
 class FineTuneTask(Task):

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torch import nn
@@ -24,7 +23,7 @@ from cspt.checkpoints import Checkpoint
 from cspt.config import DetectConfig
 from cspt.data.detection import Annotations, Scene, read_annotations
 from cspt.data.files import find_images
-from cspt.data.images import ImageReadError, image_info, read_image
+from cspt.data.images import ImageReadError, display_rgb, image_info, read_image
 from cspt.data.scene_tiles import DetectionTiles, collate_tiles, make_tiles, read_window
 from cspt.engine.distributed import resolve_device
 from cspt.engine.optim import param_groups_encoder_layer_decay
@@ -34,16 +33,16 @@ from cspt.errors import CsptError
 from cspt.export import write_weights
 from cspt.metrics import coco_map, voc_map
 from cspt.models.detector import build_detector, detector_encoder
-from cspt.models.pyramid import default_taps
 from cspt.models.vit import ArchConfig
 from cspt.tasks.common import (
+    DescribedModel,
     FineTuneTask,
     arch_of,
-    described_weights,
     distributed_run,
     load_described,
     load_init_weights,
     resolved_encoder_fields,
+    resolved_taps,
     start_run,
 )
 
@@ -65,10 +64,9 @@ def detect_scene(model: nn.Module, image: Path, height: int, width: int, info: d
                  device: torch.device, autocast: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Boxes (scene pixels), scores and 0-based class indices of a whole scene, by sliding windows."""
     size, in_chans = info["tile_size"], info["architecture"]["in_chans"]
-    scene = Scene(image, height, width, np.zeros((0, 4), np.float32), [], np.zeros(0, bool))
 
     def predict(offsets: list[tuple[int, int]]) -> list[dict]:
-        windows = [read_window(scene, top, left, size, in_chans).to(device) for top, left in offsets]
+        windows = [read_window(image, height, width, top, left, size, in_chans).to(device) for top, left in offsets]
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             found = model(windows)
         return [{"boxes": f["boxes"].float().cpu(), "scores": f["scores"].float().cpu(),
@@ -98,11 +96,7 @@ def evaluate_scenes(model: nn.Module, scenes: Sequence[Scene], info: dict[str, A
     return metrics, detections
 
 
-def detector_path(checkpoint: str | Path) -> Path:
-    return described_weights(checkpoint, DETECTOR, "detect")[0]
-
-
-def load_detector(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_detector(checkpoint: str | Path) -> DescribedModel:
     return load_described(checkpoint, DETECTOR, "detect", model_from_description)
 
 
@@ -110,8 +104,8 @@ def evaluate_detector(checkpoint: str | Path, annotations: str | None = None, im
                       fmt: str = "auto", output: str | Path | None = None,
                       device: str = "auto") -> tuple[dict[str, Any], Path]:
     """Evaluate on ``annotations`` + ``images`` (default: the run's validation set)."""
-    model, info = load_detector(checkpoint)
-    run_dir = detector_path(checkpoint).parent
+    model, info, weights = load_detector(checkpoint)
+    run_dir = weights.parent
     if annotations is None:
         annotations, images, fmt = info.get("val"), info.get("val_images"), info.get("format", "auto")
         if not annotations:
@@ -123,7 +117,7 @@ def evaluate_detector(checkpoint: str | Path, annotations: str | None = None, im
         folder = Path(output) if output else run_dir / "evaluation" / Path(annotations).stem
     scenes = read_annotations(annotations, images, fmt, info["classes"]).scenes
     metrics, _ = evaluate_scenes(model, scenes, info, torch.device(resolve_device(device)))
-    metrics.update(checkpoint=str(detector_path(checkpoint)), annotations=str(annotations))
+    metrics.update(checkpoint=str(weights), annotations=str(annotations))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log.info("mAP@0.5 (VOC) %.4f, mAP@[.5:.95] (COCO) %.4f on %d scenes", metrics["map50"], metrics["map"],
@@ -135,20 +129,21 @@ def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str 
                      device: str = "auto", draw_score: float = 0.5) -> Path:
     """``detections.json`` (COCO style, with scores), ``dota/NAME.txt`` and, with ``draw``, ``drawn/NAME.png``
     (the detections scoring at least ``draw_score``)."""
-    model, info = load_detector(checkpoint)
+    model, info, _ = load_detector(checkpoint)
     torch_device = torch.device(resolve_device(device))
     classes = info["classes"]
     folder = Path(output)
     (folder / "dota").mkdir(parents=True, exist_ok=True)
     coco: dict[str, Any] = {"images": [], "annotations": [],
                             "categories": [{"id": i + 1, "name": n} for i, n in enumerate(classes)]}
+    model = model.to(torch_device)
     for image_id, path in enumerate(find_images(list(images)), 1):
         try:
             size = image_info(path)
         except ImageReadError as err:
             log.warning("skipped unreadable image: %s", err)
             continue
-        found = detect_scene(model.to(torch_device), path, size.height, size.width, info, torch_device)
+        found = detect_scene(model, path, size.height, size.width, info, torch_device)
         coco["images"].append({"id": image_id, "file_name": str(path), "height": size.height, "width": size.width})
         lines = []
         for box, score, label in zip(found["boxes"].tolist(), found["scores"].tolist(), found["labels"].tolist(),
@@ -171,8 +166,7 @@ def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str 
 
 def draw_boxes(image: Path, found: dict[str, torch.Tensor], classes: Sequence[str], target: Path) -> None:
     """The image with its boxes; class and score written beside each (when there are few)."""
-    pixels = (read_image(image)[..., :3] * 255).round().astype(np.uint8)
-    canvas = Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels).convert("RGB")
+    canvas = Image.fromarray(display_rgb(read_image(image)))
     pen = ImageDraw.Draw(canvas)
     for box, score, label in zip(found["boxes"].tolist(), found["scores"].tolist(), found["labels"].tolist(),
                                  strict=True):
@@ -190,14 +184,12 @@ def resolve_config(config: DetectConfig, init: Checkpoint | None = None) -> Dete
     if config.tile_size is not None:
         config = dataclasses.replace(config, img_size=config.tile_size)
     config = dataclasses.replace(config, **resolved_encoder_fields(config, init))
-    taps = config.taps or default_taps(config.depth, config.pyramid)
-    if not all(0 <= t < config.depth for t in taps):
-        raise CsptError(f"--taps {taps} must be block indices below the depth {config.depth}")
+    taps = resolved_taps(config)
     if not 0 <= config.tile_overlap < config.img_size:
         raise CsptError(f"--tile-overlap {config.tile_overlap} must be below the tile size {config.img_size}")
     if not config.train or not config.images:
         raise CsptError("give --train ANNOTATIONS and --images FOLDER")
-    return dataclasses.replace(config, tile_size=config.img_size, taps=list(taps))
+    return dataclasses.replace(config, tile_size=config.img_size, taps=taps)
 
 
 class DetectTask(FineTuneTask):

@@ -28,8 +28,8 @@ from torchvision.transforms import InterpolationMode
 from cspt.checkpoints import Checkpoint
 from cspt.config import SegmentConfig
 from cspt.data.files import find_images
-from cspt.data.images import ImageReadError, read_image
-from cspt.data.sampling import match_bands
+from cspt.data.images import ImageReadError, display_rgb, image_info
+from cspt.data.sampling import band_tensors, read_bands
 from cspt.data.segmentation import (
     Pair,
     Palette,
@@ -48,25 +48,25 @@ from cspt.engine.trainer import Trainer, resolve_precision
 from cspt.errors import CsptError
 from cspt.export import write_weights
 from cspt.metrics import segmentation_confusion, segmentation_metrics, write_confusion_csv
-from cspt.models.pyramid import default_taps
 from cspt.models.segmenter import Segmenter, build_segmenter
 from cspt.models.vit import ArchConfig
 from cspt.plots import plot_confusion
 from cspt.tasks.common import (
+    SPLITS_DIR,
+    DescribedModel,
     FineTuneTask,
     arch_of,
-    described_weights,
     distributed_run,
     load_described,
     load_init_weights,
     resolved_encoder_fields,
+    resolved_taps,
     start_run,
 )
 
 log = logging.getLogger("cspt")
 
 SEGMENTER = "segmenter.safetensors"
-SPLITS_DIR = "splits"
 
 
 # ---------------------------------------------------------------- palettes and data
@@ -113,28 +113,21 @@ def make_split(config: SegmentConfig, palette: Palette) -> dict[str, list[Pair]]
 
 def read_split(folder: Path) -> dict[str, list[Pair]]:
     """The pairs a run was started with (sizes re-read from the headers, masks not re-checked)."""
-    from cspt.data.images import image_info
-
     splits = {}
     for name in ("train", "val"):
         path = folder / f"{name}.csv"
         if path.is_file():
             rows = list(csv.reader(path.read_text().splitlines()))[1:]
-            splits[name] = [Pair(Path(i), Path(m), *_size(image_info(Path(i)))) for i, m in rows]
+            splits[name] = [pair_of(Path(image), Path(mask)) for image, mask in rows]
     return splits
 
 
-def _size(info: Any) -> tuple[int, int]:
-    return info.height, info.width
+def pair_of(image: Path, mask: Path) -> Pair:
+    info = image_info(image)
+    return Pair(image, mask, info.height, info.width)
 
 
 # ---------------------------------------------------------------- inference and evaluation
-
-def load_tile(path: Path, in_chans: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """A whole image, normalised, as (C, H, W)."""
-    image = match_bands(torch.from_numpy(read_image(path)).permute(2, 0, 1), in_chans, path)
-    return (image - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
-
 
 @torch.no_grad()
 def predict_tile(model: nn.Module, image: torch.Tensor, window: int, stride: int, resize: float = 1.0,
@@ -169,10 +162,12 @@ def evaluate_pairs(model: nn.Module, pairs: Sequence[Pair], info: dict[str, Any]
     confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
     model = model.to(device).eval()
     autocast = resolve_precision(precision, device)
+    in_chans = info["architecture"]["in_chans"]
+    mean, std = band_tensors(info["mean"], info["std"], in_chans)
     skipped = 0
     for pair in pairs:
         try:
-            image = load_tile(pair.image, info["architecture"]["in_chans"], info["mean"], info["std"])
+            image = (read_bands(pair.image, in_chans) - mean) / std
             target = torch.from_numpy(read_mask(pair.mask, palette, ignore))
         except ImageReadError as err:
             log.warning("skipped unreadable tile: %s", err)
@@ -193,16 +188,12 @@ def write_segmentation_metrics(metrics: dict[str, Any], folder: Path, title: str
                    f"{title}: mIoU {metrics['miou']:.3f}, OA {metrics['oa']:.3f}")
 
 
-def segmenter_path(checkpoint: str | Path) -> Path:
-    return described_weights(checkpoint, SEGMENTER, "segment")[0]
-
-
 def model_from_description(info: dict[str, Any], drop_path: float = 0.0) -> Segmenter:
     return build_segmenter(ArchConfig.from_dict(info["architecture"]), len(info["palette"]["classes"]),
                            info["channels"], info["aux_channels"] or None, info["pyramid"], info["taps"], drop_path)
 
 
-def load_segmenter(checkpoint: str | Path) -> tuple[Segmenter, dict[str, Any]]:
+def load_segmenter(checkpoint: str | Path) -> DescribedModel:
     return load_described(checkpoint, SEGMENTER, "segment", model_from_description)
 
 
@@ -210,8 +201,8 @@ def evaluate_segmenter(checkpoint: str | Path, images: Sequence[str] | None = No
                        masks: Sequence[str] | None = None, output: str | Path | None = None,
                        device: str = "auto") -> tuple[dict[str, Any], Path]:
     """Evaluate on ``images`` (+ ``masks``), default the run's validation tiles; returns metrics and folder."""
-    model, info = load_segmenter(checkpoint)
-    run_dir = segmenter_path(checkpoint).parent
+    model, info, weights = load_segmenter(checkpoint)
+    run_dir = weights.parent
     palette = Palette.from_dict(info["palette"])
     if images:
         pairs, _ = check_pairs(pair_images(images, masks), palette, info["ignore_index"])
@@ -222,7 +213,7 @@ def evaluate_segmenter(checkpoint: str | Path, images: Sequence[str] | None = No
             raise CsptError(f"{run_dir}: no validation tiles in {SPLITS_DIR}/; pass --images (and --masks)")
         pairs, folder = split, Path(output) if output else run_dir
     metrics = evaluate_pairs(model, pairs, info, torch.device(resolve_device(device)))
-    metrics.update(checkpoint=str(segmenter_path(checkpoint)), tiles=len(pairs))
+    metrics.update(checkpoint=str(weights), tiles=len(pairs))
     write_segmentation_metrics(metrics, folder, "segmentation")
     log.info("mIoU %.4f, OA %.4f, mean F1 %.4f on %d tiles", metrics["miou"], metrics["oa"], metrics["mean_f1"],
              len(pairs))
@@ -242,27 +233,28 @@ def class_colors(palette: Palette) -> np.ndarray:
 def predict_segmenter(checkpoint: str | Path, images: Sequence[str], output: str | Path, draw: bool = False,
                       device: str = "auto") -> Path:
     """Write ``NAME.png`` (class indices) and ``NAME_color.png`` per image (+ ``NAME_overlay.jpg`` with draw)."""
-    model, info = load_segmenter(checkpoint)
+    model, info, _ = load_segmenter(checkpoint)
     colors = class_colors(Palette.from_dict(info["palette"]))
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
     torch_device = torch.device(resolve_device(device))
+    model = model.to(torch_device)
+    in_chans = info["architecture"]["in_chans"]
+    mean, std = band_tensors(info["mean"], info["std"], in_chans)
     written = 0
     for path in find_images(list(images)):
         try:
-            image = load_tile(path, info["architecture"]["in_chans"], info["mean"], info["std"])
+            pixels = read_bands(path, in_chans)
         except ImageReadError as err:
             log.warning("skipped unreadable image: %s", err)
             continue
-        labels = predict_tile(model.to(torch_device), image, info["crop_size"], info["stride"], info["resize"],
+        labels = predict_tile(model, (pixels - mean) / std, info["crop_size"], info["stride"], info["resize"],
                               torch_device).argmax(0).cpu().numpy().astype(np.uint8)
         Image.fromarray(labels).save(folder / f"{path.stem}.png")
         Image.fromarray(colors[labels]).save(folder / f"{path.stem}_color.png")
         if draw:
-            pixels = (read_image(path)[..., :3] * 255).round().astype(np.uint8)
-            if pixels.shape[-1] == 1:
-                pixels = np.repeat(pixels, 3, axis=-1)
-            overlay = (0.5 * pixels + 0.5 * colors[labels]).astype(np.uint8)
+            picture = display_rgb(pixels.permute(1, 2, 0).numpy())
+            overlay = (0.5 * picture + 0.5 * colors[labels]).astype(np.uint8)
             Image.fromarray(overlay).save(folder / f"{path.stem}_overlay.jpg", quality=90)
         written += 1
     log.info("wrote masks of %d images to %s", written, folder)
@@ -277,16 +269,14 @@ def resolve_config(config: SegmentConfig, init: Checkpoint | None = None) -> Seg
         config = dataclasses.replace(config, img_size=config.crop_size)
     config = dataclasses.replace(config, **resolved_encoder_fields(config, init))
     stride = config.stride or max(1, round(config.img_size * 2 / 3))
-    taps = config.taps or default_taps(config.depth, config.pyramid)
-    if not all(0 <= t < config.depth for t in taps):
-        raise CsptError(f"--taps {taps} must be block indices below the depth {config.depth}")
+    taps = resolved_taps(config)
     if config.batch_size < 2:
         raise CsptError("--batch-size must be at least 2 (the pyramid and heads use BatchNorm)")
     if not 0 < stride <= config.img_size:
         raise CsptError(f"--stride {stride} must lie in 1..{config.img_size} (the crop size)")
     if config.resize <= 0:
         raise CsptError(f"--resize {config.resize} must be positive")
-    return dataclasses.replace(config, crop_size=config.img_size, stride=stride, taps=list(taps))
+    return dataclasses.replace(config, crop_size=config.img_size, stride=stride, taps=taps)
 
 
 class SegmentTask(FineTuneTask):
