@@ -112,3 +112,14 @@ def test_demo_spec_reads_the_wheel_and_holds_out_two_sites(tmp_path, monkeypatch
     assert len(held_out) == 1 + 61 + 37 and {line.split(",")[0] for line in held_out[1:]} == {
         f"{stem}.png" for stem in HELD_OUT}
     assert Path(detect["train"]).stem not in HELD_OUT
+
+
+def test_report_and_palette_refuse_what_they_cannot_read(tmp_path):
+    from cspt.errors import CsptError
+    from cspt.report import write_run_report
+    from cspt.tasks.segment import load_palette
+
+    with pytest.raises(CsptError, match="not a cspt run directory"):
+        write_run_report(tmp_path)
+    with pytest.raises(CsptError, match=r"nowhere.yaml: no such palette file or built-in palette \(dubai, gid, isprs\)"):
+        load_palette("nowhere.yaml", None)

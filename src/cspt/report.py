@@ -21,6 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 from cspt.engine.run_log import read_log  # noqa: E402
+from cspt.errors import CsptError  # noqa: E402
 
 log = logging.getLogger("cspt")
 
@@ -212,6 +213,8 @@ def write_report(blocks: Sequence[Block], folder: Path, title: str) -> Path:
 def write_run_report(run_dir: str | Path) -> Path:
     """The report of one run directory (``cspt report RUN_DIR``)."""
     run_dir = Path(run_dir)
+    if not (run_dir / "log.jsonl").is_file():
+        raise CsptError(f"{run_dir}: not a cspt run directory (no log.jsonl)")
     return write_report(run_blocks(run_dir, run_dir.name, run_dir / "figures"), run_dir, f"cspt run {run_dir.name}")
 
 

@@ -74,11 +74,14 @@ SEGMENTER = "segmenter.safetensors"
 def load_palette(palette: str | None, class_names: Sequence[str] | None) -> Palette:
     """A palette YAML, a built-in palette by name, or index masks with ``class_names``."""
     if palette:
-        builtin = resources.files("cspt") / "recipes" / "palettes" / f"{palette}.yaml"
-        if not Path(palette).exists() and builtin.is_file():
-            with resources.as_file(builtin) as path:
-                return Palette.from_yaml(path)
-        return Palette.from_yaml(palette)
+        builtins = resources.files("cspt") / "recipes" / "palettes"
+        if Path(palette).is_file():
+            return Palette.from_yaml(palette)
+        if not (builtins / f"{palette}.yaml").is_file():
+            names = ", ".join(sorted(p.name.removesuffix(".yaml") for p in builtins.iterdir()))
+            raise CsptError(f"{palette}: no such palette file or built-in palette ({names})")
+        with resources.as_file(builtins / f"{palette}.yaml") as path:
+            return Palette.from_yaml(path)
     if not class_names or len(class_names) < 2:
         raise CsptError("give --palette (colour-coded masks) or --class-names (index masks, at least two)")
     return Palette(list(class_names))
