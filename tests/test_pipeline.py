@@ -121,5 +121,6 @@ def test_report_and_palette_refuse_what_they_cannot_read(tmp_path):
 
     with pytest.raises(CsptError, match="not a cspt run directory"):
         write_run_report(tmp_path)
-    with pytest.raises(CsptError, match=r"nowhere.yaml: no such palette file or built-in palette \(dubai, gid, isprs\)"):
+    unknown = r"nowhere.yaml: no such palette file or built-in palette \(dubai, gid, isprs\)"
+    with pytest.raises(CsptError, match=unknown):
         load_palette("nowhere.yaml", None)

@@ -8,6 +8,7 @@ as the same CSVs (absolute paths), so a run's ``splits/`` folder is itself a sou
 from __future__ import annotations
 
 import csv
+import functools
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,8 @@ from cspt.data.images import IMAGE_SUFFIXES, ImageReadError
 from cspt.data.sampling import (
     band_tensors,
     load_or_replace,
-    random_resized_crop,
     read_bands,
+    read_random_resized_crop,
     resize_centre_crop,
     seeded_rngs,
 )
@@ -208,15 +209,20 @@ class LabelledImages(Dataset):
                 return {"image": None, "label": self.data.labels[index], "index": index, "skipped": [str(err)]}
             return {"image": image, "label": self.data.labels[index], "index": index, "skipped": []}
         generator = torch.Generator().manual_seed(seed)
-        image, index, skipped = load_or_replace(self.load, index, len(self.data), generator)
+        crop = functools.partial(self.random_crop, generator=generator)
+        image, index, skipped = load_or_replace(crop, index, len(self.data), generator)
         return {"image": self.augment(image, generator), "label": self.data.labels[index], "index": index,
                 "skipped": skipped}
 
     def normalise(self, image: torch.Tensor) -> torch.Tensor:
         return (image - self.mean) / self.std
 
+    def random_crop(self, index: int, generator: torch.Generator) -> torch.Tensor:
+        return read_random_resized_crop(self.data.paths[index], self.in_chans, self.img_size, self.min_scale,
+                                        generator)
+
     def augment(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        image = random_resized_crop(image, self.img_size, self.min_scale, generator)
+        """Flip, RandAugment, normalisation and random erasing of a training crop."""
         if torch.rand(1, generator=generator) < 0.5:
             image = image.flip(-1)
         if self.rand_augment is not None:

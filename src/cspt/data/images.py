@@ -76,6 +76,38 @@ def read_image(path: str | Path, window: WindowBox | None = None) -> np.ndarray:
     return to_unit_float(array, path)
 
 
+def read_resized(path: str | Path, box: WindowBox, size: int) -> np.ndarray | None:
+    """The ``box`` of an 8-bit RGB or grey JPEG/PNG resized to ``size`` x ``size``, as 0-1 ``(H, W, bands)``.
+
+    PIL crops and resizes in one antialiased bicubic pass, and decodes a JPEG at the
+    smallest power-of-two reduction (DCT scaling) that still leaves the box at least
+    ``size`` pixels wide: a 256 px photo cropped to 64 px is mostly decoded at 128 px.
+    Returns None for what this path does not cover (TIFF, 16-bit, palette, alpha).
+    """
+    path = Path(path)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        return None
+    top, left, height, width = box
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("RGB", "L"):
+                return None
+            full_width, full_height = img.size
+            reduction = 1
+            while reduction < 8 and min(height, width) // (2 * reduction) >= size:
+                reduction *= 2
+            if reduction > 1:
+                img.draft(img.mode, (-(-full_width // reduction), -(-full_height // reduction)))
+            sx, sy = img.width / full_width, img.height / full_height
+            region = (left * sx, top * sy, (left + width) * sx, (top + height) * sy)
+            array = np.asarray(img.resize((size, size), Image.Resampling.BICUBIC, box=region))
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{path}: not an image file") from None
+    except Exception as err:
+        raise ImageReadError(f"{path}: cannot decode image ({_reason(err)})") from None
+    return to_unit_float(array, path)
+
+
 def display_rgb(pixels: np.ndarray) -> np.ndarray:
     """``(H, W, bands)`` 0-1 pixels as 8-bit RGB for pictures: the first three bands, or grey repeated."""
     bands = pixels[..., :3] if pixels.shape[-1] >= 3 else np.repeat(pixels[..., :1], 3, axis=-1)

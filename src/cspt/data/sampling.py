@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -12,9 +13,8 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import RandomResizedCrop
 
-from cspt.data.images import ImageReadError, WindowBox, read_image
+from cspt.data.images import ImageInfo, ImageReadError, WindowBox, image_info, read_image, read_resized
 from cspt.errors import CsptError
 
 T = TypeVar("T")
@@ -64,13 +64,48 @@ def seeded_rngs(generator: torch.Generator) -> Iterator[None]:
             np.random.set_state(np_state)
 
 
+def random_box(height: int, width: int, min_scale: float, generator: torch.Generator) -> WindowBox:
+    """RandomResizedCrop's box (area ``min_scale``-1, aspect 3/4-4/3), drawn from ``generator``.
+
+    torchvision's ``RandomResizedCrop.get_params`` draws from the global RNG, which would
+    have to be forked and reseeded for every sample; this is its rule on a generator.
+    """
+    area = height * width
+    log_ratio = (math.log(3 / 4), math.log(4 / 3))
+    for _ in range(10):
+        u_area, u_ratio, u_top, u_left = torch.rand(4, generator=generator).tolist()
+        target = area * (min_scale + (1.0 - min_scale) * u_area)
+        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * u_ratio)
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return int(u_top * (height - h + 1)), int(u_left * (width - w + 1)), h, w
+    # torchvision's fallback: the whole image, cut to the nearest allowed aspect ratio
+    h, w = min(height, round(width * 4 / 3)), min(width, round(height * 4 / 3))
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
 def random_resized_crop(image: torch.Tensor, size: int, min_scale: float,
                         generator: torch.Generator) -> torch.Tensor:
-    """A seeded RandomResizedCrop (bicubic, antialiased) to ``size`` x ``size``."""
-    with seeded_rngs(generator):
-        top, left, h, w = RandomResizedCrop.get_params(image, (min_scale, 1.0), (3 / 4, 4 / 3))
+    """A seeded RandomResizedCrop (bicubic, antialiased) of pixels in memory to ``size`` x ``size``."""
+    top, left, h, w = random_box(image.shape[-2], image.shape[-1], min_scale, generator)
     return TF.resized_crop(image, top, left, h, w, [size, size], interpolation=InterpolationMode.BICUBIC,
                            antialias=True)
+
+
+def read_random_resized_crop(path: Path, in_chans: int, size: int, min_scale: float, generator: torch.Generator,
+                             info: ImageInfo | None = None) -> torch.Tensor:
+    """A seeded RandomResizedCrop read straight from the file: only the box is decoded and resized.
+
+    8-bit JPEG/PNG take PIL's reduced decode (:func:`~cspt.data.images.read_resized`);
+    other images are read as a window and resized by torchvision.
+    """
+    info = info or image_info(path)
+    box = random_box(info.height, info.width, min_scale, generator)
+    pixels = read_resized(path, box, size)
+    if pixels is None:
+        return TF.resize(read_bands(path, in_chans, box), [size, size], interpolation=InterpolationMode.BICUBIC,
+                         antialias=True)
+    return match_bands(torch.from_numpy(pixels).permute(2, 0, 1), in_chans, path)
 
 
 def resize_centre_crop(image: torch.Tensor, size: int, crop_ratio: float = 1.0) -> torch.Tensor:

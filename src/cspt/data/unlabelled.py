@@ -17,7 +17,14 @@ import torch
 from torch.utils.data import Dataset
 
 from cspt.data.images import ImageInfo, ImageReadError, WindowBox, image_info
-from cspt.data.sampling import band_tensors, load_or_replace, random_resized_crop, read_bands, resize_centre_crop
+from cspt.data.sampling import (
+    band_tensors,
+    load_or_replace,
+    random_resized_crop,
+    read_bands,
+    read_random_resized_crop,
+    resize_centre_crop,
+)
 from cspt.errors import CsptError
 
 log = logging.getLogger(__name__)
@@ -98,10 +105,20 @@ class UnlabelledImages(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> dict:
         index, seed = item
         generator = torch.Generator().manual_seed(seed)
-        image, _, skipped = load_or_replace(lambda i: self.load(self.entries[i], generator), index,
+        image, _, skipped = load_or_replace(lambda i: self.random_crop(self.entries[i], generator), index,
                                             len(self.entries), generator)
-        image, noise = self.augment(image, generator)
-        return {"image": image, "noise": noise, "skipped": skipped}
+        if torch.rand(1, generator=generator) < 0.5:
+            image = image.flip(-1)
+        noise = torch.rand(self.num_patches, generator=generator)
+        return {"image": (image - self.mean) / self.std, "noise": noise, "skipped": skipped}
+
+    def random_crop(self, entry: Entry, generator: torch.Generator) -> torch.Tensor:
+        """RandomResizedCrop of the image, or of a random tile of a large scene."""
+        if entry.tiled:
+            tile = self.load(entry, generator)
+            return random_resized_crop(tile, self.img_size, self.min_scale, generator)
+        return read_random_resized_crop(entry.path, self.in_chans, self.img_size, self.min_scale, generator,
+                                        entry.info)
 
     def load(self, entry: Entry, generator: torch.Generator) -> torch.Tensor:
         """The image (or a random tile of it) as a ``(bands, H, W)`` tensor on the 0-1 scale."""
@@ -113,13 +130,6 @@ class UnlabelledImages(Dataset):
         top = int(torch.randint(info.height - height + 1, (1,), generator=generator))
         left = int(torch.randint(info.width - width + 1, (1,), generator=generator))
         return top, left, height, width
-
-    def augment(self, image: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        image = random_resized_crop(image, self.img_size, self.min_scale, generator)
-        if torch.rand(1, generator=generator) < 0.5:
-            image = image.flip(-1)
-        noise = torch.rand(self.num_patches, generator=generator)
-        return (image - self.mean) / self.std, noise
 
 
 def collate(samples: list[dict]) -> dict:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from cspt.config import TrainConfig, config_to_dict
 from cspt.engine.checkpointing import CheckpointManager
 from cspt.engine.distributed import DistContext, all_gather_objects, all_reduce_mean
-from cspt.engine.optim import param_groups_weight_decay, warmup_cosine, warmup_poly
+from cspt.engine.optim import adamw, param_groups_weight_decay, warmup_cosine, warmup_poly
 from cspt.engine.run_log import RunLog, truncate_log_after
 from cspt.engine.sampler import SeededBatchSampler
 from cspt.errors import CsptError
@@ -200,7 +200,7 @@ class Trainer:
         cfg, dist = self.config, self.dist
         if dist.distributed and dist.device.type == "cuda":  # BatchNorm over the global batch (dense heads)
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        optimizer = torch.optim.AdamW(task.param_groups(model), lr=0.0, betas=tuple(cfg.betas))
+        optimizer = adamw(task.param_groups(model), cfg.betas)
         scaler = torch.amp.GradScaler(dist.device.type, enabled=self.autocast_dtype == torch.float16)
         training = Training(model, model, optimizer, scaler)
         if state is not None:
@@ -231,11 +231,12 @@ class Trainer:
         workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(dist)
         progress = tqdm(total=schedule.total_steps, initial=training.step, disable=not dist.is_main or None,
                         dynamic_ncols=True, file=sys.stderr)
+        # persistent workers: no process start-up per epoch; each epoch re-reads the (re-seeded) sampler
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+                            pin_memory=dist.device.type == "cuda", persistent_workers=workers > 0)
         try:
             while training.epoch < cfg.epochs and not self._stopped(task, run_log):
                 sampler.set_epoch(training.epoch, training.micro_batch)
-                loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-                                    pin_memory=dist.device.type == "cuda")
                 self._train_epoch(task, training, loader, schedule, run_log, progress)
                 self._end_epoch(task, training, run_log)
                 training.epoch += 1
