@@ -1,13 +1,14 @@
 """Does the data path keep up? Epoch time of a real pretraining run over pure model-step time.
 
 Runs ``cspt pretrain`` (the tiny CPU recipe by default) over real images with the default
-number of loader workers. An epoch's time is the time between consecutive epoch ends in
-the run's log, so it holds everything an epoch costs (decoding, augmentation, the loader
-processes, logging, the epoch-end checkpoint) but not the start-up. After each epoch
-(time taken out of the next epoch's measure) the same model and optimizer step on one
-batch already in memory, as often as an epoch has steps: the pure model-step time,
-measured between the epochs so that a machine whose speed drifts affects both alike.
-Prints both and ``ratio: X.XX`` (1.00: the data path costs nothing).
+loading (on a CPU: threads between the steps; ``--num-workers N``: N loader processes).
+An epoch's time is the time between consecutive epoch ends in the run's log, so it holds
+everything an epoch costs (decoding, augmentation, loading, logging, the epoch-end
+checkpoint) but not the start-up. After each epoch (time taken out of the next epoch's
+measure) the same model and optimizer step on one batch already in memory, as often as
+an epoch has steps: the pure model-step time, measured between the epochs so that a
+machine whose speed drifts affects both alike. Prints both and ``ratio: X.XX`` (1.00:
+the data path costs nothing).
 
     python benchmarks/loader_overhead.py                                  # RSSCN7, tiny recipe
     python benchmarks/loader_overhead.py --data /data/AID --num-workers 4
@@ -32,8 +33,9 @@ from torch import nn
 from cspt.config import PretrainConfig, make_config, read_yaml
 from cspt.data.unlabelled import collate
 from cspt.engine.distributed import DistContext
+from cspt.engine.loading import ThreadedBatches, training_batches
 from cspt.engine.optim import adamw, param_groups_weight_decay
-from cspt.engine.trainer import Trainer, default_num_workers, flush_denormals_on_cpu
+from cspt.engine.trainer import Trainer, flush_denormals_on_cpu
 from cspt.models.mae import MaskedAutoencoderViT
 from cspt.tasks.common import arch_of, distributed_run
 from cspt.tasks.pretrain import PretrainTask, resolve_config
@@ -105,11 +107,13 @@ def main() -> None:
             Trainer(config, Path(folder), dist).fit(task)
         epochs = epoch_times(Path(folder), task.pause_seconds)
     steps, step = task.steps_per_epoch, statistics.median(task.step_seconds)
-    workers = args.num_workers if args.num_workers is not None else default_num_workers(
-        DistContext(0, 1, 0, torch.device("cpu")))
+    cpu = DistContext(0, 1, 0, torch.device("cpu"))
+    loader = training_batches(task.dataset, None, collate, args.num_workers, cpu)
+    loading = (f"{loader.threads} loader threads between steps" if isinstance(loader, ThreadedBatches)
+               else f"{loader.num_workers} loader processes")
     epoch = statistics.median(epochs)
     print(f"device: {platform.machine()}, {torch.get_num_threads()} threads; torch {torch.__version__}; "
-          f"{Path(args.data).name}, {steps} steps of {config.batch_size} per epoch, {workers} loader workers")
+          f"{Path(args.data).name}, {steps} steps of {config.batch_size} per epoch, {loading}")
     print(f"epoch: {epoch:.2f} s (epochs: {', '.join(f'{t:.2f}' for t in epochs)})")
     print(f"model steps: {steps} x {step * 1000:.1f} ms = {steps * step:.2f} s")
     print(f"ratio: {epoch / (steps * step):.2f}")

@@ -25,9 +25,12 @@ import time
 
 import torch
 
+from cspt.engine.optim import adamw
 from cspt.engine.trainer import flush_denormals_on_cpu
 from cspt.models import MaskedAutoencoderViT
 from cspt.models.vit import VIT_PRESETS, resolve_arch
+
+MILLION_AID = 1_000_000
 
 
 def build(name: str, size: str, device: str) -> torch.nn.Module:
@@ -56,7 +59,7 @@ class Runner:
         if args.compile:
             self.model = torch.compile(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
+        self.optimizer = adamw([{"params": params, "weight_decay": 0.05, "lr": 1e-4}], (0.9, 0.95))  # cspt's, for both
         generator = torch.Generator().manual_seed(0)
         self.images = torch.randn(args.batch_size, 3, 224, 224, generator=generator).to(args.device)
         self.noise = torch.rand(args.batch_size, 196, generator=generator).to(args.device)
@@ -84,6 +87,31 @@ class Runner:
     def sync(self) -> None:
         if self.device == "cuda":
             torch.cuda.synchronize()
+
+
+#: the operators whose time is the matrix products (linear layers, attention) of a step and their gradients
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product_flash_attention",
+              "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_flash_attention_backward",
+              "aten::_scaled_dot_product_flash_attention_for_cpu_backward", "aten::_efficient_attention_forward",
+              "aten::_efficient_attention_backward", "aten::convolution_backward", "aten::mkldnn_convolution",
+              "aten::_scaled_dot_product_cudnn_attention", "aten::_scaled_dot_product_cudnn_attention_backward")
+
+
+def matmul_share(runner: Runner) -> tuple[float, float]:
+    """One profiled step: its seconds, and the share of them spent in matrix products."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if runner.device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        runner.step()
+        runner.sync()
+        seconds = time.perf_counter() - start
+    attr = "self_device_time_total" if runner.device == "cuda" else "self_cpu_time_total"
+    events = prof.key_averages()
+    total = sum(getattr(e, attr) for e in events)
+    matmul = sum(getattr(e, attr) for e in events if e.key in MATMUL_OPS)
+    return seconds, matmul / total
 
 
 def peak_memory_mb(args: argparse.Namespace) -> float:
@@ -123,6 +151,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak, to report MFU")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one step of each: the share of its time in matrix products")
     parser.add_argument("--only", choices=["cspt", "hf"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.batch_size = args.batch_size or (128 if args.device == "cuda" else 16)
@@ -157,6 +187,17 @@ def main() -> None:
             line += f", MFU {100 * mfu:.1f}% of {args.peak_tflops:g} TFLOP/s"
         print(line)
     print(f"ratio: {statistics.median(ratios):.2f}")
+    if args.profile:
+        shares = {}
+        for name, runner in runners.items():
+            seconds, shares[name] = matmul_share(runner)
+            print(f"{name:>5}: profiled step {seconds:.2f} s, {100 * shares[name]:.1f}% of operator time in "
+                  "matrix products")
+        print("with the same matrix products, a model whose other operators took no time at all would be at most "
+              f"1 / HF's share = {1 / shares['hf']:.2f}x as fast as HF")
+    hours = MILLION_AID / statistics.median(speeds["cspt"]) / 3600
+    print(f"one epoch over {MILLION_AID:,} images (MillionAID-sized) at cspt's rate: {hours:.2f} h on this device, "
+          f"{60 * hours / 8:.1f} min on 8 of them at linear scaling")
 
 
 if __name__ == "__main__":

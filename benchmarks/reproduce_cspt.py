@@ -85,8 +85,8 @@ def make_split(plan: Plan) -> dict[str, LabelledSet]:
     """The fixed 50/50 stratified split (and the labelled fractions of its training half), on disk."""
     folder = plan.output / "split"
     if (folder / "test.csv").is_file():
-        sets = {path.stem: read_labelled(path) for path in folder.glob("*.csv")}
-        return sets
+        classes = read_labelled(folder / "train.csv").classes  # one class order for every set
+        return {path.stem: read_labelled(path, classes) for path in folder.glob("*.csv")}
     data = read_labelled(plan.data)
     if plan.per_class:  # --quick: the first images of each class
         members = [[i for i, label in enumerate(data.labels) if label == c] for c in range(len(data.classes))]
@@ -301,8 +301,11 @@ def plots(plan: Plan, results: dict[str, Any], folder: Path) -> None:
 def write_outputs(plan: Plan, results: dict[str, Any], command: str, docs: Path | None) -> None:
     sets = make_split(plan)
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    header = (f"# CSPT reproduction results\n\nCommand: `{command}`\n\nMachine: {machine}; "
-              f"total time {results['seconds'] / 60:.1f} min (stages run by this invocation only).\n\n")
+    stages = sum(json.loads(path.read_text())["seconds"] for path in [*plan.output.glob("pretrain/*/timing.json"),
+                                                                        *plan.output.glob("finetune/*/*/result.json")])
+    header = (f"# CSPT reproduction results\n\nCommand: `{command}`\n\nMachine: {machine}. Pretraining and "
+              f"fine-tuning stages: {stages / 60:.1f} min in all; this invocation: {results['seconds'] / 60:.1f} min "
+              "(finished stages are not run again).\n\n")
     (plan.output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (plan.output / "results.md").write_text(header + tables(plan, results, sets))
     plots(plan, results, plan.output)

@@ -124,6 +124,25 @@ def test_samples_depend_only_on_their_seed(tmp_path):
     assert batch["image"].shape == (2, 3, 32, 32) and batch["noise"].shape == (2, 16)
 
 
+def test_threaded_loading_gives_the_batches_of_loader_processes(tmp_path):
+    from cspt.engine.distributed import DistContext
+    from cspt.engine.loading import ThreadedBatches, training_batches
+
+    files = [write_rgb(tmp_path / f"{i}.jpg", size=40 + 8 * i, seed=i) for i in range(12)]
+    _, dataset = make_dataset(files)
+    sampler = SeededBatchSampler(len(dataset), 4, seed=5)
+    cpu = DistContext(0, 1, 0, torch.device("cpu"))
+    threaded = training_batches(dataset, sampler, collate, None, cpu)
+    processes = training_batches(dataset, sampler, collate, 2, cpu)
+    assert isinstance(threaded, ThreadedBatches) and processes.num_workers == 2
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        ours, theirs = list(threaded), list(processes)
+        assert len(ours) == len(theirs) == 3
+        for a, b in zip(ours, theirs):
+            assert torch.equal(a["image"], b["image"]) and torch.equal(a["noise"], b["noise"])
+
+
 def test_global_batches_are_the_same_for_any_world_size():
     single = SeededBatchSampler(50, 8, seed=3)
     ranks = [SeededBatchSampler(50, 4, seed=3, rank=r, world_size=2) for r in range(2)]
@@ -158,3 +177,41 @@ def test_windows_of_a_compressed_tiff(tmp_path):
     window = read_image(path, (10, 20, 30, 40))
     assert np.allclose(window, pixels[10:40, 20:60] / 65535.0)
     assert read_image(path).shape == (300, 200, 4)
+
+
+def test_random_boxes_follow_random_resized_crop_rules():
+    from cspt.data.sampling import random_box
+
+    generator = torch.Generator().manual_seed(0)
+    for height, width in [(256, 256), (120, 300), (64, 48)]:
+        for _ in range(200):
+            top, left, h, w = random_box(height, width, 0.2, generator)
+            assert 0 <= top and top + h <= height and 0 <= left and left + w <= width
+            assert 0.2 * height * width * 0.9 <= h * w <= height * width
+            assert 0.7 <= w / h <= 1.4  # 3/4 to 4/3, up to rounding to whole pixels
+    assert random_box(10, 100, 0.9, generator) == (0, 43, 10, 13)  # nothing fits: torchvision's central 4/3 box
+
+
+def test_reduced_decode_crop_matches_full_decode_and_resize(rsscn7, tmp_path):
+    """The PIL fast path (DCT-scaled JPEG decode, one resize) against a full decode + torchvision resize."""
+    import torchvision.transforms.v2.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    from cspt.data.images import read_resized
+
+    jpeg = sorted((rsscn7 / "aGrass").glob("*.jpg"))[0]
+    png = tmp_path / "same.png"
+    Image.open(jpeg).save(png)
+    full = torch.from_numpy(read_image(jpeg)).permute(2, 0, 1)
+    for path in (jpeg, png):
+        for box in [(10, 20, 200, 180), (0, 0, 256, 256), (100, 50, 90, 110)]:
+            fast = torch.from_numpy(read_resized(path, box, 64)).permute(2, 0, 1)
+            top, left, h, w = box
+            reference = TF.resized_crop(full, top, left, h, w, [64, 64], InterpolationMode.BICUBIC, antialias=True)
+            assert fast.shape == (3, 64, 64)
+            assert (fast - reference).abs().mean() < 0.02, (path.name, box)
+    assert read_resized(tmp_path / "x.tif", (0, 0, 8, 8), 4) is None  # TIFFs take the windowed path
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(jpeg.read_bytes()[:600])
+    with pytest.raises(ImageReadError, match="cut.jpg: cannot decode image"):
+        read_resized(truncated, (0, 0, 128, 128), 64)

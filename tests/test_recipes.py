@@ -15,21 +15,30 @@ STAGES = {"pretrain": PretrainConfig, "classify": ClassifyConfig, "segment": Seg
 RECIPES = sorted((ROOT / "configs").glob("*/*.yaml"))
 
 
+def stage_of(recipe: Path) -> str:
+    """The stage folder's name; in ``configs/paper`` the file name's first word."""
+    return recipe.name.split("_")[0] if recipe.parent.name == "paper" else recipe.parent.name
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_recipe_parses(recipe: Path):
-    config = build_config(STAGES[recipe.parent.name], recipe)
+    stage = stage_of(recipe)
+    config = build_config(STAGES[stage], recipe)
     img_size = getattr(config, "crop_size", None) or getattr(config, "tile_size", None) or config.img_size
     arch = resolve_arch({"embed_dim": config.embed_dim, "depth": config.depth, "num_heads": config.num_heads,
                          "patch_size": config.patch_size, "img_size": img_size}, config.model)
-    if recipe.name.startswith("cspt_vit_base"):
-        size = {"segment": 512, "detect": 800}.get(recipe.parent.name, 224)
+    if recipe.name.startswith("cspt_vit_base") or recipe.parent.name == "paper":
+        size = {"segment": 512, "detect": 800}.get(stage, 224)
         assert (arch.embed_dim, arch.depth, arch.patch_size, arch.img_size) == (768, 12, 16, size)
     else:
         assert recipe.name == "tiny_cpu.yaml" and config.device == "cpu" and arch.img_size in (64, 128)
 
 
 def test_every_stage_has_recipes():
-    assert {p.parent.name for p in RECIPES} == set(STAGES)
+    assert {p.parent.name for p in RECIPES} == {*STAGES, "paper"}
+    paper = [p for p in RECIPES if p.parent.name == "paper"]
+    assert {stage_of(p) for p in paper} == set(STAGES)
+    assert all(p.resolve().parent.name == stage_of(p) for p in paper)  # links to the stage folders' recipes
 
 
 @pytest.mark.parametrize("name", ["dubai", "isprs", "gid"])

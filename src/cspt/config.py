@@ -50,7 +50,8 @@ class TrainConfig:
     precision: str = option("auto", "fp32, bf16 or fp16 (auto: bf16 on GPU, fp32 on CPU)",
                             choices=["auto", "fp32", "bf16", "fp16"])
     device: str = option("auto", "cpu, cuda or auto", choices=["auto", "cpu", "cuda"])
-    num_workers: int | None = option(None, "data loader workers per process (default: by CPU count)")
+    num_workers: int | None = option(None, "data loader processes per process (default: the CPUs left over; "
+                                     "training on a CPU: threads load between the steps)")
     seed: int = option(0, "random seed; a CPU run with the same seed is repeated bit for bit")
     checkpoint_every: int = option(500, "also checkpoint every N optimizer steps (0: epoch ends only)")
     keep_checkpoints: int = option(3, "step-numbered checkpoints to keep (last.pt is always kept)")

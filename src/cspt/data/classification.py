@@ -193,6 +193,8 @@ class LabelledImages(Dataset):
         self.crop_ratio = crop_ratio
         self.rand_augment = _rand_augment(rand_augment, mean) if rand_augment and train else None
         self.erase = _random_erasing(reprob) if reprob > 0 and train else None
+        #: RandAugment and erasing draw from the global RNGs (seeded per sample): one thread at a time
+        self.thread_safe = self.rand_augment is None and self.erase is None
 
     def __len__(self) -> int:
         return len(self.data)

@@ -83,8 +83,11 @@ class UnlabelledImages(Dataset):
     """MAE training samples: RandomResizedCrop + horizontal flip, normalised, plus mask noise.
 
     ``dataset[(index, seed)]`` returns ``{"image", "noise", "skipped"}``; ``skipped``
-    lists the unreadable files replaced by another (seeded) sample.
+    lists the unreadable files replaced by another (seeded) sample. Its randomness comes
+    from the per-sample generator only, so several threads may load samples at once.
     """
+
+    thread_safe = True
 
     def __init__(self, entries: Sequence[Entry], img_size: int, patch_size: int, in_chans: int,
                  mean: Sequence[float], std: Sequence[float], tile_size: int,

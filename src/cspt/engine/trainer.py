@@ -11,25 +11,25 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from cspt.config import TrainConfig, config_to_dict
 from cspt.engine.checkpointing import CheckpointManager
 from cspt.engine.distributed import DistContext, all_gather_objects, all_reduce_mean
+from cspt.engine.loading import training_batches
 from cspt.engine.optim import adamw, param_groups_weight_decay, warmup_cosine, warmup_poly
 from cspt.engine.run_log import RunLog, truncate_log_after
 from cspt.engine.sampler import SeededBatchSampler
@@ -116,13 +116,6 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if precision != "fp32" and device.type != "cuda":
         raise CsptError(f"--precision {precision} needs a GPU; use fp32 on the CPU")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def default_num_workers(dist: DistContext) -> int:
-    """Loader workers per process: the CPUs left over, at most 8."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    per_process = cpus // dist.world_size if dist.device.type == "cpu" else cpus
-    return max(0, min(8, per_process - 1))
 
 
 @dataclass
@@ -228,12 +221,9 @@ class Trainer:
         if state is None and dist.is_main:
             task.on_fit_start(training.model, self.run_dir)
         run_log = RunLog(self.run_dir, dist.is_main)
-        workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(dist)
         progress = tqdm(total=schedule.total_steps, initial=training.step, disable=not dist.is_main or None,
                         dynamic_ncols=True, file=sys.stderr)
-        # persistent workers: no process start-up per epoch; each epoch re-reads the (re-seeded) sampler
-        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-                            pin_memory=dist.device.type == "cuda", persistent_workers=workers > 0)
+        loader = training_batches(dataset, sampler, collate, cfg.num_workers, dist)
         try:
             while training.epoch < cfg.epochs and not self._stopped(task, run_log):
                 sampler.set_epoch(training.epoch, training.micro_batch)
@@ -249,7 +239,7 @@ class Trainer:
             run_log.close()
         return training.model
 
-    def _train_epoch(self, task: Task, training: Training, loader: DataLoader, schedule: Schedule,
+    def _train_epoch(self, task: Task, training: Training, loader: Iterable, schedule: Schedule,
                      run_log: RunLog, progress: tqdm) -> None:
         cfg, dist = self.config, self.dist
         optimizer, scaler = training.optimizer, training.scaler

@@ -37,8 +37,9 @@ from cspt.data.classification import (
 from cspt.data.files import find_images
 from cspt.engine.distributed import DistContext, barrier, resolve_device
 from cspt.engine.inference import Outputs, run_inference
+from cspt.engine.loading import default_num_workers
 from cspt.engine.run_dir import has_checkpoint
-from cspt.engine.trainer import Trainer, default_num_workers, resolve_precision
+from cspt.engine.trainer import Trainer, resolve_precision
 from cspt.errors import CsptError
 from cspt.export import write_weights
 from cspt.metrics import classification_metrics, write_confusion_csv
