@@ -13,9 +13,9 @@ Every arm is fine-tuned on each label fraction of the training split and scored 
 test split (OA, AA, kappa), and its frozen encoder is scored by kNN (the labelled
 fraction as memory bank). The main table repeats over ``--seeds``. The ``cspt`` arm is
 also swept over the pretraining budget (``--budgets``, 0 = the ``natural`` arm) and the
-learning rate (``--sweep-blr``) at the first seed: the paper's "how long to keep
-pretraining". Everything is chosen before any test score is seen; nothing is tuned on
-the test split.
+learning rate (``--sweep-blr`` at ``--sweep-blr-epochs``) at the first seed: the
+paper's "how long to keep pretraining". Everything is chosen before any test score is
+seen; nothing is tuned on the test split.
 
 Writes ``results.json``, ``results.md`` (tables) and ``results.png``/``sweep.png``
 (plots) to ``--output``, and copies the last three to ``--docs`` when given. Finished
@@ -72,7 +72,8 @@ class Plan:
     budget: int  #: pretraining epochs of the cspt and scratch arms in the main table
     blr: float  #: their base learning rate
     budgets: list[int]  #: cspt sweep over epochs (first seed)
-    sweep_blr: list[float]  #: cspt sweep over blr at ``budget`` (first seed)
+    sweep_blr: list[float]  #: cspt sweep over blr (first seed) ...
+    sweep_blr_epochs: int  #: ... at this many pretraining epochs
     finetune_steps: int
     batch_size: int
     per_class: int | None  #: --quick: images per class in each split
@@ -213,7 +214,7 @@ def run(plan: Plan) -> dict[str, Any]:
                 encoder = frozen_encoder(ProbeConfig(checkpoint=str(init)))
             results["main"].setdefault(arm, {})[seed] = evaluate_arm(plan, sets, name, init, seed, encoder)
     seed = plan.seeds[0]
-    sweep = [(epochs, plan.blr) for epochs in plan.budgets] + [(plan.budget, blr) for blr in plan.sweep_blr]
+    sweep = [(epochs, plan.blr) for epochs in plan.budgets] + [(plan.sweep_blr_epochs, blr) for blr in plan.sweep_blr]
     for epochs, blr in sweep:
         if epochs == 0:
             rows = results["main"]["natural"][seed]
@@ -330,7 +331,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", type=int, default=50, help="pretraining epochs of arms (c) and (d)")
     parser.add_argument("--blr", type=float, default=1.5e-3, help="their base learning rate")
     parser.add_argument("--budgets", type=int, nargs="+", default=[0, 25, 50, 100])
-    parser.add_argument("--sweep-blr", type=float, nargs="*", default=[1.5e-4])
+    parser.add_argument("--sweep-blr", type=float, nargs="*", default=[1.5e-4], help="other blr for arm (c)")
+    parser.add_argument("--sweep-blr-epochs", type=int, default=25, help="their pretraining epochs")
     parser.add_argument("--finetune-steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
@@ -338,9 +340,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("cspt").setLevel(logging.WARNING)
     if args.quick:
         args.seeds, args.budget, args.budgets, args.finetune_steps, args.batch_size = [0], 1, [0, 1, 2], 4, 4
+        args.sweep_blr_epochs = 1
         args.sweep_blr = args.sweep_blr[:1]
     plan = Plan(Path(args.data), Path(args.source), Path(args.output), args.seeds, args.fractions, args.budget,
-                args.blr, args.budgets, args.sweep_blr, args.finetune_steps, args.batch_size,
+                args.blr, args.budgets, args.sweep_blr, args.sweep_blr_epochs, args.finetune_steps, args.batch_size,
                 8 if args.quick else None)
     for path, what in ((plan.data, "--data"), (plan.source, "--source")):
         if not path.exists():
