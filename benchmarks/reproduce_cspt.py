@@ -267,7 +267,7 @@ def plots(plan: Plan, results: dict[str, Any], folder: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), sharey=True)
     width = 0.8 / len(ARMS)
     for ax, key, title in zip(axes, ("oa", "knn"), ("fine-tuned OA", "kNN OA (frozen encoder)")):
         for i, arm in enumerate(ARMS):
@@ -279,8 +279,9 @@ def plots(plan: Plan, results: dict[str, Any], folder: Path) -> None:
         ax.set_xticks(range(len(plan.fractions)), [f"{f:.0%} labels" for f in plan.fractions])
         ax.set_title(title)
     axes[0].set_ylabel("test accuracy")
-    axes[0].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=2)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(folder / "results.png", dpi=120)
     plt.close(fig)
 
