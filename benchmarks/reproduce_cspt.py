@@ -166,9 +166,8 @@ def knn_stage(plan: Plan, sets: dict[str, LabelledSet], encoder: FrozenEncoder, 
     return metrics["oa"]
 
 
-def random_encoder(seed: int, source: Path) -> FrozenEncoder:
-    """A randomly initialised encoder of the source checkpoint's shape."""
-    shape = frozen_encoder(ProbeConfig(checkpoint=str(source)))
+def random_encoder(seed: int, shape: FrozenEncoder) -> FrozenEncoder:
+    """A randomly initialised encoder of ``shape``'s architecture."""
     torch.manual_seed(seed)
     arch = resolve_arch({"img_size": shape.img_size, "embed_dim": shape.model.embed_dim,
                          "depth": len(shape.model.blocks), "num_heads": shape.model.blocks[0].attn.num_heads,
@@ -194,17 +193,16 @@ def evaluate_arm(plan: Plan, sets: dict[str, LabelledSet], name: str, init: Path
     return rows
 
 
-def run(plan: Plan) -> dict[str, Any]:
-    """Every stage of the plan; the results as one dictionary."""
+def run(plan: Plan, sets: dict[str, LabelledSet]) -> dict[str, Any]:
+    """Every stage of the plan on the split ``sets``; the results as one dictionary."""
     started = time.perf_counter()
-    sets = make_split(plan)
     natural = frozen_encoder(ProbeConfig(checkpoint=str(plan.source)))
     results: dict[str, Any] = {"main": {}, "sweep": {}, "pretrain_seconds": {}}
     for seed in plan.seeds:
         for arm in ARMS:
             name = f"{arm}_s{seed}" if arm in ("random", "natural") else f"{arm}_e{plan.budget}_blr{plan.blr:g}_s{seed}"
             if arm == "random":
-                init, encoder = None, random_encoder(seed, plan.source)
+                init, encoder = None, random_encoder(seed, natural)
             elif arm == "natural":
                 init, encoder = plan.source, natural
             else:
@@ -300,8 +298,8 @@ def plots(plan: Plan, results: dict[str, Any], folder: Path) -> None:
     plt.close(fig)
 
 
-def write_outputs(plan: Plan, results: dict[str, Any], command: str, docs: Path | None) -> None:
-    sets = make_split(plan)
+def write_outputs(plan: Plan, sets: dict[str, LabelledSet], results: dict[str, Any], command: str,
+                  docs: Path | None) -> None:
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     stages = sum(json.loads(path.read_text())["seconds"] for path in [*plan.output.glob("pretrain/*/timing.json"),
                                                                         *plan.output.glob("finetune/*/*/result.json")])
@@ -349,9 +347,13 @@ def main(argv: list[str] | None = None) -> None:
     for path, what in ((plan.data, "--data"), (plan.source, "--source")):
         if not path.exists():
             raise SystemExit(f"reproduce_cspt: error: {what} {path} does not exist")
-    results = run(plan)
+    try:
+        sets = make_split(plan)
+        results = run(plan, sets)
+    except CsptError as err:  # bad data or checkpoint: one line, as the cspt command gives
+        raise SystemExit(f"reproduce_cspt: error: {err}") from None
     command = "python benchmarks/reproduce_cspt.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    write_outputs(plan, results, command, Path(args.docs) if args.docs else None)
+    write_outputs(plan, sets, results, command, Path(args.docs) if args.docs else None)
     print((plan.output / "results.md").read_text())
 
 
