@@ -44,7 +44,7 @@ import torch
 from cspt.config import ClassifyConfig, PretrainConfig, ProbeConfig, make_config, read_yaml
 from cspt.data.classification import LabelledSet, keep_label_fraction, read_labelled, stratified_split, write_label_csv
 from cspt.data.files import find_images
-from cspt.data.unlabelled import default_normalisation
+from cspt.data.normalisation import default_normalisation
 from cspt.errors import CsptError
 from cspt.models.vit import build_encoder, resolve_arch
 from cspt.tasks.classify import finetune_classify

@@ -11,6 +11,7 @@ import torchvision
 from cspt.checkpoints import load_checkpoint, load_into_model
 from cspt.errors import CsptError
 from cspt.models import ArchConfig, MaskedAutoencoderViT
+from cspt.models.vit import build_encoder
 from tests.conftest import TINY_ARCH
 
 
@@ -115,3 +116,27 @@ def test_checkpoint_of_another_width_is_refused(tmp_path):
                                                            "num_heads": 3})).state_dict()}, path)
     with pytest.raises(CsptError, match="does not fit the model"):
         load_into_model(MaskedAutoencoderViT(TINY_ARCH), load_checkpoint(path))
+
+
+def test_official_vit_huge_layout_reads_its_heads_from_args_model(tmp_path):
+    """``mae_pretrain_vit_huge.pth``: width 1280 with 16 heads (80 per head), which width/64 would call 20."""
+    arch = ArchConfig(embed_dim=1280, depth=1, num_heads=16, patch_size=14, img_size=28, decoder_dim=512,
+                      decoder_depth=1, decoder_num_heads=16)
+    source = MaskedAutoencoderViT(arch).half()  # a one-block stand-in of the official file, in its layout
+    path = tmp_path / "mae_pretrain_vit_huge.pth"
+    torch.save({"model": source.encoder_state_dict(),
+                "args": argparse.Namespace(model="mae_vit_huge_patch14", input_size=224, norm_pix_loss=True)}, path)
+    checkpoint = load_checkpoint(path)
+    assert checkpoint.arch["num_heads"] == 16 and checkpoint.arch["embed_dim"] == 1280
+    model = build_encoder(ArchConfig.from_dict({**checkpoint.arch, "decoder_num_heads": 16}))
+    assert model.blocks[0].attn.num_heads == 16
+    report = load_into_model(model, checkpoint)
+    assert "16 attention heads, from the checkpoint's model 'mae_vit_huge_patch14'" in str(report)
+    assert not report.missing and not report.unexpected
+
+
+def test_heads_a_checkpoint_cannot_tell_are_reported_as_a_guess(tmp_path):
+    path = tmp_path / "bare.pth"
+    torch.save(MaskedAutoencoderViT(TINY_ARCH).encoder_state_dict(), path)
+    report = load_into_model(MaskedAutoencoderViT(TINY_ARCH), load_checkpoint(path))
+    assert "1 attention heads guessed as width/64" in str(report) and "--num-heads" in str(report)

@@ -13,7 +13,7 @@ from torchmetrics.functional.classification import multiclass_cohen_kappa
 from cspt.data.classification import LabelledImages, LabelledSet, keep_label_fraction, read_labelled, stratified_split
 from cspt.errors import CsptError
 from cspt.metrics import classification_metrics
-from cspt.probes import knn_predict, train_linear_probe
+from cspt.probes import knn_predict, lars_or_sgd, train_linear_probe
 from tests.conftest import write_rgb
 
 
@@ -121,3 +121,19 @@ def test_knn_and_linear_probe_on_separable_features():
     head = train_linear_probe(features[train], labels[train], 3, epochs=30, batch_size=16, blr=0.5)
     with torch.no_grad():
         assert (head(features[test]).argmax(1) == labels[test]).float().mean() > 0.95
+
+
+def test_lars_adapts_every_weight_matrix_at_weight_decay_zero():
+    """MAE's LARS: each weight matrix moves by lr x 0.001 x its norm per step (momentum aside), biases by
+    plain SGD; timm's LARS without ``always_adapt`` would have been SGD for both at weight decay 0."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 3)
+    features, labels = torch.randn(32, 16), torch.randint(0, 3, (32,))
+    before = {n: p.detach().clone() for n, p in head.named_parameters()}
+    optimizer = lars_or_sgd(head, "lars", lr=0.5, weight_decay=0.0)
+    torch.nn.functional.cross_entropy(head(features), labels).backward()
+    grads = {n: p.grad.clone() for n, p in head.named_parameters()}
+    optimizer.step()
+    moved = head.weight.detach() - before["weight"]
+    assert torch.allclose(moved.norm(), 0.5 * 1e-3 * before["weight"].norm(), rtol=1e-4)
+    assert torch.allclose(head.bias.detach() - before["bias"], -0.5 * grads["bias"], atol=1e-7)

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from cspt.data.files import find_images
-from cspt.data.images import ImageReadError, image_info, read_image
+from cspt.data.images import MAX_PIXELS_VARIABLE, ImageReadError, image_info, read_image, set_max_image_pixels
 from cspt.data.stats import band_statistics
 from cspt.data.unlabelled import UnlabelledImages, collate, scan_images
 from cspt.engine.sampler import SeededBatchSampler
@@ -215,3 +215,44 @@ def test_reduced_decode_crop_matches_full_decode_and_resize(rsscn7, tmp_path):
     truncated.write_bytes(jpeg.read_bytes()[:600])
     with pytest.raises(ImageReadError, match="cut.jpg: cannot decode image"):
         read_resized(truncated, (0, 0, 128, 128), 64)
+
+
+def test_pixel_limit_is_cspt_s_own_and_leaves_pil_s_guard_alone(tmp_path, monkeypatch):
+    """Importing cspt changes no process-wide PIL setting; cspt reads past PIL's guard up to its own limit."""
+    import subprocess
+    import sys
+
+    probe = "import PIL.Image as I; before = I.MAX_IMAGE_PIXELS; import cspt.cli, cspt.data.images; " \
+            "print(before == I.MAX_IMAGE_PIXELS, I.MAX_IMAGE_PIXELS)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "True" and out[1] != "None"
+    path = tmp_path / "wide.png"
+    Image.new("L", (3000, 400)).save(path)  # 1.2 Mpx
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300_000)  # PIL itself would refuse it (over twice its limit)
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(path)
+    assert read_image(path).shape == (400, 3000, 1)  # within cspt's own default limit
+    set_max_image_pixels(1_000_000)
+    try:
+        with pytest.raises(ImageReadError, match="wide.png: 3000 x 400 pixels, more than --max-image-pixels"):
+            image_info(path)
+    finally:
+        monkeypatch.delenv(MAX_PIXELS_VARIABLE)
+    assert Image.MAX_IMAGE_PIXELS == 300_000
+
+
+def test_an_error_raised_in_a_loader_process_reaches_the_user_as_one_line(tmp_path, rsscn7):
+    """Every image truncated after its header: a loader process gives up on a batch with a CsptError."""
+    from tests.conftest import run_cli
+
+    jpeg = next(rsscn7.rglob("*.jpg")).read_bytes()
+    (tmp_path / "data").mkdir()
+    for i in range(24):
+        (tmp_path / "data" / f"{i}.jpg").write_bytes(jpeg[:len(jpeg) // 3])
+    result = run_cli("pretrain", "--data", str(tmp_path / "data"), "--output", str(tmp_path / "run"),
+                     "--epochs", "1", "--batch-size", "4", "--num-workers", "1", "--device", "cpu", "--vis-every", "0",
+                     "--embed-dim", "64", "--depth", "2", "--num-heads", "2", "--patch-size", "8", "--img-size", "32")
+    assert result.returncode == 2, result.stderr[-2000:]
+    error = [line for line in result.stderr.splitlines() if line.startswith("cspt: error:")]
+    assert len(error) == 1 and "Original Traceback" not in result.stderr and "Traceback" not in result.stderr
+    assert "unreadable images in a row" in error[0] and "image file is truncated" in error[0], error

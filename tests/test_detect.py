@@ -150,9 +150,10 @@ def test_bad_annotations_give_one_line_errors_naming_file_and_line(tmp_path: Pat
                         "outside.txt:1: box (100, 100, 120, 120) outside the 64x64 image"),
         "unknown.txt": ("1 1 9 1 9 9 1 9 ship 0\n", "unknown.txt: unknown class 'ship' (classes: plane)"),
         "missing.txt": ("1 1 9 1 9 9 1 9 plane 0\n", "missing.txt: image missing.png not found"),
+        "latin.txt": ("1 1 9 1 9 9 1 9 avi\xf3n 0\n".encode("latin-1"), "latin.txt: not a UTF-8 DOTA label file"),
     }
     for name, (text, message) in cases.items():
-        (labels / name).write_text(text)
+        (labels / name).write_bytes(text if isinstance(text, bytes) else text.encode())
         if name != "missing.txt":
             shutil.copy(images / "a.png", images / f"{Path(name).stem}.png")
         result = run_cli("finetune", "detect", "--train", str(labels / name), "--images", str(images),

@@ -189,3 +189,43 @@ def test_knn_probes_during_pretraining_and_stop_on_plateau(rsscn7_list, rsscn7_c
     else:  # the probe improved every epoch: it never stopped
         assert not stopped and all(a["knn_target"] < b["knn_target"] for a, b in zip(probes, probes[1:]))
     assert (run_dir / "encoder.safetensors").is_file()  # an early stop still exports the encoder
+
+
+def test_a_second_process_is_refused_a_run_directory_in_use(rsscn7_list, tmp_path):
+    """A double launch: the second start is refused in one line naming the holder, and nothing of it is
+    written; once the first ends, the same command resumes."""
+    out = tmp_path / "run"
+    args = ["pretrain", "--data", str(rsscn7_list(16)), "--output", str(out), "--epochs", "1", "--batch-size", "8",
+            *TINY_FLAGS, *FAST]
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from cspt.engine.run_dir import run_lock\n"
+        f"with run_lock(Path({str(out)!r})):\n    print('locked', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        refused = run_cli(*args)
+        assert refused.returncode == 2 and "another process trains into this run directory" in refused.stderr
+        assert f"pid {holder.pid} on " in refused.stderr and "Traceback" not in refused.stderr
+        assert not (out / "config.yaml").exists() and not (out / "checkpoints").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_cli(*args).returncode == 0  # the kernel released the killed holder's lock
+
+
+def test_a_run_directory_inside_the_data_is_not_read_as_data(rsscn7, tmp_path):
+    data = tmp_path / "images"
+    for i in range(16):
+        write_rgb(data / f"{i}.png", size=48, seed=i)
+    out = data / "runs" / "mae"
+
+    def run(epochs: int) -> subprocess.CompletedProcess:
+        return run_cli("pretrain", "--data", str(data), "--output", str(out), "--epochs", str(epochs),
+                       "--batch-size", "8", "--vis-every", "1", *TINY_FLAGS, "--num-workers", "0",
+                       "--warmup-epochs", "0", "--device", "cpu")
+
+    first = run(1)
+    assert first.returncode == 0 and "data: 16 files" in first.stderr, first.stderr[-2000:]
+    assert len(list((out / "reconstructions").glob("*.png"))) == 2
+    again = run(2)  # continues with the run's own PNGs now inside --data: still the 16 images
+    assert again.returncode == 0 and "data: 16 files" in again.stderr, again.stderr[-2000:]

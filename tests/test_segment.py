@@ -156,3 +156,38 @@ def test_cli_finetune_evaluate_predict_segment(dubai: Path, natural_mae: Path, t
     labels = np.asarray(Image.open(out / "image_part_002.png"))
     assert labels.shape == np.asarray(Image.open(image)).shape[:2] and labels.max() < 5
     assert (out / "image_part_002_color.png").is_file() and (out / "image_part_002_overlay.jpg").is_file()
+
+
+def test_training_crops_resize_only_the_pixels_under_the_crop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A large tile at scale 2: each sample resizes a crop-sized window, never the whole tile, and the
+    mask stays aligned with its image (sweeping every seed of a range, scale and flip included)."""
+    import cspt.data.segmentation as segmentation
+
+    size, crop = 1500, 32
+    ys, xs = np.mgrid[0:size, 0:size]
+    labels = ((xs // 50 + ys // 50) % 3).astype(np.uint8)  # 50 px squares of classes 0, 1, 2
+    image = np.repeat((labels * 100)[..., None], 3, axis=-1).astype(np.uint8)  # the class, visible in the pixels
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(image).save(tmp_path / "images" / "big.png")
+    Image.fromarray(labels).save(tmp_path / "masks" / "big.png")
+    pairs, _ = check_pairs(pair_images([tmp_path / "images"], None), Palette(["a", "b", "c"]), 255)
+    dataset = segmentation.SegmentationCrops(pairs, Palette(["a", "b", "c"]), crop, 3, [0.0] * 3, [1.0] * 3,
+                                             scale_range=(1.0, 2.0), photometric=False, base_scale=2.0)
+    resized: list[tuple[int, ...]] = []
+    original = segmentation.resize_pair
+
+    def recording(image: torch.Tensor, mask: torch.Tensor, out: tuple[int, int]):
+        resized.append(tuple(image.shape[-2:]))
+        return original(image, mask, out)
+
+    monkeypatch.setattr(segmentation, "resize_pair", recording)
+    for seed in range(200):
+        sample = dataset[(0, seed)]
+        mask, pixels = sample["mask"], sample["image"][0]
+        assert sample["image"].shape == (3, crop, crop) and mask.dtype == torch.long
+        inside = mask != 255
+        shown = (pixels[inside] * 255 / 100).round().long()
+        # nearest (mask) and bilinear (image) agree away from the squares' edges: nearly everywhere
+        assert (shown == mask[inside]).float().mean() > 0.85, seed
+    assert len(resized) == 200 and max(h * w for h, w in resized) <= (crop // 2 + 2) ** 2

@@ -28,13 +28,18 @@ from torch import nn
 from cspt.checkpoint_formats import hugging_face_to_mae, is_hugging_face, is_openmmlab, openmmlab_to_mae
 from cspt.errors import CsptError
 from cspt.models.mae import DECODER_PREFIXES
-from cspt.models.vit import sincos_pos_embed
+from cspt.models.vit import VIT_PRESETS, sincos_pos_embed
 
 POS_EMBED_KEYS = ("pos_embed", "decoder_pos_embed")
 HF_SIDECAR = "lineage.json"
 #: what shapes cannot tell, read from a config stored with the weights: cspt/MAE name -> sources' names
 DECLARED_HEADS = {"num_heads": ("num_heads", "num_attention_heads"),
                   "decoder_num_heads": ("decoder_num_heads", "decoder_num_attention_heads")}
+#: config keys that name a model ("mae_vit_huge_patch14" in the official MAE's args, timm's "architecture")
+MODEL_NAME_KEYS = ("model", "architecture", "arch", "model_name")
+MODEL_SIZE = re.compile(r"(?:^|_)vit_(tiny|small|base|large|huge)(?:_|$)")
+#: the decoder heads of the official MAE models (``mae_vit_{base,large,huge}_*``)
+MAE_DECODER_HEADS = 16
 
 
 def read_checkpoint(path: str | Path, trust: bool = False) -> Any:
@@ -89,20 +94,60 @@ class Checkpoint:
     format: str
     state_dict: dict[str, torch.Tensor]
     declared: dict[str, Any] = field(default_factory=dict)  #: config values stored with the weights
+    described: dict[str, Any] = field(default_factory=dict)  #: the JSON description beside the weights
 
     @property
     def arch(self) -> dict[str, Any]:
         """Architecture from shapes, with the attention heads a stored config declares."""
         arch = infer_arch(self.state_dict)
-        for name, sources in DECLARED_HEADS.items():
-            value = next((self.declared[s] for s in sources if isinstance(self.declared.get(s), int)), None)
-            if value and (name != "decoder_num_heads" or "decoder_dim" in arch):
+        heads, _ = declared_heads(self.declared)
+        for name, value in heads.items():
+            if name != "decoder_num_heads" or "decoder_dim" in arch:
                 arch[name] = value
         return arch
 
     @property
+    def heads_note(self) -> str:
+        """Where the encoder's attention heads come from, for the load report."""
+        heads, source = declared_heads(self.declared)
+        if "num_heads" in heads:
+            return f"{heads['num_heads']} attention heads, from the checkpoint's {source}"
+        width = self.state_dict["patch_embed.proj.weight"].shape[0]
+        return (f"{max(1, width // 64)} attention heads guessed as width/64 (no config in the checkpoint "
+                "names them; set --num-heads if that is wrong)")
+
+    @property
+    def normalisation(self) -> tuple[list[float], list[float]] | None:
+        """The per-band mean/std the weights were trained with, when their description (or a config stored
+        with them) records them."""
+        for source in (self.described, self.declared):
+            mean, std = source.get("mean"), source.get("std")
+            if isinstance(mean, list) and isinstance(std, list) and mean and std:
+                return [float(v) for v in mean], [float(v) for v in std]
+        return None
+
+    @property
     def has_decoder(self) -> bool:
         return any(k.startswith("decoder_") for k in self.state_dict)
+
+
+def declared_heads(declared: dict[str, Any]) -> tuple[dict[str, int], str]:
+    """Attention heads a stored config gives, explicitly or through a model name, and which key said so."""
+    heads = {}
+    for name, sources in DECLARED_HEADS.items():
+        key = next((s for s in sources if isinstance(declared.get(s), int)), None)
+        if key:
+            heads[name] = declared[key]
+    if "num_heads" in heads:
+        return heads, "config (" + ", ".join(heads) + ")"
+    for key in MODEL_NAME_KEYS:
+        found = MODEL_SIZE.search(str(declared.get(key, "")))
+        if found:
+            heads["num_heads"] = VIT_PRESETS[f"vit_{found.group(1)}"]["num_heads"]
+            if str(declared[key]).startswith("mae_"):
+                heads.setdefault("decoder_num_heads", MAE_DECODER_HEADS)
+            return heads, f"{key} {declared[key]!r}"
+    return heads, ""
 
 
 def checkpoint_file(path: Path) -> Path:
@@ -143,12 +188,16 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> Checkpoint:
     if "patch_embed.proj.weight" not in state or not any(k.startswith("blocks.") for k in state):
         sample = ", ".join(list(state)[:4]) or "none"
         raise CsptError(f"{path}: not a ViT checkpoint (no patch_embed/blocks keys; keys look like {sample})")
-    return Checkpoint(path, fmt, state, declared_config(path, obj))
+    described = description_of(path)
+    return Checkpoint(path, fmt, state, declared_config(path, obj, described), described)
 
 
-def declared_config(path: Path, obj: dict) -> dict[str, Any]:
-    """A config stored with the weights: in the file, its JSON sidecar, or an HF ``config.json``."""
-    for candidate in (obj.get("config"), description_of(path).get("architecture")):
+def declared_config(path: Path, obj: dict, described: dict[str, Any]) -> dict[str, Any]:
+    """A config stored with the weights: in the file (a dict, or the official MAE's ``args``
+    namespace), its JSON sidecar, or an HF/timm ``config.json``."""
+    args = obj.get("args")
+    for candidate in (obj.get("config"), vars(args) if isinstance(args, argparse.Namespace) else args,
+                      described.get("architecture")):
         if isinstance(candidate, dict):
             return candidate
     hf_config = path.parent / "config.json"
@@ -237,11 +286,13 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     decoder: str = "none in the model"
     adapted: list[str] = field(default_factory=list)
+    heads: str = ""  #: where the checkpoint's attention heads were read from (shapes cannot tell)
 
     def lines(self) -> list[str]:
         matched = "all keys matched" if not self.missing and not self.unexpected else "partial load"
         out = [f"loaded {self.loaded}/{self.total} tensors from {self.source} ({self.format}): {matched}",
                f"decoder: {self.decoder}"]
+        out += [f"architecture: {self.heads}"] if self.heads else []
         out += [f"adapted: {note}" for note in self.adapted]
         if self.missing:
             out.append(f"missing (initialised): {_short_list(self.missing)}")
@@ -267,7 +318,7 @@ def load_into_model(model: nn.Module, checkpoint: Checkpoint) -> LoadReport:
     model_has_decoder = any(k.startswith(DECODER_PREFIXES) for k in own)
     state = {k: v for k, v in checkpoint.state_dict.items()
              if model_has_decoder or not k.startswith(DECODER_PREFIXES)}  # an unused decoder is no mismatch
-    report = LoadReport(str(checkpoint.path), checkpoint.format)
+    report = LoadReport(str(checkpoint.path), checkpoint.format, heads=checkpoint.heads_note)
     for key in POS_EMBED_KEYS:
         if key in state and key in own and state[key].shape != own[key].shape:
             state[key] = _adapt_pos_embed(state[key], own[key], key, report)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cspt.config import ClassifyConfig, DetectConfig, PretrainConfig, ProbeConfig, SegmentConfig, build_config
-from cspt.errors import CsptError
+from cspt.errors import CsptError, user_message
 
 log = logging.getLogger("cspt")
 
@@ -54,6 +54,8 @@ def add_inference_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cspt", description="Consecutive pretraining of ViTs for remote sensing")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
+                        help="decode JPEG/PNG images of at most N pixels (default 2**31; 0: no limit)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     pre = commands.add_parser("pretrain", help="consecutive MAE pretraining on unlabelled images")
@@ -162,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-RESERVED = {"command", "task", "kind", "debug", "config", "resume"}
+RESERVED = {"command", "task", "kind", "debug", "max_image_pixels", "config", "resume"}
 
 
 def run_training(args: argparse.Namespace, cls: type, train: Any) -> None:
@@ -341,12 +343,16 @@ COMMANDS = {"demo": run_demo, "evaluate": run_evaluate, "export": run_export, "f
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if args.max_image_pixels is not None:
+        from cspt.data.images import set_max_image_pixels
+
+        set_max_image_pixels(args.max_image_pixels)
     try:
         COMMANDS[args.command](args)
     except CsptError as err:
         if args.debug:
             raise
-        print(f"cspt: error: {err}", file=sys.stderr)
+        print(f"cspt: error: {user_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cspt: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)

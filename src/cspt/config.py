@@ -56,6 +56,8 @@ class TrainConfig:
     checkpoint_every: int = option(500, "also checkpoint every N optimizer steps (0: epoch ends only)")
     keep_checkpoints: int = option(3, "step-numbered checkpoints to keep (last.pt is always kept)")
     log_every: int = option(10, "write log.jsonl every N optimizer steps")
+    dist_timeout: float = option(60.0, "multi-process: minutes a process waits for the others in a collective "
+                                 "before the job fails (NCCL's own default is 10)")
 
 
 @dataclass
@@ -240,7 +242,9 @@ class ProbeConfig(LabelledDataConfig):
     batch_size: int = option(256, "images per feature batch; linear-probe batch size")
     blr: float = option(0.1, "linear: base learning rate, lr = blr * batch / 256")
     weight_decay: float = option(0.0, "linear: weight decay")
-    optimizer: str = option("lars", "linear: LARS (as in MAE) or SGD with momentum", choices=["lars", "sgd"])
+    optimizer: str = option("sgd", "linear: SGD with momentum 0.9, or LARS as in MAE (its layer-wise trust ratio "
+                            "suits MAE's batch of 16384; at small batches it barely moves the head)",
+                            choices=["sgd", "lars"])
     device: str = option("auto", "cpu, cuda or auto", choices=["auto", "cpu", "cuda"])
     num_workers: int | None = option(None, "data loader workers (default: by CPU count)")
     seed: int = option(0, "seed of the linear probe")

@@ -21,11 +21,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from cspt.checkpoints import description_of, load_checkpoint, load_into_model
+from cspt.checkpoints import load_checkpoint, load_into_model
 from cspt.data.classification import LabelledImages, LabelledSet, collate_labelled
 from cspt.data.files import find_images
 from cspt.data.stats import band_statistics
-from cspt.data.unlabelled import default_normalisation
+from cspt.data.normalisation import resolve_normalisation
 from cspt.engine.distributed import resolve_device
 from cspt.errors import CsptError
 from cspt.models.classifier import pooled_features
@@ -73,9 +73,7 @@ def domain_gap(checkpoint: str | Path, source: Sequence[str | Path], target: Seq
     arch = resolve_arch({"img_size": img_size}, None, loaded.arch)
     model = MaskedAutoencoderViT(arch)
     report = load_into_model(model, loaded)
-    described = description_of(loaded.path)
-    default_mean, default_std = default_normalisation(arch.in_chans)
-    mean, std = described.get("mean") or default_mean, described.get("std") or default_std
+    mean, std = resolve_normalisation(None, None, arch.in_chans, loaded.normalisation, loaded.path)
     source_files = sample_files(source, 2 * max_images, seed)
     if len(source_files) < 4:
         raise CsptError(f"{', '.join(map(str, source))}: need at least 4 source images, found {len(source_files)}")

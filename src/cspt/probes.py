@@ -38,16 +38,29 @@ def linear_head(dim: int, num_classes: int) -> nn.Sequential:
     return head
 
 
+def lars_or_sgd(head: nn.Module, optimizer: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """SGD with momentum 0.9, or LARS as in MAE's linear probe: the weight matrices take the
+    layer-wise trust ratio (and the weight decay) at any weight decay, zero included; biases take neither.
+
+    timm's LARS adapts a group only when its weight decay is non-zero unless told
+    ``always_adapt``: at the probe's usual weight decay 0 it would be plain SGD.
+    """
+    if optimizer != "lars":
+        return torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    matrices = [p for p in head.parameters() if p.ndim > 1]
+    vectors = [p for p in head.parameters() if p.ndim <= 1]
+    return Lars([{"params": matrices, "weight_decay": weight_decay, "always_adapt": True},
+                 {"params": vectors, "weight_decay": 0.0, "always_adapt": False}], lr=lr, momentum=0.9)
+
+
 def train_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int, epochs: int = 90,
                        batch_size: int = 256, blr: float = 0.1, weight_decay: float = 0.0,
-                       optimizer: str = "lars", warmup_epochs: int = 10, seed: int = 0) -> nn.Sequential:
+                       optimizer: str = "sgd", warmup_epochs: int = 10, seed: int = 0) -> nn.Sequential:
     """Train :func:`linear_head` on cached features: lr = blr x batch / 256, warmup then cosine."""
     torch.manual_seed(seed)
     head = linear_head(features.shape[1], num_classes)
     lr = blr * batch_size / 256
-    params = head.parameters()
-    opt = (Lars(params, lr=lr, momentum=0.9, weight_decay=weight_decay) if optimizer == "lars"
-           else torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay))
+    opt = lars_or_sgd(head, optimizer, lr, weight_decay)
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = max(1, len(features) // batch_size)
     total, warmup = epochs * steps_per_epoch, min(warmup_epochs, epochs // 2) * steps_per_epoch

@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from cspt.data.files import find_images
+from cspt.data.files import find_images, inside_any
 from cspt.data.images import IMAGE_SUFFIXES, ImageReadError
+from cspt.data.rand_augment import float_rand_augment
 from cspt.data.sampling import (
     band_tensors,
     load_or_replace,
@@ -50,11 +49,15 @@ class LabelledSet:
         return [self.labels.count(c) for c in range(len(self.classes))]
 
 
-def read_labelled(source: str | Path, classes: list[str] | None = None) -> LabelledSet:
-    """An ImageFolder directory or a ``path,label`` CSV; ``classes`` fixes the class order."""
+def read_labelled(source: str | Path, classes: list[str] | None = None,
+                  exclude: Sequence[str | Path | None] = ()) -> LabelledSet:
+    """An ImageFolder directory or a ``path,label`` CSV; ``classes`` fixes the class order.
+
+    ``exclude``: folders that are not data (a run directory inside the dataset).
+    """
     source = Path(source)
     if source.is_dir():
-        data = read_image_folder(source, classes)
+        data = read_image_folder(source, classes, exclude)
     elif source.is_file() and source.suffix.lower() == ".csv":
         data = read_label_csv(source, classes)
     elif source.exists():
@@ -67,9 +70,15 @@ def read_labelled(source: str | Path, classes: list[str] | None = None) -> Label
     return data
 
 
-def read_image_folder(folder: Path, classes: list[str] | None = None) -> LabelledSet:
-    """One class per sub-folder (sorted names); images anywhere below it."""
-    folders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+def read_image_folder(folder: Path, classes: list[str] | None = None,
+                      exclude: Sequence[str | Path | None] = ()) -> LabelledSet:
+    """One class per sub-folder (sorted names); images anywhere below it.
+
+    Sub-folders that hold or lie in an ``exclude`` folder (a run's output) are no class.
+    """
+    skipped = [Path(e).resolve() for e in exclude if e]
+    folders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+                     and not inside_any(p, skipped) and not any(s.is_relative_to(p.resolve()) for s in skipped))
     if not folders:
         loose = any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir())
         hint = " (the images sit directly in it: put each class in its own sub-folder)" if loose else ""
@@ -191,7 +200,7 @@ class LabelledImages(Dataset):
         self.train = train
         self.min_scale = min_scale
         self.crop_ratio = crop_ratio
-        self.rand_augment = _rand_augment(rand_augment, mean) if rand_augment and train else None
+        self.rand_augment = float_rand_augment(rand_augment, mean, img_size) if rand_augment and train else None
         self.erase = _random_erasing(reprob) if reprob > 0 and train else None
         #: RandAugment and erasing draw from the global RNGs (seeded per sample): one thread at a time
         self.thread_safe = self.rand_augment is None and self.erase is None
@@ -227,25 +236,14 @@ class LabelledImages(Dataset):
         """Flip, RandAugment, normalisation and random erasing of a training crop."""
         if torch.rand(1, generator=generator) < 0.5:
             image = image.flip(-1)
-        if self.rand_augment is not None:
+        if self.rand_augment is not None:  # on the float pixels: 16-bit input keeps its depth
             with seeded_rngs(generator):
-                pil = Image.fromarray((image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
-                augmented = np.array(self.rand_augment(pil))
-                image = torch.from_numpy(augmented).permute(2, 0, 1).float() / 255
+                image = self.rand_augment(image.clamp(0, 1))
         image = self.normalise(image)
         if self.erase is not None:
             with seeded_rngs(generator):
                 image = self.erase(image)
         return image
-
-
-def _rand_augment(policy: str, mean: Sequence[float]):
-    from timm.data.auto_augment import rand_augment_transform
-
-    try:
-        return rand_augment_transform(policy, {"img_mean": tuple(round(255 * m) for m in mean)})
-    except (AssertionError, KeyError, ValueError, IndexError) as err:
-        raise CsptError(f"--rand-augment {policy!r} is not a timm RandAugment policy ({err})") from None
 
 
 def _random_erasing(probability: float):

@@ -108,6 +108,17 @@ class _Builder:
                      int((clipped != boxes).any(1).sum()))
 
 
+def read_text(path: Path, what: str) -> str:
+    """A text annotation file, or a one-line error naming it when it is not UTF-8 text."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise CsptError(f"{path}: not a UTF-8 {what} (byte {err.start}: {err.reason}); "
+                        "re-save it as UTF-8") from None
+    except OSError as err:
+        raise CsptError(f"{path}: cannot read the {what} ({err.strerror})") from None
+
+
 def polygon_box(points: Sequence[float]) -> list[float]:
     xs, ys = points[0::2], points[1::2]
     return [min(xs), min(ys), max(xs), max(ys)]
@@ -117,7 +128,7 @@ def read_dota(files: Sequence[Path], images: Path) -> list[Scene]:
     """DOTA ``labelTxt``: ``x1 y1 ... x4 y4 class difficult`` per line (header lines skipped)."""
     scenes = []
     for path in files:
-        text = path.read_text()
+        text = read_text(path, "DOTA label file")
         if not text.strip() and not any(images.glob(f"{glob.escape(path.stem)}.*")):
             log.warning("%s: empty label file without an image: skipped", path)
             continue
@@ -211,7 +222,7 @@ def _hrsc_scene(path: Path, root: ET.Element, images: Path) -> Scene:
 def read_coco(path: Path, images: Path) -> list[Scene]:
     """COCO JSON: ``images``, ``annotations`` (``bbox`` = x, y, w, h; ``iscrowd`` counts as difficult)."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_text(path, "COCO JSON file"))
         names = {c["id"]: c["name"] for c in data["categories"]}
         builders = {im["id"]: (_Builder(find_image(images, im["file_name"], str(path)), str(path)), [])
                     for im in data["images"]}
@@ -237,7 +248,7 @@ def _quadrilateral(segmentation: object) -> list[float] | None:
 
 def read_csv_boxes(path: Path, images: Path) -> list[Scene]:
     """``image,xmin,ymin,xmax,ymax,label`` rows (DeepForest's ``image_path`` header works too)."""
-    rows = list(csv.reader(path.read_text().splitlines()))
+    rows = list(csv.reader(read_text(path, "box CSV").splitlines()))
     start = 1 if rows and not _is_number(rows[0][1] if len(rows[0]) > 1 else "") else 0
     scenes: dict[str, tuple[_Builder, list[str]]] = {}
     for number, row in enumerate(rows[start:], start + 1):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from cspt.data.images import IMAGE_SUFFIXES
@@ -10,19 +11,23 @@ from cspt.errors import CsptError
 LIST_SUFFIXES = {".txt", ".lst", ".list"}
 
 
-def find_images(sources: list[str | Path]) -> list[Path]:
+def find_images(sources: list[str | Path], exclude: Sequence[str | Path | None] = ()) -> list[Path]:
     """All image files named by ``sources``, sorted within each source.
 
     A source is a folder (searched recursively), an image file, or a text file with
-    one image path per line (relative paths are relative to the list's folder).
+    one image path per line (relative paths are relative to the list's folder). Folder
+    searches skip everything under ``exclude`` (a run's own output directory: its
+    reconstructions and predictions are not data).
     """
     if not sources:
         raise CsptError("no data given: pass one or more image folders or file lists")
+    skipped = [Path(e).resolve() for e in exclude if e]
     files: list[Path] = []
     for source in map(Path, sources):
         if source.is_dir():
             found = sorted(
-                p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                p for p in source.rglob("*")
+                if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not inside_any(p, skipped)
             )
             if not found:
                 raise CsptError(f"{source}: folder contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -56,3 +61,11 @@ def read_file_list(path: Path) -> list[Path]:
     if not files:
         raise CsptError(f"{path}: file list names no images")
     return files
+
+
+def inside_any(path: Path, folders: Sequence[Path]) -> bool:
+    """Whether ``path`` lies in one of the (resolved) ``folders``."""
+    if not folders:
+        return False
+    resolved = path.resolve()
+    return any(resolved.is_relative_to(folder) for folder in folders)

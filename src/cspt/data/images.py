@@ -8,6 +8,8 @@ that window when rasterio is installed (or the file is an uncompressed TIFF).
 from __future__ import annotations
 
 import functools
+import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,10 @@ from PIL import Image, UnidentifiedImageError
 
 from cspt.errors import CsptError
 
-Image.MAX_IMAGE_PIXELS = None  # remote-sensing scenes are legitimately huge
+#: the most pixels cspt decodes from one JPEG/PNG (remote-sensing scenes are large; PIL's own guard,
+#: ``PIL.Image.MAX_IMAGE_PIXELS``, stays as the host program set it); ``--max-image-pixels`` changes it
+MAX_PIXELS_VARIABLE = "CSPT_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_IMAGE_PIXELS = 2**31
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -55,7 +60,7 @@ def image_info(path: str | Path) -> ImageInfo:
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
                 return _tiff_info(series.shape, series.axes)
-        with Image.open(path) as img:
+        with open_pil(path) as img:
             return ImageInfo(img.height, img.width, _pil_bands(img))
     except Exception as err:  # any library's complaint means "unreadable"
         raise ImageReadError(f"{path}: cannot read image header ({_reason(err)})") from None
@@ -89,7 +94,7 @@ def read_resized(path: str | Path, box: WindowBox, size: int) -> np.ndarray | No
         return None
     top, left, height, width = box
     try:
-        with Image.open(path) as img:
+        with open_pil(path) as img:
             if img.mode not in ("RGB", "L"):
                 return None
             full_width, full_height = img.size
@@ -147,11 +152,57 @@ def _read_pil(path: Path, window: WindowBox | None) -> np.ndarray:
     return _decode_whole_cached(path)[top : top + height, left : left + width]
 
 
-def _decode_pil(path: Path) -> np.ndarray:
+def set_max_image_pixels(limit: int | None) -> None:
+    """The most pixels cspt will decode from one JPEG/PNG image (None: no limit), for this process
+    and the loader processes it starts."""
+    os.environ[MAX_PIXELS_VARIABLE] = str(limit or 0)
+
+
+def max_image_pixels() -> int | None:
+    value = os.environ.get(MAX_PIXELS_VARIABLE)
+    limit = int(value) if value and value.strip().isdigit() else DEFAULT_MAX_IMAGE_PIXELS
+    return limit or None
+
+
+def open_pil(path: Path) -> Image.Image:
+    """``Image.open`` under cspt's own pixel limit (:func:`max_image_pixels`), not PIL's global one.
+
+    An image over PIL's decompression-bomb guard but within cspt's limit is opened by its
+    format's registered opener, which does not consult the guard; nothing process-wide
+    is changed.
+    """
     try:
-        img = Image.open(path)
+        image = Image.open(path)
+    except Image.DecompressionBombError:
+        image = _open_past_pil_guard(path)
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not an image file") from None
+    limit = max_image_pixels()
+    if limit is not None and image.width * image.height > limit:
+        image.close()
+        raise ImageReadError(f"{path}: {image.width} x {image.height} pixels, more than --max-image-pixels "
+                             f"{limit}; raise it if the file is trusted")
+    return image
+
+
+def _open_past_pil_guard(path: Path) -> Image.Image:
+    """Open ``path`` with the first registered PIL format that accepts its header."""
+    Image.init()
+    with open(path, "rb") as handle:
+        prefix = handle.read(16)
+    for name in Image.ID:
+        factory, accept = Image.OPEN[name]
+        if accept is not None and not accept(prefix):
+            continue
+        try:
+            return factory(str(path))
+        except (SyntaxError, IndexError, TypeError, struct.error):
+            continue
+    raise ImageReadError(f"{path}: not an image file")
+
+
+def _decode_pil(path: Path) -> np.ndarray:
+    img = open_pil(path)
     with img:
         if img.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV", "RGBA", "PA"):
             img = img.convert("RGB")

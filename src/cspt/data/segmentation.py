@@ -9,6 +9,7 @@ match its image and every colour must be in the palette.
 from __future__ import annotations
 
 import csv
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,13 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 
 from cspt.config import read_yaml
 from cspt.data.files import find_images
-from cspt.data.images import ImageReadError, image_info
+from cspt.data.images import ImageReadError, image_info, open_pil
 from cspt.data.sampling import band_tensors, load_or_replace, read_bands
 from cspt.errors import CsptError
 
@@ -74,7 +74,7 @@ def _rgb(value: Sequence[int]) -> tuple[int, int, int]:
 def read_mask(path: Path, palette: Palette, ignore_index: int) -> np.ndarray:
     """The mask as ``int64`` class indices (``ignore_index`` where ignored)."""
     try:
-        with Image.open(path) as image:
+        with open_pil(path) as image:
             pixels = np.asarray(image.convert("RGB") if palette.colors and image.mode != "RGB" else image)
     except Exception as err:  # any decoder complaint
         raise ImageReadError(f"{path}: unreadable mask ({err})") from None
@@ -208,11 +208,15 @@ def split_pairs(pairs: list[Pair], fraction: float, seed: int) -> tuple[list[Pai
 class SegmentationCrops(Dataset):
     """Training samples, indexed by ``(index, seed)``: a random crop of a scale-jittered tile.
 
-    Tiles are first rescaled by ``base_scale`` (the ``--resize`` option); every tile gives
-    ``area / crop_size**2`` samples per epoch at that scale (at least one). Image and mask
-    share the scale jitter, crop, flips and 90-degree rotation; the image alone gets
+    A tile counts at ``base_scale`` (the ``--resize`` option): it gives ``area /
+    crop_size**2`` samples per epoch at that scale (at least one). A sample draws a scale
+    (``base_scale`` times the jitter), places a crop-sized window on the tile as rescaled
+    by it, and resizes only the tile pixels under that window: the tile itself is never
+    rescaled, so a sample costs memory of the crop's size whatever the tile's. Image and
+    mask share the scale, window, flip and 90-degree rotation; the image alone gets
     photometric distortion. Areas padded to reach the crop size are ``ignore_index``.
-    Decoded tiles are kept in a small per-process cache (``cache_pixels`` in total).
+    Decoded tiles (masks as compact integers) are kept in a small per-process cache
+    (``cache_pixels`` in total).
     """
 
     def __init__(self, pairs: Sequence[Pair], palette: Palette, crop_size: int, in_chans: int,
@@ -236,39 +240,43 @@ class SegmentationCrops(Dataset):
         return len(self.entries)
 
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The tile and its mask at ``base_scale`` (from the cache when there)."""
+        """The tile and its mask as stored (from the cache when there)."""
         pair = self.entries[index]
         if pair.image in self.cache:
             self.cache.move_to_end(pair.image)
             return self.cache[pair.image]
         image = read_bands(pair.image, self.in_chans)
-        mask = torch.from_numpy(read_mask(pair.mask, self.palette, self.ignore_index))
-        if self.base_scale != 1.0:
-            image, mask = resize_pair(image, mask, self.base_scale)
-        self.cache[pair.image] = image, mask
+        labels = read_mask(pair.mask, self.palette, self.ignore_index)
+        compact = np.uint8 if labels.max(initial=0) <= 255 else np.int32
+        self.cache[pair.image] = image, torch.from_numpy(labels.astype(compact))
         while len(self.cache) > 1 and sum(m.numel() for _, m in self.cache.values()) > self.cache_pixels:
             self.cache.popitem(last=False)
-        return image, mask
+        return self.cache[pair.image]
 
     def __getitem__(self, item: tuple[int, int]) -> dict:
         index, seed = item
         generator = torch.Generator().manual_seed(seed)
         (image, mask), _, skipped = load_or_replace(self.load, index, len(self.entries), generator)
         image, mask = self.augment(image, mask, generator)
-        return {"image": (image - self.mean) / self.std, "mask": mask, "skipped": skipped}
+        return {"image": (image - self.mean) / self.std, "mask": mask.long(), "skipped": skipped}
 
     def augment(self, image: torch.Tensor, mask: torch.Tensor,
                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         low, high = self.scale_range
-        image, mask = resize_pair(image, mask, low + (high - low) * float(torch.rand(1, generator=generator)))
+        scale = self.base_scale * (low + (high - low) * float(torch.rand(1, generator=generator)))
+        height, width = image.shape[-2:]
+        scaled_h, scaled_w = max(1, round(height * scale)), max(1, round(width * scale))
         crop = self.crop_size
-        pad_h, pad_w = max(0, crop - image.shape[1]), max(0, crop - image.shape[2])
+        crop_h, crop_w = min(crop, scaled_h), min(crop, scaled_w)
+        top = int(torch.randint(scaled_h - crop_h + 1, (1,), generator=generator))
+        left = int(torch.randint(scaled_w - crop_w + 1, (1,), generator=generator))
+        rows = slice(math.floor(top / scale), min(height, math.ceil((top + crop_h) / scale)))
+        cols = slice(math.floor(left / scale), min(width, math.ceil((left + crop_w) / scale)))
+        image, mask = resize_pair(image[:, rows, cols], mask[rows, cols], (crop_h, crop_w))
+        pad_h, pad_w = crop - crop_h, crop - crop_w
         if pad_h or pad_w:
             image = TF.pad(image, [0, 0, pad_w, pad_h], fill=0.0)
             mask = TF.pad(mask[None], [0, 0, pad_w, pad_h], fill=self.ignore_index)[0]
-        top = int(torch.randint(image.shape[1] - crop + 1, (1,), generator=generator))
-        left = int(torch.randint(image.shape[2] - crop + 1, (1,), generator=generator))
-        image, mask = image[:, top:top + crop, left:left + crop], mask[top:top + crop, left:left + crop]
         if torch.rand(1, generator=generator) < 0.5:
             image, mask = image.flip(-1), mask.flip(-1)
         turns = int(torch.randint(4, (1,), generator=generator))
@@ -278,11 +286,10 @@ class SegmentationCrops(Dataset):
         return image.contiguous(), mask.contiguous()
 
 
-def resize_pair(image: torch.Tensor, mask: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rescale an image (bilinear, antialiased) and its mask (nearest) together."""
-    size = [max(1, round(image.shape[1] * scale)), max(1, round(image.shape[2] * scale))]
-    return (TF.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True),
-            TF.resize(mask[None], size, interpolation=InterpolationMode.NEAREST)[0])
+def resize_pair(image: torch.Tensor, mask: torch.Tensor, size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resize an image (bilinear, antialiased) and its mask (nearest) together to ``size``."""
+    return (TF.resize(image, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True),
+            TF.resize(mask[None], list(size), interpolation=InterpolationMode.NEAREST)[0])
 
 
 def photometric_distortion(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -29,17 +29,6 @@ from cspt.errors import CsptError
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def default_normalisation(bands: int) -> tuple[list[float], list[float]]:
-    """ImageNet statistics for RGB; a neutral 0.5 / 0.25 per band otherwise."""
-    if bands == 3:
-        return list(IMAGENET_MEAN), list(IMAGENET_STD)
-    return [0.5] * bands, [0.25] * bands
-
-
 @dataclass(frozen=True)
 class Entry:
     """One sample: a whole image, or a random tile of a large scene."""
@@ -146,17 +135,20 @@ def collate(samples: list[dict]) -> dict:
 
 def evaluation_images(dataset: UnlabelledImages, count: int) -> torch.Tensor:
     """``count`` readable images spread over the dataset, resized and centre-cropped, normalised."""
-    images = []
+    images, last_error = [], None
     step = max(1, len(dataset) // max(1, count))
     for index in range(0, len(dataset), step):
         entry = dataset.entries[index]
         generator = torch.Generator().manual_seed(index)
         try:
             pixels = dataset.load(entry, generator)
-        except ImageReadError:
+        except ImageReadError as err:
+            last_error = err
             continue
         pixels = resize_centre_crop(pixels, dataset.img_size)
         images.append((pixels - dataset.mean) / dataset.std)
         if len(images) == count:
             break
+    if not images:
+        raise CsptError(f"no readable image among the {len(range(0, len(dataset), step))} tried; last: {last_error}")
     return torch.stack(images)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from cspt.errors import CsptError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -37,17 +41,26 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def setup_distributed(device: str = "auto") -> DistContext:
-    """Join the process group when launched by ``torchrun``; a single process otherwise."""
+def launched_world_size() -> int:
+    """The number of processes ``torchrun`` started (1 without it), known before the group is joined."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def setup_distributed(device: str = "auto", timeout_minutes: float = 60.0) -> DistContext:
+    """Join the process group when launched by ``torchrun``; a single process otherwise.
+
+    ``timeout_minutes``: how long a collective waits for the slowest process (a long
+    evaluation, a checkpoint on slow storage) before the job fails.
+    """
     kind = resolve_device(device)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = launched_world_size()
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if kind == "cuda" else "gloo"
         if kind == "cuda":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes))
     torch_device = torch.device(kind, local_rank) if kind == "cuda" else torch.device("cpu")
     return DistContext(rank, world_size, local_rank, torch_device)
 
@@ -55,6 +68,11 @@ def setup_distributed(device: str = "auto") -> DistContext:
 def shutdown_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the shared outputs (rank 0, or the only process)."""
+    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def barrier() -> None:
@@ -70,6 +88,21 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(value)
         value /= dist.get_world_size()
     return value
+
+
+def all_reduce_max(value: torch.Tensor) -> torch.Tensor:
+    """The largest ``value`` over all processes (itself when not distributed)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value
+
+
+def shard(items: Sequence[T]) -> list[T]:
+    """This process's share of ``items`` (every ``world_size``-th from its rank): all of them alone."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        return list(items[dist.get_rank()::dist.get_world_size()])
+    return list(items)
 
 
 def all_gather_objects(value: Any) -> list[Any]:

@@ -36,18 +36,32 @@ def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dic
     ]
 
 
-def param_groups_encoder_layer_decay(model: nn.Module, encoder: nn.Module, weight_decay: float,
-                                     layer_decay: float) -> list[dict]:
-    """timm's layer-wise lr decay on ``encoder`` (a ViT inside ``model``); full lr for the rest (the heads)."""
-    from timm.optim import param_groups_layer_decay
+def param_groups_layer_decay(model: nn.Module, encoder: nn.Module, depth: int, weight_decay: float,
+                             layer_decay: float) -> list[dict]:
+    """Layer-wise lr decay (BEiT/MAE) over the ViT ``encoder`` inside ``model``; full lr for everything else.
 
-    groups = param_groups_layer_decay(encoder, weight_decay, encoder.no_weight_decay(), layer_decay=layer_decay)
-    inside = {id(p) for p in encoder.parameters()}
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in inside]
-    return groups + [
-        {"params": [p for p in rest if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": 1.0},
-        {"params": [p for p in rest if p.ndim > 1], "weight_decay": weight_decay, "lr_scale": 1.0},
-    ]
+    ``depth`` is the architecture's block count, not what is left in ``encoder``: a
+    feature pyramid prunes the final norm (and any block after its last tap), and the
+    recipe's scales must not move with it. An encoder parameter at layer ``l``
+    (:func:`~cspt.models.vit.vit_layer_id`) trains at ``layer_decay ** (depth + 1 - l)``
+    times the scheduled lr; weight decay spares norms, biases, tokens and positions.
+    Each group carries its ``layer``, ``lr_scale`` and ``weight_decay``.
+    """
+    from cspt.models.vit import vit_layer_id
+
+    in_encoder = {id(p): name for name, p in encoder.named_parameters()}
+    top = depth + 1
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        layer = vit_layer_id(in_encoder[id(param)], depth) if id(param) in in_encoder else top
+        decays = not (param.ndim <= 1 or name.split(".")[-1] in NO_DECAY_NAMES)
+        group = groups.setdefault((layer, decays), {
+            "params": [], "layer": layer, "lr_scale": layer_decay ** (top - layer),
+            "weight_decay": weight_decay if decays else 0.0})
+        group["params"].append(param)
+    return [groups[key] for key in sorted(groups)]
 
 
 def warmup_poly(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float,

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,8 +21,10 @@ C = TypeVar("C", bound=TrainConfig)
 #: settings that may change when a run is continued
 RESUMABLE_KEYS = {"epochs", "num_workers", "device", "checkpoint_every", "keep_checkpoints",
                   "log_every", "vis_every", "eval_every", "output", "precision",
-                  "probe_every", "stop_on_plateau"}
+                  "probe_every", "stop_on_plateau", "dist_timeout"}
 CONFIG_NAME = "config.yaml"
+#: held (``flock``) by the process that trains into a run directory
+LOCK_NAME = ".lock"
 
 
 def run_dir_of(resume: str | Path) -> Path:
@@ -69,3 +76,31 @@ def saved_config(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / CONFIG_NAME
     return read_yaml(path) if path.is_file() else None
 
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``RUN_DIR/.lock`` exclusively while a process trains into ``run_dir``.
+
+    A second process (a double launch, a scheduler's requeue while the first still runs)
+    is refused in one line naming the holder. The kernel drops the lock when its process
+    ends, however it ends, so a crash never leaves a stale lock behind.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise CsptError(f"{run_dir}: another process trains into this run directory ({holder}); "
+                        "wait for it to end, or give another --output") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()

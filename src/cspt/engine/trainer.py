@@ -9,6 +9,7 @@ steps as one that never stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from cspt.config import TrainConfig, config_to_dict
 from cspt.engine.checkpointing import CheckpointManager
-from cspt.engine.distributed import DistContext, all_gather_objects, all_reduce_mean
+from cspt.engine.distributed import DistContext, all_gather_objects, all_reduce_max, all_reduce_mean
 from cspt.engine.loading import training_batches
 from cspt.engine.optim import adamw, param_groups_weight_decay, warmup_cosine, warmup_poly
 from cspt.engine.run_log import RunLog, truncate_log_after
@@ -43,10 +44,12 @@ CHECKPOINT_FORMAT = "cspt-train-state"
 class Task:
     """What a task gives the trainer: model, data and step, plus optional hooks.
 
-    Subclasses implement the first three; the hooks default to doing nothing.
+    Subclasses implement the first three; the hooks default to doing nothing. The
+    trainer sets ``dist`` (which process this is) before it calls any of them.
     """
 
     config: TrainConfig
+    dist: DistContext = DistContext(0, 1, 0, torch.device("cpu"))
 
     def build_model(self, load_init: bool) -> nn.Module:
         """The model, with ``--init`` weights loaded unless resuming."""
@@ -71,11 +74,14 @@ class Task:
         """Every process, after each optimizer step (e.g. an EMA update)."""
 
     def on_epoch_end(self, model: nn.Module, epoch: int, run_dir: Path) -> dict[str, Any] | None:
-        """Main process only: per-epoch outputs; returned metrics go into the log."""
+        """Every process, after each epoch: evaluations shard over the processes, the main one writes.
+
+        The main process's returned metrics go into the log.
+        """
         return None
 
     def on_fit_end(self, model: nn.Module, run_dir: Path) -> None:
-        """Main process only: final outputs (e.g. the exported encoder)."""
+        """Every process, at the end: final outputs (the main process writes them, e.g. the encoder)."""
 
     def stop_reason(self) -> str | None:
         """Main process, after :meth:`on_epoch_end`: why to end the run early (None: go on)."""
@@ -209,9 +215,37 @@ class Trainer:
             training.net = DistributedDataParallel(model, device_ids=ids)
         return training
 
+    def continue_on(self, state: dict) -> dict:
+        """Continue ``state`` on this world size: the same global batch (by accumulation) and sample order.
+
+        The global batch is ``batch_size x accum_iter x processes``; a resume on another
+        number of processes keeps it by changing the accumulation (the schedule, the
+        lr and the data position follow from it), or is refused when it cannot.
+        """
+        cfg, world = self.config, self.dist.world_size
+        saved_world, saved_accum = state.get("world_size", world), state.get("accum_iter", cfg.accum_iter)
+        if (saved_world, saved_accum) == (world, cfg.accum_iter):
+            return state
+        global_batch = cfg.batch_size * saved_accum * saved_world
+        if global_batch % (cfg.batch_size * world):
+            raise CsptError(
+                f"{self.run_dir}: trained on {saved_world} process(es) with a global batch of {global_batch} "
+                f"({cfg.batch_size} x {saved_accum} accumulation x {saved_world}); {world} processes of "
+                f"{cfg.batch_size} cannot make that batch: resume on a number of processes that divides "
+                f"{global_batch // cfg.batch_size}")
+        accum = global_batch // (cfg.batch_size * world)
+        self.config = dataclasses.replace(cfg, accum_iter=accum)
+        if self.dist.is_main:
+            log.info("resuming on %d process(es) instead of %d: accumulation %d keeps the global batch of %d",
+                     world, saved_world, accum, global_batch)
+        return {**state, "micro_batch": state["micro_batch"] // saved_accum * accum}
+
     def fit(self, task: Task) -> nn.Module:
-        cfg, dist = self.config, self.dist
         state = self.resume_state()
+        if state is not None:
+            state = self.continue_on(state)
+        cfg, dist = self.config, self.dist
+        task.dist = dist
         torch.manual_seed(cfg.seed)
         model = task.build_model(load_init=state is None).to(dist.device)
         dataset, collate = task.train_data()
@@ -232,8 +266,7 @@ class Trainer:
                 training.epoch += 1
                 training.micro_batch = 0
                 self._save(task, training)
-            if dist.is_main:
-                task.on_fit_end(training.model, self.run_dir)
+            task.on_fit_end(training.model, self.run_dir)
         finally:
             progress.close()
             run_log.close()
@@ -244,6 +277,7 @@ class Trainer:
         cfg, dist = self.config, self.dist
         optimizer, scaler = training.optimizer, training.scaler
         loss_sum = torch.zeros((), device=dist.device)
+        nonfinite = torch.zeros((), device=dist.device)  #: micro-batches of this step whose loss was not finite
         interval_steps, interval_images, interval_start = 0, 0, time.perf_counter()
         training.net.train()
         for micro, batch in enumerate(loader, start=training.micro_batch):
@@ -262,19 +296,22 @@ class Trainer:
             with sync:
                 with autocast:
                     loss = task.training_step(training.net, batch, dist.device)
-                if not torch.isfinite(loss):
-                    raise CsptError(f"loss is {loss.item()} at step {training.step}; lower the learning rate")
                 scaler.scale(loss / cfg.accum_iter).backward()
+            nonfinite += (~torch.isfinite(loss.detach())).float()
             loss_sum += loss.detach() / cfg.accum_iter
             interval_images += len(batch["image"]) * dist.world_size
             if not last:
                 continue
+            if all_reduce_max(nonfinite).item() > 0:  # every process stops here together, none is left waiting
+                raise CsptError(f"the loss is not finite at step {training.step} (on at least one process); "
+                                "lower the learning rate")
             if cfg.clip_grad is not None:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(training.model.parameters(), cfg.clip_grad)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
+            nonfinite.zero_()
             training.step += 1
             task.on_step_end(training.model, training.step)
             training.micro_batch = micro + 1
@@ -303,16 +340,16 @@ class Trainer:
 
     def _end_epoch(self, task: Task, training: Training, run_log: RunLog) -> None:
         skipped = set().union(*all_gather_objects(self.skipped))
+        epoch = training.epoch + 1
         if self.dist.is_main:
-            epoch = training.epoch + 1
             run_log.write({"event": "epoch_end", "epoch": epoch, "step": training.step,
                            "skipped_images": len(skipped)})
             log.info("epoch %d/%d done (step %d)%s", epoch, self.config.epochs, training.step,
                      f"; {len(skipped)} unreadable images skipped so far" if skipped else "")
-            metrics = task.on_epoch_end(training.model, training.epoch, self.run_dir)
-            if metrics:
-                run_log.write({"event": "eval", "epoch": epoch, "step": training.step, **metrics}, training.step)
-                log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        metrics = task.on_epoch_end(training.model, training.epoch, self.run_dir)
+        if metrics and self.dist.is_main:
+            run_log.write({"event": "eval", "epoch": epoch, "step": training.step, **metrics}, training.step)
+            log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
     def _stopped(self, task: Task, run_log: RunLog) -> bool:
         """Whether the task asks to end the run (the main process decides for all)."""
@@ -335,6 +372,8 @@ class Trainer:
             "epoch": training.epoch,
             "micro_batch": training.micro_batch,
             "step": training.step,
+            "world_size": self.dist.world_size,
+            "accum_iter": self.config.accum_iter,
             "task": task.state_dict(),
             "config": config_to_dict(self.config),
         }

@@ -22,7 +22,8 @@ def build_classifier(arch: ArchConfig, num_classes: int, global_pool: str = "avg
 
     The head starts near zero (std 2e-5), as in the MAE fine-tuning recipe.
     """
-    model = build_encoder(arch, num_classes=num_classes, global_pool=global_pool, drop_path_rate=drop_path)
+    model = build_encoder(arch, learn_pos_embed=True, num_classes=num_classes, global_pool=global_pool,
+                          drop_path_rate=drop_path)
     nn.init.trunc_normal_(model.head.weight, std=2e-5)
     nn.init.zeros_(model.head.bias)
     return model

@@ -46,7 +46,7 @@ def build_detector(arch: ArchConfig, num_classes: int, mean: Sequence[float], st
     Inputs are lists of ``(C, img_size, img_size)`` images on the 0-1 scale; the model
     normalises them with ``mean``/``std``.
     """
-    pyramid = ViTFeaturePyramid(build_encoder(arch, drop_path_rate=drop_path), style, taps)
+    pyramid = ViTFeaturePyramid(build_encoder(arch, learn_pos_embed=True, drop_path_rate=drop_path), style, taps)
     anchors = AnchorGenerator(sizes=tuple((s,) for s in anchor_sizes), aspect_ratios=((0.5, 1.0, 2.0),) * 5)
     return FasterRCNN(PyramidFPN(pyramid, fpn_channels), num_classes=num_classes + 1,
                       min_size=arch.img_size, max_size=arch.img_size, image_mean=list(mean), image_std=list(std),

@@ -99,5 +99,5 @@ class Segmenter(nn.Module):
 def build_segmenter(arch: ArchConfig, num_classes: int, channels: int = 768, aux_channels: int | None = 256,
                     style: str = "cspt", taps: Sequence[int] | None = None, drop_path: float = 0.0) -> Segmenter:
     """The full segmentation model for ``arch`` (input size ``arch.img_size``)."""
-    encoder = build_encoder(arch, drop_path_rate=drop_path)
+    encoder = build_encoder(arch, learn_pos_embed=True, drop_path_rate=drop_path)
     return Segmenter(ViTFeaturePyramid(encoder, style, taps), num_classes, channels, aux_channels)

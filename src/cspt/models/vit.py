@@ -95,13 +95,17 @@ def sincos_pos_embed(dim: int, grid_h: int, grid_w: int, cls_token: bool = True,
     return embed.unsqueeze(0)
 
 
-def build_encoder(arch: ArchConfig, **kwargs) -> VisionTransformer:
-    """A timm ViT encoder with the given architecture and fixed sin-cos position embeddings.
+def build_encoder(arch: ArchConfig, learn_pos_embed: bool = False, **kwargs) -> VisionTransformer:
+    """A timm ViT encoder with the given architecture, position embeddings set to 2-D sin-cos.
 
-    Extra keyword arguments go to timm (``num_classes``, ``global_pool``, ``drop_path_rate``).
+    ``learn_pos_embed``: the positions train (fine-tuning, as MAE's own fine-tuning does,
+    so a checkpoint's learned positions keep learning); otherwise they stay fixed (MAE
+    pretraining, frozen-feature probes). Extra keyword arguments go to timm
+    (``num_classes``, ``global_pool``, ``drop_path_rate``).
     """
     encoder = VisionTransformer(**vit_kwargs(arch, **kwargs))
     set_sincos_pos_embed(encoder.pos_embed, arch.grid_size)
+    encoder.pos_embed.requires_grad_(learn_pos_embed)
     return encoder
 
 
@@ -120,6 +124,20 @@ def vit_kwargs(arch: ArchConfig, **overrides) -> dict:
         "global_pool": "token",
         **overrides,
     }
+
+
+def vit_layer_id(name: str, depth: int) -> int:
+    """The layer of a ViT parameter for layer-wise lr decay, counted on an architecture of ``depth`` blocks.
+
+    0: the embeddings (patch projection, cls/register tokens, positions); ``i + 1``:
+    block ``i``; ``depth + 1``: whatever sits above the blocks (final norm, pooling norm,
+    head), as in BEiT and MAE fine-tuning.
+    """
+    if name.startswith(("patch_embed.", "cls_token", "pos_embed", "reg_token", "dist_token")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
 
 
 def set_sincos_pos_embed(pos_embed: torch.nn.Parameter, grid_size: int) -> None:

@@ -18,7 +18,6 @@ from typing import Any, Sequence
 import torch
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.optim import param_groups_layer_decay
 from timm.utils import ModelEmaV3
 from torch import nn
 
@@ -35,9 +34,10 @@ from cspt.data.classification import (
     write_label_csv,
 )
 from cspt.data.files import find_images
-from cspt.engine.distributed import DistContext, barrier, resolve_device
+from cspt.engine.distributed import DistContext, barrier, is_main_process, resolve_device
 from cspt.engine.inference import Outputs, run_inference
 from cspt.engine.loading import default_num_workers
+from cspt.engine.optim import param_groups_layer_decay
 from cspt.engine.run_dir import has_checkpoint
 from cspt.engine.trainer import Trainer, resolve_precision
 from cspt.errors import CsptError
@@ -74,9 +74,10 @@ def make_splits(config: LabelledDataConfig) -> dict[str, LabelledSet]:
         fractions = {"train": config.train_fraction}
         if config.val_fraction > 0:
             fractions["val"] = config.val_fraction
-        splits = stratified_split(read_labelled(config.data), fractions, config.split_seed, config.data)
+        splits = stratified_split(read_labelled(config.data, exclude=[config.output]), fractions, config.split_seed,
+                                  config.data)
     elif config.train:
-        train = read_labelled(config.train)
+        train = read_labelled(config.train, exclude=[config.output])
         splits = {"train": train}
         for name in ("val", "test"):
             source = getattr(config, name)
@@ -176,7 +177,10 @@ def write_predictions(outputs: Outputs, paths: Sequence[Path], classes: Sequence
 def evaluate_classifier(checkpoint: str | Path, data: str | Path | None = None, output: str | Path | None = None,
                         batch_size: int = EVAL_BATCH, device: str = "auto",
                         num_workers: int | None = None) -> tuple[dict[str, Any], Path]:
-    """Evaluate a classifier on ``data`` (default: its run's test split); returns metrics and folder."""
+    """Evaluate a classifier on ``data`` (default: its run's test split); returns metrics and folder.
+
+    In a process group every process evaluates its share; the main one writes the files.
+    """
     model, info, weights = load_classifier(checkpoint)
     run_dir = weights.parent
     if data is not None:
@@ -198,9 +202,10 @@ def evaluate_classifier(checkpoint: str | Path, data: str | Path | None = None, 
         raise CsptError(f"{source}: no readable image to evaluate")
     metrics = classification_metrics(outputs.values.argmax(1), outputs.labels, info["classes"])
     metrics.update(checkpoint=str(weights), data=source, skipped_images=len(outputs.skipped))
-    write_evaluation(metrics, outputs, labelled, folder, Path(source).stem)
-    log.info("OA %.4f, AA %.4f, kappa %.4f on %d images of %s", metrics["oa"], metrics["aa"], metrics["kappa"],
-             metrics["images"], source)
+    if is_main_process():
+        write_evaluation(metrics, outputs, labelled, folder, Path(source).stem)
+        log.info("OA %.4f, AA %.4f, kappa %.4f on %d images of %s", metrics["oa"], metrics["aa"],
+                 metrics["kappa"], metrics["images"], source)
     return metrics, folder
 
 
@@ -273,8 +278,8 @@ class ClassifyTask(FineTuneTask):
         return model
 
     def param_groups(self, model: nn.Module) -> list[dict]:
-        return param_groups_layer_decay(model, self.config.weight_decay, model.no_weight_decay(),
-                                        layer_decay=self.config.layer_decay)
+        return param_groups_layer_decay(model, model, self.arch.depth, self.config.weight_decay,
+                                        self.config.layer_decay)
 
     def train_data(self) -> tuple[LabelledImages, Any]:
         cfg = self.config
@@ -317,15 +322,16 @@ class ClassifyTask(FineTuneTask):
                                    precision=cfg.precision)
         metrics = classification_metrics(outputs.values.argmax(1), outputs.labels, self.classes)
         net.train()
-        if self.improves(metrics["oa"], epoch):
+        if self.improves(metrics["oa"], epoch) and self.dist.is_main:
             write_classifier(net, run_dir / CLASSIFIER,
                              self.describe(run_dir, f"best validation OA {metrics['oa']:.4f} at epoch {done}"))
         return {"val_oa": metrics["oa"], "val_aa": metrics["aa"], "val_kappa": metrics["kappa"],
                 "best_val_oa": self.best["val_oa"]}
 
     def on_fit_end(self, model: nn.Module, run_dir: Path) -> None:
-        if "val" not in self.splits:
+        if "val" not in self.splits and self.dist.is_main:
             write_classifier(self.ema_model(model), run_dir / CLASSIFIER, self.describe(run_dir, "last epoch"))
+        barrier()  # the kept weights are on disk before any process reads them back
         cfg = self.config
         evaluate_classifier(run_dir, device=str(next(model.parameters()).device.type),
                             num_workers=cfg.num_workers)

@@ -7,7 +7,7 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -16,9 +16,16 @@ from torch import nn
 
 from cspt.checkpoints import Checkpoint, description_of, load_checkpoint, load_into_model
 from cspt.config import EncoderConfig, PyramidConfig, TrainConfig, save_config
-from cspt.data.unlabelled import default_normalisation
-from cspt.engine.distributed import DistContext, setup_distributed, shutdown_distributed
-from cspt.engine.run_dir import check_same_run, config_for_resume, has_checkpoint, run_dir_of, saved_config
+from cspt.data.normalisation import log_normalisation, resolve_normalisation
+from cspt.engine.distributed import DistContext, all_gather_objects, setup_distributed, shutdown_distributed
+from cspt.engine.run_dir import (
+    check_same_run,
+    config_for_resume,
+    has_checkpoint,
+    run_dir_of,
+    run_lock,
+    saved_config,
+)
 from cspt.engine.trainer import Task
 from cspt.errors import CsptError
 from cspt.export import lineage_of
@@ -38,11 +45,10 @@ def resolved_encoder_fields(config: EncoderConfig, init: Checkpoint | None) -> d
     """Architecture (flags > preset > ``init`` shapes) and mean/std, as config field values."""
     explicit = {k: getattr(config, k, None) for k in ARCH_KEYS}
     arch = resolve_arch(explicit, config.model, init.arch if init else {})
-    mean, std = default_normalisation(arch.in_chans)
     names = {f.name for f in dataclasses.fields(config)}
     fields = {k: v for k, v in arch.to_dict().items() if k in names}
-    fields["mean"] = config.mean if config.mean is not None else mean
-    fields["std"] = config.std if config.std is not None else std
+    recorded = (init.normalisation, init.path) if init is not None else (None, None)
+    fields["mean"], fields["std"] = resolve_normalisation(config.mean, config.std, arch.in_chans, *recorded)
     return fields
 
 
@@ -61,13 +67,15 @@ def arch_of(config: EncoderConfig) -> ArchConfig:
 
 def load_init_weights(model: nn.Module, config: EncoderConfig, init: Checkpoint | None,
                       drop: tuple[str, ...] = ()) -> None:
-    """Load ``--init`` (already read, or read now) into ``model`` and log the report.
+    """Load ``--init`` (already read, or read now) into ``model``; log the report and the normalisation.
 
     Keys starting with a prefix in ``drop`` (e.g. a decoder or an old head) are left out.
     """
     if not config.init:
+        log_normalisation(config.mean, config.std)
         return
     init = init or load_checkpoint(config.init, config.trust_checkpoint)
+    log_normalisation(config.mean, config.std, init.normalisation, init.path)
     if drop:
         state = {k: v for k, v in init.state_dict.items() if not k.startswith(drop)}
         init = dataclasses.replace(init, state_dict=state)
@@ -98,13 +106,23 @@ def start_run(cls: type[C], config: C, resume: str | Path | bool | None, overrid
 
 @contextmanager
 def distributed_run(config: TrainConfig, run_dir: Path) -> Iterator[DistContext]:
-    """Join the process group (under torchrun); the main process writes the run's ``config.yaml``."""
-    dist = setup_distributed(config.device)
+    """Join the process group (under torchrun); the main process locks ``run_dir`` for the run's
+    lifetime (:func:`~cspt.engine.run_dir.run_lock`) and writes its ``config.yaml``."""
+    dist = setup_distributed(config.device, config.dist_timeout)
     try:
-        if dist.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, run_dir / "config.yaml")
-        yield dist
+        with ExitStack() as stack:
+            refusal = None
+            if dist.is_main:
+                try:
+                    stack.enter_context(run_lock(run_dir))
+                except CsptError as err:
+                    refusal = str(err)
+            refusal = all_gather_objects(refusal)[0]  # every process stops, not only the main one
+            if refusal:
+                raise CsptError(refusal)
+            if dist.is_main:
+                save_config(config, run_dir / "config.yaml")
+            yield dist
     finally:
         shutdown_distributed()
 

@@ -25,8 +25,8 @@ from cspt.data.detection import Annotations, Scene, read_annotations
 from cspt.data.files import find_images
 from cspt.data.images import ImageReadError, display_rgb, image_info, read_image
 from cspt.data.scene_tiles import DetectionTiles, collate_tiles, make_tiles, read_window
-from cspt.engine.distributed import resolve_device
-from cspt.engine.optim import param_groups_encoder_layer_decay
+from cspt.engine.distributed import all_gather_objects, resolve_device, shard
+from cspt.engine.optim import param_groups_layer_decay
 from cspt.engine.sliding import sliding_window_detections
 from cspt.engine.trainer import Trainer, resolve_precision
 from cspt.errors import CsptError
@@ -86,10 +86,17 @@ def ground_truth(scene: Scene, classes: Sequence[str]) -> dict[str, torch.Tensor
 
 def evaluate_scenes(model: nn.Module, scenes: Sequence[Scene], info: dict[str, Any], device: torch.device,
                     precision: str = "auto") -> tuple[dict[str, Any], list[dict]]:
-    """VOC mAP@0.5 (per class, difficult ignored) and COCO mAP of whole-scene detections."""
+    """VOC mAP@0.5 (per class, difficult ignored) and COCO mAP of whole-scene detections.
+
+    In a process group every process must call it: each detects in its share of the
+    scenes, and all of them get the metrics and detections of every scene.
+    """
     autocast = resolve_precision(precision, device)
     model = model.to(device)
-    detections = [detect_scene(model, s.image, s.height, s.width, info, device, autocast) for s in scenes]
+    mine = {i: detect_scene(model, scenes[i].image, scenes[i].height, scenes[i].width, info, device, autocast)
+            for i in shard(range(len(scenes)))}
+    found = {i: d for part in all_gather_objects(mine) for i, d in part.items()}
+    detections = [found[i] for i in range(len(scenes))]
     truths = [ground_truth(s, info["classes"]) for s in scenes]
     metrics = {**voc_map(detections, truths, info["classes"]), **coco_map(detections, truths),
                "scenes": len(scenes), "objects": int(sum(len(t["labels"]) for t in truths))}
@@ -137,7 +144,7 @@ def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str 
     coco: dict[str, Any] = {"images": [], "annotations": [],
                             "categories": [{"id": i + 1, "name": n} for i, n in enumerate(classes)]}
     model = model.to(torch_device)
-    for image_id, path in enumerate(find_images(list(images)), 1):
+    for image_id, path in enumerate(find_images(list(images), exclude=[folder]), 1):
         try:
             size = image_info(path)
         except ImageReadError as err:
@@ -214,8 +221,8 @@ class DetectTask(FineTuneTask):
         return model
 
     def param_groups(self, model: nn.Module) -> list[dict]:
-        return param_groups_encoder_layer_decay(model, detector_encoder(model), self.config.weight_decay,
-                                                self.config.layer_decay)
+        return param_groups_layer_decay(model, detector_encoder(model), self.arch.depth,
+                                        self.config.weight_decay, self.config.layer_decay)
 
     def train_data(self) -> tuple[DetectionTiles, Any]:
         cfg = self.config
@@ -239,14 +246,14 @@ class DetectTask(FineTuneTask):
         metrics, _ = evaluate_scenes(model, self.val.scenes, self.describe(run_dir, ""),
                                      next(model.parameters()).device, cfg.precision)
         model.train()
-        if self.improves(metrics["map50"], epoch):
+        if self.improves(metrics["map50"], epoch) and self.dist.is_main:
             write_weights(model.state_dict(), run_dir / DETECTOR,
                           self.describe(run_dir, f"best validation mAP@0.5 {metrics['map50']:.4f} at epoch {done}"))
             (run_dir / "metrics.json").write_text(json.dumps({**metrics, "epoch": done}, indent=2) + "\n")
         return {"val_map50": metrics["map50"], "val_map": metrics["map"], "best_val_map50": self.best["val_map50"]}
 
     def on_fit_end(self, model: nn.Module, run_dir: Path) -> None:
-        if self.val is None:
+        if self.val is None and self.dist.is_main:
             write_weights(model.state_dict(), run_dir / DETECTOR, self.describe(run_dir, "last epoch"))
             log.info("no validation scenes: kept the last epoch; evaluate it with cspt evaluate detect")
 

@@ -56,7 +56,7 @@ class PretrainTask(Task):
 
     def train_data(self) -> tuple[UnlabelledImages, Any]:
         cfg = self.config
-        files = find_images(cfg.data)
+        files = find_images(cfg.data, exclude=[cfg.output])
         scan = scan_images(files, cfg.tile_size)
         for message in scan.unreadable:
             log.warning("skipped unreadable image: %s", message)
@@ -86,10 +86,10 @@ class PretrainTask(Task):
 
     def on_epoch_end(self, model: nn.Module, epoch: int, run_dir: Path) -> dict[str, Any] | None:
         cfg = self.config
-        if cfg.vis_every and ((epoch + 1) % cfg.vis_every == 0 or epoch + 1 == cfg.epochs):
+        if self.dist.is_main and cfg.vis_every and ((epoch + 1) % cfg.vis_every == 0 or epoch + 1 == cfg.epochs):
             self._write_reconstructions(model, f"epoch_{epoch + 1:04d}", run_dir)
         if cfg.probe_every and ((epoch + 1) % cfg.probe_every == 0 or epoch + 1 == cfg.epochs):
-            return self.monitor.probe(model, epoch)
+            return self.monitor.probe(model, epoch)  # every process extracts its share of the features
         return None
 
     @functools.cached_property
@@ -111,6 +111,8 @@ class PretrainTask(Task):
             self.monitor.load_state_dict(state["monitor"])
 
     def on_fit_end(self, model: nn.Module, run_dir: Path) -> None:
+        if not self.dist.is_main:
+            return
         parents = lineage_of(self.config.init) if self.config.init else []
         export_encoder(model, self.config, run_dir, len(self.files), parents)
 

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from cspt.checkpoints import description_of, load_checkpoint, load_into_model
+from cspt.checkpoints import load_checkpoint, load_into_model
 from cspt.config import ProbeConfig
 from cspt.data.classification import LabelledImages, LabelledSet, collate_labelled
-from cspt.data.unlabelled import default_normalisation
+from cspt.data.normalisation import log_normalisation, resolve_normalisation
 from cspt.engine.distributed import resolve_device
 from cspt.engine.inference import Outputs, run_inference
 from cspt.errors import CsptError
@@ -55,10 +55,10 @@ def frozen_encoder(config: ProbeConfig) -> FrozenEncoder:
     report = load_into_model(encoder, dataclasses.replace(checkpoint, state_dict=state))
     for line in report.lines():
         log.info("checkpoint: %s", line)
-    described = description_of(checkpoint.path)
-    mean, std = default_normalisation(arch.in_chans)
-    return FrozenEncoder(encoder, arch.img_size, config.mean or described.get("mean") or mean,
-                         config.std or described.get("std") or std)
+    mean, std = resolve_normalisation(config.mean, config.std, arch.in_chans, checkpoint.normalisation,
+                                      checkpoint.path)
+    log_normalisation(mean, std, checkpoint.normalisation, checkpoint.path)
+    return FrozenEncoder(encoder, arch.img_size, mean, std)
 
 
 def extract_features(encoder: FrozenEncoder, data: LabelledSet, pool: str, device: torch.device,

@@ -40,8 +40,8 @@ from cspt.data.segmentation import (
     read_mask,
     split_pairs,
 )
-from cspt.engine.distributed import barrier, resolve_device
-from cspt.engine.optim import param_groups_encoder_layer_decay
+from cspt.engine.distributed import all_gather_objects, barrier, launched_world_size, resolve_device, shard
+from cspt.engine.optim import param_groups_layer_decay
 from cspt.engine.run_dir import has_checkpoint
 from cspt.engine.sliding import sliding_window_logits
 from cspt.engine.trainer import Trainer, resolve_precision
@@ -159,7 +159,11 @@ def predict_tile(model: nn.Module, image: torch.Tensor, window: int, stride: int
 
 def evaluate_pairs(model: nn.Module, pairs: Sequence[Pair], info: dict[str, Any], device: torch.device,
                    precision: str = "auto") -> dict[str, Any]:
-    """Sliding-window metrics (mIoU, OA, mean F1, per class, confusion) over whole tiles."""
+    """Sliding-window metrics (mIoU, OA, mean F1, per class, confusion) over whole tiles.
+
+    In a process group every process must call it: each scores its share of the tiles,
+    and all of them get the metrics of every tile.
+    """
     palette = Palette.from_dict(info["palette"])
     classes, ignore = palette.classes, info["ignore_index"]
     confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
@@ -168,7 +172,7 @@ def evaluate_pairs(model: nn.Module, pairs: Sequence[Pair], info: dict[str, Any]
     in_chans = info["architecture"]["in_chans"]
     mean, std = band_tensors(info["mean"], info["std"], in_chans)
     skipped = 0
-    for pair in pairs:
+    for pair in shard(pairs):
         try:
             image = (read_bands(pair.image, in_chans) - mean) / std
             target = torch.from_numpy(read_mask(pair.mask, palette, ignore))
@@ -178,8 +182,9 @@ def evaluate_pairs(model: nn.Module, pairs: Sequence[Pair], info: dict[str, Any]
             continue
         logits = predict_tile(model, image, info["crop_size"], info["stride"], info["resize"], device, autocast)
         confusion += segmentation_confusion(logits.argmax(0).cpu(), target, len(classes), ignore)
-    metrics = segmentation_metrics(confusion, classes)
-    metrics["skipped_tiles"] = skipped
+    shares = all_gather_objects((confusion, skipped))
+    metrics = segmentation_metrics(sum(c for c, _ in shares), classes)
+    metrics["skipped_tiles"] = sum(n for _, n in shares)
     return metrics
 
 
@@ -245,7 +250,7 @@ def predict_segmenter(checkpoint: str | Path, images: Sequence[str], output: str
     in_chans = info["architecture"]["in_chans"]
     mean, std = band_tensors(info["mean"], info["std"], in_chans)
     written = 0
-    for path in find_images(list(images)):
+    for path in find_images(list(images), exclude=[folder]):
         try:
             pixels = read_bands(path, in_chans)
         except ImageReadError as err:
@@ -273,13 +278,23 @@ def resolve_config(config: SegmentConfig, init: Checkpoint | None = None) -> Seg
     config = dataclasses.replace(config, **resolved_encoder_fields(config, init))
     stride = config.stride or max(1, round(config.img_size * 2 / 3))
     taps = resolved_taps(config)
-    if config.batch_size < 2:
-        raise CsptError("--batch-size must be at least 2 (the pyramid and heads use BatchNorm)")
+    check_batch_norm_batch(config)
     if not 0 < stride <= config.img_size:
         raise CsptError(f"--stride {stride} must lie in 1..{config.img_size} (the crop size)")
     if config.resize <= 0:
         raise CsptError(f"--resize {config.resize} must be positive")
     return dataclasses.replace(config, crop_size=config.img_size, stride=stride, taps=taps)
+
+
+def check_batch_norm_batch(config: SegmentConfig) -> None:
+    """The pyramid and heads use BatchNorm: at least 2 crops per batch, per process, or over all the
+    processes of a GPU job (its BatchNorm layers are synchronised)."""
+    world = launched_world_size()
+    synced = world > 1 and resolve_device(config.device) == "cuda"
+    if config.batch_size * (world if synced else 1) < 2:
+        where = "per process (BatchNorm is synchronised over processes on GPUs only)" if world > 1 else ""
+        raise CsptError(f"--batch-size {config.batch_size}: the pyramid and heads use BatchNorm, which needs at "
+                        f"least 2 crops {where or 'per batch'}")
 
 
 class SegmentTask(FineTuneTask):
@@ -304,8 +319,8 @@ class SegmentTask(FineTuneTask):
         return model
 
     def param_groups(self, model: nn.Module) -> list[dict]:
-        return param_groups_encoder_layer_decay(model, model.backbone.encoder, self.config.weight_decay,
-                                                self.config.layer_decay)
+        return param_groups_layer_decay(model, model.backbone.encoder, self.arch.depth, self.config.weight_decay,
+                                        self.config.layer_decay)
 
     def train_data(self) -> tuple[SegmentationCrops, Any]:
         cfg = self.config
@@ -332,7 +347,7 @@ class SegmentTask(FineTuneTask):
         metrics = evaluate_pairs(model, self.splits["val"], self.describe(run_dir, ""),
                                  next(model.parameters()).device, cfg.precision)
         model.train()
-        if self.improves(metrics["miou"], epoch):
+        if self.improves(metrics["miou"], epoch) and self.dist.is_main:
             write_weights(model.state_dict(), run_dir / SEGMENTER,
                           self.describe(run_dir, f"best validation mIoU {metrics['miou']:.4f} at epoch {done}"))
             write_segmentation_metrics({**metrics, "epoch": done}, run_dir, "validation tiles")
@@ -340,7 +355,7 @@ class SegmentTask(FineTuneTask):
                 "best_val_miou": self.best["val_miou"]}
 
     def on_fit_end(self, model: nn.Module, run_dir: Path) -> None:
-        if "val" not in self.splits:
+        if "val" not in self.splits and self.dist.is_main:
             write_weights(model.state_dict(), run_dir / SEGMENTER, self.describe(run_dir, "last epoch"))
             log.info("no validation tiles: kept the last epoch; evaluate it with cspt evaluate segment")
 

@@ -9,7 +9,8 @@ import torch
 
 from cspt.checkpoints import load_checkpoint, load_into_model
 from cspt.data.files import find_images
-from cspt.data.unlabelled import UnlabelledImages, default_normalisation, evaluation_images, scan_images
+from cspt.data.normalisation import resolve_normalisation
+from cspt.data.unlabelled import UnlabelledImages, evaluation_images, scan_images
 from cspt.errors import CsptError
 from cspt.models.mae import MaskedAutoencoderViT
 from cspt.models.vit import resolve_arch
@@ -27,8 +28,7 @@ def visualize_checkpoint(checkpoint: str | Path, images: Sequence[str], output: 
     arch = resolve_arch({"img_size": img_size}, None, ckpt.arch)
     model = MaskedAutoencoderViT(arch, mask_ratio)
     load_into_model(model, ckpt)
-    default_mean, default_std = default_normalisation(arch.in_chans)
-    mean, std = list(mean or default_mean), list(std or default_std)
+    mean, std = resolve_normalisation(mean, std, arch.in_chans, ckpt.normalisation, ckpt.path)
     scan = scan_images(find_images(list(images)), 4 * arch.img_size)
     dataset = UnlabelledImages(scan.entries, arch.img_size, arch.patch_size, arch.in_chans, mean, std,
                                4 * arch.img_size)
