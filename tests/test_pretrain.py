@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tifffile
 import timm
 import torch
@@ -229,3 +230,17 @@ def test_a_run_directory_inside_the_data_is_not_read_as_data(rsscn7, tmp_path):
     assert len(list((out / "reconstructions").glob("*.png"))) == 2
     again = run(2)  # continues with the run's own PNGs now inside --data: still the 16 images
     assert again.returncode == 0 and "data: 16 files" in again.stderr, again.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_compiled_training_step_follows_the_eager_one(rsscn7_list, tmp_path):
+    """``--compile`` on the CPU (inductor): the same losses as eager, and the compilation time is logged."""
+    common = ["pretrain", "--data", str(rsscn7_list(24)), "--epochs", "1", "--batch-size", "8", "--seed", "2",
+              *TINY_FLAGS, *FAST]
+    eager = tmp_path / "eager"
+    assert run_cli(*common, "--output", str(eager)).returncode == 0
+    compiled = tmp_path / "compiled"
+    result = run_cli(*common, "--compile", "--output", str(compiled))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "compiled the training step: the first step took" in result.stderr
+    assert len(losses(eager)) == 3 and np.allclose(losses(eager), losses(compiled), atol=1e-4)

@@ -147,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
     info.add_argument("--trust-checkpoint", action="store_true", help="allow unsafe unpickling")
 
+    shards = commands.add_parser("shards", help="pack an image pool into tar shards for streaming")
+    shards_kind = shards.add_subparsers(dest="kind", required=True)
+    make = shards_kind.add_parser("make", help="write shard-NNNNNN.tar files (members byte for byte)")
+    make.add_argument("data", nargs="+", help="image folders, files or .txt lists")
+    make.add_argument("--output", required=True, help="folder for the shards")
+    make.add_argument("--max-size", type=float, default=1024, help="megabytes per shard (default 1024)")
+
     stats = commands.add_parser("stats", help="per-band mean/std of images, for the mean/std options")
     stats.add_argument("data", nargs="+", help="image folders, files or .txt lists")
     stats.add_argument("--max-images", type=int, default=1000, help="use a seeded sample of this many")
@@ -283,6 +290,15 @@ def run_report(args: argparse.Namespace) -> None:
     print(f"report: {write_run_report(args.run_dir)}")
 
 
+def run_shards(args: argparse.Namespace) -> None:
+    from cspt.data.files import find_images
+    from cspt.data.shards import make_shards
+
+    shards = make_shards(find_images(args.data), args.output, int(args.max_size * 2**20))
+    if shards:
+        print(f"{len(shards)} shards: {args.output}/shard-{{000000..{len(shards) - 1:06d}}}.tar")
+
+
 def run_stats(args: argparse.Namespace) -> None:
     from cspt.data.files import find_images
     from cspt.data.stats import band_statistics
@@ -336,8 +352,8 @@ def run_info(args: argparse.Namespace) -> None:
 
 COMMANDS = {"demo": run_demo, "evaluate": run_evaluate, "export": run_export, "finetune": run_finetune,
             "gap": run_gap, "info": run_info, "pipeline": run_pipeline, "predict": run_predict,
-            "pretrain": run_pretrain, "probe": run_probe, "report": run_report, "stats": run_stats,
-            "visualize": run_visualize}
+            "pretrain": run_pretrain, "probe": run_probe, "report": run_report, "shards": run_shards,
+            "stats": run_stats, "visualize": run_visualize}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -56,6 +56,8 @@ class TrainConfig:
     checkpoint_every: int = option(500, "also checkpoint every N optimizer steps (0: epoch ends only)")
     keep_checkpoints: int = option(3, "step-numbered checkpoints to keep (last.pt is always kept)")
     log_every: int = option(10, "write log.jsonl every N optimizer steps")
+    compile: bool = option(False, "torch.compile the model's training forward and backward (AdamW is already "
+                           "one fused kernel); the first step pays the compilation, and the log says how long")
     dist_timeout: float = option(60.0, "multi-process: minutes a process waits for the others in a collective "
                                  "before the job fails (NCCL's own default is 10)")
 

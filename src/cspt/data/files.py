@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cspt.data.images import IMAGE_SUFFIXES
+from cspt.data.shards import expand_braces, shard_members
 from cspt.errors import CsptError
 
 LIST_SUFFIXES = {".txt", ".lst", ".list"}
@@ -14,8 +15,9 @@ LIST_SUFFIXES = {".txt", ".lst", ".list"}
 def find_images(sources: list[str | Path], exclude: Sequence[str | Path | None] = ()) -> list[Path]:
     """All image files named by ``sources``, sorted within each source.
 
-    A source is a folder (searched recursively), an image file, or a text file with
-    one image path per line (relative paths are relative to the list's folder). Folder
+    A source is a folder (searched recursively), an image file, a text file with one
+    image path per line (relative paths are relative to the list's folder), or a tar
+    shard (its members; ``DIR/shard-{000000..000099}.tar`` names a hundred). Folder
     searches skip everything under ``exclude`` (a run's own output directory: its
     reconstructions and predictions are not data).
     """
@@ -23,8 +25,10 @@ def find_images(sources: list[str | Path], exclude: Sequence[str | Path | None] 
         raise CsptError("no data given: pass one or more image folders or file lists")
     skipped = [Path(e).resolve() for e in exclude if e]
     files: list[Path] = []
-    for source in map(Path, sources):
-        if source.is_dir():
+    for source in (Path(name) for pattern in sources for name in expand_braces(str(pattern))):
+        if source.suffix.lower() == ".tar":
+            files += shard_members(source)
+        elif source.is_dir():
             found = sorted(
                 p for p in source.rglob("*")
                 if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not inside_any(p, skipped)

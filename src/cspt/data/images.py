@@ -8,6 +8,7 @@ that window when rasterio is installed (or the file is an uncompressed TIFF).
 from __future__ import annotations
 
 import functools
+import io
 import os
 import struct
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
+from cspt.data.shards import is_member, open_member
 from cspt.errors import CsptError
 
 #: the most pixels cspt decodes from one JPEG/PNG (remote-sensing scenes are large; PIL's own guard,
@@ -54,10 +56,10 @@ def image_info(path: str | Path) -> ImageInfo:
     path = Path(path)
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
-            if rasterio is not None:
+            if rasterio is not None and not is_member(path):
                 with rasterio.open(path) as src:
                     return ImageInfo(src.height, src.width, src.count)
-            with tifffile.TiffFile(path) as tif:
+            with tifffile.TiffFile(_source(path)) as tif:
                 series = tif.series[0]
                 return _tiff_info(series.shape, series.axes)
         with open_pil(path) as img:
@@ -172,7 +174,7 @@ def open_pil(path: Path) -> Image.Image:
     is changed.
     """
     try:
-        image = Image.open(path)
+        image = Image.open(_source(path))
     except Image.DecompressionBombError:
         image = _open_past_pil_guard(path)
     except UnidentifiedImageError:
@@ -188,17 +190,26 @@ def open_pil(path: Path) -> Image.Image:
 def _open_past_pil_guard(path: Path) -> Image.Image:
     """Open ``path`` with the first registered PIL format that accepts its header."""
     Image.init()
-    with open(path, "rb") as handle:
+    with _open_binary(path) as handle:
         prefix = handle.read(16)
     for name in Image.ID:
         factory, accept = Image.OPEN[name]
         if accept is not None and not accept(prefix):
             continue
         try:
-            return factory(str(path))
+            return factory(_source(path))
         except (SyntaxError, IndexError, TypeError, struct.error):
             continue
     raise ImageReadError(f"{path}: not an image file")
+
+
+def _source(path: Path) -> Path | io.BytesIO:
+    """What a reader opens: the file, or the bytes of a shard member (``SHARD.tar::NAME``)."""
+    return open_member(path) if is_member(path) else path
+
+
+def _open_binary(path: Path) -> io.BufferedIOBase:
+    return open_member(path) if is_member(path) else open(path, "rb")
 
 
 def _decode_pil(path: Path) -> np.ndarray:
@@ -228,6 +239,10 @@ def _tiff_to_hwc(array: np.ndarray, axes: str) -> np.ndarray:
 
 
 def _read_tiff(path: Path, window: WindowBox | None) -> np.ndarray:
+    if is_member(path):
+        hwc = _decode_tiff(path) if window is None else _decode_whole_cached(path)
+        return hwc if window is None else np.array(hwc[window[0]:window[0] + window[2],
+                                                       window[1]:window[1] + window[3]])
     if rasterio is not None:
         with rasterio.open(path) as src:
             win = None if window is None else Window(window[1], window[0], window[3], window[2])
@@ -245,7 +260,7 @@ def _read_tiff(path: Path, window: WindowBox | None) -> np.ndarray:
 
 
 def _decode_tiff(path: Path) -> np.ndarray:
-    with tifffile.TiffFile(path) as tif:
+    with tifffile.TiffFile(_source(path)) as tif:
         series = tif.series[0]
         return _tiff_to_hwc(series.asarray(), series.axes)
 

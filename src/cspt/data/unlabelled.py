@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cspt.data.images import ImageInfo, ImageReadError, WindowBox, image_info
+from cspt.data.shards import is_member, shard_of
 from cspt.data.sampling import (
     band_tensors,
     load_or_replace,
@@ -93,6 +94,16 @@ class UnlabelledImages(Dataset):
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    @property
+    def groups(self) -> list[list[int]] | None:
+        """The samples of each tar shard, for a shard-at-a-time order (None: no shards)."""
+        if not any(is_member(e.path) for e in self.entries):
+            return None
+        by_shard: dict[str, list[int]] = {}
+        for index, entry in enumerate(self.entries):
+            by_shard.setdefault(shard_of(entry.path), []).append(index)
+        return list(by_shard.values())
 
     def __getitem__(self, item: tuple[int, int]) -> dict:
         index, seed = item

@@ -165,6 +165,7 @@ class Trainer:
         self.autocast_dtype = resolve_precision(config.precision, dist.device)
         flush_denormals_on_cpu(dist.device)
         self.skipped: set[str] = set()
+        self.compiled_logged = False
 
     def resume_state(self) -> dict | None:
         """The newest training state in the run directory, if any."""
@@ -213,6 +214,8 @@ class Trainer:
         if dist.distributed:
             ids = [dist.device.index] if dist.device.type == "cuda" else None
             training.net = DistributedDataParallel(model, device_ids=ids)
+        if cfg.compile:
+            training.net = torch.compile(training.net)
         return training
 
     def continue_on(self, state: dict) -> dict:
@@ -249,7 +252,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         model = task.build_model(load_init=state is None).to(dist.device)
         dataset, collate = task.train_data()
-        sampler = SeededBatchSampler(len(dataset), cfg.batch_size, cfg.seed, dist.rank, dist.world_size)
+        sampler = SeededBatchSampler(len(dataset), cfg.batch_size, cfg.seed, dist.rank, dist.world_size,
+                                     getattr(dataset, "groups", None))
         schedule = self.schedule(len(sampler))
         training = self.setup(task, model, state)
         if state is None and dist.is_main:
@@ -313,6 +317,10 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             nonfinite.zero_()
             training.step += 1
+            if cfg.compile and not self.compiled_logged and dist.is_main:  # the first step of this process
+                self.compiled_logged = True
+                log.info("compiled the training step: the first step took %.1f s, compilation included",
+                         time.perf_counter() - interval_start)
             task.on_step_end(training.model, training.step)
             training.micro_batch = micro + 1
             interval_steps += 1
