@@ -9,7 +9,7 @@ import pytest
 import tifffile
 import torch
 from PIL import Image
-from timm.data.auto_augment import LEVEL_TO_ARG, NAME_TO_OP, _RANDOM_INTERPOLATION
+from timm.data.auto_augment import _RANDOM_INTERPOLATION, LEVEL_TO_ARG, NAME_TO_OP
 
 from cspt.data.classification import LabelledImages, LabelledSet
 from cspt.data.rand_augment import FLOAT_OPS, float_rand_augment, posterize

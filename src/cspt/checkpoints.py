@@ -27,6 +27,7 @@ from torch import nn
 
 from cspt.checkpoint_formats import hugging_face_to_mae, is_hugging_face, is_openmmlab, openmmlab_to_mae
 from cspt.errors import CsptError
+from cspt.hub import hub_weights, is_hub_name
 from cspt.models.mae import DECODER_PREFIXES
 from cspt.models.vit import VIT_PRESETS, sincos_pos_embed
 
@@ -151,7 +152,10 @@ def declared_heads(declared: dict[str, Any]) -> tuple[dict[str, int], str]:
 
 
 def checkpoint_file(path: Path) -> Path:
-    """The weights file behind ``path``: itself, or the one inside a run or Hugging Face folder."""
+    """The weights file behind ``path``: itself, the one inside a run or Hugging Face folder, or that of a
+    hub name (``hf:ORG/NAME``, ``timm:NAME``: fetched into the Hugging Face cache once)."""
+    if is_hub_name(path):
+        return hub_weights(str(path))
     if not path.is_dir():
         return path
     for name in ("checkpoints/last.pt", "encoder.safetensors", "model.safetensors", "pytorch_model.bin"):

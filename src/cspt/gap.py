@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader
 from cspt.checkpoints import load_checkpoint, load_into_model
 from cspt.data.classification import LabelledImages, LabelledSet, collate_labelled
 from cspt.data.files import find_images
-from cspt.data.stats import band_statistics
 from cspt.data.normalisation import resolve_normalisation
+from cspt.data.stats import band_statistics
 from cspt.engine.distributed import resolve_device
 from cspt.errors import CsptError
 from cspt.models.classifier import pooled_features

@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cspt.checkpoints import checkpoint_file
 from cspt.config import ClassifyConfig, DetectConfig, PretrainConfig, SegmentConfig, make_config, read_yaml
 from cspt.errors import CsptError
+from cspt.hub import is_hub_name
 
 log = logging.getLogger("cspt")
 
@@ -94,7 +96,7 @@ def file_identity(path: str | None) -> str:
     """A cheap identity of an input checkpoint: resolved path, size and modification time."""
     if not path:
         return "random"
-    target = Path(path)
+    target = checkpoint_file(Path(path)) if is_hub_name(path) else Path(path)
     if not target.exists():
         raise CsptError(f"{target}: source checkpoint not found")
     stat = target.stat()

@@ -17,7 +17,6 @@ import torch
 from torch.utils.data import Dataset
 
 from cspt.data.images import ImageInfo, ImageReadError, WindowBox, image_info
-from cspt.data.shards import is_member, shard_of
 from cspt.data.sampling import (
     band_tensors,
     load_or_replace,
@@ -26,6 +25,7 @@ from cspt.data.sampling import (
     read_random_resized_crop,
     resize_centre_crop,
 )
+from cspt.data.shards import is_member, shard_of
 from cspt.errors import CsptError
 
 log = logging.getLogger(__name__)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import torch
