@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import torch
 import yaml
 from PIL import Image
 
@@ -91,3 +92,28 @@ def test_statistics_for_another_band_count_are_not_used(tmp_path: Path, caplog: 
     mean, std = resolve_normalisation(None, None, 3, (MEAN4, STD4), tmp_path / "encoder.json")
     assert mean == [0.485, 0.456, 0.406] and std == [0.229, 0.224, 0.225]
     assert any("records 4-band statistics" in r.message for r in caplog.records)
+
+
+def test_eleven_bit_data_under_imagenet_statistics_is_named_before_training(rsscn7, tmp_path: Path):
+    """A SpaceNet-like uint16 scene using 11 bits: ImageNet's statistics make it a near-constant input, and
+    the run says so before it trains; with the statistics ``cspt stats`` measures, the input is standardised."""
+    from cspt.data.unlabelled import UnlabelledImages, scan_images
+    from tests.conftest import TINY_FLAGS, run_cli
+
+    source = np.asarray(Image.open(next(rsscn7.rglob("*.jpg"))).convert("RGB").resize((900, 900)))
+    scene = tmp_path / "scene.tif"
+    tifffile.imwrite(scene, (source.astype(np.uint16) * 8), photometric="rgb")  # 0-2040: 11 bits in uint16
+    args = ["pretrain", "--data", str(scene), "--epochs", "1", "--batch-size", "4", "--num-workers", "0",
+            "--device", "cpu", "--vis-every", "0", *TINY_FLAGS]
+    first = run_cli(*args, "--output", str(tmp_path / "imagenet"))
+    assert first.returncode == 0, first.stderr[-2000:]
+    warning = [line for line in first.stderr.splitlines() if "normalisation does not fit the data" in line]
+    assert len(warning) == 1 and "band 1 mean -" in warning[0] and "--mean/--std" in warning[0]
+    stats = run_cli("stats", str(scene)).stdout
+    mean = yaml.safe_load(stats.split("mean: ")[1].split("\n")[0])
+    std = yaml.safe_load(stats.split("std: ")[1].split("\n")[0])
+    second = run_cli(*args, "--mean", *map(str, mean), "--std", *map(str, std), "--output", str(tmp_path / "own"))
+    assert second.returncode == 0 and "does not fit" not in second.stderr, second.stderr[-2000:]
+    dataset = UnlabelledImages(scan_images([scene], 128).entries, 32, 8, 3, mean, std, 128)
+    batch = torch.stack([dataset[(i, i)]["image"] for i in range(16)])
+    assert batch.mean().abs() < 1 and 0.3 < batch.std() < 3

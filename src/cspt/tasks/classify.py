@@ -51,6 +51,7 @@ from cspt.tasks.common import (
     DescribedModel,
     FineTuneTask,
     arch_of,
+    check_normalisation,
     distributed_run,
     load_described,
     load_init_weights,
@@ -283,6 +284,7 @@ class ClassifyTask(FineTuneTask):
 
     def train_data(self) -> tuple[LabelledImages, Any]:
         cfg = self.config
+        check_normalisation(self.splits["train"].paths, cfg, self.dist.is_main)
         dataset = LabelledImages(self.splits["train"], cfg.img_size, cfg.in_chans, cfg.mean, cfg.std, train=True,
                                  min_scale=cfg.min_scale, rand_augment=cfg.rand_augment, reprob=cfg.reprob)
         return dataset, collate_labelled

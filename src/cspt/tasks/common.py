@@ -17,6 +17,7 @@ from torch import nn
 from cspt.checkpoints import Checkpoint, description_of, load_checkpoint, load_into_model
 from cspt.config import EncoderConfig, PyramidConfig, TrainConfig, save_config
 from cspt.data.normalisation import log_normalisation, resolve_normalisation
+from cspt.data.stats import normalisation_mismatch
 from cspt.engine.distributed import DistContext, all_gather_objects, setup_distributed, shutdown_distributed
 from cspt.engine.run_dir import (
     check_same_run,
@@ -50,6 +51,15 @@ def resolved_encoder_fields(config: EncoderConfig, init: Checkpoint | None) -> d
     recorded = (init.normalisation, init.path) if init is not None else (None, None)
     fields["mean"], fields["std"] = resolve_normalisation(config.mean, config.std, arch.in_chans, *recorded)
     return fields
+
+
+def check_normalisation(files: list[Path], config: EncoderConfig, is_main: bool) -> None:
+    """Say in one line, before training, when the run's mean/std do not fit its training images."""
+    if not is_main or not files:
+        return
+    mismatch = normalisation_mismatch(files, config.mean, config.std)
+    if mismatch:
+        log.warning("%s", mismatch)
 
 
 def resolved_taps(config: PyramidConfig) -> list[int]:

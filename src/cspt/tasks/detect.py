@@ -38,6 +38,7 @@ from cspt.tasks.common import (
     DescribedModel,
     FineTuneTask,
     arch_of,
+    check_normalisation,
     distributed_run,
     load_described,
     load_init_weights,
@@ -226,6 +227,7 @@ class DetectTask(FineTuneTask):
 
     def train_data(self) -> tuple[DetectionTiles, Any]:
         cfg = self.config
+        check_normalisation([scene.image for scene in self.train.scenes], cfg, self.dist.is_main)
         tiles = make_tiles(self.train.scenes, cfg.tile_size, cfg.tile_overlap, cfg.min_visible, cfg.empty_tiles,
                            cfg.seed)
         log.info("training tiles: %d of %d px from %d scenes (%d objects)", len(tiles), cfg.tile_size,

@@ -21,7 +21,14 @@ from cspt.data.unlabelled import UnlabelledImages, collate, evaluation_images, s
 from cspt.engine.trainer import Task, Trainer
 from cspt.export import lineage_of, write_weights
 from cspt.models.mae import MaskedAutoencoderViT
-from cspt.tasks.common import arch_of, distributed_run, load_init_weights, resolved_encoder_fields, start_run
+from cspt.tasks.common import (
+    arch_of,
+    check_normalisation,
+    distributed_run,
+    load_init_weights,
+    resolved_encoder_fields,
+    start_run,
+)
 from cspt.visualize import reconstruction_grid, save_grid
 
 if TYPE_CHECKING:
@@ -62,6 +69,7 @@ class PretrainTask(Task):
             log.warning("skipped unreadable image: %s", message)
         log.info("data: %d files, %d samples per epoch%s", len(files), len(scan.entries),
                  f", {len(scan.unreadable)} unreadable files skipped" if scan.unreadable else "")
+        check_normalisation(list(dict.fromkeys(entry.path for entry in scan.entries)), cfg, self.dist.is_main)
         self.dataset = UnlabelledImages(scan.entries, cfg.img_size, cfg.patch_size, cfg.in_chans,
                                         cfg.mean, cfg.std, cfg.tile_size, cfg.min_scale)
         self.files = files

@@ -56,6 +56,7 @@ from cspt.tasks.common import (
     DescribedModel,
     FineTuneTask,
     arch_of,
+    check_normalisation,
     distributed_run,
     load_described,
     load_init_weights,
@@ -324,6 +325,7 @@ class SegmentTask(FineTuneTask):
 
     def train_data(self) -> tuple[SegmentationCrops, Any]:
         cfg = self.config
+        check_normalisation([pair.image for pair in self.splits["train"]], cfg, self.dist.is_main)
         dataset = SegmentationCrops(self.splits["train"], self.palette, cfg.crop_size, cfg.in_chans, cfg.mean,
                                     cfg.std, cfg.ignore_index, cfg.scale_range, cfg.photometric, cfg.resize)
         return dataset, collate_crops
