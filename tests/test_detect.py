@@ -15,7 +15,7 @@ from cspt.config import DetectConfig
 from cspt.data.detection import read_annotations
 from cspt.engine.sliding import sliding_window_detections
 from cspt.errors import CsptError
-from cspt.metrics import coco_map, voc_map
+from cspt.metrics import best_f1_threshold, coco_map, precision_recall_at, voc_map
 from cspt.tasks.detect import DetectTask, evaluate_scenes, finetune_detect, resolve_config
 from tests.conftest import SHARED, TINY_ENCODER_FLAGS, needs, run_cli, write_rgb
 
@@ -99,6 +99,9 @@ def test_tiny_detector_overfits_a_neon_scene(neon: Path, tmp_path: Path):
     after = json.loads((run_dir / "metrics.json").read_text())
     print(f"OSBS_029 mAP@0.5: {before['map50']:.3f} before, {after['map50']:.3f} after 40 CPU steps")
     assert after["objects"] == 61 and after["map50"] > before["map50"] + 0.05
+    point = json.loads((run_dir / "detector.json").read_text())["operating_point"]
+    assert point == after["operating_point"] and point["chosen_on"] == "1 training scene(s)"
+    assert point["train"]["f1"] > 0 and point["validation"]["recall"] > 0  # scored at the chosen threshold
 
 
 def test_sliding_window_merges_seams_into_one_box_per_object():
@@ -188,3 +191,16 @@ def test_cli_finetune_evaluate_predict_detect(neon: Path, natural_mae: Path, tmp
     lines = (out / "dota" / "SOAP_061.txt").read_text().splitlines()
     assert len(lines) == len(coco["annotations"]) and all(len(line.split()) == 10 for line in lines)
     assert Image.open(out / "drawn" / "SOAP_061.png").size == (400, 400)
+
+
+def test_operating_point_is_the_best_f1_threshold_by_hand():
+    truth = {"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]), "labels": torch.tensor([0, 0]),
+             "difficult": torch.tensor([False, False])}
+    found = {"boxes": torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60], [20, 20, 30, 30], [70, 70, 80, 80]]),
+             "scores": torch.tensor([0.9, 0.8, 0.6, 0.3]), "labels": torch.tensor([0, 0, 0, 0])}
+    # keeping >= 0.9: P 1, R 0.5; >= 0.8: P 0.5, R 0.5; >= 0.6: P 2/3, R 1 (F1 0.8, the best); >= 0.3: P 0.5, R 1
+    best = best_f1_threshold([found], [truth], 1)
+    assert best["threshold"] == pytest.approx(0.6) and best["f1"] == pytest.approx(0.8)
+    assert best["precision"] == pytest.approx(2 / 3) and best["recall"] == 1.0
+    at = precision_recall_at([found], [truth], 1, 0.85)
+    assert at["precision"] == 1.0 and at["recall"] == 0.5 and at["detections"] == 1

@@ -111,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--images", required=True, nargs="+", help="image folders, files or .txt lists")
     pd.add_argument("--output", required=True, help="folder for detections.json, dota/NAME.txt (and drawn/)")
     pd.add_argument("--draw", action="store_true", help="also write the images with their boxes drawn")
-    pd.add_argument("--draw-score", type=float, default=0.5, help="draw the detections scoring at least this")
+    pd.add_argument("--draw-score", type=float, default=None,
+                    help="draw the detections scoring at least this (default: the operating point chosen on the "
+                         "training scenes, else 0.5)")
     pd.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     pipe = commands.add_parser("pipeline", help="run a chain of stages from a YAML config (skips finished ones)")

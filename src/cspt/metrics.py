@@ -93,6 +93,34 @@ def voc_ap(recall: torch.Tensor, precision: torch.Tensor) -> float:
     return float(((recall[steps + 1] - recall[steps]) * precision[steps + 1]).sum())
 
 
+def scored_outcomes(detections: Sequence[dict], ground_truths: Sequence[dict], label: int,
+                    iou_threshold: float = 0.5) -> tuple[list[tuple[float, int]], int]:
+    """Every detection of class ``label`` as ``(score, 1 hit | 0 false alarm)``, best first, and the objects
+    to find. A detection matching a difficult object is left out (neither a hit nor a false alarm)."""
+    from torchvision.ops import box_iou
+
+    positives = sum(int(((g["labels"] == label) & ~g["difficult"]).sum()) for g in ground_truths)
+    found = []
+    for det, gt in zip(detections, ground_truths, strict=True):
+        mine = det["labels"] == label
+        boxes, scores = det["boxes"][mine], det["scores"][mine]
+        targets = gt["labels"] == label
+        gt_boxes, difficult = gt["boxes"][targets], gt["difficult"][targets]
+        taken = torch.zeros(len(gt_boxes), dtype=torch.bool)
+        overlaps = box_iou(boxes.double(), gt_boxes.double()) if len(gt_boxes) and len(boxes) else None
+        for k in scores.argsort(descending=True).tolist():
+            outcome = 0
+            if overlaps is not None:
+                best, j = overlaps[k].max(0)
+                if best >= iou_threshold:
+                    if difficult[j]:
+                        outcome = -1
+                    elif not taken[j]:
+                        taken[j], outcome = True, 1
+            found.append((float(scores[k]), outcome))
+    return [f for f in sorted(found, key=lambda f: -f[0]) if f[1] >= 0], positives
+
+
 def voc_map(detections: Sequence[dict], ground_truths: Sequence[dict], classes: Sequence[str],
             iou_threshold: float = 0.5) -> dict[str, Any]:
     """VOC mAP: per-class AP at ``iou_threshold``, all-point interpolation, difficult objects ignored.
@@ -101,33 +129,12 @@ def voc_map(detections: Sequence[dict], ground_truths: Sequence[dict], classes: 
     ``ground_truths[i]``: ``boxes``, ``labels`` and ``difficult`` (bool). A detection matching a
     difficult object counts neither as a hit nor as a false alarm.
     """
-    from torchvision.ops import box_iou
-
     per_class: dict[str, float | None] = {}
     for label, name in enumerate(classes):
-        positives = sum(int(((g["labels"] == label) & ~g["difficult"]).sum()) for g in ground_truths)
-        found = []  # (score, outcome) with outcome 1 hit, 0 false alarm, -1 ignored
-        for det, gt in zip(detections, ground_truths, strict=True):
-            mine = det["labels"] == label
-            boxes, scores = det["boxes"][mine], det["scores"][mine]
-            targets = gt["labels"] == label
-            gt_boxes, difficult = gt["boxes"][targets], gt["difficult"][targets]
-            taken = torch.zeros(len(gt_boxes), dtype=torch.bool)
-            overlaps = box_iou(boxes.double(), gt_boxes.double()) if len(gt_boxes) and len(boxes) else None
-            for k in scores.argsort(descending=True).tolist():
-                outcome = 0
-                if overlaps is not None:
-                    best, j = overlaps[k].max(0)
-                    if best >= iou_threshold:
-                        if difficult[j]:
-                            outcome = -1
-                        elif not taken[j]:
-                            taken[j], outcome = True, 1
-                found.append((float(scores[k]), outcome))
+        found, positives = scored_outcomes(detections, ground_truths, label, iou_threshold)
         if positives == 0:
             per_class[name] = None
             continue
-        found = [f for f in sorted(found, key=lambda f: -f[0]) if f[1] >= 0]
         hits = torch.tensor([f[1] for f in found], dtype=torch.double)
         true_positives, false_positives = hits.cumsum(0), (1 - hits).cumsum(0)
         recall = true_positives / positives
@@ -135,6 +142,41 @@ def voc_map(detections: Sequence[dict], ground_truths: Sequence[dict], classes: 
         per_class[name] = voc_ap(recall, precision) if len(found) else 0.0
     scored = [v for v in per_class.values() if v is not None]
     return {"map50": sum(scored) / len(scored) if scored else 0.0, "ap50_per_class": per_class}
+
+
+def _pooled(detections: Sequence[dict], ground_truths: Sequence[dict], classes: int,
+            iou_threshold: float) -> tuple[list[tuple[float, int]], int]:
+    outcomes = [scored_outcomes(detections, ground_truths, label, iou_threshold) for label in range(classes)]
+    return sorted((f for found, _ in outcomes for f in found), key=lambda f: -f[0]), sum(n for _, n in outcomes)
+
+
+def precision_recall_at(detections: Sequence[dict], ground_truths: Sequence[dict], classes: int, threshold: float,
+                        iou_threshold: float = 0.5) -> dict[str, float]:
+    """Precision, recall and F1 of the detections scoring at least ``threshold`` (all classes pooled)."""
+    found, positives = _pooled(detections, ground_truths, classes, iou_threshold)
+    kept = [hit for score, hit in found if score >= threshold]
+    hits = sum(kept)
+    precision = hits / len(kept) if kept else 0.0
+    recall = hits / positives if positives else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"threshold": threshold, "precision": precision, "recall": recall, "f1": f1, "detections": len(kept)}
+
+
+def best_f1_threshold(detections: Sequence[dict], ground_truths: Sequence[dict], classes: int,
+                      iou_threshold: float = 0.5) -> dict[str, float]:
+    """The score threshold with the best F1 (all classes pooled), with its precision and recall."""
+    found, positives = _pooled(detections, ground_truths, classes, iou_threshold)
+    best = {"threshold": 1.0, "precision": 0.0, "recall": 0.0, "f1": 0.0, "detections": 0}
+    hits = 0
+    for k, (score, hit) in enumerate(found):
+        hits += hit
+        if k + 1 < len(found) and found[k + 1][0] == score:
+            continue  # a threshold keeps every detection of its score
+        precision, recall = hits / (k + 1), hits / positives if positives else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        if f1 > best["f1"]:
+            best = {"threshold": score, "precision": precision, "recall": recall, "f1": f1, "detections": k + 1}
+    return best
 
 
 def coco_map(detections: Sequence[dict], ground_truths: Sequence[dict]) -> dict[str, float]:

@@ -50,7 +50,13 @@ def headline(run_dir: Path, kind: str) -> dict[str, float]:
     if not path.is_file():
         return {}
     metrics = json.loads(path.read_text())
-    return {label: metrics[key] for key, label in HEADLINE.get(kind, []) if key in metrics}
+    values = {label: metrics[key] for key, label in HEADLINE.get(kind, []) if key in metrics}
+    held_out = metrics.get("operating_point", {}).get("validation")
+    if held_out:  # detection at the threshold chosen on the training scenes
+        threshold = metrics["operating_point"]["threshold"]
+        values[f"precision at score {threshold:.2f}"] = held_out["precision"]
+        values[f"recall at score {threshold:.2f}"] = held_out["recall"]
+    return values
 
 
 def plot_curves(run_dir: Path, target: Path) -> Path | None:
@@ -104,7 +110,13 @@ def _detection_example(run_dir: Path) -> tuple[Path, str] | None:
     drawn = run_dir / "examples" / "drawn" / f"{scene.image.stem}.png"
     if not drawn.is_file():
         predict_detector(run_dir, [str(scene.image)], run_dir / "examples", draw=True, device="cpu")
-    return drawn, f"detections scoring 0.5 or more on the held-out scene {scene.image.name}"
+    point = info.get("operating_point")
+    if not point:
+        return drawn, f"detections scoring 0.5 or more on the held-out scene {scene.image.name}"
+    held_out = point.get("validation", {})
+    return drawn, (f"detections scoring {point['threshold']:.2f} or more on the held-out scene {scene.image.name}: "
+                   f"the threshold of the best F1 on the {point['chosen_on']} "
+                   f"(held-out precision {held_out.get('precision', 0):.2f}, recall {held_out.get('recall', 0):.2f})")
 
 
 def _segmentation_example(run_dir: Path) -> tuple[Path, str] | None:

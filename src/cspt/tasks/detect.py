@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,13 @@ from cspt.data.detection import Annotations, Scene, read_annotations
 from cspt.data.files import find_images
 from cspt.data.images import ImageReadError, display_rgb, image_info, read_image
 from cspt.data.scene_tiles import DetectionTiles, collate_tiles, make_tiles, read_window
-from cspt.engine.distributed import all_gather_objects, resolve_device, shard
+from cspt.engine.distributed import all_gather_objects, barrier, resolve_device, shard
 from cspt.engine.optim import param_groups_layer_decay
 from cspt.engine.sliding import sliding_window_detections
 from cspt.engine.trainer import Trainer, resolve_precision
 from cspt.errors import CsptError
-from cspt.export import write_weights
-from cspt.metrics import coco_map, voc_map
+from cspt.export import write_sidecar, write_weights
+from cspt.metrics import best_f1_threshold, coco_map, precision_recall_at, voc_map
 from cspt.models.detector import build_detector, detector_encoder
 from cspt.models.vit import ArchConfig
 from cspt.tasks.common import (
@@ -50,6 +51,8 @@ from cspt.tasks.common import (
 log = logging.getLogger("cspt")
 
 DETECTOR = "detector.safetensors"
+#: the most training scenes the operating point is chosen on
+OPERATING_SCENES = 50
 
 
 # ---------------------------------------------------------------- inference and evaluation
@@ -134,10 +137,13 @@ def evaluate_detector(checkpoint: str | Path, annotations: str | None = None, im
 
 
 def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str | Path, draw: bool = False,
-                     device: str = "auto", draw_score: float = 0.5) -> Path:
+                     device: str = "auto", draw_score: float | None = None) -> Path:
     """``detections.json`` (COCO style, with scores), ``dota/NAME.txt`` and, with ``draw``, ``drawn/NAME.png``
-    (the detections scoring at least ``draw_score``)."""
+    (the detections scoring at least ``draw_score``; default: the operating point chosen on the training
+    scenes, else 0.5)."""
     model, info, _ = load_detector(checkpoint)
+    if draw_score is None:
+        draw_score = info.get("operating_point", {}).get("threshold", 0.5)
     torch_device = torch.device(resolve_device(device))
     classes = info["classes"]
     folder = Path(output)
@@ -258,6 +264,34 @@ class DetectTask(FineTuneTask):
         if self.val is None and self.dist.is_main:
             write_weights(model.state_dict(), run_dir / DETECTOR, self.describe(run_dir, "last epoch"))
             log.info("no validation scenes: kept the last epoch; evaluate it with cspt evaluate detect")
+        barrier()  # the kept weights are on disk before any process reads them back
+        self.choose_operating_point(run_dir)
+
+    def choose_operating_point(self, run_dir: Path) -> None:
+        """The score threshold with the best F1 on (up to 50 of) the training scenes, recorded in
+        ``detector.json`` for drawing; with validation scenes, their precision and recall at it too."""
+        kept, info, weights = load_detector(run_dir)
+        device = torch.device(resolve_device(self.config.device))
+        scenes = self.train.scenes
+        if len(scenes) > OPERATING_SCENES:
+            scenes = [scenes[i] for i in sorted(random.Random(0).sample(range(len(scenes)), OPERATING_SCENES))]
+        _, found = evaluate_scenes(kept, scenes, info, device, self.config.precision)
+        chosen = best_f1_threshold(found, [ground_truth(s, info["classes"]) for s in scenes], len(info["classes"]))
+        point = {"threshold": chosen["threshold"], "chosen_on": f"{len(scenes)} training scene(s)", "train": chosen}
+        if self.val is not None:
+            _, held = evaluate_scenes(kept, self.val.scenes, info, device, self.config.precision)
+            truths = [ground_truth(s, info["classes"]) for s in self.val.scenes]
+            point["validation"] = precision_recall_at(held, truths, len(info["classes"]), chosen["threshold"])
+        if self.dist.is_main:
+            write_sidecar(weights, {**info, "operating_point": point})
+            metrics_path = run_dir / "metrics.json"
+            if metrics_path.is_file():
+                metrics = json.loads(metrics_path.read_text())
+                metrics_path.write_text(json.dumps({**metrics, "operating_point": point}, indent=2) + "\n")
+            held_out = point.get("validation")
+            log.info("operating point: score %.3f, the best F1 (%.3f) on the training scenes%s", chosen["threshold"],
+                     chosen["f1"], f"; validation precision {held_out['precision']:.3f}, recall "
+                     f"{held_out['recall']:.3f}" if held_out else "")
 
     def describe(self, run_dir: Path, selected: str) -> dict[str, Any]:
         """``detector.json``: how to rebuild and feed the model, its classes and its lineage."""
