@@ -66,6 +66,12 @@ def test_pipeline_runs_both_arms_then_skips_finished_stages(natural_mae, rsscn7_
     report = (pipe / "report.md").read_text()
     assert "| direct/rsscn7 | classify | direct | OA " in report and "| cspt/rsscn7 | classify | cspt | OA " in report
     assert "Domain gap" in report and "Fréchet distance: source" in report
+    direct_oa = json.loads((pipe / "direct" / "rsscn7" / "metrics.json").read_text())["oa"]
+    cspt_oa = json.loads((pipe / "cspt" / "rsscn7" / "metrics.json").read_text())["oa"]
+    verdict = "helped" if cspt_oa > direct_oa else "hurt" if cspt_oa < direct_oa else "made no difference"
+    assert "## rsscn7: direct against cspt" in report
+    assert f"OA: direct {direct_oa:.4f}, cspt {cspt_oa:.4f}, difference {cspt_oa - direct_oa:+.4f}: " \
+           f"consecutive pretraining {verdict}" in report
     assert (pipe / "cspt" / "rsscn7" / "report.html").is_file()  # every run gets its own report too
 
     metrics = (pipe / "direct" / "rsscn7" / "metrics.json").stat().st_mtime_ns
@@ -96,7 +102,10 @@ def check_html(path: Path, tmp_path: Path) -> None:
     assert dom.returncode == 0 and dom.stdout.count("<img") == len(sources)
 
 
-def test_demo_spec_reads_the_wheel_and_holds_out_two_sites(tmp_path, monkeypatch):
+def test_demo_reads_no_held_out_scene_in_any_stage_before_evaluation(tmp_path, monkeypatch):
+    """Both arms; what pretraining and detection training read, as cspt's own readers find it."""
+    from cspt.data.detection import read_annotations
+    from cspt.data.files import find_images
     from cspt.demo import HELD_OUT, demo_spec
     from cspt.pipeline import plan
     from tests.conftest import DEEPFOREST_WHEEL, ROOT
@@ -105,13 +114,15 @@ def test_demo_spec_reads_the_wheel_and_holds_out_two_sites(tmp_path, monkeypatch
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("CSPT_CACHE", str(tmp_path / "cache"))
     spec = demo_spec(str(tmp_path / "demo"), None)
-    assert [s.name for s in plan(spec)] == ["pretrain", "cspt/neon_trees"]
-    assert len(spec["pretrain"]["data"]) == 5 and spec["source"] is None
+    assert [s.name for s in plan(spec)] == ["pretrain", "direct/neon_trees", "cspt/neon_trees"]
+    held_out = {f"{stem}.png" for stem in HELD_OUT}
+    pretrained_on = {p.name for p in find_images(spec["pretrain"]["data"])}
+    assert len(pretrained_on) == 3 and not pretrained_on & held_out
     detect = spec["finetune"]["neon_trees"]
-    held_out = Path(detect["val"]).read_text().splitlines()
-    assert len(held_out) == 1 + 61 + 37 and {line.split(",")[0] for line in held_out[1:]} == {
-        f"{stem}.png" for stem in HELD_OUT}
-    assert Path(detect["train"]).stem not in HELD_OUT
+    train = read_annotations(detect["train"], detect["images"], classes=["Tree"])
+    assert not {s.image.name for s in train.scenes} & held_out and train.count_boxes() == 279 + 574
+    val = read_annotations(detect["val"], detect["images"], classes=["Tree"])
+    assert {s.image.name for s in val.scenes} == held_out and val.count_boxes() == 61 + 37
 
 
 def test_report_and_palette_refuse_what_they_cannot_read(tmp_path):

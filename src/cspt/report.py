@@ -247,6 +247,31 @@ def gap_blocks(folder: Path) -> list[Block]:
     return blocks
 
 
+def arm_comparison(stages: Sequence[Any]) -> list[Block]:
+    """Each fine-tune of both arms side by side: the cspt arm minus the direct one, and its sign in words."""
+    by_arm = {(stage.arm, stage.name.split("/", 1)[-1]): stage for stage in stages
+              if stage.arm and stage.run_dir.is_dir()}
+    blocks: list[Block] = []
+    for (arm, name), direct in by_arm.items():
+        cspt = by_arm.get(("cspt", name))
+        if arm != "direct" or cspt is None:
+            continue
+        ours, theirs = headline(cspt.run_dir, cspt.kind), headline(direct.run_dir, direct.kind)
+        rows = [[metric, f"{theirs[metric]:.4f}", f"{ours[metric]:.4f}", f"{ours[metric] - theirs[metric]:+.4f}"]
+                for metric in ours if metric in theirs]
+        if not rows:
+            continue
+        main = rows[0]
+        change = float(main[3])
+        verdict = ("consecutive pretraining helped" if change > 0 else
+                   "consecutive pretraining hurt" if change < 0 else "consecutive pretraining made no difference")
+        blocks += [("h", 2, f"{name}: direct against cspt"),
+                   ("p", f"{main[0]}: direct {main[1]}, cspt {main[2]}, difference {main[3]}: {verdict} "
+                         "(one run per arm: a difference within a run's seed-to-seed spread is no evidence)."),
+                   ("table", ["metric", "direct", "cspt", "cspt - direct"], rows)]
+    return blocks
+
+
 def write_pipeline_report(output: Path, stages: Sequence[Any], spec: dict[str, Any]) -> Path:
     """The pipeline's report: a metrics table of every stage and arm, then each run's section."""
     figures = output / "figures"
@@ -260,6 +285,7 @@ def write_pipeline_report(output: Path, stages: Sequence[Any], spec: dict[str, A
     blocks: list[Block] = [("p", f"Source checkpoint: {spec.get('source') or 'none (random initialisation)'}; "
                                  f"arms: {', '.join(spec['arms'])}."),
                            ("h", 2, "Results"), ("table", ["stage", "task", "arm", "metrics"], rows)]
+    blocks += arm_comparison(stages)
     for stage in stages:
         if stage.kind == "gap":
             blocks += gap_blocks(stage.run_dir)
