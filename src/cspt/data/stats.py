@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cspt.data.images import ImageReadError, image_info, read_image
+from cspt.data.images import ImageReadError, WindowBox, image_info, read_image
 from cspt.errors import CsptError
 
 
@@ -21,8 +21,13 @@ class BandStatistics:
     skipped: list[str]
 
 
-def band_statistics(files: Sequence[Path], max_images: int | None = 1000, seed: int = 0) -> BandStatistics:
-    """Mean and std of every band on the 0-1 scale, over a seeded sample of ``files``."""
+def band_statistics(files: Sequence[Path], max_images: int | None = 1000, seed: int = 0,
+                    window: int | None = None) -> BandStatistics:
+    """Mean and std of every band on the 0-1 scale, over a seeded sample of ``files``.
+
+    ``window``: read only a central window of at most this many pixels a side of each
+    image (large scenes then cost little).
+    """
     files = list(files)
     if max_images is not None and len(files) > max_images:
         files = random.Random(seed).sample(files, max_images)
@@ -30,7 +35,7 @@ def band_statistics(files: Sequence[Path], max_images: int | None = 1000, seed: 
     count, bands, used, skipped = 0, None, 0, []
     for path in files:
         try:
-            pixels = read_image(path).astype(np.float64)
+            pixels = read_image(path, central_box(path, window) if window else None).astype(np.float64)
         except ImageReadError as err:
             skipped.append(str(err))
             continue
@@ -56,43 +61,35 @@ def band_statistics(files: Sequence[Path], max_images: int | None = 1000, seed: 
 FAR_MEAN, NARROW_STD, WIDE_STD = 3.0, 0.05, 20.0
 
 
+def central_box(path: Path, side: int) -> WindowBox:
+    """The central window of at most ``side`` x ``side`` pixels of an image."""
+    info = image_info(path)
+    height, width = min(side, info.height), min(side, info.width)
+    return (info.height - height) // 2, (info.width - width) // 2, height, width
+
+
 def normalisation_mismatch(files: Sequence[Path], mean: Sequence[float], std: Sequence[float],
                            sample: int = 16, window: int = 1024) -> str | None:
     """One line when ``mean``/``std`` do not fit the data, else None.
 
-    Measures a seeded sample of ``files`` (a central window of at most ``window`` pixels
-    of each, so large scenes cost little) and normalises the result: a band whose mean
-    lies beyond 3 or whose std is below 0.05 (or above 20) is one the model sees as
-    nearly constant or saturated, as 11-bit data in a uint16 file is under ImageNet's
-    statistics.
+    Measures a seeded sample of ``files`` (:func:`band_statistics` on a central window)
+    and normalises the result: a band whose mean lies beyond 3 or whose std is below
+    0.05 (or above 20) is one the model sees as nearly constant or saturated, as 11-bit
+    data in a uint16 file is under ImageNet's statistics.
     """
-    chosen = random.Random(0).sample(list(files), min(sample, len(files)))
-    total = total_sq = None
-    count = 0
-    for path in chosen:
-        try:
-            info = image_info(path)
-            top, left = max(0, (info.height - window) // 2), max(0, (info.width - window) // 2)
-            box = (top, left, min(window, info.height), min(window, info.width))
-            flat = read_image(path, box).astype(np.float64).reshape(-1, info.bands)
-        except ImageReadError:
-            continue
-        if flat.shape[1] != len(mean):
-            continue
-        total = flat.sum(0) if total is None else total + flat.sum(0)
-        total_sq = (flat**2).sum(0) if total_sq is None else total_sq + (flat**2).sum(0)
-        count += flat.shape[0]
-    if not count:
+    try:
+        data = band_statistics(files, sample, window=window)
+    except CsptError:  # nothing readable: the loader reports the files
         return None
-    data_mean = total / count
-    data_std = np.sqrt(np.maximum(total_sq / count - data_mean**2, 0.0))
-    seen_mean = (data_mean - np.asarray(mean)) / np.asarray(std)
-    seen_std = data_std / np.asarray(std)
+    if len(data.mean) != len(mean):
+        return None
+    seen_mean = (np.asarray(data.mean) - np.asarray(mean)) / np.asarray(std)
+    seen_std = np.asarray(data.std) / np.asarray(std)
     bad = [f"band {b + 1} mean {seen_mean[b]:.2f} std {seen_std[b]:.3f}" for b in range(len(mean))
            if abs(seen_mean[b]) > FAR_MEAN or not NARROW_STD <= seen_std[b] <= WIDE_STD]
     if not bad:
         return None
-    measured = ", ".join(f"{m:.4f}/{s:.4f}" for m, s in zip(data_mean, data_std))
+    measured = ", ".join(f"{m:.4f}/{s:.4f}" for m, s in zip(data.mean, data.std))
     return (f"normalisation does not fit the data: after it, {'; '.join(bad)} (a ViT expects about 0 and 1); "
-            f"the data's own mean/std on the 0-1 scale are {measured} (measured on {len(chosen)} image(s)): "
+            f"the data's own mean/std on the 0-1 scale are {measured} (measured on {data.images} image(s)): "
             "pass them as --mean/--std, or check the bit depth")
