@@ -239,22 +239,21 @@ def _tiff_to_hwc(array: np.ndarray, axes: str) -> np.ndarray:
 
 
 def _read_tiff(path: Path, window: WindowBox | None) -> np.ndarray:
-    if is_member(path):
-        hwc = _decode_tiff(path) if window is None else _decode_whole_cached(path)
-        return hwc if window is None else np.array(hwc[window[0]:window[0] + window[2],
-                                                       window[1]:window[1] + window[3]])
-    if rasterio is not None:
+    if rasterio is not None and not is_member(path):
         with rasterio.open(path) as src:
             win = None if window is None else Window(window[1], window[0], window[3], window[2])
             return np.moveaxis(src.read(window=win), 0, -1)
     if window is None:
         return _decode_tiff(path)
-    with tifffile.TiffFile(path) as tif:
-        axes = tif.series[0].axes
-    try:
-        hwc = _tiff_to_hwc(tifffile.memmap(path, mode="r"), axes)
-    except ValueError:  # compressed or not contiguous
+    if is_member(path):  # bytes in a shard: no memory map
         hwc = _decode_whole_cached(path)
+    else:
+        with tifffile.TiffFile(path) as tif:
+            axes = tif.series[0].axes
+        try:
+            hwc = _tiff_to_hwc(tifffile.memmap(path, mode="r"), axes)
+        except ValueError:  # compressed or not contiguous
+            hwc = _decode_whole_cached(path)
     top, left, height, width = window
     return np.array(hwc[top : top + height, left : left + width])
 
