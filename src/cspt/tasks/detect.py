@@ -218,6 +218,7 @@ class DetectTask(FineTuneTask):
         self.val = val
         self.arch = arch_of(config)
         self.init = init
+        self.kept_detections: list[dict] | None = None  #: the validation detections of the kept weights
         super().__init__()
 
     def build_model(self, load_init: bool) -> nn.Module:
@@ -251,10 +252,13 @@ class DetectTask(FineTuneTask):
         if not self.evaluates_after(epoch, self.val is not None):
             return None
         done = epoch + 1
-        metrics, _ = evaluate_scenes(model, self.val.scenes, self.describe(run_dir, ""),
-                                     next(model.parameters()).device, cfg.precision)
+        metrics, found = evaluate_scenes(model, self.val.scenes, self.describe(run_dir, ""),
+                                         next(model.parameters()).device, cfg.precision)
         model.train()
-        if self.improves(metrics["map50"], epoch) and self.dist.is_main:
+        improved = self.improves(metrics["map50"], epoch)
+        if improved:
+            self.kept_detections = found
+        if improved and self.dist.is_main:
             write_weights(model.state_dict(), run_dir / DETECTOR,
                           self.describe(run_dir, f"best validation mAP@0.5 {metrics['map50']:.4f} at epoch {done}"))
             (run_dir / "metrics.json").write_text(json.dumps({**metrics, "epoch": done}, indent=2) + "\n")
@@ -279,7 +283,9 @@ class DetectTask(FineTuneTask):
         chosen = best_f1_threshold(found, [ground_truth(s, info["classes"]) for s in scenes], len(info["classes"]))
         point = {"threshold": chosen["threshold"], "chosen_on": f"{len(scenes)} training scene(s)", "train": chosen}
         if self.val is not None:
-            _, held = evaluate_scenes(kept, self.val.scenes, info, device, self.config.precision)
+            held = self.kept_detections  # computed when the kept weights were chosen (not after a resume)
+            if held is None:
+                _, held = evaluate_scenes(kept, self.val.scenes, info, device, self.config.precision)
             truths = [ground_truth(s, info["classes"]) for s in self.val.scenes]
             point["validation"] = precision_recall_at(held, truths, len(info["classes"]), chosen["threshold"])
         if self.dist.is_main:
