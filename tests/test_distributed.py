@@ -20,6 +20,7 @@ from cspt.engine.run_log import read_log
 from cspt.engine.trainer import Trainer
 from cspt.errors import CsptError
 from tests.conftest import TINY_FLAGS, run_cli
+from tests.test_pretrain import losses
 
 FAST = ["--num-workers", "0", "--warmup-epochs", "0", "--log-every", "1", "--device", "cpu"]
 
@@ -28,10 +29,6 @@ def torchrun(*args: str, processes: int = 2, timeout: float = 300) -> subprocess
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                            str(processes), "-m", "cspt", *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-def losses(run_dir: Path) -> list[float]:
-    return [r["loss"] for r in read_log(run_dir) if "loss" in r]
 
 
 @pytest.mark.slow

@@ -155,27 +155,29 @@ def precision_recall_at(detections: Sequence[dict], ground_truths: Sequence[dict
     """Precision, recall and F1 of the detections scoring at least ``threshold`` (all classes pooled)."""
     found, positives = _pooled(detections, ground_truths, classes, iou_threshold)
     kept = [hit for score, hit in found if score >= threshold]
-    hits = sum(kept)
-    precision = hits / len(kept) if kept else 0.0
+    return _scores(threshold, sum(kept), len(kept), positives)
+
+
+def _scores(threshold: float, hits: int, kept: int, positives: int) -> dict[str, float]:
+    precision = hits / kept if kept else 0.0
     recall = hits / positives if positives else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"threshold": threshold, "precision": precision, "recall": recall, "f1": f1, "detections": len(kept)}
+    return {"threshold": threshold, "precision": precision, "recall": recall, "f1": f1, "detections": kept}
 
 
 def best_f1_threshold(detections: Sequence[dict], ground_truths: Sequence[dict], classes: int,
                       iou_threshold: float = 0.5) -> dict[str, float]:
     """The score threshold with the best F1 (all classes pooled), with its precision and recall."""
     found, positives = _pooled(detections, ground_truths, classes, iou_threshold)
-    best = {"threshold": 1.0, "precision": 0.0, "recall": 0.0, "f1": 0.0, "detections": 0}
+    best = _scores(1.0, 0, 0, positives)
     hits = 0
     for k, (score, hit) in enumerate(found):
         hits += hit
         if k + 1 < len(found) and found[k + 1][0] == score:
             continue  # a threshold keeps every detection of its score
-        precision, recall = hits / (k + 1), hits / positives if positives else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        if f1 > best["f1"]:
-            best = {"threshold": score, "precision": precision, "recall": recall, "f1": f1, "detections": k + 1}
+        candidate = _scores(score, hits, k + 1, positives)
+        if candidate["f1"] > best["f1"]:
+            best = candidate
     return best
 
 
