@@ -51,7 +51,8 @@ def band_statistics(files: Sequence[Path], max_images: int | None = 1000, seed: 
         count += flat.shape[0]
         used += 1
     if not used:
-        raise CsptError("no readable images to compute statistics from")
+        last = f" ({len(skipped)} skipped; last: {skipped[-1]})" if skipped else ""
+        raise CsptError(f"no readable images to compute statistics from{last}")
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
     return BandStatistics([round(float(m), 6) for m in mean], [round(float(s), 6) for s in std], used, skipped)
