@@ -154,6 +154,11 @@ class Training:
     step: int = 0
 
 
+def nonfinite_message(step: int, count: int) -> str:
+    return (f"the loss is not finite at step {step} (on at least one process; {count} update(s) skipped, none "
+            "applied); lower the learning rate")
+
+
 class Trainer:
     """Runs a task for ``config.epochs`` in ``run_dir``, resuming from its checkpoints."""
 
@@ -282,6 +287,8 @@ class Trainer:
         optimizer, scaler = training.optimizer, training.scaler
         loss_sum = torch.zeros((), device=dist.device)
         nonfinite = torch.zeros((), device=dist.device)  #: micro-batches of this step whose loss was not finite
+        bad_steps = torch.zeros((), device=dist.device)  #: optimizer steps skipped for it, since the last log
+        first_bad = torch.full((), -1, device=dist.device)  #: the first of them
         interval_steps, interval_images, interval_start = 0, 0, time.perf_counter()
         training.net.train()
         for micro, batch in enumerate(loader, start=training.micro_batch):
@@ -306,14 +313,21 @@ class Trainer:
             interval_images += len(batch["image"]) * dist.world_size
             if not last:
                 continue
-            if all_reduce_max(nonfinite).item() > 0:  # every process stops here together, none is left waiting
-                raise CsptError(f"the loss is not finite at step {training.step} (on at least one process); "
-                                "lower the learning rate")
+            found = (all_reduce_max(nonfinite) > 0).float()  # the same on every process, still on the device
+            if not getattr(optimizer, "_step_supports_amp_scaling", False) and found.item():
+                raise CsptError(nonfinite_message(training.step, 1))  # an optimizer that cannot skip on the device
+            bad_steps += found
+            first_bad = torch.where((first_bad < 0) & (found > 0), training.step, first_bad)
             if cfg.clip_grad is not None:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(training.model.parameters(), cfg.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
+            if scaler.is_enabled():
+                scaler.step(optimizer)  # skips steps with non-finite gradients itself
+                scaler.update()
+            else:
+                optimizer.found_inf = found  # fused AdamW skips the update (and its step count) on the device
+                optimizer.step()
+                del optimizer.found_inf
             optimizer.zero_grad(set_to_none=True)
             nonfinite.zero_()
             training.step += 1
@@ -326,8 +340,11 @@ class Trainer:
             interval_steps += 1
             progress.update(1)
             end_of_epoch = training.micro_batch == schedule.micro_per_epoch
-            if training.step % cfg.log_every == 0 or end_of_epoch:
-                mean_loss = all_reduce_mean(loss_sum / interval_steps).item()
+            if training.step % cfg.log_every == 0 or end_of_epoch:  # the only host syncs of the loop
+                mean_loss, bad, first = torch.stack([all_reduce_mean(loss_sum / interval_steps), bad_steps,
+                                                     first_bad.float()]).tolist()
+                if bad:  # every process raises here together, none is left waiting
+                    raise CsptError(nonfinite_message(int(first), int(bad)))
                 elapsed = time.perf_counter() - interval_start
                 epoch = training.epoch + training.micro_batch / schedule.micro_per_epoch
                 record = {"step": training.step, "epoch": epoch, "loss": mean_loss, "lr": lr,
