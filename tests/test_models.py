@@ -47,6 +47,20 @@ def test_masking_follows_noise_and_keeps_the_ratio():
     assert mask.gather(1, visible).sum() == 0
 
 
+def test_the_loader_s_masking_order_gives_the_model_s_own_masks_and_loss_even_with_tied_noise():
+    from cspt.models.mae import masking_order
+
+    model = MaskedAutoencoderViT(TINY_ARCH, mask_ratio=0.75)
+    images = torch.randn(4, 3, 32, 32)
+    noise = torch.rand(4, 16)
+    noise[1] = 0.5  # every patch tied: the stable sort keeps patch order, on every device
+    noise[2, ::2] = noise[2, 1::2]  # pairs tied
+    from_noise = model(images, noise=noise)
+    from_order = model(images, ids_shuffle=masking_order(noise))
+    assert torch.equal(from_noise[0], from_order[0]) and torch.equal(from_noise[2], from_order[2])
+    assert from_noise[2][1].tolist() == [0.0] * 4 + [1.0] * 12  # ties: the first four patches stay visible
+
+
 def test_loss_is_mse_on_masked_normalised_patches():
     torch.manual_seed(0)
     model = MaskedAutoencoderViT(TINY_ARCH, norm_pix_loss=True)

@@ -31,6 +31,11 @@ class Reconstruction(NamedTuple):
     mask: torch.Tensor  #: ``(B, L)``, 1 where a patch was masked
 
 
+def masking_order(noise: torch.Tensor) -> torch.Tensor:
+    """Patches in the order of their noise, ``(B, L)``: a stable sort, so ties break alike on every device."""
+    return noise.argsort(dim=1, stable=True)
+
+
 class MaskedAutoencoderViT(VisionTransformer):
     """MAE: encode the visible patches, decode all patches, regress the masked pixels.
 
@@ -109,27 +114,31 @@ class MaskedAutoencoderViT(VisionTransformer):
     # -- forward -------------------------------------------------------------------------
     def random_masking(
         self, num_patches: int, batch: int, mask_ratio: float, noise: torch.Tensor | None,
-        device: torch.device,
+        device: torch.device, ids_shuffle: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-sample random masking by sorting noise.
+        """Per-sample random masking: patches in the order of their noise (a stable sort), the first kept.
 
-        Returns the indices of the kept patches ``(B, n_keep)``, the permutation that
-        restores patch order ``(B, L)`` and the binary mask ``(B, L)`` (1 = masked).
+        ``ids_shuffle`` (that order, e.g. sorted by the loader) skips the sort. Returns the
+        indices of the kept patches ``(B, n_keep)``, the permutation that restores patch
+        order ``(B, L)`` and the binary mask ``(B, L)`` (1 = masked).
         """
-        if noise is None:
-            noise = torch.rand(batch, num_patches, device=device)
+        if ids_shuffle is None:
+            if noise is None:
+                noise = torch.rand(batch, num_patches, device=device)
+            ids_shuffle = masking_order(noise)
         n_keep = int(num_patches * (1 - mask_ratio))
-        ids_shuffle = noise.argsort(dim=1)
-        ids_restore = ids_shuffle.argsort(dim=1)
+        positions = torch.arange(num_patches, device=ids_shuffle.device).expand_as(ids_shuffle)
+        ids_restore = torch.empty_like(ids_shuffle).scatter_(1, ids_shuffle, positions)  # the inverse, no sort
         mask = (ids_restore >= n_keep).float()
         return ids_shuffle[:, :n_keep], ids_restore, mask
 
     def forward_encoder(
-        self, images: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
+        self, images: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None,
+        ids_shuffle: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encode the visible patches; returns tokens (cls first), mask and restore ids."""
         b, length, dim = images.shape[0], self.pos_embed.shape[1] - 1, self.embed_dim
-        ids_keep, ids_restore, mask = self.random_masking(length, b, mask_ratio, noise, images.device)
+        ids_keep, ids_restore, mask = self.random_masking(length, b, mask_ratio, noise, images.device, ids_shuffle)
         keep = ids_keep.unsqueeze(-1)
         if self.embed_visible_only:
             x = self.embed_patches(images, ids_keep)
@@ -178,11 +187,13 @@ class MaskedAutoencoderViT(VisionTransformer):
         return (per_patch * mask).sum() / mask.sum().clamp(min=1)
 
     def forward(
-        self, images: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None
+        self, images: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None,
+        ids_shuffle: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns ``(loss, pred, mask)``; ``noise`` ``(B, L)`` fixes the masks when given."""
+        """Returns ``(loss, pred, mask)``; ``noise`` ``(B, L)`` fixes the masks when given, or
+        ``ids_shuffle`` = :func:`masking_order` of it, computed beforehand (by the loader)."""
         ratio = self.mask_ratio if mask_ratio is None else mask_ratio
-        tokens, mask, ids_restore = self.forward_encoder(images, ratio, noise)
+        tokens, mask, ids_restore = self.forward_encoder(images, ratio, noise, ids_shuffle)
         pred = self.forward_decoder(tokens, ids_restore)
         return self.forward_loss(images, pred, mask), pred, mask
 
