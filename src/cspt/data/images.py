@@ -212,6 +212,15 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
     return open_member(path) if is_member(path) else open(path, "rb")
 
 
+def read_bytes(path: Path) -> bytes:
+    """The encoded file (or shard member), undecoded."""
+    try:
+        with _open_binary(path) as handle:
+            return handle.read()
+    except OSError as err:
+        raise ImageReadError(f"{path}: cannot read ({_reason(err)})") from None
+
+
 def _decode_pil(path: Path) -> np.ndarray:
     img = open_pil(path)
     with img:

@@ -16,10 +16,12 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset
 
-from cspt.data.images import ImageInfo, ImageReadError, WindowBox, image_info
+from cspt.data.device_decode import EncodedCrop, is_plain_jpeg
+from cspt.data.images import ImageInfo, ImageReadError, WindowBox, image_info, read_bytes
 from cspt.data.sampling import (
     band_tensors,
     load_or_replace,
+    random_box,
     random_resized_crop,
     read_bands,
     read_random_resized_crop,
@@ -75,13 +77,16 @@ class UnlabelledImages(Dataset):
     ``dataset[(index, seed)]`` returns ``{"image", "noise", "skipped"}``; ``skipped``
     lists the unreadable files replaced by another (seeded) sample. Its randomness comes
     from the per-sample generator only, so several threads may load samples at once.
+    With ``decode_on_device``, JPEG files come as :class:`EncodedCrop` and every image
+    unflipped and unnormalised, with its ``flip``: :func:`collate_for_device` and
+    :func:`~cspt.data.device_decode.decode_batch` finish them on the training device.
     """
 
     thread_safe = True
 
     def __init__(self, entries: Sequence[Entry], img_size: int, patch_size: int, in_chans: int,
                  mean: Sequence[float], std: Sequence[float], tile_size: int,
-                 min_scale: float = 0.2):
+                 min_scale: float = 0.2, decode_on_device: bool = False):
         if not entries:
             raise CsptError("no readable images in the data given")
         self.entries = list(entries)
@@ -91,6 +96,7 @@ class UnlabelledImages(Dataset):
         self.mean, self.std = band_tensors(mean, std, in_chans)
         self.tile_size = tile_size
         self.min_scale = min_scale
+        self.decode_on_device = decode_on_device and in_chans == 3
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -110,13 +116,20 @@ class UnlabelledImages(Dataset):
         generator = torch.Generator().manual_seed(seed)
         image, _, skipped = load_or_replace(lambda i: self.random_crop(self.entries[i], generator), index,
                                             len(self.entries), generator)
-        if torch.rand(1, generator=generator) < 0.5:
-            image = image.flip(-1)
+        flip = bool(torch.rand(1, generator=generator) < 0.5)
         noise = torch.rand(self.num_patches, generator=generator)
+        if self.decode_on_device:
+            return {"image": image, "flip": flip, "noise": noise, "skipped": skipped}
+        image = image.flip(-1) if flip else image
         return {"image": (image - self.mean) / self.std, "noise": noise, "skipped": skipped}
 
-    def random_crop(self, entry: Entry, generator: torch.Generator) -> torch.Tensor:
-        """RandomResizedCrop of the image, or of a random tile of a large scene."""
+    def random_crop(self, entry: Entry, generator: torch.Generator) -> torch.Tensor | EncodedCrop:
+        """RandomResizedCrop of the image, or of a random tile of a large scene (a JPEG's bytes and
+        box when decoding on the device)."""
+        if self.decode_on_device and not entry.tiled and is_plain_jpeg(str(entry.path)):
+            box = random_box(entry.info.height, entry.info.width, self.min_scale, generator)
+            return EncodedCrop(torch.frombuffer(bytearray(read_bytes(entry.path)), dtype=torch.uint8), box,
+                               str(entry.path))
         if entry.tiled:
             tile = self.load(entry, generator)
             return random_resized_crop(tile, self.img_size, self.min_scale, generator)
@@ -139,6 +152,16 @@ def collate(samples: list[dict]) -> dict:
     """Stack images and noise; gather the skipped-file messages of the whole batch."""
     return {
         "image": torch.stack([s["image"] for s in samples]),
+        "noise": torch.stack([s["noise"] for s in samples]),
+        "skipped": [msg for s in samples for msg in s["skipped"]],
+    }
+
+
+def collate_for_device(samples: list[dict]) -> dict:
+    """Lists of encoded or decoded crops and their flips, for the device to finish; stacked noise."""
+    return {
+        "image": [s["image"] for s in samples],
+        "flip": [s["flip"] for s in samples],
         "noise": torch.stack([s["noise"] for s in samples]),
         "skipped": [msg for s in samples for msg in s["skipped"]],
     }

@@ -9,18 +9,19 @@ import dataclasses
 import functools
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
 
 from cspt.checkpoints import Checkpoint
 from cspt.config import PretrainConfig
+from cspt.data.device_decode import decode_batch
 from cspt.data.files import find_images
-from cspt.data.unlabelled import UnlabelledImages, collate, evaluation_images, scan_images
+from cspt.data.unlabelled import UnlabelledImages, collate, collate_for_device, evaluation_images, scan_images
 from cspt.engine.trainer import Task, Trainer
 from cspt.export import lineage_of, write_weights
-from cspt.models.mae import MaskedAutoencoderViT
+from cspt.models.mae import MaskedAutoencoderViT, masking_order
 from cspt.tasks.common import (
     arch_of,
     check_normalisation,
@@ -43,6 +44,12 @@ def resolve_config(config: PretrainConfig, init: Checkpoint | None = None) -> Pr
     """Fill every "decide later" field: architecture (flags > preset > ``init`` shapes), mean/std, tiles."""
     fields = resolved_encoder_fields(config, init)
     return dataclasses.replace(config, **fields, tile_size=config.tile_size or 4 * fields["img_size"])
+
+
+def with_masking_order(collate_fn: Callable[[list[dict]], dict], samples: list[dict]) -> dict:
+    """The batch, with its masking order sorted in the loader, off the training device's critical path."""
+    batch = collate_fn(samples)
+    return {**batch, "ids_shuffle": masking_order(batch["noise"])}
 
 
 class PretrainTask(Task):
@@ -70,15 +77,25 @@ class PretrainTask(Task):
         log.info("data: %d files, %d samples per epoch%s", len(files), len(scan.entries),
                  f", {len(scan.unreadable)} unreadable files skipped" if scan.unreadable else "")
         check_normalisation(list(dict.fromkeys(entry.path for entry in scan.entries)), cfg, self.dist.is_main)
+        on_device = cfg.decode_on == "device"
         self.dataset = UnlabelledImages(scan.entries, cfg.img_size, cfg.patch_size, cfg.in_chans,
-                                        cfg.mean, cfg.std, cfg.tile_size, cfg.min_scale)
+                                        cfg.mean, cfg.std, cfg.tile_size, cfg.min_scale, on_device)
         self.files = files
-        return self.dataset, collate
+        if on_device and not self.dataset.decode_on_device:
+            log.info("--decode-on device: only 3-band JPEGs decode on the device; these %d-band images load as "
+                     "before", cfg.in_chans)
+        return self.dataset, functools.partial(with_masking_order,
+                                               collate_for_device if self.dataset.decode_on_device else collate)
 
     def training_step(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
-        images = batch["image"].to(device, non_blocking=True)
-        noise = batch["noise"].to(device, non_blocking=True)
-        loss, _, _ = model(images, noise=noise)
+        if isinstance(batch["image"], list):  # decoding on the device
+            images, failed = decode_batch(batch["image"], batch["flip"], self.arch.img_size, self.dataset.mean,
+                                          self.dataset.std, device)
+            for message in failed:
+                log.warning("replaced an undecodable image by another of its batch: %s", message)
+        else:
+            images = batch["image"].to(device, non_blocking=True)
+        loss, _, _ = model(images, ids_shuffle=batch["ids_shuffle"].to(device, non_blocking=True))
         return loss
 
     def _write_reconstructions(self, model: MaskedAutoencoderViT, name: str, run_dir: Path) -> None:
