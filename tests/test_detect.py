@@ -5,18 +5,21 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.ops import box_iou
 
 from cspt.config import DetectConfig
-from cspt.data.detection import read_annotations
+from cspt.data.detection import Annotations, read_annotations
+from cspt.data.scene_tiles import DetectionTiles, make_tiles
 from cspt.engine.sliding import sliding_window_detections
 from cspt.errors import CsptError
 from cspt.metrics import best_f1_threshold, coco_map, precision_recall_at, voc_map
-from cspt.tasks.detect import DetectTask, evaluate_scenes, finetune_detect, resolve_config
+from cspt.tasks.detect import DetectTask, evaluate_scenes, finetune_detect, model_from_description, resolve_config
 from tests.conftest import SHARED, TINY_ENCODER_FLAGS, needs, run_cli, write_rgb
 
 DETECTION = SHARED / "data" / "detection"
@@ -100,8 +103,30 @@ def test_tiny_detector_overfits_a_neon_scene(neon: Path, tmp_path: Path):
     print(f"OSBS_029 mAP@0.5: {before['map50']:.3f} before, {after['map50']:.3f} after 40 CPU steps")
     assert after["objects"] == 61 and after["map50"] > before["map50"] + 0.05
     point = json.loads((run_dir / "detector.json").read_text())["operating_point"]
-    assert point == after["operating_point"] and point["chosen_on"] == "1 training scene(s)"
+    assert point == after["operating_point"] and point["chosen_on"] == "16 training tiles"
     assert point["train"]["f1"] > 0 and point["validation"]["recall"] > 0  # scored at the chosen threshold
+
+
+def test_photometric_jitter_changes_the_colours_of_rgb_tiles_only_never_their_boxes(neon: Path):
+    scenes = read_annotations(neon / "OSBS_029.xml", neon).scenes
+    tiles = make_tiles(scenes, 128, 32)
+    plain, jittered = (DetectionTiles(scenes, tiles, ["Tree"], 128, 3, photometric=on) for on in (False, True))
+    changed = 0
+    for item in [(i, 100 + i) for i in range(len(tiles))]:
+        a, b = plain[item], jittered[item]
+        assert torch.equal(a["target"]["boxes"], b["target"]["boxes"])
+        assert b["image"].min() >= 0 and b["image"].max() <= 1
+        changed += not torch.equal(a["image"], b["image"])
+    assert changed >= len(tiles) // 2  # each of the four changes is drawn half of the time
+    four_bands = DetectionTiles(scenes, tiles, ["Tree"], 128, 4, photometric=True)
+    assert not four_bands.photometric  # saturation and hue mean nothing beyond RGB
+
+
+def test_the_nms_threshold_is_the_detector_s_own_and_the_merge_s(tmp_path: Path):
+    config = resolve_config(DetectConfig(train="t.csv", images=str(tmp_path), nms_iou=0.3, embed_dim=64, depth=2,
+                                         num_heads=2, patch_size=8, tile_size=64, tile_overlap=16))
+    info = DetectTask(config, Annotations([], ["Tree"]), None).describe(tmp_path, "")
+    assert model_from_description(info).roi_heads.nms_thresh == 0.3 and info["nms_iou"] == 0.3
 
 
 def test_sliding_window_merges_seams_into_one_box_per_object():
@@ -123,6 +148,38 @@ def test_sliding_window_merges_seams_into_one_box_per_object():
     merged = sliding_window_detections(predict, height=200, width=300, window=160, overlap=60)
     got = sorted(map(tuple, merged["boxes"].tolist()))
     assert got == sorted(map(tuple, objects.tolist()))  # scene coordinates, each object once
+
+
+def test_every_object_is_reported_once_wherever_it_lies_across_the_seams():
+    """A perfect detector that sees each window alone, swept over every position of a 1-px grid
+    (per axis, against positions across the other axis's seams): an object no larger than the
+    overlap is reported once and whole; one a third larger still once, at IoU >= 0.5, after NMS
+    at 0.5 (cutting off cut-offs at the inner sides left duplicates there)."""
+    height, width, window, overlap = 150, 170, 64, 24  # windows at 0/40/86 down, 0/40/80/106 across
+
+    def perfect(box: torch.Tensor) -> Callable[[list[tuple[int, int]]], list[dict]]:
+        def predict(offsets: list[tuple[int, int]]) -> list[dict]:
+            found = []
+            for top, left in offsets:
+                clipped = (box - torch.tensor([left, top, left, top], dtype=torch.float32)).clamp(0, window)
+                seen = bool((clipped[2] > clipped[0]) & (clipped[3] > clipped[1]))
+                found.append({"boxes": clipped[None] if seen else torch.zeros(0, 4), "scores": torch.ones(int(seen)),
+                              "labels": torch.zeros(int(seen), dtype=torch.long)})
+            return found
+        return predict
+
+    for side, nms_iou in ((overlap, 0.99), (32, 0.5)):
+        across = [0, 30, 45, 62, 90, 120]
+        positions = [(top, left) for top in range(height - side + 1) for left in across + [width - side]] + \
+                    [(top, left) for top in across + [height - side] for left in range(width - side + 1)]
+        for top, left in positions:
+            box = torch.tensor([left, top, left + side, top + side], dtype=torch.float32)
+            merged = sliding_window_detections(perfect(box), height, width, window, overlap, nms_iou)
+            assert len(merged["boxes"]) == 1, (top, left, side)
+            if side <= overlap:
+                assert merged["boxes"][0].tolist() == box.tolist(), (top, left)
+            else:
+                assert box_iou(merged["boxes"], box[None]).item() >= 0.5, (top, left)
 
 
 def test_voc_map_by_hand_and_against_pycocotools():

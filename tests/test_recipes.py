@@ -47,3 +47,17 @@ def test_builtin_palettes_load(name: str):
 
     palette = load_palette(name, None)
     assert len(palette.classes) >= 5 and len(set(palette.colors)) == len(palette.classes)
+
+
+def test_a_key_given_twice_is_refused_naming_file_key_and_lines(tmp_path: Path):
+    """PyYAML lets the later of two equal keys win without a word: a recipe edited twice would train
+    something else than it reads."""
+    from cspt.config import read_yaml
+    from cspt.errors import CsptError
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("epochs: 3\nbase: &base {blr: 0.1}\nfinetune:\n  <<: *base\n  blr: 0.2\nepochs: 4\n")
+    with pytest.raises(CsptError, match=r"recipe.yaml: .*the key 'epochs' twice \(lines 1 and 6\)"):
+        read_yaml(recipe)
+    recipe.write_text("epochs: 3\nbase: &base {blr: 0.1}\nfinetune:\n  <<: *base\n  blr: 0.2\n")
+    assert read_yaml(recipe) == {"epochs": 3, "base": {"blr": 0.1}, "finetune": {"blr": 0.2}}  # merges may override

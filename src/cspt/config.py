@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -95,6 +96,9 @@ class PretrainConfig(TrainConfig, EncoderConfig):
     min_scale: float = option(0.2, "RandomResizedCrop minimum area fraction")
     tile_size: int | None = option(None, "images larger than twice this are sampled as random "
                                    "tiles of this size (default: 4 x img_size)")
+    decode_on: str = option("loader", "where JPEGs are decoded, cropped and resized: loader (its processes, "
+                            "PIL) or device (torchvision.io.decode_jpeg in batches on the training device: nvJPEG "
+                            "on a GPU, for loaders that cannot keep up)", choices=["loader", "device"])
     vis_every: int = option(10, "write a reconstruction grid every N epochs (0: never)")
     probe_target: str | None = option(None, "labelled target images (ImageFolder or CSV): kNN-probe them "
                                       "every --probe-every epochs (is the pretraining helping?)")
@@ -208,12 +212,15 @@ class DetectConfig(TrainConfig, EncoderConfig, PyramidConfig):
     min_visible: float = option(0.5, "keep a clipped box when at least this fraction of it is inside the tile")
     empty_tiles: float = option(0.1, "fraction of object-free training tiles kept")
     scale_range: list[float] = option([0.8, 1.25], "random scale jitter of training tiles", nargs=2)
+    photometric: bool = option(False, "random brightness/contrast/saturation/hue on RGB training tiles (for "
+                               "scenes from other sites, seasons or sensors than the training ones)")
     fpn_channels: int = option(256, "FPN width")
     anchor_sizes: list[int] = option([16, 32, 64, 128, 256], "anchor side per FPN level (5 levels)", nargs=5)
     roi_samples: int = option(512, "RoI head: proposals sampled per training image")
     detections_per_image: int = option(300, "most detections kept per window and per scene")
     score_threshold: float = option(0.05, "drop detections scoring below this")
-    nms_iou: float = option(0.5, "class-wise NMS threshold when merging windows")
+    nms_iou: float = option(0.5, "class-wise NMS threshold of the detections, in a window and across "
+                             "windows (lower it for objects that never overlap, e.g. tree crowns)")
     layer_decay: float = option(0.75, "layer-wise lr decay of the encoder (1.0: off)")
     drop_path: float = option(0.1, "stochastic depth rate")
     epochs: int = option(12, "number of epochs (an epoch: every kept training tile once)")
@@ -305,13 +312,33 @@ def make_config(cls: type[C], values: dict[str, Any], source: str) -> C:
     return cls(**{k: _coerce(k, v, hints[k], source) for k, v in values.items()})
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (the later one would silently win)."""
+
+
+def _unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    lines: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *anchor": its keys may be overridden
+            continue
+        key = loader.construct_object(key_node)
+        if isinstance(key, Hashable) and key in lines:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"found the key {key!r} twice (lines {lines[key]} and {key_node.start_mark.line + 1})")
+        lines[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from a file, with one-line errors naming the file."""
+    """A YAML mapping from a file, with one-line errors naming the file (a key given twice is one)."""
     path = Path(path)
     if not path.is_file():
         raise CsptError(f"{path}: config file not found")
     try:
-        values = yaml.safe_load(path.read_text())
+        values = yaml.load(path.read_text(), Loader=UniqueKeyLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise CsptError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if values is None:

@@ -19,6 +19,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from cspt.data.detection import Scene
+from cspt.data.photometric import photometric_distortion
 from cspt.data.sampling import load_or_replace, read_bands, seeded_rngs
 from cspt.engine.sliding import window_starts
 
@@ -71,12 +72,13 @@ class DetectionTiles(Dataset):
     """Training tiles indexed by ``(index, seed)``: image (0-1 scale) and torchvision target.
 
     Augmentation: horizontal and vertical flips, 90-degree turns (aerial images have no
-    "up") and scale jitter, applied to the image and its boxes together.
+    "up") and scale jitter, applied to the image and its boxes together; with
+    ``photometric``, random brightness/contrast/saturation/hue of RGB tiles.
     """
 
     def __init__(self, scenes: Sequence[Scene], tiles: Sequence[Tile], classes: Sequence[str], size: int,
                  in_chans: int, min_visible: float = 0.5, scale_range: Sequence[float] = (0.8, 1.25),
-                 augment: bool = True):
+                 augment: bool = True, photometric: bool = False):
         self.scenes = list(scenes)
         self.tiles = list(tiles)
         self.class_index = {name: i + 1 for i, name in enumerate(classes)}  # 0 is the background
@@ -89,6 +91,7 @@ class DetectionTiles(Dataset):
             v2.ScaleJitter((size, size), tuple(scale_range)), v2.RandomCrop(size, pad_if_needed=True),
             v2.SanitizeBoundingBoxes(min_size=2),
         ]) if augment else None
+        self.photometric = augment and photometric and in_chans == 3
 
     def __len__(self) -> int:
         return len(self.tiles)
@@ -110,6 +113,8 @@ class DetectionTiles(Dataset):
         if self.transform is not None:
             with seeded_rngs(generator):
                 image, target = self.transform(tv_tensors.Image(image), target)
+            if self.photometric:
+                image = photometric_distortion(image.as_subclass(torch.Tensor), generator)
         return {"image": image.as_subclass(torch.Tensor),
                 "target": {"boxes": target["boxes"].as_subclass(torch.Tensor).float(), "labels": target["labels"]},
                 "skipped": skipped}

@@ -25,6 +25,7 @@ from torchvision.transforms import InterpolationMode
 from cspt.config import read_yaml
 from cspt.data.files import find_images
 from cspt.data.images import ImageReadError, image_info, open_pil
+from cspt.data.photometric import photometric_distortion
 from cspt.data.sampling import band_tensors, load_or_replace, read_bands
 from cspt.errors import CsptError
 
@@ -290,26 +291,6 @@ def resize_pair(image: torch.Tensor, mask: torch.Tensor, size: Sequence[int]) ->
     """Resize an image (bilinear, antialiased) and its mask (nearest) together to ``size``."""
     return (TF.resize(image, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True),
             TF.resize(mask[None], list(size), interpolation=InterpolationMode.NEAREST)[0])
-
-
-def photometric_distortion(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random brightness, contrast, saturation and hue changes (each applied half of the time)."""
-
-    def draw(low: float, high: float) -> float | None:
-        if torch.rand(1, generator=generator) < 0.5:
-            return None
-        return low + (high - low) * float(torch.rand(1, generator=generator))
-
-    brightness, contrast, saturation, hue = draw(0.875, 1.125), draw(0.5, 1.5), draw(0.5, 1.5), draw(-0.05, 0.05)
-    if brightness is not None:
-        image = TF.adjust_brightness(image, brightness)
-    if contrast is not None:
-        image = TF.adjust_contrast(image, contrast)
-    if saturation is not None:
-        image = TF.adjust_saturation(image, saturation)
-    if hue is not None:
-        image = TF.adjust_hue(image, hue)
-    return image.clamp(0, 1)
 
 
 def collate_crops(samples: list[dict]) -> dict:

@@ -45,14 +45,16 @@ def sliding_window_logits(predict: Callable[[torch.Tensor], torch.Tensor], image
     return total / count
 
 
-def seam_boxes(boxes: torch.Tensor, top: int, left: int, window: int, height: int, width: int,
-               overlap: int, margin: float = 1.0) -> torch.Tensor:
-    """Which window-coordinate boxes touch a window side inside the scene while being smaller
-    than the overlap: the neighbouring window sees those objects whole, so these are cut-offs."""
-    x1, y1, x2, y2 = boxes.unbind(1)
-    cut_x = ((left > 0) & (x1 <= margin)) | ((left + window < width) & (x2 >= window - margin))
-    cut_y = ((top > 0) & (y1 <= margin)) | ((top + window < height) & (y2 >= window - margin))
-    return (cut_x & (x2 - x1 < overlap)) | (cut_y & (y2 - y1 < overlap))
+def window_cores(starts: list[int], window: int, length: int) -> list[tuple[float, float]]:
+    """The part of the axis each window answers for: neighbours split their overlap in the middle."""
+    bounds = [0.0] + [(nxt + cur + window) / 2 for cur, nxt in zip(starts, starts[1:])] + [float(length)]
+    return list(zip(bounds, bounds[1:]))
+
+
+def in_core(boxes: torch.Tensor, rows: tuple[float, float], cols: tuple[float, float]) -> torch.Tensor:
+    """Which scene-coordinate boxes have their centre in the window's core (lower bounds inclusive)."""
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    return (cx >= cols[0]) & (cx < cols[1]) & (cy >= rows[0]) & (cy < rows[1])
 
 
 @torch.no_grad()
@@ -62,22 +64,26 @@ def sliding_window_detections(predict: Callable[[list[tuple[int, int]]], list[di
     """Detect over a scene window by window and merge into scene coordinates.
 
     ``predict(offsets)`` returns, per ``(top, left)``, the ``boxes``/``scores``/``labels`` found
-    in that window (window coordinates). Cut-offs at inner seams are dropped (see
-    :func:`seam_boxes`), boxes are clipped to the scene, and duplicates from overlapping
-    windows are removed by class-wise NMS.
+    in that window (window coordinates). Each window keeps the detections centred in its
+    core (:func:`window_cores`), so an object no larger than the overlap is reported once,
+    by a window that sees it whole, and a window's cut-off of an object centred in its
+    neighbour's core is dropped. Boxes are clipped to the scene; duplicates left by objects
+    larger than the overlap are removed by class-wise NMS.
     """
     from torchvision.ops import batched_nms
 
     stride = max(1, window - overlap)
-    offsets = [(top, left) for top in window_starts(height, window, stride)
-               for left in window_starts(width, window, stride)]
+    tops, lefts = window_starts(height, window, stride), window_starts(width, window, stride)
+    core_rows, core_cols = dict(zip(tops, window_cores(tops, window, height))), \
+        dict(zip(lefts, window_cores(lefts, window, width)))
+    offsets = [(top, left) for top in tops for left in lefts]
     boxes, scores, labels = [], [], []
     for start in range(0, len(offsets), batch_size):
         chunk = offsets[start:start + batch_size]
         for (top, left), found in zip(chunk, predict(chunk), strict=True):
-            keep = ~seam_boxes(found["boxes"], top, left, window, height, width, overlap)
-            shifted = found["boxes"][keep] + torch.tensor([left, top, left, top], dtype=found["boxes"].dtype)
-            boxes.append(shifted)
+            shifted = found["boxes"] + torch.tensor([left, top, left, top], dtype=found["boxes"].dtype)
+            keep = in_core(shifted, core_rows[top], core_cols[left])
+            boxes.append(shifted[keep])
             scores.append(found["scores"][keep])
             labels.append(found["labels"][keep])
     boxes, scores, labels = torch.cat(boxes), torch.cat(scores), torch.cat(labels)

@@ -40,11 +40,13 @@ class PyramidFPN(nn.Module):
 def build_detector(arch: ArchConfig, num_classes: int, mean: Sequence[float], std: Sequence[float],
                    style: str = "cspt", taps: Sequence[int] | None = None, fpn_channels: int = 256,
                    anchor_sizes: Sequence[int] = SMALL_OBJECT_ANCHORS, detections_per_image: int = 300,
-                   score_threshold: float = 0.05, roi_samples: int = 512, drop_path: float = 0.0) -> FasterRCNN:
+                   score_threshold: float = 0.05, roi_samples: int = 512, drop_path: float = 0.0,
+                   nms_iou: float = 0.5) -> FasterRCNN:
     """Faster R-CNN on a ViT for ``num_classes`` object classes (background is added).
 
     Inputs are lists of ``(C, img_size, img_size)`` images on the 0-1 scale; the model
-    normalises them with ``mean``/``std``.
+    normalises them with ``mean``/``std``. ``nms_iou`` is the class-wise NMS threshold of
+    its detections (0.5 in torchvision; lower it for objects that never overlap, e.g. tree crowns).
     """
     pyramid = ViTFeaturePyramid(build_encoder(arch, learn_pos_embed=True, drop_path_rate=drop_path), style, taps)
     anchors = AnchorGenerator(sizes=tuple((s,) for s in anchor_sizes), aspect_ratios=((0.5, 1.0, 2.0),) * 5)
@@ -53,7 +55,7 @@ def build_detector(arch: ArchConfig, num_classes: int, mean: Sequence[float], st
                       fixed_size=(arch.img_size, arch.img_size), size_divisible=arch.patch_size,
                       rpn_anchor_generator=anchors, box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2),
                       box_detections_per_img=detections_per_image, box_score_thresh=score_threshold,
-                      box_batch_size_per_image=roi_samples)
+                      box_batch_size_per_image=roi_samples, box_nms_thresh=nms_iou)
 
 
 def detector_encoder(model: FasterRCNN) -> nn.Module:

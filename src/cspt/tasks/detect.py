@@ -51,8 +51,8 @@ from cspt.tasks.common import (
 log = logging.getLogger("cspt")
 
 DETECTOR = "detector.safetensors"
-#: the most training scenes the operating point is chosen on
-OPERATING_SCENES = 50
+#: the most training tiles the operating point is chosen on
+OPERATING_TILES = 256
 
 
 # ---------------------------------------------------------------- inference and evaluation
@@ -60,7 +60,8 @@ OPERATING_SCENES = 50
 def model_from_description(info: dict[str, Any], drop_path: float = 0.0) -> nn.Module:
     return build_detector(ArchConfig.from_dict(info["architecture"]), len(info["classes"]), info["mean"],
                           info["std"], info["pyramid"], info["taps"], info["fpn_channels"], info["anchor_sizes"],
-                          info["detections_per_image"], info["score_threshold"], info["roi_samples"], drop_path)
+                          info["detections_per_image"], info["score_threshold"], info["roi_samples"], drop_path,
+                          info["nms_iou"])
 
 
 @torch.no_grad()
@@ -240,7 +241,7 @@ class DetectTask(FineTuneTask):
         log.info("training tiles: %d of %d px from %d scenes (%d objects)", len(tiles), cfg.tile_size,
                  len(self.train.scenes), self.train.count_boxes())
         return DetectionTiles(self.train.scenes, tiles, self.train.classes, cfg.tile_size, cfg.in_chans,
-                              cfg.min_visible, cfg.scale_range), collate_tiles
+                              cfg.min_visible, cfg.scale_range, photometric=cfg.photometric), collate_tiles
 
     def training_step(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
         images = [image.to(device, non_blocking=True) for image in batch["image"]]
@@ -272,16 +273,13 @@ class DetectTask(FineTuneTask):
         self.choose_operating_point(run_dir)
 
     def choose_operating_point(self, run_dir: Path) -> None:
-        """The score threshold with the best F1 on (up to 50 of) the training scenes, recorded in
+        """The score threshold with the best F1 on (up to 256 seeded) training tiles, recorded in
         ``detector.json`` for drawing; with validation scenes, their precision and recall at it too."""
         kept, info, weights = load_detector(run_dir)
         device = torch.device(resolve_device(self.config.device))
-        scenes = self.train.scenes
-        if len(scenes) > OPERATING_SCENES:
-            scenes = [scenes[i] for i in sorted(random.Random(0).sample(range(len(scenes)), OPERATING_SCENES))]
-        _, found = evaluate_scenes(kept, scenes, info, device, self.config.precision)
-        chosen = best_f1_threshold(found, [ground_truth(s, info["classes"]) for s in scenes], len(info["classes"]))
-        point = {"threshold": chosen["threshold"], "chosen_on": f"{len(scenes)} training scene(s)", "train": chosen}
+        found, truths = self.training_tile_detections(kept, info, device)
+        chosen = best_f1_threshold(found, truths, len(info["classes"]))
+        point = {"threshold": chosen["threshold"], "chosen_on": f"{len(found)} training tiles", "train": chosen}
         if self.val is not None:
             held = self.kept_detections  # computed when the kept weights were chosen (not after a resume)
             if held is None:
@@ -295,9 +293,38 @@ class DetectTask(FineTuneTask):
                 metrics = json.loads(metrics_path.read_text())
                 metrics_path.write_text(json.dumps({**metrics, "operating_point": point}, indent=2) + "\n")
             held_out = point.get("validation")
-            log.info("operating point: score %.3f, the best F1 (%.3f) on the training scenes%s", chosen["threshold"],
-                     chosen["f1"], f"; validation precision {held_out['precision']:.3f}, recall "
+            log.info("operating point: score %.3f, the best F1 (%.3f) on %s%s", chosen["threshold"], chosen["f1"],
+                     point["chosen_on"], f"; validation precision {held_out['precision']:.3f}, recall "
                      f"{held_out['recall']:.3f}" if held_out else "")
+
+    def training_tile_detections(self, model: nn.Module, info: dict[str, Any],
+                                 device: torch.device) -> tuple[list[dict], list[dict]]:
+        """Detections and targets of up to 256 seeded training tiles (those training samples), unaugmented,
+        every process detecting its share."""
+        cfg = self.config
+        tiles = make_tiles(self.train.scenes, cfg.tile_size, cfg.tile_overlap, cfg.min_visible, cfg.empty_tiles,
+                           cfg.seed)
+        if len(tiles) > OPERATING_TILES:
+            tiles = [tiles[i] for i in sorted(random.Random(cfg.seed).sample(range(len(tiles)), OPERATING_TILES))]
+        dataset = DetectionTiles(self.train.scenes, tiles, info["classes"], cfg.tile_size, cfg.in_chans,
+                                 cfg.min_visible, augment=False)
+        model = model.to(device).eval()
+        mine = {}
+        autocast = resolve_precision(cfg.precision, device)
+        with torch.no_grad(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            indices = list(shard(range(len(tiles))))
+            for start in range(0, len(indices), cfg.batch_size):
+                chunk = indices[start:start + cfg.batch_size]
+                samples = [dataset[(i, 0)] for i in chunk]
+                outputs = model([s["image"].to(device) for s in samples])
+                for i, sample, out in zip(chunk, samples, outputs, strict=True):
+                    target = sample["target"]
+                    mine[i] = ({"boxes": out["boxes"].float().cpu(), "scores": out["scores"].float().cpu(),
+                                "labels": out["labels"].cpu() - 1},
+                               {"boxes": target["boxes"], "labels": target["labels"] - 1,
+                                "difficult": torch.zeros(len(target["labels"]), dtype=torch.bool)})
+        pairs = {i: pair for part in all_gather_objects(mine) for i, pair in part.items()}
+        return [pairs[i][0] for i in range(len(tiles))], [pairs[i][1] for i in range(len(tiles))]
 
     def describe(self, run_dir: Path, selected: str) -> dict[str, Any]:
         """``detector.json``: how to rebuild and feed the model, its classes and its lineage."""
