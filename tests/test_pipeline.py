@@ -125,6 +125,46 @@ def test_demo_reads_no_held_out_scene_in_any_stage_before_evaluation(tmp_path, m
     assert {s.image.name for s in val.scenes} == held_out and val.count_boxes() == 61 + 37
 
 
+def test_the_demo_starts_from_the_shared_natural_checkpoint_when_there_is_one(tmp_path, monkeypatch):
+    from cspt.demo import SHARED_CHECKPOINT, shared_natural_checkpoint
+
+    monkeypatch.setenv("CSPT_SHARED", str(tmp_path))
+    assert shared_natural_checkpoint() is None  # a machine without ../shared: random initialisation, said plainly
+    target = tmp_path / SHARED_CHECKPOINT
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"weights")
+    assert shared_natural_checkpoint() == str(target)
+
+
+def test_the_demo_recipes_take_their_shape_from_a_source_of_another_architecture(tmp_path):
+    """A ViT-B/16 source (e.g. --init hf:facebook/vit-mae-base) keeps its own width, depth, heads and
+    decoder; the inputs stay as many patches wide as the tiny ViT's."""
+    import dataclasses
+
+    import torch
+
+    from cspt.checkpoints import load_checkpoint
+    from cspt.config import DetectConfig, PretrainConfig, make_config
+    from cspt.demo import recipe, shaped_like
+    from cspt.models import MaskedAutoencoderViT
+    from cspt.tasks.common import resolved_encoder_fields
+    from tests.conftest import TINY_ARCH
+
+    source = tmp_path / "p16.pth"
+    arch = dataclasses.replace(TINY_ARCH, patch_size=16, img_size=64, decoder_dim=48)
+    torch.save({"model": MaskedAutoencoderViT(arch).state_dict()}, source)
+    assert shaped_like(recipe("pretrain_tiny_cpu.yaml"), None, 8) == recipe("pretrain_tiny_cpu.yaml")
+    for name, cls, grid, size_key in (("pretrain_tiny_cpu.yaml", PretrainConfig, 8, "img_size"),
+                                      ("detect_tiny_cpu.yaml", DetectConfig, 16, "tile_size")):
+        options = shaped_like(recipe(name), str(source), grid)
+        assert options[size_key] == grid * 16
+        config = make_config(cls, {**options, "img_size": options.get("img_size", options.get("tile_size"))}, name)
+        fields = resolved_encoder_fields(config, load_checkpoint(source))
+        assert (fields["embed_dim"], fields["depth"], fields["patch_size"]) == (64, 2, 16)
+        if cls is PretrainConfig:
+            assert (fields["decoder_dim"], fields["decoder_depth"]) == (48, 1)
+
+
 def test_report_and_palette_refuse_what_they_cannot_read(tmp_path):
     from cspt.errors import CsptError
     from cspt.report import write_run_report

@@ -112,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--output", required=True, help="folder for detections.json, dota/NAME.txt (and drawn/)")
     pd.add_argument("--draw", action="store_true", help="also write the images with their boxes drawn")
     pd.add_argument("--draw-score", type=float, default=None,
-                    help="draw the detections scoring at least this (default: the operating point chosen on the "
-                         "training scenes, else 0.5)")
+                    help="draw the detections scoring at least this (default: the operating point chosen on "
+                         "training tiles, else 0.5)")
     pd.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     pipe = commands.add_parser("pipeline", help="run a chain of stages from a YAML config (skips finished ones)")
@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the CSPT chain on real NEON aerial scenes: pretraining, tree-crown "
                                             "detection, held-out mAP, report (CPU, minutes)")
     demo.add_argument("--output", default="runs/demo", help="pipeline folder")
-    demo.add_argument("--init", help="source MAE checkpoint (default: $CSPT_SOURCE_CHECKPOINT, else random init)")
+    demo.add_argument("--init", help="source MAE checkpoint (default: $CSPT_SOURCE_CHECKPOINT, else the shared "
+                      "natural-image tiny MAE at $CSPT_SHARED/weights (default ../shared), else random init)")
 
     export = commands.add_parser("export", help="export weights for timm, Hugging Face or the MAE code")
     export.add_argument("source", help="a run directory or any checkpoint the loader accepts")

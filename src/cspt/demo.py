@@ -4,7 +4,7 @@
 scenes; ``cspt``: source checkpoint -> consecutive MAE pretraining of the tiny ViT on
 random crops of the Yellowstone scenes and a California one -> the same fine-tuning.
 Both are scored (mAP@0.5, and precision/recall at the score threshold with the best F1
-on the training scenes) on two scenes of other sites (Florida, California) that no
+on training tiles) on two scenes of other sites (Florida, California) that no
 stage reads before evaluation -> the pipeline report, arms side by side.
 
 The imagery and its boxes ship inside the ``deepforest`` wheel on PyPI (MIT licence).
@@ -42,7 +42,23 @@ HELD_OUT = ("OSBS_029", "SOAP_061")  #: 61 + 37 crowns from Florida and Californ
 #: the unlabelled imagery of consecutive pretraining: the training scenes and SOAP_031 (no held-out scene)
 PRETRAIN_SCENES = tuple(f"{stem}.png" for stem in TRAIN_SCENES) + ("SOAP_031.png",)
 PRETRAIN_EPOCHS = 20
-DETECT_EPOCHS = 2  #: over the two Yellowstone scenes' 569 tiles: about 285 steps of 4 per arm
+#: what a source checkpoint decides when there is one (the tiny recipes spell out the shared tiny MAE's)
+SHAPE_FIELDS = ("model", "embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "decoder_dim", "decoder_depth",
+                "decoder_num_heads")
+#: the natural-image source the demo starts from when no other is given (see ``../shared/weights/README.md``)
+SHARED_CHECKPOINT = "weights/mae_vit_tiny_p8_64_tinyimagenet.pth"
+DETECT_EPOCHS = 2  #: over the two Yellowstone scenes' 568 tiles: 284 steps of 4 per arm
+
+
+def shared_dir() -> Path:
+    """The shared data and weights beside the repository (``$CSPT_SHARED``, default ``../shared``)."""
+    return Path(os.environ.get("CSPT_SHARED", "../shared"))
+
+
+def shared_natural_checkpoint() -> str | None:
+    """The natural-image tiny MAE of the shared weights, when it is there."""
+    path = shared_dir() / SHARED_CHECKPOINT
+    return str(path) if path.is_file() else None
 
 
 def cache_dir() -> Path:
@@ -98,16 +114,30 @@ def recipe(name: str) -> dict:
         return read_yaml(path)
 
 
+def shaped_like(options: dict, source: str | None, grid: int) -> dict:
+    """A tiny recipe for ``source``'s architecture: its shape fields dropped (the checkpoint gives them) and
+    the input ``grid`` patches wide, as the tiny ViT's (patch 8) is; unchanged without a source."""
+    if source is None:
+        return options
+    from cspt.checkpoints import load_checkpoint
+
+    patch = load_checkpoint(source).arch["patch_size"]
+    size_key = "tile_size" if "tile_size" in options else "img_size"
+    return {**{k: v for k, v in options.items() if k not in SHAPE_FIELDS}, size_key: grid * patch}
+
+
 def demo_spec(output: str, init: str | None) -> dict:
     """The embedded pipeline: both arms; pretraining and detection training never read a held-out scene."""
     scenes = neon_scenes()
     data = Path(output) / "data"
-    pretrain = {**recipe("pretrain_tiny_cpu.yaml"), "data": [str(scenes / name) for name in PRETRAIN_SCENES],
-                "epochs": PRETRAIN_EPOCHS, "vis_every": PRETRAIN_EPOCHS}
-    detect = {**recipe("detect_tiny_cpu.yaml"), "task": "detect",
+    pretrain = {**shaped_like(recipe("pretrain_tiny_cpu.yaml"), init, 8),
+                "data": [str(scenes / name) for name in PRETRAIN_SCENES],
+                "epochs": PRETRAIN_EPOCHS, "vis_every": PRETRAIN_EPOCHS, "device": "auto"}
+    detect = {**shaped_like(recipe("detect_tiny_cpu.yaml"), init, 16), "task": "detect",
               "train": str(crowns_csv(scenes, TRAIN_SCENES, data / "train.csv")), "images": str(scenes),
               "val": str(crowns_csv(scenes, HELD_OUT, data / "held_out.csv")), "classes": ["Tree"],
-              "epochs": DETECT_EPOCHS, "eval_every": DETECT_EPOCHS}
+              "epochs": DETECT_EPOCHS, "warmup_epochs": DETECT_EPOCHS / 8, "eval_every": DETECT_EPOCHS,
+              "device": "auto"}
     return {"output": output, "source": init, "arms": ["direct", "cspt"], "pretrain": pretrain,
             "finetune": {"neon_trees": detect}}
 
@@ -116,10 +146,13 @@ def run_demo(output: str = "runs/demo", init: str | None = None) -> Path:
     """Run the embedded NEON pipeline; returns the report path."""
     from cspt.pipeline import run_pipeline
 
-    init = init or os.environ.get("CSPT_SOURCE_CHECKPOINT") or None
+    init = init or os.environ.get("CSPT_SOURCE_CHECKPOINT") or shared_natural_checkpoint()
     if init is None:
-        log.info("no source checkpoint (--init or $CSPT_SOURCE_CHECKPOINT): the tiny ViT starts from random "
-                 "initialisation, so this shows the chain, not the benefit of a natural-image source")
+        log.info("no source checkpoint (--init, $CSPT_SOURCE_CHECKPOINT or %s): the tiny ViT starts from random "
+                 "initialisation, so this shows the chain, not the benefit of a natural-image source",
+                 shared_dir() / SHARED_CHECKPOINT)
+    else:
+        log.info("source checkpoint: %s", init)
     spec_path = Path(output) / "pipeline.yaml"
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(yaml.safe_dump(demo_spec(output, init), sort_keys=False))
