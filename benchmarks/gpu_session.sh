@@ -5,6 +5,7 @@
 set -euo pipefail
 OUT=${OUT:-runs/gpu_session}
 PEAK=${PEAK_TFLOPS:-989}   # H100 SXM dense bf16
+DATA=${DATA:-../shared/data/rsscn7}   # the JPEGs the 50,000-image pool is made from
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/session.txt") 2>&1
 date -u
@@ -21,7 +22,7 @@ throughput() {
 loader() {
   # end to end against model only, 50,000 JPEGs of mixed sizes made from the shared images, then on shards of them
   common=(--device cuda --config configs/pretrain/cspt_vit_base.yaml --batch-size 256 --precision bf16 --compile
-          --num-workers 15 --epochs 1 --make-pool 50000 --pool "$OUT/pool" --data ../shared/data)
+          --num-workers 15 --epochs 1 --make-pool 50000 --pool "$OUT/pool" --data "$DATA")
   python benchmarks/loader_overhead.py "${common[@]}"
   python benchmarks/loader_overhead.py "${common[@]}" --decode-on device
   python benchmarks/loader_overhead.py "${common[@]}" --shards
