@@ -54,7 +54,6 @@ NATURAL = ROOT.parent / "shared" / "weights" / "mae_vit_tiny_p8_64_tinyimagenet.
 INITS = ("random", "natural", "cspt")
 ENCODER_SHAPE = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size")
 NMS_SWEEP = (0.5, 0.4, 0.3, 0.2, 0.1)
-log = logging.getLogger("detect_neon")
 
 
 # ---------------------------------------------------------------- what the settings do to the crowns
@@ -214,7 +213,6 @@ def main() -> None:
                         help="override detection options of the demo recipe (YAML values)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(torch.get_num_threads())
 
     output = Path(args.output)
     scenes_dir = neon_scenes()
@@ -250,7 +248,7 @@ def main() -> None:
         print(line)
     step = args.step_seconds or seconds_per_step(train, detect)
     tiles = len(make_tiles(train, detect["tile_size"], detect["tile_overlap"], detect["min_visible"],
-                           detect["empty_tiles"], detect["seed"] if "seed" in detect else 0))
+                           detect["empty_tiles"], detect.get("seed", 0)))
     epochs = {m: budget_epochs(m, step, tiles, detect["batch_size"]) for m in args.budgets}
     print(f"one step of {detect['batch_size']} tiles: {step:.2f} s; {tiles} tiles an epoch; "
           + ", ".join(f"{m:g} min = {e} epochs" for m, e in epochs.items()))

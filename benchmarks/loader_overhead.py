@@ -41,7 +41,6 @@ from PIL import Image
 from torch import nn
 
 from cspt.config import PretrainConfig, make_config, read_yaml
-from cspt.data.device_decode import decode_batch
 from cspt.data.files import find_images
 from cspt.data.shards import make_shards
 from cspt.data.unlabelled import collate
@@ -68,8 +67,8 @@ class TimedPretrainTask(PretrainTask):
         dataset, collate_fn = super().train_data()
         device = torch.device(resolve_device(self.config.device))
         batch = collate_fn([dataset[(i, i)] for i in range(self.config.batch_size)])
-        self.images = self.training_inputs(batch, device)
-        self.noise = batch["noise"].to(device)
+        self.images = self.batch_images(batch, device)
+        self.ids_shuffle = batch["ids_shuffle"].to(device)
         self.steps_per_epoch = len(dataset) // self.config.batch_size
         model = MaskedAutoencoderViT(arch_of(self.config), self.config.mask_ratio,
                                      self.config.norm_pix_loss).to(device).train()
@@ -79,13 +78,6 @@ class TimedPretrainTask(PretrainTask):
         self.pure_steps(3)  # warm-up (and compilation)
         return dataset, collate_fn
 
-    def training_inputs(self, batch: dict, device: torch.device) -> torch.Tensor:
-        """The batch's normalised images on the device (decoded there with --decode-on device)."""
-        if isinstance(batch["image"], list):
-            return decode_batch(batch["image"], batch["flip"], self.config.img_size, self.dataset.mean,
-                                self.dataset.std, device)[0]
-        return batch["image"].to(device)
-
     def pure_steps(self, steps: int) -> list[float]:
         """Seconds of each of ``steps`` steps (forward, backward, AdamW) on the batch already on the device."""
         times = []
@@ -93,7 +85,7 @@ class TimedPretrainTask(PretrainTask):
         for _ in range(steps):
             start = time.perf_counter()
             with torch.autocast(device.type, dtype=self.autocast, enabled=self.autocast is not None):
-                loss, _, _ = self.model(self.images, noise=self.noise)
+                loss, _, _ = self.model(self.images, ids_shuffle=self.ids_shuffle)
             loss.backward()
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -189,6 +181,7 @@ def write_copy(job: tuple[Path, int, Path]) -> None:
         scale = side / max(img.size)
         img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
                    Image.Resampling.BICUBIC).save(target, quality=90)
+
 
 if __name__ == "__main__":
     main()

@@ -156,7 +156,7 @@ def test_the_demo_recipes_take_their_shape_from_a_source_of_another_architecture
     assert shaped_like(recipe("pretrain_tiny_cpu.yaml"), None, 8) == recipe("pretrain_tiny_cpu.yaml")
     for name, cls, grid, size_key in (("pretrain_tiny_cpu.yaml", PretrainConfig, 8, "img_size"),
                                       ("detect_tiny_cpu.yaml", DetectConfig, 16, "tile_size")):
-        options = shaped_like(recipe(name), str(source), grid)
+        options = shaped_like(recipe(name), load_checkpoint(source).arch["patch_size"], grid)
         assert options[size_key] == grid * 16
         config = make_config(cls, {**options, "img_size": options.get("img_size", options.get("tile_size"))}, name)
         fields = resolved_encoder_fields(config, load_checkpoint(source))

@@ -114,26 +114,26 @@ def recipe(name: str) -> dict:
         return read_yaml(path)
 
 
-def shaped_like(options: dict, source: str | None, grid: int) -> dict:
-    """A tiny recipe for ``source``'s architecture: its shape fields dropped (the checkpoint gives them) and
-    the input ``grid`` patches wide, as the tiny ViT's (patch 8) is; unchanged without a source."""
-    if source is None:
+def shaped_like(options: dict, patch: int | None, grid: int) -> dict:
+    """A tiny recipe for a source of patch size ``patch``: its shape fields dropped (the checkpoint gives them)
+    and the input ``grid`` patches wide, as the tiny ViT's (patch 8) is; unchanged without a source."""
+    if patch is None:
         return options
-    from cspt.checkpoints import load_checkpoint
-
-    patch = load_checkpoint(source).arch["patch_size"]
     size_key = "tile_size" if "tile_size" in options else "img_size"
     return {**{k: v for k, v in options.items() if k not in SHAPE_FIELDS}, size_key: grid * patch}
 
 
 def demo_spec(output: str, init: str | None) -> dict:
     """The embedded pipeline: both arms; pretraining and detection training never read a held-out scene."""
+    from cspt.checkpoints import load_checkpoint
+
     scenes = neon_scenes()
     data = Path(output) / "data"
-    pretrain = {**shaped_like(recipe("pretrain_tiny_cpu.yaml"), init, 8),
+    patch = load_checkpoint(init).arch["patch_size"] if init else None
+    pretrain = {**shaped_like(recipe("pretrain_tiny_cpu.yaml"), patch, 8),
                 "data": [str(scenes / name) for name in PRETRAIN_SCENES],
                 "epochs": PRETRAIN_EPOCHS, "vis_every": PRETRAIN_EPOCHS, "device": "auto"}
-    detect = {**shaped_like(recipe("detect_tiny_cpu.yaml"), init, 16), "task": "detect",
+    detect = {**shaped_like(recipe("detect_tiny_cpu.yaml"), patch, 16), "task": "detect",
               "train": str(crowns_csv(scenes, TRAIN_SCENES, data / "train.csv")), "images": str(scenes),
               "val": str(crowns_csv(scenes, HELD_OUT, data / "held_out.csv")), "classes": ["Tree"],
               "epochs": DETECT_EPOCHS, "warmup_epochs": DETECT_EPOCHS / 8, "eval_every": DETECT_EPOCHS,

@@ -15,7 +15,6 @@ full decode), by about 1% of the range on average.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,8 +24,6 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 
 from cspt.data.images import WindowBox
-
-log = logging.getLogger("cspt")
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 

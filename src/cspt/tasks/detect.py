@@ -64,6 +64,12 @@ def model_from_description(info: dict[str, Any], drop_path: float = 0.0) -> nn.M
                           info["nms_iou"])
 
 
+def as_detections(found: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A torchvision detector's output for one image on the CPU, in fp32, with 0-based class indices."""
+    return {"boxes": found["boxes"].float().cpu(), "scores": found["scores"].float().cpu(),
+            "labels": found["labels"].cpu() - 1}
+
+
 @torch.no_grad()
 def detect_scene(model: nn.Module, image: Path, height: int, width: int, info: dict[str, Any],
                  device: torch.device, autocast: torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -74,8 +80,7 @@ def detect_scene(model: nn.Module, image: Path, height: int, width: int, info: d
         windows = [read_window(image, height, width, top, left, size, in_chans).to(device) for top, left in offsets]
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             found = model(windows)
-        return [{"boxes": f["boxes"].float().cpu(), "scores": f["scores"].float().cpu(),
-                 "labels": f["labels"].cpu() - 1} for f in found]
+        return [as_detections(f) for f in found]
 
     model.eval()
     return sliding_window_detections(predict, height, width, size, info["tile_overlap"], info["nms_iou"],
@@ -319,8 +324,7 @@ class DetectTask(FineTuneTask):
                 outputs = model([s["image"].to(device) for s in samples])
                 for i, sample, out in zip(chunk, samples, outputs, strict=True):
                     target = sample["target"]
-                    mine[i] = ({"boxes": out["boxes"].float().cpu(), "scores": out["scores"].float().cpu(),
-                                "labels": out["labels"].cpu() - 1},
+                    mine[i] = (as_detections(out),
                                {"boxes": target["boxes"], "labels": target["labels"] - 1,
                                 "difficult": torch.zeros(len(target["labels"]), dtype=torch.bool)})
         pairs = {i: pair for part in all_gather_objects(mine) for i, pair in part.items()}

@@ -88,15 +88,19 @@ class PretrainTask(Task):
                                                collate_for_device if self.dataset.decode_on_device else collate)
 
     def training_step(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
-        if isinstance(batch["image"], list):  # decoding on the device
-            images, failed = decode_batch(batch["image"], batch["flip"], self.arch.img_size, self.dataset.mean,
-                                          self.dataset.std, device)
-            for message in failed:
-                log.warning("replaced an undecodable image by another of its batch: %s", message)
-        else:
-            images = batch["image"].to(device, non_blocking=True)
-        loss, _, _ = model(images, ids_shuffle=batch["ids_shuffle"].to(device, non_blocking=True))
+        loss, _, _ = model(self.batch_images(batch, device),
+                           ids_shuffle=batch["ids_shuffle"].to(device, non_blocking=True))
         return loss
+
+    def batch_images(self, batch: dict, device: torch.device) -> torch.Tensor:
+        """The batch's normalised images on ``device`` (decoded there with ``--decode-on device``)."""
+        if not isinstance(batch["image"], list):
+            return batch["image"].to(device, non_blocking=True)
+        images, failed = decode_batch(batch["image"], batch["flip"], self.arch.img_size, self.dataset.mean,
+                                      self.dataset.std, device)
+        for message in failed:
+            log.warning("replaced an undecodable image by another of its batch: %s", message)
+        return images
 
     def _write_reconstructions(self, model: MaskedAutoencoderViT, name: str, run_dir: Path) -> None:
         images = evaluation_images(self.dataset, VIS_IMAGES)
