@@ -43,6 +43,7 @@ from cspt.data.detection import Scene, read_annotations
 from cspt.data.scene_tiles import DetectionTiles, collate_tiles, make_tiles, tile_targets
 from cspt.demo import crowns_csv, demo_spec, neon_scenes
 from cspt.engine.sliding import window_starts
+from cspt.errors import CsptError
 from cspt.metrics import voc_map
 from cspt.models.detector import build_detector
 from cspt.models.vit import ArchConfig
@@ -280,4 +281,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except CsptError as err:  # bad input: one line naming the file, as the CLI does
+        raise SystemExit(f"detect_neon: error: {err}") from None
