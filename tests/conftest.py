@@ -111,3 +111,33 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
     """``python -m cspt ARGS`` in a subprocess (as a user would run it)."""
     return subprocess.run([sys.executable, "-m", "cspt", *args], capture_output=True, text=True,
                           cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+#: where the test scenes lie on the map: UTM zone 40N (Dubai), 0.5 m pixels
+TEST_CRS = "EPSG:32640"
+TEST_ORIGIN = (300000.0, 2800000.0)
+
+
+def write_geotiff(path: Path, pixels: np.ndarray, nodata: float | None = None, crs: str = TEST_CRS,
+                  resolution: float = 0.5) -> Path:
+    """A tiled, compressed GeoTIFF of ``(bands, H, W)`` pixels, georeferenced at :data:`TEST_ORIGIN`."""
+    import rasterio
+    from affine import Affine
+
+    bands, height, width = pixels.shape
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", driver="GTiff", height=height, width=width, count=bands, dtype=pixels.dtype,
+                       crs=crs, transform=Affine(resolution, 0, TEST_ORIGIN[0], 0, -resolution, TEST_ORIGIN[1]),
+                       nodata=nodata, tiled=True, blockxsize=256, blockysize=256, compress="deflate") as dst:
+        dst.write(pixels)
+    return path
+
+
+def eleven_bit_scene(source: Path, path: Path, size: int = 900, border: int = 0) -> Path:
+    """A single-band uint16 scene whose values stay below 2048 (as 11-bit WorldView data), made from a real
+    RGB image; with ``border``, a nodata (0) frame that wide."""
+    grey = np.asarray(Image.open(source).convert("L").resize((size, size), Image.BICUBIC)).astype(np.uint16)
+    pixels = grey * 8 + 1  # 1..2041: 0 stays free for nodata
+    if border:
+        pixels[:border], pixels[-border:], pixels[:, :border], pixels[:, -border:] = 0, 0, 0, 0
+    return write_geotiff(path, pixels[None], nodata=0 if border else None)

@@ -95,8 +95,9 @@ def test_statistics_for_another_band_count_are_not_used(tmp_path: Path, caplog: 
 
 
 def test_eleven_bit_data_under_imagenet_statistics_is_named_before_training(rsscn7, tmp_path: Path):
-    """A SpaceNet-like uint16 scene using 11 bits: ImageNet's statistics make it a near-constant input, and
-    the run says so before it trains; with the statistics ``cspt stats`` measures, the input is standardised."""
+    """A SpaceNet-like uint16 scene using 11 bits: on the dtype scale ImageNet's statistics make it a near-constant
+    input, and the run says so before it trains; the default scaling and the statistics ``cspt stats`` measures
+    both standardise it."""
     from cspt.data.unlabelled import UnlabelledImages, scan_images
     from tests.conftest import TINY_FLAGS, run_cli
 
@@ -105,10 +106,13 @@ def test_eleven_bit_data_under_imagenet_statistics_is_named_before_training(rssc
     tifffile.imwrite(scene, (source.astype(np.uint16) * 8), photometric="rgb")  # 0-2040: 11 bits in uint16
     args = ["pretrain", "--data", str(scene), "--epochs", "1", "--batch-size", "4", "--num-workers", "0",
             "--device", "cpu", "--vis-every", "0", *TINY_FLAGS]
-    first = run_cli(*args, "--output", str(tmp_path / "imagenet"))
+    first = run_cli(*args, "--scale", "dtype", "--output", str(tmp_path / "imagenet"))
     assert first.returncode == 0, first.stderr[-2000:]
     warning = [line for line in first.stderr.splitlines() if "normalisation does not fit the data" in line]
-    assert len(warning) == 1 and "band 1 mean -" in warning[0] and "--mean/--std" in warning[0]
+    assert len(warning) == 1 and "band 1 mean -" in warning[0] and "--scale percentile" in warning[0]
+    scaled = run_cli(*args, "--output", str(tmp_path / "scaled"))  # the default measures the data's own range
+    assert scaled.returncode == 0 and "scaling: stats of 1 image(s)" in scaled.stderr, scaled.stderr[-2000:]
+    assert "does not fit" not in scaled.stderr
     stats = run_cli("stats", str(scene)).stdout
     mean = yaml.safe_load(stats.split("mean: ")[1].split("\n")[0])
     std = yaml.safe_load(stats.split("std: ")[1].split("\n")[0])

@@ -13,7 +13,7 @@ from PIL import Image
 
 from cspt.config import SegmentConfig
 from cspt.data.segmentation import Palette, check_pairs, pair_images, read_mask
-from cspt.engine.sliding import sliding_window_logits
+from cspt.engine.streaming import blended_logits
 from cspt.metrics import segmentation_confusion, segmentation_metrics
 from cspt.models.pyramid import ViTFeaturePyramid, default_taps
 from cspt.models.segmenter import build_segmenter
@@ -65,12 +65,12 @@ def test_sliding_window_keeps_the_image_size_and_equals_one_pass_when_it_covers(
     image = torch.randn(3, 50, 70)
     tiny80 = build_segmenter(ArchConfig(embed_dim=64, depth=2, num_heads=2, patch_size=8, img_size=80), 5, 16,
                              None).eval()
-    covering = sliding_window_logits(tiny80, image, window=80, stride=53)
+    covering = blended_logits(tiny80, image, window=80, stride=53, blend="none")
     with torch.no_grad():
         whole = tiny80(F.pad(image, (0, 10, 0, 30))[None])[0, :, :50, :70]
     assert covering.shape == (5, 50, 70) and torch.allclose(covering, whole, atol=1e-6)
     odd = torch.randn(3, 100, 75)  # neither side a multiple of the 64-pixel window
-    logits = sliding_window_logits(model, odd, window=64, stride=40, batch_size=3)
+    logits = blended_logits(model, odd, window=64, stride=40, blend="none", batch_size=3)
     assert logits.shape == (5, 100, 75) and torch.isfinite(logits).all()
     with torch.no_grad():  # windows start at rows 0, 36 and columns 0, 11: the corner is the first one's
         corner = model(odd[None, :, :64, :64])[0]

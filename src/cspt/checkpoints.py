@@ -26,6 +26,7 @@ from timm.models._manipulate import adapt_input_conv
 from torch import nn
 
 from cspt.checkpoint_formats import hugging_face_to_mae, is_hugging_face, is_openmmlab, openmmlab_to_mae
+from cspt.data.scaling import Scaling
 from cspt.errors import CsptError
 from cspt.hub import hub_weights, is_hub_name
 from cspt.models.mae import DECODER_PREFIXES
@@ -125,6 +126,19 @@ class Checkpoint:
             mean, std = source.get("mean"), source.get("std")
             if isinstance(mean, list) and isinstance(std, list) and mean and std:
                 return [float(v) for v in mean], [float(v) for v in std]
+        return None
+
+    @property
+    def scaling(self) -> Scaling | None:
+        """The pixel scaling (:mod:`cspt.data.scaling`) the weights were trained with, as recorded by a cspt
+        stage (empty ``low``/``high``: the dtype scale); None when nothing records one."""
+        for source in (self.described, self.declared):
+            if "scale_low" not in source:
+                continue
+            low, high = source.get("scale_low"), source.get("scale_high")
+            if isinstance(low, list) and isinstance(high, list) and low and len(low) == len(high):
+                return Scaling(f"recorded with {self.path}", [float(v) for v in low], [float(v) for v in high])
+            return Scaling(f"dtype, recorded with {self.path}", [], [])
         return None
 
     @property

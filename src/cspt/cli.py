@@ -100,11 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--images", required=True, nargs="+", help="image folders, files or .txt lists")
     pr.add_argument("--output", default="predictions.csv", help="CSV to write")
     add_inference_flags(pr)
-    ps = tasks.add_parser("segment", help="index and colour PNG masks (and overlays with --draw)")
+    ps = tasks.add_parser("segment", help="class maps: a georeferenced GeoTIFF per TIFF scene (any size), PNG "
+                                          "masks for other images")
     ps.add_argument("--checkpoint", required=True, help="segmentation run directory or its segmenter.safetensors")
     ps.add_argument("--images", required=True, nargs="+", help="image folders, files or .txt lists")
-    ps.add_argument("--output", required=True, help="folder for NAME.png, NAME_color.png (and NAME_overlay.jpg)")
-    ps.add_argument("--draw", action="store_true", help="also write the mask blended over the image")
+    ps.add_argument("--output", required=True, help="folder for NAME.tif (TIFF inputs) or NAME.png and "
+                                                    "NAME_color.png (and NAME_overlay.jpg)")
+    ps.add_argument("--draw", action="store_true", help="also write the mask blended over the image (PNG outputs)")
+    ps.add_argument("--blend", default="cosine", choices=["cosine", "gaussian", "none"],
+                    help="how overlapping windows are weighted (none: a plain mean)")
+    ps.add_argument("--probabilities", action="store_true",
+                    help="also write NAME_probabilities.tif, one uint8 band (probability x 255) per class")
+    ps.add_argument("--vectorize", nargs="?", const="gpkg", choices=["gpkg", "geojson", "shp"],
+                    help="also write one polygon per connected class region in the scene's CRS (default gpkg)")
+    ps.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
     ps.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     pd = tasks.add_parser("detect", help="COCO JSON and DOTA-style txt of whole-scene detections")
     pd.add_argument("--checkpoint", required=True, help="detection run directory or its detector.safetensors")
@@ -114,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--draw-score", type=float, default=None,
                     help="draw the detections scoring at least this (default: the operating point chosen on "
                          "training tiles, else 0.5)")
+    pd.add_argument("--vector-format", default="gpkg", choices=["gpkg", "geojson", "shp"],
+                    help="file type of the map-coordinate boxes written for georeferenced scenes")
     pd.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     pipe = commands.add_parser("pipeline", help="run a chain of stages from a YAML config (skips finished ones)")
@@ -255,13 +266,15 @@ def run_predict(args: argparse.Namespace) -> None:
         from cspt.tasks.detect import predict_detector
 
         folder = predict_detector(args.checkpoint, args.images, args.output, args.draw, args.device,
-                                  args.draw_score)
+                                  args.draw_score, args.vector_format)
         print(f"wrote {folder}")
         return
     if args.task == "segment":
         from cspt.tasks.segment import predict_segmenter
 
-        print(f"wrote {predict_segmenter(args.checkpoint, args.images, args.output, args.draw, args.device)}")
+        folder = predict_segmenter(args.checkpoint, args.images, args.output, args.draw, args.device, args.blend,
+                                   args.probabilities, args.vectorize, args.batch_size)
+        print(f"wrote {folder}")
         return
     from cspt.tasks.classify import predict_classifier
 
@@ -362,6 +375,8 @@ COMMANDS = {"demo": run_demo, "evaluate": run_evaluate, "export": run_export, "f
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for library in ("rasterio", "fiona"):  # GDAL's complaints come back as exceptions cspt words in one line
+        logging.getLogger(library).setLevel(logging.CRITICAL)
     if args.max_image_pixels is not None:
         from cspt.data.images import set_max_image_pixels
 

@@ -80,6 +80,16 @@ class EncoderConfig:
     mean: list[float] | None = option(None, "per-band mean on the 0-1 scale (default: ImageNet for 3 bands)",
                                       nargs="+")
     std: list[float] | None = option(None, "per-band std on the 0-1 scale", nargs="+")
+    bands: list[int] | None = option(None, "read only these bands of every image, numbered from 1, in this order "
+                                     "(e.g. 4 3 2 for a Sentinel-2 RGB); the model's --in-chans follows", nargs="+")
+    scale: str = option("auto", "how raw pixel values map to the 0-1 scale of --mean/--std: dtype (divide by the "
+                        "type's maximum), percentile (each band's 2-98%% range, measured on the data), stats (the "
+                        "data's own mean/std become --mean/--std), or a JSON file / run directory recording one; "
+                        "auto: the --init weights' scaling, else dtype for 8-bit data or given --mean/--std, else "
+                        "stats")
+    scale_low: list[float] | None = option(None, "per-band value (on the dtype's 0-1 scale) mapped to 0 "
+                                           "(set by --scale)", nargs="+")
+    scale_high: list[float] | None = option(None, "per-band value (on the dtype's 0-1 scale) mapped to 1", nargs="+")
 
 
 @dataclass
@@ -165,6 +175,11 @@ class SegmentConfig(TrainConfig, EncoderConfig, PyramidConfig):
     images: list[str] = option([], "image folders (or one image,mask CSV); masks sit in a 'masks' folder "
                                "beside each 'images' folder unless --masks is given", nargs="+")
     masks: list[str] | None = option(None, "mask folders mirroring --images, one per --images folder", nargs="+")
+    scenes: list[str] | None = option(None, "GeoTIFF scenes labelled by --labels (instead of --images)", nargs="+")
+    labels: str | None = option(None, "vector labels of --scenes (GeoPackage, GeoJSON, shapefile; any CRS): "
+                                "polygons rasterised onto each scene's grid")
+    class_field: str | None = option(None, "the --labels attribute naming each polygon's class (classes in "
+                                     "sorted order unless --class-names gives it)")
     val_images: list[str] | None = option(None, "validation image folders (or CSV)", nargs="+")
     val_masks: list[str] | None = option(None, "validation mask folders", nargs="+")
     val_fraction: float = option(0.0, "without --val-images: hold out this fraction of the tiles (seeded)")

@@ -65,7 +65,8 @@ def export_checkpoint(source: str | Path, to: str, output: str | Path, trust: bo
     arch = resolve_arch({}, None, checkpoint.arch)
     described = description_of(checkpoint.path)
     info = {"architecture": arch.to_dict(), "format": to, "mean": described.get("mean"),
-            "std": described.get("std"), "lineage": lineage_of(checkpoint.path, checkpoint.format)}
+            "std": described.get("std"), "bands": described.get("bands"), "scale_low": described.get("scale_low"),
+            "scale_high": described.get("scale_high"), "lineage": lineage_of(checkpoint.path, checkpoint.format)}
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     if to == "timm":

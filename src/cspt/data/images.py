@@ -1,22 +1,30 @@
 """Read any remote-sensing image: JPEG/PNG/TIFF/GeoTIFF, 8/16-bit or float, 1..N bands.
 
 Pixels come back as ``float32`` arrays of shape ``(H, W, bands)`` on a 0-1 scale
-(integer types divided by their maximum). Reading a window of a large TIFF touches only
-that window when rasterio is installed (or the file is an uncompressed TIFF).
+(integer types divided by their maximum: :mod:`cspt.data.scaling` maps the data's real range
+onto the model's). TIFFs are read through rasterio (GDAL): a window of a large, tiled or
+compressed GeoTIFF touches only that window; TIFFs inside tar shards go through tifffile.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import os
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
+import rasterio
 import tifffile
 from PIL import Image, UnidentifiedImageError
+from rasterio.enums import MaskFlags
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window
 
 from cspt.data.shards import is_member, open_member
 from cspt.errors import CsptError
@@ -24,20 +32,25 @@ from cspt.errors import CsptError
 #: the most pixels cspt decodes from one JPEG/PNG (remote-sensing scenes are large; PIL's own guard,
 #: ``PIL.Image.MAX_IMAGE_PIXELS``, stays as the host program set it); ``--max-image-pixels`` changes it
 MAX_PIXELS_VARIABLE = "CSPT_MAX_IMAGE_PIXELS"
+#: the 1-based bands every reader returns, in order (``--bands``; unset: all, in file order), for this process
+#: and the loader processes it starts
+BANDS_VARIABLE = "CSPT_BANDS"
 DEFAULT_MAX_IMAGE_PIXELS = 2**31
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
 
-try:  # optional: windowed GeoTIFF reads
-    import rasterio
-    from rasterio.windows import Window
-except ImportError:  # pragma: no cover - depends on the environment
-    rasterio = None
+
+
+warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)  # a plain TIFF is a picture, not an error
 
 
 class ImageReadError(CsptError):
     """An image that cannot be read; datasets skip and count these."""
+
+
+class BandSelectionError(CsptError):
+    """``--bands`` names a band a file does not have: a setting to fix, not a file to skip."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,11 @@ class ImageInfo:
     height: int
     width: int
     bands: int
+    dtype: str = "uint8"  #: the stored pixel type (numpy name)
+
+
+#: PIL modes whose pixels are not 8-bit
+PIL_DTYPES = {"I;16": "uint16", "I;16B": "uint16", "I;16L": "uint16", "I": "int32", "F": "float32", "1": "bool"}
 
 
 #: (top, left, height, width) in pixels
@@ -56,16 +74,40 @@ def image_info(path: str | Path) -> ImageInfo:
     path = Path(path)
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
-            if rasterio is not None and not is_member(path):
+            if not is_member(path):
                 with rasterio.open(path) as src:
-                    return ImageInfo(src.height, src.width, src.count)
-            with tifffile.TiffFile(_source(path)) as tif:
-                series = tif.series[0]
-                return _tiff_info(series.shape, series.axes)
-        with open_pil(path) as img:
-            return ImageInfo(img.height, img.width, _pil_bands(img))
+                    info = ImageInfo(src.height, src.width, src.count, src.dtypes[0])
+            else:
+                with tifffile.TiffFile(_source(path)) as tif:
+                    series = tif.series[0]
+                    info = ImageInfo(*_tiff_info(series.shape, series.axes), series.dtype.name)
+        else:
+            with open_pil(path) as img:
+                info = ImageInfo(img.height, img.width, _pil_bands(img), PIL_DTYPES.get(img.mode, "uint8"))
     except Exception as err:  # any library's complaint means "unreadable"
         raise ImageReadError(f"{path}: cannot read image header ({_reason(err)})") from None
+    selected = selected_bands(info.bands, path)
+    return dataclasses.replace(info, bands=len(selected)) if selected else info
+
+
+def set_band_selection(bands: Sequence[int] | None) -> None:
+    """Read only these 1-based bands, in this order, from every image (None: all bands)."""
+    os.environ[BANDS_VARIABLE] = " ".join(str(b) for b in bands or [])
+
+
+def band_selection() -> list[int]:
+    """The ``--bands`` in force (empty: all)."""
+    return [int(b) for b in os.environ.get(BANDS_VARIABLE, "").split()]
+
+
+def selected_bands(available: int, path: Path) -> list[int]:
+    """:func:`band_selection`, checked against a file with ``available`` bands."""
+    bands = band_selection()
+    outside = [b for b in bands if not 1 <= b <= available]
+    if outside:
+        raise BandSelectionError(f"{path}: --bands {outside[0]} is out of range: the file has {available} "
+                                 f"band(s), numbered from 1")
+    return bands
 
 
 def read_image(path: str | Path, window: WindowBox | None = None) -> np.ndarray:
@@ -80,7 +122,29 @@ def read_image(path: str | Path, window: WindowBox | None = None) -> np.ndarray:
         raise
     except Exception as err:
         raise ImageReadError(f"{path}: cannot decode image ({_reason(err)})") from None
-    return to_unit_float(array, path)
+    array = array[:, :, None] if array.ndim == 2 else array
+    selected = selected_bands(array.shape[-1], path)
+    return to_unit_float(array[..., [b - 1 for b in selected]] if selected else array, path)
+
+
+def read_valid(path: str | Path, window: WindowBox | None = None) -> np.ndarray:
+    """Which pixels ``(H, W)`` hold data: False where a GeoTIFF's nodata value, mask or alpha says none."""
+    path = Path(path)
+    if path.suffix.lower() in TIFF_SUFFIXES and not is_member(path):
+        try:
+            with rasterio.open(path) as src:
+                if src.nodata is None and all(flag == MaskFlags.all_valid
+                                              for flag in src.mask_flag_enums[0]):
+                    height, width = (src.height, src.width) if window is None else window[2:]
+                    return np.ones((height, width), dtype=bool)
+                win = None if window is None else Window(window[1], window[0], window[3], window[2])
+                return src.dataset_mask(window=win) > 0
+        except Exception as err:
+            raise ImageReadError(f"{path}: cannot read its nodata mask ({_reason(err)})") from None
+    if window is None:
+        info = image_info(path)
+        return np.ones((info.height, info.width), dtype=bool)
+    return np.ones(window[2:], dtype=bool)
 
 
 def read_resized(path: str | Path, box: WindowBox, size: int) -> np.ndarray | None:
@@ -89,10 +153,10 @@ def read_resized(path: str | Path, box: WindowBox, size: int) -> np.ndarray | No
     PIL crops and resizes in one antialiased bicubic pass, and decodes a JPEG at the
     smallest power-of-two reduction (DCT scaling) that still leaves the box at least
     ``size`` pixels wide: a 256 px photo cropped to 64 px is mostly decoded at 128 px.
-    Returns None for what this path does not cover (TIFF, 16-bit, palette, alpha).
+    Returns None for what this path does not cover (TIFF, 16-bit, palette, alpha, ``--bands``).
     """
     path = Path(path)
-    if path.suffix.lower() in TIFF_SUFFIXES:
+    if path.suffix.lower() in TIFF_SUFFIXES or band_selection():
         return None
     top, left, height, width = box
     try:
@@ -231,10 +295,9 @@ def _decode_pil(path: Path) -> np.ndarray:
         return np.asarray(img)
 
 
-def _tiff_info(shape: tuple[int, ...], axes: str) -> ImageInfo:
+def _tiff_info(shape: tuple[int, ...], axes: str) -> tuple[int, int, int]:
     array_like = np.empty(shape, dtype=np.uint8)
-    hwc = _tiff_to_hwc(array_like, axes)
-    return ImageInfo(*hwc.shape)
+    return _tiff_to_hwc(array_like, axes).shape
 
 
 def _tiff_to_hwc(array: np.ndarray, axes: str) -> np.ndarray:
@@ -248,7 +311,7 @@ def _tiff_to_hwc(array: np.ndarray, axes: str) -> np.ndarray:
 
 
 def _read_tiff(path: Path, window: WindowBox | None) -> np.ndarray:
-    if rasterio is not None and not is_member(path):
+    if not is_member(path):
         with rasterio.open(path) as src:
             win = None if window is None else Window(window[1], window[0], window[3], window[2])
             return np.moveaxis(src.read(window=win), 0, -1)

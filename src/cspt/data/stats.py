@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cspt.data.images import ImageReadError, WindowBox, image_info, read_image
+from cspt.data.images import ImageReadError, WindowBox, image_info, read_image, read_valid
 from cspt.errors import CsptError
 
 
@@ -23,7 +23,8 @@ class BandStatistics:
 
 def band_statistics(files: Sequence[Path], max_images: int | None = 1000, seed: int = 0,
                     window: int | None = None) -> BandStatistics:
-    """Mean and std of every band on the 0-1 scale, over a seeded sample of ``files``.
+    """Mean and std of every band on the 0-1 scale, over the valid (not nodata) pixels of a seeded
+    sample of ``files``.
 
     ``window``: read only a central window of at most this many pixels a side of each
     image (large scenes then cost little).
@@ -35,7 +36,8 @@ def band_statistics(files: Sequence[Path], max_images: int | None = 1000, seed: 
     count, bands, used, skipped = 0, None, 0, []
     for path in files:
         try:
-            pixels = read_image(path, central_box(path, window) if window else None).astype(np.float64)
+            box = central_box(path, window) if window else None
+            pixels = read_image(path, box).astype(np.float64)[read_valid(path, box)]
         except ImageReadError as err:
             skipped.append(str(err))
             continue
@@ -45,12 +47,12 @@ def band_statistics(files: Sequence[Path], max_images: int | None = 1000, seed: 
         if pixels.shape[-1] != bands:
             skipped.append(f"{path}: has {pixels.shape[-1]} bands, others have {bands}")
             continue
-        flat = pixels.reshape(-1, bands)
+        flat = pixels
         total += flat.sum(0)
         total_sq += (flat**2).sum(0)
         count += flat.shape[0]
         used += 1
-    if not used:
+    if not used or not count:
         last = f" ({len(skipped)} skipped; last: {skipped[-1]})" if skipped else ""
         raise CsptError(f"no readable images to compute statistics from{last}")
     mean = total / count
@@ -93,4 +95,4 @@ def normalisation_mismatch(files: Sequence[Path], mean: Sequence[float], std: Se
     measured = ", ".join(f"{m:.4f}/{s:.4f}" for m, s in zip(data.mean, data.std))
     return (f"normalisation does not fit the data: after it, {'; '.join(bad)} (a ViT expects about 0 and 1); "
             f"the data's own mean/std on the 0-1 scale are {measured} (measured on {data.images} image(s)): "
-            "pass them as --mean/--std, or check the bit depth")
+            "for data of more than 8 bits use --scale percentile (or stats), or pass them as --mean/--std")

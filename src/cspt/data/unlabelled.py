@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cspt.data.device_decode import EncodedCrop, is_plain_jpeg
-from cspt.data.images import ImageInfo, ImageReadError, WindowBox, image_info, read_bytes
+from cspt.data.images import ImageInfo, ImageReadError, WindowBox, band_selection, image_info, read_bytes
 from cspt.data.sampling import (
     band_tensors,
     load_or_replace,
@@ -96,7 +96,7 @@ class UnlabelledImages(Dataset):
         self.mean, self.std = band_tensors(mean, std, in_chans)
         self.tile_size = tile_size
         self.min_scale = min_scale
-        self.decode_on_device = decode_on_device and in_chans == 3
+        self.decode_on_device = decode_on_device and in_chans == 3 and not band_selection()
 
     def __len__(self) -> int:
         return len(self.entries)

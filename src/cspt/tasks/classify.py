@@ -34,6 +34,7 @@ from cspt.data.classification import (
     write_label_csv,
 )
 from cspt.data.files import find_images
+from cspt.data.scaling import stage_statistics
 from cspt.engine.distributed import DistContext, barrier, is_main_process, resolve_device
 from cspt.engine.inference import Outputs, run_inference
 from cspt.engine.loading import default_num_workers
@@ -53,6 +54,7 @@ from cspt.tasks.common import (
     arch_of,
     check_normalisation,
     distributed_run,
+    images_in,
     load_described,
     load_init_weights,
     resolved_encoder_fields,
@@ -134,7 +136,7 @@ def load_classifier(checkpoint: str | Path) -> DescribedModel:
 
 def eval_dataset(data: LabelledSet, info: dict[str, Any]) -> LabelledImages:
     arch = info["architecture"]
-    return LabelledImages(data, arch["img_size"], arch["in_chans"], info["mean"], info["std"], train=False,
+    return LabelledImages(data, arch["img_size"], arch["in_chans"], *stage_statistics(info), train=False,
                           crop_ratio=info["eval_crop_ratio"])
 
 
@@ -237,7 +239,8 @@ def mixes(config: ClassifyConfig) -> bool:
 
 def resolve_config(config: ClassifyConfig, init: Checkpoint | None = None) -> ClassifyConfig:
     """Architecture and normalisation from flags, preset and ``--init``; checks that need them."""
-    config = dataclasses.replace(config, **resolved_encoder_fields(config, init))
+    config = dataclasses.replace(config, **resolved_encoder_fields(config, init,
+                                                                   images_in([config.train or config.data])))
     if mixes(config) and config.batch_size % 2:
         raise CsptError(f"mixup/cutmix need an even --batch-size, got {config.batch_size}")
     if not 0 < config.eval_crop_ratio <= 1:
@@ -285,7 +288,7 @@ class ClassifyTask(FineTuneTask):
     def train_data(self) -> tuple[LabelledImages, Any]:
         cfg = self.config
         check_normalisation(self.splits["train"].paths, cfg, self.dist.is_main)
-        dataset = LabelledImages(self.splits["train"], cfg.img_size, cfg.in_chans, cfg.mean, cfg.std, train=True,
+        dataset = LabelledImages(self.splits["train"], cfg.img_size, cfg.in_chans, *stage_statistics(cfg), train=True,
                                  min_scale=cfg.min_scale, rand_augment=cfg.rand_augment, reprob=cfg.reprob)
         return dataset, collate_labelled
 
@@ -318,7 +321,7 @@ class ClassifyTask(FineTuneTask):
             return None
         done = epoch + 1
         net = self.ema_model(model)
-        val = LabelledImages(self.splits["val"], cfg.img_size, cfg.in_chans, cfg.mean, cfg.std, train=False,
+        val = LabelledImages(self.splits["val"], cfg.img_size, cfg.in_chans, *stage_statistics(cfg), train=False,
                              crop_ratio=cfg.eval_crop_ratio)
         outputs = classify_outputs(net, val, next(net.parameters()).device, num_workers=cfg.num_workers,
                                    precision=cfg.precision)
@@ -347,6 +350,7 @@ class ClassifyTask(FineTuneTask):
                  "config": dataclasses.asdict(cfg)}
         return {"task": "classify", "architecture": self.arch.to_dict(), "format": "timm",
                 "classes": self.classes, "global_pool": cfg.global_pool, "mean": cfg.mean, "std": cfg.std,
+                "bands": cfg.bands, "scale_low": cfg.scale_low, "scale_high": cfg.scale_high,
                 "eval_crop_ratio": cfg.eval_crop_ratio, "selected": selected, "lineage": self.parents + [stage]}
 
     def state_dict(self) -> dict[str, Any]:

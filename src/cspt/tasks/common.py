@@ -16,7 +16,9 @@ from torch import nn
 
 from cspt.checkpoints import Checkpoint, description_of, load_checkpoint, load_into_model
 from cspt.config import EncoderConfig, PyramidConfig, TrainConfig, save_config
+from cspt.data.images import ImageReadError, image_info, set_band_selection
 from cspt.data.normalisation import log_normalisation, resolve_normalisation
+from cspt.data.scaling import data_type, resolve_scaling, stage_statistics
 from cspt.data.stats import normalisation_mismatch
 from cspt.engine.distributed import DistContext, all_gather_objects, setup_distributed, shutdown_distributed
 from cspt.engine.run_dir import (
@@ -42,22 +44,68 @@ ARCH_KEYS = [f.name for f in dataclasses.fields(ArchConfig)]
 SPLITS_DIR = "splits"
 
 
-def resolved_encoder_fields(config: EncoderConfig, init: Checkpoint | None) -> dict[str, Any]:
-    """Architecture (flags > preset > ``init`` shapes) and mean/std, as config field values."""
+def resolved_encoder_fields(config: EncoderConfig, init: Checkpoint | None,
+                            data_files: Callable[[], list[Path]] = list) -> dict[str, Any]:
+    """Architecture (flags > preset > ``init`` shapes), mean/std and pixel scaling, as config field values.
+
+    ``data_files`` lists the training images, for a scaling measured on them (``--scale``).
+    """
     explicit = {k: getattr(config, k, None) for k in ARCH_KEYS}
+    set_band_selection(None)
+    if config.bands:
+        explicit["in_chans"] = explicit["in_chans"] or len(config.bands)
+        check_band_selection(config.bands, data_files)
+        set_band_selection(config.bands)
     arch = resolve_arch(explicit, config.model, init.arch if init else {})
     names = {f.name for f in dataclasses.fields(config)}
     fields = {k: v for k, v in arch.to_dict().items() if k in names}
     recorded = (init.normalisation, init.path) if init is not None else (None, None)
     fields["mean"], fields["std"] = resolve_normalisation(config.mean, config.std, arch.in_chans, *recorded)
+    if config.scale_low and config.scale_high:
+        return fields
+    files = functools.cache(data_files)
+    scaling = resolve_scaling(config.scale, arch.in_chans, fields["mean"], fields["std"], files,
+                              init.scaling if init is not None else None, config.mean is not None)
+    if scaling is not None:
+        log.info("scaling: %s", scaling.describe(data_type(files())))
+        fields["scale_low"], fields["scale_high"] = scaling.low, scaling.high
     return fields
 
 
+def check_band_selection(bands: list[int], data_files: Callable[[], list[Path]]) -> None:
+    """Refuse ``--bands`` beyond the first readable training image's bands, in one line, before any loader
+    starts."""
+    for path in data_files():
+        try:
+            available = image_info(path).bands
+        except ImageReadError:
+            continue
+        outside = [b for b in bands if not 1 <= b <= available]
+        if outside:
+            raise CsptError(f"{path}: --bands {outside[0]} is out of range: the file has {available} band(s), "
+                            "numbered from 1")
+        return
+
+
+def images_in(sources: list[str | None]) -> Callable[[], list[Path]]:
+    """The images ``sources`` name (folders, images, lists, shards; labelled CSVs left out), listed when called."""
+    from cspt.data.files import find_images
+
+    def listed() -> list[Path]:
+        kept = [s for s in sources if s and Path(s).suffix.lower() != ".csv"]
+        try:
+            return find_images(kept) if kept else []
+        except CsptError:  # the stage's own data checks say what is wrong
+            return []
+
+    return listed
+
+
 def check_normalisation(files: list[Path], config: EncoderConfig, is_main: bool) -> None:
-    """Say in one line, before training, when the run's mean/std do not fit its training images."""
+    """Say in one line, before training, when the run's scaling and mean/std do not fit its training images."""
     if not is_main or not files:
         return
-    mismatch = normalisation_mismatch(files, config.mean, config.std)
+    mismatch = normalisation_mismatch(files, *stage_statistics(config))
     if mismatch:
         log.warning("%s", mismatch)
 
@@ -118,6 +166,7 @@ def start_run(cls: type[C], config: C, resume: str | Path | bool | None, overrid
 def distributed_run(config: TrainConfig, run_dir: Path) -> Iterator[DistContext]:
     """Join the process group (under torchrun); the main process locks ``run_dir`` for the run's
     lifetime (:func:`~cspt.engine.run_dir.run_lock`) and writes its ``config.yaml``."""
+    set_band_selection(getattr(config, "bands", None))
     dist = setup_distributed(config.device, config.dist_timeout)
     try:
         with ExitStack() as stack:
@@ -162,6 +211,7 @@ def load_described(checkpoint: str | Path, file_name: str, task: str,
                    build: Callable[[dict[str, Any]], nn.Module]) -> DescribedModel:
     """Rebuild a stage's model from its description and load its weights strictly."""
     path, info = described_weights(checkpoint, file_name, task)
+    set_band_selection(info.get("bands"))
     model = build(info)
     try:
         model.load_state_dict(load_file(str(path)))

@@ -24,7 +24,9 @@ from cspt.checkpoints import Checkpoint
 from cspt.config import DetectConfig
 from cspt.data.detection import Annotations, Scene, read_annotations
 from cspt.data.files import find_images
+from cspt.data.georaster import georeference_of, write_boxes
 from cspt.data.images import ImageReadError, display_rgb, image_info, read_image
+from cspt.data.scaling import stage_statistics, to_display
 from cspt.data.scene_tiles import DetectionTiles, collate_tiles, make_tiles, read_window
 from cspt.engine.distributed import all_gather_objects, barrier, resolve_device, shard
 from cspt.engine.optim import param_groups_layer_decay
@@ -41,6 +43,7 @@ from cspt.tasks.common import (
     arch_of,
     check_normalisation,
     distributed_run,
+    images_in,
     load_described,
     load_init_weights,
     resolved_encoder_fields,
@@ -58,10 +61,10 @@ OPERATING_TILES = 256
 # ---------------------------------------------------------------- inference and evaluation
 
 def model_from_description(info: dict[str, Any], drop_path: float = 0.0) -> nn.Module:
-    return build_detector(ArchConfig.from_dict(info["architecture"]), len(info["classes"]), info["mean"],
-                          info["std"], info["pyramid"], info["taps"], info["fpn_channels"], info["anchor_sizes"],
-                          info["detections_per_image"], info["score_threshold"], info["roi_samples"], drop_path,
-                          info["nms_iou"])
+    return build_detector(ArchConfig.from_dict(info["architecture"]), len(info["classes"]),
+                          *stage_statistics(info), info["pyramid"], info["taps"], info["fpn_channels"],
+                          info["anchor_sizes"], info["detections_per_image"], info["score_threshold"],
+                          info["roi_samples"], drop_path, info["nms_iou"])
 
 
 def as_detections(found: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -143,10 +146,11 @@ def evaluate_detector(checkpoint: str | Path, annotations: str | None = None, im
 
 
 def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str | Path, draw: bool = False,
-                     device: str = "auto", draw_score: float | None = None) -> Path:
-    """``detections.json`` (COCO style, with scores), ``dota/NAME.txt`` and, with ``draw``, ``drawn/NAME.png``
-    (the detections scoring at least ``draw_score``; default: the operating point chosen on the training
-    scenes, else 0.5)."""
+                     device: str = "auto", draw_score: float | None = None, vector_format: str = "gpkg") -> Path:
+    """``detections.json`` (COCO style, with scores, pixel coordinates), ``dota/NAME.txt``, for a
+    georeferenced scene ``NAME.gpkg`` (or ``vector_format``: geojson, shp) of the boxes as polygons in its
+    CRS with class and score, and, with ``draw``, ``drawn/NAME.png`` (the detections scoring at least
+    ``draw_score``; default: the operating point chosen on the training scenes, else 0.5)."""
     model, info, _ = load_detector(checkpoint)
     if draw_score is None:
         draw_score = info.get("operating_point", {}).get("threshold", 0.5)
@@ -175,18 +179,25 @@ def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str 
             lines.append(f"{x1:.1f} {y1:.1f} {x2:.1f} {y1:.1f} {x2:.1f} {y2:.1f} {x1:.1f} {y2:.1f} "
                          f"{classes[label]} {score:.4f}")
         (folder / "dota" / f"{path.stem}.txt").write_text("".join(line + "\n" for line in lines))
+        where = georeference_of(path)
+        if where.is_georeferenced:
+            target = folder / f"{path.stem}.{vector_format}"
+            write_boxes(target, found["boxes"].numpy(), found["labels"].numpy(), found["scores"].numpy(), classes,
+                        where)
+            log.info("%s: %d boxes in %s", target, len(found["boxes"]), where.crs)
         if draw:
             confident = found["scores"] >= draw_score
             draw_boxes(path, {k: v[confident] for k, v in found.items()}, classes,
-                       folder / "drawn" / f"{path.stem}.png")
+                       folder / "drawn" / f"{path.stem}.png", info)
     (folder / "detections.json").write_text(json.dumps(coco) + "\n")
     log.info("%d detections in %d images", len(coco["annotations"]), len(coco["images"]))
     return folder
 
 
-def draw_boxes(image: Path, found: dict[str, torch.Tensor], classes: Sequence[str], target: Path) -> None:
-    """The image with its boxes; class and score written beside each (when there are few)."""
-    canvas = Image.fromarray(display_rgb(read_image(image)))
+def draw_boxes(image: Path, found: dict[str, torch.Tensor], classes: Sequence[str], target: Path,
+               info: dict[str, Any]) -> None:
+    """The image (as the model's scaling shows it) with its boxes; class and score beside each (when few)."""
+    canvas = Image.fromarray(display_rgb(to_display(read_image(image), info.get("scale_low"), info.get("scale_high"))))
     pen = ImageDraw.Draw(canvas)
     for box, score, label in zip(found["boxes"].tolist(), found["scores"].tolist(), found["labels"].tolist(),
                                  strict=True):
@@ -203,7 +214,7 @@ def resolve_config(config: DetectConfig, init: Checkpoint | None = None) -> Dete
     """Architecture (input size = tile size), pyramid taps and classes; checks that need them."""
     if config.tile_size is not None:
         config = dataclasses.replace(config, img_size=config.tile_size)
-    config = dataclasses.replace(config, **resolved_encoder_fields(config, init))
+    config = dataclasses.replace(config, **resolved_encoder_fields(config, init, images_in([config.images])))
     taps = resolved_taps(config)
     if not 0 <= config.tile_overlap < config.img_size:
         raise CsptError(f"--tile-overlap {config.tile_overlap} must be below the tile size {config.img_size}")
@@ -336,8 +347,9 @@ class DetectTask(FineTuneTask):
         stage = {"stage": "fine-tuning (object detection)", "run": str(run_dir), "data": cfg.train,
                  "train_scenes": len(self.train.scenes), "epochs": cfg.epochs, "selected": selected,
                  "config": dataclasses.asdict(cfg)}
-        keys = ("mean", "std", "pyramid", "taps", "fpn_channels", "anchor_sizes", "roi_samples", "detections_per_image",
-                "score_threshold", "tile_size", "tile_overlap", "nms_iou", "val", "format")
+        keys = ("mean", "std", "bands", "scale_low", "scale_high", "pyramid", "taps", "fpn_channels", "anchor_sizes",
+                "roi_samples", "detections_per_image", "score_threshold", "tile_size", "tile_overlap", "nms_iou",
+                "val", "format")
         return {"task": "detect", "architecture": self.arch.to_dict(), "format_of_weights": "cspt detector",
                 "classes": self.train.classes, **{k: getattr(cfg, k) for k in keys},
                 "val_images": cfg.val_images or cfg.images, "selected": selected,

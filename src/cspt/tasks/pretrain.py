@@ -18,6 +18,7 @@ from cspt.checkpoints import Checkpoint
 from cspt.config import PretrainConfig
 from cspt.data.device_decode import decode_batch
 from cspt.data.files import find_images
+from cspt.data.scaling import stage_statistics
 from cspt.data.unlabelled import UnlabelledImages, collate, collate_for_device, evaluation_images, scan_images
 from cspt.engine.trainer import Task, Trainer
 from cspt.export import lineage_of, write_weights
@@ -26,6 +27,7 @@ from cspt.tasks.common import (
     arch_of,
     check_normalisation,
     distributed_run,
+    images_in,
     load_init_weights,
     resolved_encoder_fields,
     start_run,
@@ -42,7 +44,7 @@ VIS_IMAGES = 8
 
 def resolve_config(config: PretrainConfig, init: Checkpoint | None = None) -> PretrainConfig:
     """Fill every "decide later" field: architecture (flags > preset > ``init`` shapes), mean/std, tiles."""
-    fields = resolved_encoder_fields(config, init)
+    fields = resolved_encoder_fields(config, init, images_in(list(config.data)))
     return dataclasses.replace(config, **fields, tile_size=config.tile_size or 4 * fields["img_size"])
 
 
@@ -79,7 +81,7 @@ class PretrainTask(Task):
         check_normalisation(list(dict.fromkeys(entry.path for entry in scan.entries)), cfg, self.dist.is_main)
         on_device = cfg.decode_on == "device"
         self.dataset = UnlabelledImages(scan.entries, cfg.img_size, cfg.patch_size, cfg.in_chans,
-                                        cfg.mean, cfg.std, cfg.tile_size, cfg.min_scale, on_device)
+                                        *stage_statistics(cfg), cfg.tile_size, cfg.min_scale, on_device)
         self.files = files
         if on_device and not self.dataset.decode_on_device:
             log.info("--decode-on device: only 3-band JPEGs decode on the device; these %d-band images load as "
@@ -126,8 +128,8 @@ class PretrainTask(Task):
         from cspt.tasks.probe import ProbeMonitor
 
         cfg = self.config
-        return ProbeMonitor(cfg.probe_target, cfg.probe_source, cfg.img_size, cfg.mean, cfg.std,
-                            cfg.stop_on_plateau)
+        return ProbeMonitor(cfg.probe_target, cfg.probe_source, cfg.img_size, stage_statistics(cfg),
+                            (cfg.mean, cfg.std), cfg.stop_on_plateau)
 
     def stop_reason(self) -> str | None:
         return self.monitor.stop_reason if self.config.probe_every else None
@@ -152,6 +154,7 @@ def export_encoder(model: MaskedAutoencoderViT, config: PretrainConfig, run_dir:
     stage = {"stage": "consecutive MAE pretraining", "run": str(run_dir), "data": list(config.data),
              "images": images, "epochs": config.epochs, "config": dataclasses.asdict(config)}
     info = {"architecture": arch_of(config).to_dict(), "format": "timm", "mean": config.mean, "std": config.std,
+            "bands": config.bands, "scale_low": config.scale_low, "scale_high": config.scale_high,
             "lineage": parents + [stage]}
     target = write_weights(model.state_dict(), run_dir / "encoder.safetensors", info)
     log.info("exported the encoder to %s", target)

@@ -20,6 +20,7 @@ from cspt.checkpoints import load_checkpoint, load_into_model
 from cspt.config import ProbeConfig
 from cspt.data.classification import LabelledImages, LabelledSet, collate_labelled
 from cspt.data.normalisation import log_normalisation, resolve_normalisation
+from cspt.data.scaling import input_statistics
 from cspt.engine.distributed import resolve_device
 from cspt.engine.inference import Outputs, run_inference
 from cspt.errors import CsptError
@@ -58,6 +59,10 @@ def frozen_encoder(config: ProbeConfig) -> FrozenEncoder:
     mean, std = resolve_normalisation(config.mean, config.std, arch.in_chans, checkpoint.normalisation,
                                       checkpoint.path)
     log_normalisation(mean, std, checkpoint.normalisation, checkpoint.path)
+    scaling = checkpoint.scaling if config.mean is None else None
+    if scaling is not None:
+        log.info("scaling: %s", scaling.describe())
+        mean, std = input_statistics(mean, std, scaling.low, scaling.high)
     return FrozenEncoder(encoder, arch.img_size, mean, std)
 
 
@@ -125,16 +130,19 @@ def run_probe(kind: str, config: ProbeConfig) -> dict[str, Any]:
 class ProbeMonitor:
     """Periodic kNN probes of an encoder during pretraining, and the plateau that ends it.
 
-    ``target`` (and optionally ``source``) are labelled sets, split 50/50 per class once.
+    ``target`` (and optionally ``source``) are labelled sets, split 50/50 per class once; each is
+    normalised with its own ``(mean, std)`` (the target's includes the run's pixel scaling).
     """
 
-    def __init__(self, target: str | None, source: str | None, img_size: int, mean: list[float],
-                 std: list[float], patience: int = 0):
+    def __init__(self, target: str | None, source: str | None, img_size: int,
+                 target_statistics: tuple[list[float], list[float]],
+                 source_statistics: tuple[list[float], list[float]], patience: int = 0):
         if not target:
             raise CsptError("--probe-every needs --probe-target (a labelled ImageFolder or CSV of target images)")
         self.sets = {name: make_splits(ProbeConfig(data=data, train_fraction=0.5))
                      for name, data in (("target", target), ("source", source)) if data}
-        self.img_size, self.mean, self.std = img_size, list(mean), list(std)
+        self.img_size = img_size
+        self.statistics = {"target": target_statistics, "source": source_statistics}
         self.patience = patience
         self.best = {"knn_target": -1.0, "epoch": 0, "since": 0}
         self.stop_reason: str | None = None
@@ -142,9 +150,9 @@ class ProbeMonitor:
     def probe(self, model: VisionTransformer, epoch: int) -> dict[str, float]:
         """kNN accuracy on every set; updates the plateau count from the target's."""
         was_training = model.training
-        encoder = FrozenEncoder(model, self.img_size, self.mean, self.std)
         device = next(model.parameters()).device
-        results = {f"knn_{name}": probe_encoder("knn", encoder, splits, ProbeConfig(num_workers=0), device)[0]["oa"]
+        results = {f"knn_{name}": probe_encoder("knn", FrozenEncoder(model, self.img_size, *self.statistics[name]),
+                                                splits, ProbeConfig(num_workers=0), device)[0]["oa"]
                    for name, splits in self.sets.items()}
         model.train(was_training)
         if results["knn_target"] > self.best["knn_target"]:

@@ -12,7 +12,8 @@ import csv
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -20,16 +21,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch import nn
-from torchvision.transforms import InterpolationMode
 
 from cspt.checkpoints import Checkpoint
 from cspt.config import SegmentConfig
 from cspt.data.files import find_images
-from cspt.data.images import ImageReadError, display_rgb, image_info
+from cspt.data.georaster import NO_CLASS, RasterWriter, georeference_of, vectorize_classes
+from cspt.data.images import TIFF_SUFFIXES, ImageInfo, ImageReadError, display_rgb, image_info, read_image, read_valid
 from cspt.data.sampling import band_tensors, read_bands
+from cspt.data.scaling import stage_statistics, to_display
 from cspt.data.segmentation import (
     Pair,
     Palette,
@@ -40,10 +41,11 @@ from cspt.data.segmentation import (
     read_mask,
     split_pairs,
 )
+from cspt.data.vector_labels import scene_label_pairs, vector_classes
 from cspt.engine.distributed import all_gather_objects, barrier, launched_world_size, resolve_device, shard
 from cspt.engine.optim import param_groups_layer_decay
 from cspt.engine.run_dir import has_checkpoint
-from cspt.engine.sliding import sliding_window_logits
+from cspt.engine.streaming import Box, Strip, Window, blended_logits, stream_strips
 from cspt.engine.trainer import Trainer, resolve_precision
 from cspt.errors import CsptError
 from cspt.export import write_weights
@@ -58,6 +60,7 @@ from cspt.tasks.common import (
     arch_of,
     check_normalisation,
     distributed_run,
+    images_in,
     load_described,
     load_init_weights,
     resolved_encoder_fields,
@@ -133,29 +136,37 @@ def pair_of(image: Path, mask: Path) -> Pair:
 
 # ---------------------------------------------------------------- inference and evaluation
 
-@torch.no_grad()
-def predict_tile(model: nn.Module, image: torch.Tensor, window: int, stride: int, resize: float = 1.0,
-                 device: torch.device | None = None, autocast: torch.dtype | None = None) -> torch.Tensor:
-    """Class logits ``(classes, H, W)`` of a whole normalised image, by sliding windows.
-
-    With ``resize`` != 1 the image is rescaled for the network and the logits are
-    resized back, so the result always has the image's own size.
-    """
-    device = device or next(model.parameters()).device
-    height, width = image.shape[-2:]
-    scaled = image
-    if resize != 1.0:
-        size = [max(1, round(height * resize)), max(1, round(width * resize))]
-        scaled = TF.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+def window_forward(model: nn.Module, crop_size: int, resize: float, device: torch.device,
+                   autocast: torch.dtype | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Class logits of a batch of image windows, each resized by ``resize`` for the network and back."""
 
     def forward(crops: torch.Tensor) -> torch.Tensor:
+        size = crops.shape[-2:]
+        crops = crops.to(device)
+        if resize != 1.0:
+            crops = F.interpolate(crops, size=(crop_size, crop_size), mode="bilinear", antialias=True)
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-            return model(crops)
+            logits = model(crops)
+        if resize != 1.0:
+            logits = F.interpolate(logits.float(), size=size, mode="bilinear")
+        return logits
 
-    logits = sliding_window_logits(forward, scaled.to(device), window, stride)
-    if resize != 1.0:
-        logits = F.interpolate(logits[None], size=(height, width), mode="bilinear", align_corners=False)[0]
-    return logits
+    return forward
+
+
+def source_window(info: dict[str, Any]) -> tuple[int, int]:
+    """The sliding window and stride in image pixels (the network's crop seen at ``resize``)."""
+    resize = info["resize"]
+    return max(1, round(info["crop_size"] / resize)), max(1, round(info["stride"] / resize))
+
+
+@torch.no_grad()
+def predict_tile(model: nn.Module, image: torch.Tensor, info: dict[str, Any], device: torch.device | None = None,
+                 autocast: torch.dtype | None = None, blend: str = "cosine") -> torch.Tensor:
+    """Class logits ``(classes, H, W)`` of a whole normalised image, by blended sliding windows."""
+    device = device or next(model.parameters()).device
+    forward = window_forward(model, info["crop_size"], info["resize"], device, autocast)
+    return blended_logits(forward, image, *source_window(info), blend)
 
 
 def evaluate_pairs(model: nn.Module, pairs: Sequence[Pair], info: dict[str, Any], device: torch.device,
@@ -171,7 +182,7 @@ def evaluate_pairs(model: nn.Module, pairs: Sequence[Pair], info: dict[str, Any]
     model = model.to(device).eval()
     autocast = resolve_precision(precision, device)
     in_chans = info["architecture"]["in_chans"]
-    mean, std = band_tensors(info["mean"], info["std"], in_chans)
+    mean, std = band_tensors(*stage_statistics(info), in_chans)
     skipped = 0
     for pair in shard(pairs):
         try:
@@ -181,7 +192,7 @@ def evaluate_pairs(model: nn.Module, pairs: Sequence[Pair], info: dict[str, Any]
             log.warning("skipped unreadable tile: %s", err)
             skipped += 1
             continue
-        logits = predict_tile(model, image, info["crop_size"], info["stride"], info["resize"], device, autocast)
+        logits = predict_tile(model, image, info, device, autocast)
         confusion += segmentation_confusion(logits.argmax(0).cpu(), target, len(classes), ignore)
     shares = all_gather_objects((confusion, skipped))
     metrics = segmentation_metrics(sum(c for c, _ in shares), classes)
@@ -240,34 +251,92 @@ def class_colors(palette: Palette) -> np.ndarray:
 
 
 def predict_segmenter(checkpoint: str | Path, images: Sequence[str], output: str | Path, draw: bool = False,
-                      device: str = "auto") -> Path:
-    """Write ``NAME.png`` (class indices) and ``NAME_color.png`` per image (+ ``NAME_overlay.jpg`` with draw)."""
+                      device: str = "auto", blend: str = "cosine", probabilities: bool = False,
+                      vectorize: str | None = None, batch_size: int = 8) -> Path:
+    """Class maps of every image, predicted window by window (any size; bounded memory).
+
+    A TIFF gives ``NAME.tif``: class indices with the input's CRS and transform, a colour
+    table and 255 where the input has no data (with ``probabilities``, ``NAME_probabilities.tif``:
+    one uint8 band per class); ``vectorize`` (``gpkg``, ``geojson`` or ``shp``) adds one polygon
+    per connected region. Other images give ``NAME.png`` and ``NAME_color.png`` (+ ``NAME_overlay.jpg``
+    with ``draw``).
+    """
     model, info, _ = load_segmenter(checkpoint)
-    colors = class_colors(Palette.from_dict(info["palette"]))
+    palette = Palette.from_dict(info["palette"])
+    colors = class_colors(palette)
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
     torch_device = torch.device(resolve_device(device))
-    model = model.to(torch_device)
-    in_chans = info["architecture"]["in_chans"]
-    mean, std = band_tensors(info["mean"], info["std"], in_chans)
+    forward = window_forward(model.to(torch_device), info["crop_size"], info["resize"], torch_device)
     written = 0
     for path in find_images(list(images), exclude=[folder]):
         try:
-            pixels = read_bands(path, in_chans)
+            size = image_info(path)
+            strips = stream_strips(forward, normalised_windows(path, info), size.height, size.width,
+                                   *source_window(info), blend, batch_size)
+            if path.suffix.lower() in TIFF_SUFFIXES:
+                write_class_raster(strips, path, folder, size, colors, probabilities)
+                if vectorize:
+                    target = folder / f"{path.stem}.{vectorize}"
+                    features = vectorize_classes(folder / f"{path.stem}.tif", target, palette.classes)
+                    log.info("%s: %d class regions", target, features)
+            else:
+                write_class_pictures(strips, path, folder, size, colors, draw, info)
         except ImageReadError as err:
             log.warning("skipped unreadable image: %s", err)
             continue
-        labels = predict_tile(model, (pixels - mean) / std, info["crop_size"], info["stride"], info["resize"],
-                              torch_device).argmax(0).cpu().numpy().astype(np.uint8)
-        Image.fromarray(labels).save(folder / f"{path.stem}.png")
-        Image.fromarray(colors[labels]).save(folder / f"{path.stem}_color.png")
-        if draw:
-            picture = display_rgb(pixels.permute(1, 2, 0).numpy())
-            overlay = (0.5 * picture + 0.5 * colors[labels]).astype(np.uint8)
-            Image.fromarray(overlay).save(folder / f"{path.stem}_overlay.jpg", quality=90)
         written += 1
-    log.info("wrote masks of %d images to %s", written, folder)
+    log.info("wrote class maps of %d images to %s", written, folder)
     return folder
+
+
+def normalised_windows(path: Path, info: dict[str, Any]) -> Callable[[Box], Window]:
+    """Read a window of ``path`` as the model's input: scaled, normalised, nodata pixels at the mean (0)."""
+    in_chans = info["architecture"]["in_chans"]
+    mean, std = band_tensors(*stage_statistics(info), in_chans)
+
+    def read(box: Box) -> Window:
+        valid = torch.from_numpy(read_valid(path, box))
+        return ((read_bands(path, in_chans, box) - mean) / std) * valid, valid
+
+    return read
+
+
+def strip_labels(strip: Strip) -> np.ndarray:
+    """A strip's class indices, ``NO_CLASS`` where no window predicted."""
+    if not len(strip.values):
+        return np.full(strip.valid.shape, NO_CLASS, dtype=np.uint8)
+    labels = strip.values.argmax(0).to(torch.uint8)
+    labels[~strip.valid] = NO_CLASS
+    return labels.numpy()
+
+
+def write_class_raster(strips: Iterable[Strip], path: Path, folder: Path, size: ImageInfo, colors: np.ndarray,
+                       probabilities: bool) -> None:
+    """``NAME.tif`` (and ``NAME_probabilities.tif``), georeferenced like ``path``, strip by strip."""
+    where = georeference_of(path)
+    with ExitStack() as stack:
+        classes = stack.enter_context(RasterWriter(folder / f"{path.stem}.tif", size.height, size.width, 1, where,
+                                                   NO_CLASS, colors))
+        probs = stack.enter_context(RasterWriter(folder / f"{path.stem}_probabilities.tif", size.height,
+                                                 size.width, len(colors), where, 0)) if probabilities else None
+        for strip in strips:
+            classes.write(strip.top, strip_labels(strip)[None])
+            if probs is not None:
+                scores = strip.values.softmax(0) if len(strip.values) else torch.zeros(len(colors), *strip.valid.shape)
+                probs.write(strip.top, (scores * strip.valid * 255).round().to(torch.uint8).numpy())
+
+
+def write_class_pictures(strips: Iterable[Strip], path: Path, folder: Path, size: ImageInfo, colors: np.ndarray,
+                         draw: bool, info: dict[str, Any]) -> None:
+    """``NAME.png`` (indices), ``NAME_color.png`` and, with ``draw``, ``NAME_overlay.jpg``."""
+    labels = np.concatenate([strip_labels(strip) for strip in strips])
+    Image.fromarray(labels).save(folder / f"{path.stem}.png")
+    Image.fromarray(colors[labels % len(colors)]).save(folder / f"{path.stem}_color.png")
+    if draw:
+        picture = display_rgb(to_display(read_image(path), info.get("scale_low"), info.get("scale_high")))
+        overlay = (0.5 * picture + 0.5 * colors[labels % len(colors)]).astype(np.uint8)
+        Image.fromarray(overlay).save(folder / f"{path.stem}_overlay.jpg", quality=90)
 
 
 # ---------------------------------------------------------------- fine-tuning
@@ -276,7 +345,13 @@ def resolve_config(config: SegmentConfig, init: Checkpoint | None = None) -> Seg
     """Architecture (input size = crop size), stride and pyramid taps; checks that need them."""
     if config.crop_size is not None:
         config = dataclasses.replace(config, img_size=config.crop_size)
-    config = dataclasses.replace(config, **resolved_encoder_fields(config, init))
+    if config.labels:
+        if not config.scenes or not config.class_field:
+            raise CsptError("--labels needs --scenes (the GeoTIFFs they label) and --class-field")
+        config = dataclasses.replace(config, palette=None, class_names=config.class_names or vector_classes(
+            Path(config.labels), config.class_field))
+    images = list(config.scenes) if config.labels else list(config.images)
+    config = dataclasses.replace(config, **resolved_encoder_fields(config, init, images_in(images)))
     stride = config.stride or max(1, round(config.img_size * 2 / 3))
     taps = resolved_taps(config)
     check_batch_norm_batch(config)
@@ -326,8 +401,9 @@ class SegmentTask(FineTuneTask):
     def train_data(self) -> tuple[SegmentationCrops, Any]:
         cfg = self.config
         check_normalisation([pair.image for pair in self.splits["train"]], cfg, self.dist.is_main)
-        dataset = SegmentationCrops(self.splits["train"], self.palette, cfg.crop_size, cfg.in_chans, cfg.mean,
-                                    cfg.std, cfg.ignore_index, cfg.scale_range, cfg.photometric, cfg.resize)
+        dataset = SegmentationCrops(self.splits["train"], self.palette, cfg.crop_size, cfg.in_chans,
+                                    *stage_statistics(cfg), cfg.ignore_index, cfg.scale_range, cfg.photometric,
+                                    cfg.resize)
         return dataset, collate_crops
 
     def training_step(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
@@ -369,8 +445,9 @@ class SegmentTask(FineTuneTask):
                  "config": dataclasses.asdict(cfg)}
         return {"task": "segment", "architecture": self.arch.to_dict(), "format": "cspt segmenter",
                 "palette": self.palette.to_dict(), "ignore_index": cfg.ignore_index, "mean": cfg.mean,
-                "std": cfg.std, "pyramid": cfg.pyramid, "taps": cfg.taps, "channels": cfg.channels,
-                "aux_channels": cfg.aux_channels, "crop_size": cfg.crop_size, "stride": cfg.stride,
+                "std": cfg.std, "bands": cfg.bands, "scale_low": cfg.scale_low, "scale_high": cfg.scale_high,
+                "pyramid": cfg.pyramid, "taps": cfg.taps, "channels": cfg.channels, "aux_channels": cfg.aux_channels,
+                "crop_size": cfg.crop_size, "stride": cfg.stride,
                 "resize": cfg.resize, "selected": selected, "lineage": self.parents + [stage]}
 
 
@@ -385,7 +462,12 @@ def finetune_segment(config: SegmentConfig, resume: str | Path | bool | None = N
         if dist.is_main and not ((splits_dir / "train.csv").is_file() and has_checkpoint(run_dir)):
             for stale in splits_dir.glob("*.csv"):
                 stale.unlink()
-            for name, pairs in make_split(config, palette).items():
+            source = config
+            if config.labels:  # the polygons burnt onto each scene's grid, then pairs like any others
+                table = scene_label_pairs(config.scenes, config.labels, config.class_field, palette.classes,
+                                          run_dir / "labels", config.ignore_index)
+                source = dataclasses.replace(config, images=[str(table)], masks=None)
+            for name, pairs in make_split(source, palette).items():
                 write_pairs(pairs, splits_dir / f"{name}.csv")
         barrier()
         splits = read_split(splits_dir)

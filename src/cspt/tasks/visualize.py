@@ -10,6 +10,7 @@ import torch
 from cspt.checkpoints import load_checkpoint, load_into_model
 from cspt.data.files import find_images
 from cspt.data.normalisation import resolve_normalisation
+from cspt.data.scaling import input_statistics
 from cspt.data.unlabelled import UnlabelledImages, evaluation_images, scan_images
 from cspt.errors import CsptError
 from cspt.models.mae import MaskedAutoencoderViT
@@ -30,7 +31,9 @@ def visualize_checkpoint(checkpoint: str | Path, images: Sequence[str], output: 
     load_into_model(model, ckpt)
     mean, std = resolve_normalisation(mean, std, arch.in_chans, ckpt.normalisation, ckpt.path)
     scan = scan_images(find_images(list(images)), 4 * arch.img_size)
-    dataset = UnlabelledImages(scan.entries, arch.img_size, arch.patch_size, arch.in_chans, mean, std,
+    scaling = ckpt.scaling
+    statistics = input_statistics(mean, std, scaling.low, scaling.high) if scaling else (mean, std)
+    dataset = UnlabelledImages(scan.entries, arch.img_size, arch.patch_size, arch.in_chans, *statistics,
                                4 * arch.img_size)
     batch = evaluation_images(dataset, count)
     noise = torch.rand(len(batch), dataset.num_patches, generator=torch.Generator().manual_seed(seed))

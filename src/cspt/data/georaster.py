@@ -1,0 +1,129 @@
+"""Georeferenced outputs a GIS opens directly: class and probability GeoTIFFs, vector polygons and boxes.
+
+Rasters are tiled, deflate-compressed GeoTIFFs with the input's CRS and transform and
+internal overviews, written strip by strip (a scene never sits in memory whole). Vectors
+go through fiona: GeoPackage (``.gpkg``), GeoJSON (``.geojson``) or a shapefile (``.shp``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fiona
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.features import shapes
+from rasterio.transform import xy
+from rasterio.windows import Window
+
+from cspt.data.images import TIFF_SUFFIXES
+from cspt.errors import CsptError
+
+log = logging.getLogger("cspt")
+
+#: the class raster's nodata value (no class: outside the scene's data)
+NO_CLASS = 255
+VECTOR_DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".shp": "ESRI Shapefile"}
+#: rows of the class raster vectorised at once (regions are cut at these seams on taller scenes)
+VECTOR_STRIP_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class Georeference:
+    """Where a raster lies on the map (``crs`` None: a plain picture, pixel coordinates only)."""
+
+    crs: CRS | None
+    transform: Affine
+
+    @property
+    def is_georeferenced(self) -> bool:
+        return self.crs is not None
+
+
+def georeference_of(path: Path) -> Georeference:
+    """The CRS and pixel-to-map transform of a (Geo)TIFF; the identity for other images."""
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        return Georeference(None, Affine.identity())
+    with rasterio.open(path) as src:
+        return Georeference(src.crs, src.transform)
+
+
+class RasterWriter:
+    """A tiled, compressed GeoTIFF written in strips of full-width rows (``with`` closes it and builds
+    overviews)."""
+
+    def __init__(self, path: Path, height: int, width: int, bands: int, where: Georeference,
+                 nodata: int | None = None, colors: np.ndarray | None = None):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.dataset = rasterio.open(path, "w", driver="GTiff", height=height, width=width, count=bands,
+                                     dtype="uint8", crs=where.crs, transform=where.transform, nodata=nodata,
+                                     tiled=True, blockxsize=256, blockysize=256, compress="deflate",
+                                     BIGTIFF="IF_SAFER")
+        if colors is not None:
+            self.dataset.write_colormap(1, {i: (*map(int, rgb), 255) for i, rgb in enumerate(colors)})
+
+    def write(self, top: int, values: np.ndarray) -> None:
+        """``(bands, rows, width)`` uint8 rows starting at row ``top``."""
+        self.dataset.write(values, window=Window(0, top, values.shape[2], values.shape[1]))
+
+    def __enter__(self) -> RasterWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is None:
+            factors = [f for f in (2, 4, 8, 16, 32) if min(self.dataset.height, self.dataset.width) // f >= 256]
+            if factors:
+                self.dataset.build_overviews(factors, Resampling.nearest)
+        self.dataset.close()
+
+
+def vector_driver(path: Path) -> str:
+    driver = VECTOR_DRIVERS.get(path.suffix.lower())
+    if driver is None:
+        raise CsptError(f"{path}: unknown vector format; use {', '.join(VECTOR_DRIVERS)}")
+    return driver
+
+
+def vectorize_classes(raster: Path, output: Path, classes: Sequence[str]) -> int:
+    """One polygon feature per connected region of one class in a class raster (``NO_CLASS`` left out),
+    in the raster's CRS; returns the number of features."""
+    count = 0
+    with rasterio.open(raster) as src:
+        schema = {"geometry": "Polygon", "properties": {"class": "str", "class_index": "int"}}
+        if src.height > VECTOR_STRIP_ROWS:
+            log.info("vectorize: %s is vectorised in strips of %d rows; regions crossing a strip edge are cut "
+                     "there", raster, VECTOR_STRIP_ROWS)
+        with fiona.open(output, "w", driver=vector_driver(output), crs=src.crs.to_wkt() if src.crs else None,
+                        schema=schema) as sink:
+            for top in range(0, src.height, VECTOR_STRIP_ROWS):
+                window = Window(0, top, src.width, min(VECTOR_STRIP_ROWS, src.height - top))
+                labels = src.read(1, window=window)
+                regions = shapes(labels, mask=labels != NO_CLASS, connectivity=4,
+                                 transform=src.window_transform(window))
+                for geometry, value in regions:
+                    index = int(value)
+                    sink.write({"geometry": geometry, "properties": {"class": classes[index], "class_index": index}})
+                    count += 1
+    return count
+
+
+def write_boxes(output: Path, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, classes: Sequence[str],
+                where: Georeference) -> int:
+    """Pixel boxes ``(N, 4)`` (x1, y1, x2, y2) as map-coordinate polygons with class and score."""
+    schema = {"geometry": "Polygon", "properties": {"class": "str", "score": "float"}}
+    with fiona.open(output, "w", driver=vector_driver(output), crs=where.crs.to_wkt() if where.crs else None,
+                    schema=schema) as sink:
+        for (x1, y1, x2, y2), label, score in zip(boxes.tolist(), labels.tolist(), scores.tolist(), strict=True):
+            xs, ys = [x1, x2, x2, x1, x1], [y1, y1, y2, y2, y1]
+            ring = list(zip(*xy(where.transform, ys, xs, offset="ul")))
+            sink.write({"geometry": {"type": "Polygon", "coordinates": [ring]},
+                        "properties": {"class": classes[int(label)], "score": float(score)}})
+    return len(boxes)

@@ -1,0 +1,95 @@
+"""Training labels in map coordinates: vector polygons in any CRS, rasterised onto each scene's pixel grid."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import fiona
+import numpy as np
+import rasterio
+from PIL import Image
+from rasterio.crs import CRS
+from rasterio.features import rasterize
+from rasterio.warp import transform_geom
+
+from cspt.data.images import read_valid
+from cspt.errors import CsptError
+
+
+def read_features(labels: Path, class_field: str) -> tuple[list[tuple[dict[str, Any], str]], str | None]:
+    """Every feature's geometry and class (the ``class_field`` value, as text), and the file's CRS (WKT)."""
+    try:
+        with fiona.open(labels) as layer:
+            fields = list(layer.schema["properties"])
+            if class_field not in fields:
+                raise CsptError(f"{labels}: no field {class_field!r} (its fields: {', '.join(fields) or 'none'})")
+            features = [(dict(f.geometry.__geo_interface__), str(f.properties[class_field])) for f in layer
+                        if f.geometry is not None and f.properties[class_field] is not None]
+            crs = layer.crs_wkt or None
+    except CsptError:
+        raise
+    except Exception as err:  # fiona/GDAL: missing, not vector, corrupt
+        raise CsptError(f"{labels}: not a readable vector file ({str(err).splitlines()[0] if str(err) else err})") \
+            from None
+    return features, crs
+
+
+def crs_name(wkt: str) -> str:
+    """A CRS's EPSG code, else the name its WKT gives it."""
+    try:
+        epsg = CRS.from_wkt(wkt).to_epsg()
+    except Exception:
+        epsg = None
+    return f"EPSG:{epsg}" if epsg else (wkt.split('"')[1] if '"' in wkt else wkt[:60])
+
+
+def vector_classes(labels: Path, class_field: str) -> list[str]:
+    """The classes the labels name, sorted (the class index order)."""
+    features, _ = read_features(labels, class_field)
+    if not features:
+        raise CsptError(f"{labels}: no features with a {class_field!r} value")
+    return sorted({name for _, name in features})
+
+
+def rasterize_labels(scene: Path, labels: Path, class_field: str, classes: Sequence[str], target: Path,
+                     ignore_index: int = 255) -> Path:
+    """Burn the labels' polygons into a mask of ``scene``'s grid (class indices; ``ignore_index`` where no
+    polygon lies or the scene has no data), reprojected to its CRS; written as an index PNG at ``target``."""
+    features, crs = read_features(labels, class_field)
+    with rasterio.open(scene) as src:
+        scene_crs, transform, shape, bounds = src.crs, src.transform, (src.height, src.width), src.bounds
+    if (crs is None) != (scene_crs is None):
+        raise CsptError(f"{labels}: cannot place it on {scene}: {'it has' if crs is None else 'the scene has'} no CRS")
+    index = {name: i for i, name in enumerate(classes)}
+    shapes = []
+    for geometry, name in features:
+        if crs is not None:
+            try:
+                geometry = transform_geom(crs, scene_crs, geometry)
+            except Exception:
+                raise CsptError(f"{labels}: its CRS ({crs_name(crs)}) cannot be transformed to {scene}'s "
+                                f"({scene_crs})") from None
+        shapes.append((geometry, index[name]))
+    mask = rasterize(shapes, out_shape=shape, transform=transform, fill=ignore_index, dtype="uint8") \
+        if shapes else np.full(shape, ignore_index, np.uint8)
+    if (mask == ignore_index).all():
+        raise CsptError(f"{labels}: no feature lies over {scene} (the scene covers x {bounds.left:.1f}.."
+                        f"{bounds.right:.1f}, y {bounds.bottom:.1f}..{bounds.top:.1f} in {scene_crs})")
+    mask[~read_valid(scene)] = ignore_index
+    target.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask).save(target)
+    return target
+
+
+def scene_label_pairs(scenes: Sequence[str], labels: str, class_field: str, classes: Sequence[str], folder: Path,
+                      ignore_index: int = 255) -> Path:
+    """Rasterise the labels onto every scene; an ``image,mask`` CSV of the pairs, in ``folder``."""
+    rows = ["image,mask"]
+    for scene in map(Path, scenes):
+        mask = rasterize_labels(scene, Path(labels), class_field, classes, folder / f"{scene.stem}.png", ignore_index)
+        rows.append(f"{scene},{mask}")
+    table = folder / "pairs.csv"
+    table.write_text("\n".join(rows) + "\n")
+    return table

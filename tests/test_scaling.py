@@ -1,0 +1,106 @@
+"""Pixel scaling: data of more than 8 bits reach the model on the scale its mean/std expect."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from cspt.data.files import find_images
+from cspt.data.images import image_info, read_image, read_valid
+from cspt.data.scaling import input_statistics, measure_scaling, resolve_scaling, sampled_pixels
+from cspt.data.unlabelled import UnlabelledImages, scan_images
+from tests.conftest import SHARED, eleven_bit_scene, needs, run_cli
+
+DUBAI_IMAGE = SHARED / "data" / "dubai" / "tile_1" / "images" / "image_part_001.jpg"
+IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
+
+@pytest.fixture
+def scene(tmp_path: Path) -> Path:
+    return eleven_bit_scene(needs(DUBAI_IMAGE), tmp_path / "scene.tif")
+
+
+def normalised_samples(config: dict, data: Path, count: int = 9) -> torch.Tensor:
+    """What the pretraining loader feeds the model, under a run's saved config."""
+    scan = scan_images(find_images([str(data)]), config["tile_size"])
+    mean, std = input_statistics(config["mean"], config["std"], config["scale_low"], config["scale_high"])
+    dataset = UnlabelledImages(scan.entries, config["img_size"], config["patch_size"], config["in_chans"], mean, std,
+                               config["tile_size"])
+    return torch.stack([dataset[(i, i)]["image"] for i in range(count)])
+
+
+def test_an_11_bit_scene_is_pretrained_on_its_own_range_not_the_dtype_maximum(scene, natural_mae, tmp_path):
+    assert image_info(scene).dtype == "uint16" and read_image(scene).max() < 2048 / 65535
+    out = tmp_path / "run"
+    result = run_cli("pretrain", "--init", str(natural_mae), "--data", str(scene), "--output", str(out),
+                     "--epochs", "1", "--batch-size", "8", "--num-workers", "0", "--device", "cpu", "--vis-every", "1")
+    assert result.returncode == 0, result.stderr
+    assert "scaling: stats of 1 image(s): band 1" in result.stderr
+    assert "normalisation does not fit" not in result.stderr
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    low, high = np.array(config["scale_low"]), np.array(config["scale_high"])
+    assert np.all(high * 65535 < 2 * 2048) and np.all(low < high)  # the data's range, not the dtype's
+    # the exported encoder records the scaling for every later stage
+    encoder = json.loads((out / "encoder.json").read_text())
+    assert encoder["scale_low"] == config["scale_low"] and encoder["mean"] == IMAGENET[0]
+
+    images = normalised_samples(config, scene)
+    per_band_mean, per_band_std = images.mean((0, 2, 3)), images.std((0, 2, 3))
+    assert per_band_mean.abs().max() < 1, per_band_mean
+    assert per_band_std.min() > 0.3 and per_band_std.max() < 3, per_band_std
+    # the dtype scale is what made these images black: the same check fails there
+    dark = normalised_samples({**config, "scale_low": None, "scale_high": None}, scene)
+    assert dark.mean((0, 2, 3)).abs().min() > 1.5
+
+    # the reconstruction grid's first column (the input) shows the scene, not a black square
+    grid = np.asarray(Image.open(out / "reconstructions" / "epoch_0001.png").convert("L")).astype(float)
+    original = grid[:, : config["img_size"]]
+    assert original.mean() > 60 and original.std() > 15, (original.mean(), original.std())
+
+
+def test_later_stages_reuse_the_recorded_scaling_and_dtype_is_the_old_behaviour(scene, natural_mae, tmp_path):
+    files = [scene]
+    measured = measure_scaling(files, "percentile", *IMAGENET)
+    recorded = resolve_scaling("auto", 3, *IMAGENET, lambda: files, recorded=measured)
+    assert recorded is measured
+    assert resolve_scaling("dtype", 3, *IMAGENET, lambda: files) is None
+    assert resolve_scaling("auto", 3, *IMAGENET, lambda: files, explicit_statistics=True) is None
+    # a cspt run that recorded only a mean/std was trained on the dtype scale: it stays there
+    from cspt.data.scaling import Scaling
+
+    assert resolve_scaling("auto", 3, *IMAGENET, lambda: files, recorded=Scaling("dtype", [], [])) is None
+    # 8-bit data keep the dtype scale (the natural-image recipes are unchanged)
+    assert resolve_scaling("auto", 3, *IMAGENET, lambda: [needs(DUBAI_IMAGE)]) is None
+    # a scaling file: the JSON of a run's encoder
+    out = tmp_path / "encoder.json"
+    out.write_text(json.dumps({"scale_low": measured.low, "scale_high": measured.high}))
+    assert resolve_scaling(str(out), 3, *IMAGENET, lambda: files).low == measured.low
+
+
+def test_stats_scaling_gives_the_data_the_models_mean_and_std(scene):
+    scaling = measure_scaling([scene], "stats", *IMAGENET)
+    pixels, _ = sampled_pixels([scene])
+    mean, std = input_statistics(*IMAGENET, scaling.low, scaling.high)
+    normalised = (pixels - np.array(mean)) / np.array(std)  # grey data feed all three bands
+    assert np.allclose(normalised.mean(0), 0, atol=1e-4) and np.allclose(normalised.std(0), 1, atol=1e-4)
+
+
+def test_nodata_pixels_are_left_out_of_the_measurement(tmp_path):
+    source = needs(DUBAI_IMAGE)
+    plain = eleven_bit_scene(source, tmp_path / "plain.tif")
+    framed = eleven_bit_scene(source, tmp_path / "framed.tif", border=120)
+    valid = read_valid(framed)
+    assert not valid[:120].any() and valid[120:-120, 120:-120].all()
+    inner = read_image(plain)[120:-120, 120:-120]
+    expected = np.percentile(inner, [2, 98])
+    measured = measure_scaling([framed], "percentile", [0.5], [0.25])
+    assert measured.low[0] == pytest.approx(expected[0], abs=2 / 65535)
+    assert measured.high[0] == pytest.approx(expected[1], abs=2 / 65535)
+    # counting the nodata frame would have pulled the low end to 0
+    assert measure_scaling([plain], "percentile", [0.5], [0.25]).low[0] > 0
