@@ -7,16 +7,19 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import rasterio
 import timm
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from cspt.config import ClassifyConfig, ProbeConfig
 from cspt.models.vit import build_encoder
 from cspt.tasks.classify import finetune_classify, make_splits
 from cspt.tasks.probe import FrozenEncoder, frozen_encoder, probe_encoder
-from tests.conftest import PLAIN_FINETUNE, TINY_ARCH, TINY_ENCODER_FLAGS, run_cli, write_rgb
+from tests.conftest import PLAIN_FINETUNE, TINY_ARCH, TINY_ENCODER_FLAGS, run_cli, write_geotiff, write_rgb
 
 ENCODER_ONLY = {k: v for k, v in TINY_ARCH.to_dict().items() if not k.startswith("decoder")}
 FAST = {"num_workers": 0, "device": "cpu", "log_every": 1}
@@ -114,6 +117,25 @@ def test_cli_finetune_evaluate_predict(rsscn7_csv, natural_mae, tmp_path):
     assert [Path(r["path"]).name for r in rows] == ["0.png", "1.png", "2.png"]
     assert all(r["label"] in info["classes"] and 0 < float(r["score"]) <= 1 for r in rows)
     assert "broken.jpg" in predicted.stderr and "1 unreadable skipped" in predicted.stderr
+
+    # a large scene: one class per window, written on the scene's map grid
+    quadrants = [np.asarray(Image.open(row["path"]).convert("RGB").resize((200, 200)))
+                 for row in list(csv.DictReader(open(other)))[::6][:4]]
+    mosaic = np.concatenate([np.concatenate(quadrants[:2], 1), np.concatenate(quadrants[2:], 1)], 0)
+    scene = write_geotiff(tmp_path / "mosaic.tif", np.moveaxis(mosaic, -1, 0).copy())
+    for index, quadrant in enumerate(quadrants):
+        write_geotiff(tmp_path / "parts" / f"{index}.tif", np.moveaxis(quadrant, -1, 0).copy())
+    for source, folder in ((scene, "maps"), (tmp_path / "parts", "parts_maps")):
+        mapped = run_cli("predict", "classify", "--checkpoint", str(run), "--scene", str(source), "--window", "200",
+                         "--output", str(tmp_path / folder), "--device", "cpu")
+        assert mapped.returncode == 0, mapped.stderr
+    with rasterio.open(scene) as src, rasterio.open(tmp_path / "maps" / "mosaic.tif") as dst:
+        assert dst.crs == src.crs and dst.transform == src.transform
+        classes = dst.read(1)
+    for index in range(4):
+        block = classes[200 * (index // 2):200 * (index // 2 + 1), 200 * (index % 2):200 * (index % 2 + 1)]
+        alone = rasterio.open(tmp_path / "parts_maps" / f"{index}.tif").read(1)
+        assert (block == block[0, 0]).all() and (alone == block[0, 0]).all() and block[0, 0] < 7
 
 
 def test_cli_refuses_bad_input_in_one_line(rsscn7_csv, tmp_path):

@@ -16,6 +16,7 @@ from rasterio.features import rasterize, shapes
 from rasterio.warp import transform_geom
 
 from cspt.config import SegmentConfig
+from cspt.data.detection import read_annotations
 from cspt.data.georaster import vector_driver
 from cspt.data.segmentation import read_mask
 from cspt.engine.sliding import window_starts
@@ -224,3 +225,31 @@ def test_finetune_segment_from_geotiff_scenes_and_polygons_in_another_crs(tmp_pa
     assert "far.geojson: no feature lies over" in message and "image_part_002.tif" in message
     message = one_line_error(*with_labels(labels), "--bands", "3", "2", "5")
     assert "image_part_00" in message and "--bands 5 is out of range: the file has 3 band(s)" in message
+
+
+def test_detection_boxes_from_a_vector_file_in_another_crs_land_on_the_scenes_pixels(neon: Path, tmp_path: Path):
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    (scenes / "OSBS_029.tif").write_bytes((neon / "OSBS_029.tif").read_bytes())  # UTM 17N, 10 cm pixels
+    truth = read_annotations(neon / "OSBS_029.xml", neon).scenes[0]
+    with rasterio.open(scenes / "OSBS_029.tif") as src:
+        transform, crs = src.transform, src.crs
+    labels = tmp_path / "crowns.geojson"
+    schema = {"geometry": "Polygon", "properties": {"class": "str"}}
+    with fiona.open(labels, "w", driver="GeoJSON", crs_wkt=CRS.from_epsg(4326).to_wkt(), schema=schema) as sink:
+        for (x1, y1, x2, y2), name in zip(truth.boxes.tolist(), truth.labels, strict=True):
+            ring = [transform @ corner for corner in ((x1, y1), (x2, y1), (x2, y2), (x1, y2), (x1, y1))]
+            sink.write({"geometry": transform_geom(crs, "EPSG:4326", {"type": "Polygon", "coordinates": [ring]}),
+                        "properties": {"class": name}})
+    read = read_annotations(labels, scenes)
+    scene = read.scenes[0]
+    assert scene.image.name == "OSBS_029.tif" and scene.labels == truth.labels and read.classes == ["Tree"]
+    assert np.abs(scene.boxes - truth.boxes).max() < 0.05  # degrees and back: well under a pixel
+    far = tmp_path / "far.gpkg"
+    with fiona.open(far, "w", driver="GPKG", crs_wkt=crs.to_wkt(), schema=schema) as sink:
+        sink.write({"geometry": {"type": "Polygon", "coordinates": [[(0, 0), (10, 0), (10, 10), (0, 0)]]},
+                    "properties": {"class": "Tree"}})
+    failed = run_cli("finetune", "detect", "--train", str(far), "--images", str(scenes), "--output",
+                     str(tmp_path / "run"), "--epochs", "1", "--device", "cpu")
+    assert failed.returncode == 2 and failed.stderr.strip().splitlines() == [
+        f"cspt: error: {far}: no feature lies over any GeoTIFF scene in {scenes}"]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import torch
 import yaml
 from PIL import Image
@@ -104,3 +105,27 @@ def test_nodata_pixels_are_left_out_of_the_measurement(tmp_path):
     assert measured.high[0] == pytest.approx(expected[1], abs=2 / 65535)
     # counting the nodata frame would have pulled the low end to 0
     assert measure_scaling([plain], "percentile", [0.5], [0.25]).low[0] > 0
+
+
+def test_pretraining_windows_that_are_mostly_nodata_are_drawn_again_and_counted(natural_mae, tmp_path):
+    source = needs(DUBAI_IMAGE)
+    scene = eleven_bit_scene(source, tmp_path / "scene.tif")
+    with rasterio.open(scene, "r+") as dst:  # 70% of the columns become nodata
+        pixels = dst.read()
+        pixels[:, :, :630] = 0
+        dst.write(pixels)
+        dst.nodata = 0
+    scan = scan_images([scene], 256)
+    dataset = UnlabelledImages(scan.entries, 64, 8, 3, [0.01] * 3, [0.01] * 3, 256)
+    redrawn = 0
+    for seed in range(40):
+        tile, count = dataset.load(scan.entries[0], torch.Generator().manual_seed(seed))
+        filled = (tile == dataset.mean).all(0).float().mean().item()  # nodata pixels are set to the band mean
+        assert filled <= 0.5, (seed, filled)
+        redrawn += count
+    assert redrawn > 40  # most windows of a 70% nodata scene have to be drawn again
+    out = tmp_path / "run"
+    result = run_cli("pretrain", "--init", str(natural_mae), "--data", str(scene), "--output", str(out),
+                     "--epochs", "1", "--batch-size", "8", "--num-workers", "0", "--device", "cpu", "--vis-every", "0")
+    assert result.returncode == 0, result.stderr
+    assert "scene windows drawn this epoch were mostly nodata and skipped" in result.stderr

@@ -89,16 +89,24 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--checkpoint", required=True, help="detection run directory or its detector.safetensors")
     ed.add_argument("--annotations", help="annotations to score against (default: the run's --val)")
     ed.add_argument("--images", help="folder of the annotated images")
-    ed.add_argument("--format", default="auto", choices=["auto", "coco", "dota", "voc", "hrsc", "csv"])
+    ed.add_argument("--format", default="auto", choices=["auto", "coco", "dota", "voc", "hrsc", "csv", "vector"])
     ed.add_argument("--output", help="folder for metrics.json (default: the run, or RUN/evaluation/NAME)")
     ed.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     predict = commands.add_parser("predict", help="predictions of a fine-tuned model on new images")
     tasks = predict.add_subparsers(dest="task", required=True)
-    pr = tasks.add_parser("classify", help="a path,label,score CSV")
+    pr = tasks.add_parser("classify", help="a path,label,score CSV of images, or a class GeoTIFF of large scenes")
     pr.add_argument("--checkpoint", required=True, help="fine-tuning run directory or its classifier.safetensors")
-    pr.add_argument("--images", required=True, nargs="+", help="image folders, files or .txt lists")
-    pr.add_argument("--output", default="predictions.csv", help="CSV to write")
+    source = pr.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", nargs="+", help="image folders, files or .txt lists: one class each")
+    source.add_argument("--scene", nargs="+", help="large scenes: one class per --window, as NAME.tif in --output")
+    pr.add_argument("--output", help="CSV to write (default predictions.csv); with --scene, a folder (default maps)")
+    pr.add_argument("--window", type=int, help="with --scene: window side in scene pixels (default: the model's input)")
+    pr.add_argument("--stride", type=int, help="with --scene: window step (default: --window, no overlap)")
+    pr.add_argument("--blend", default="cosine", choices=["cosine", "gaussian", "none"],
+                    help="with --scene and --stride below --window: how overlapping windows' scores are weighted")
+    pr.add_argument("--probabilities", action="store_true",
+                    help="with --scene: also write NAME_probabilities.tif (uint8, one band per class)")
     add_inference_flags(pr)
     ps = tasks.add_parser("segment", help="class maps: a georeferenced GeoTIFF per TIFF scene (any size), PNG "
                                           "masks for other images")
@@ -276,10 +284,18 @@ def run_predict(args: argparse.Namespace) -> None:
                                    args.probabilities, args.vectorize, args.batch_size)
         print(f"wrote {folder}")
         return
+    if args.scene:
+        from cspt.tasks.classify import load_classifier, predict_scene_classes
+
+        window = args.window or load_classifier(args.checkpoint).info["architecture"]["img_size"]
+        folder = predict_scene_classes(args.checkpoint, args.scene, args.output or "maps", window, args.stride,
+                                       args.blend, args.device, args.batch_size, args.probabilities)
+        print(f"wrote {folder}")
+        return
     from cspt.tasks.classify import predict_classifier
 
-    path = predict_classifier(args.checkpoint, args.images, args.output, args.batch_size, args.device,
-                              args.num_workers)
+    path = predict_classifier(args.checkpoint, args.images, args.output or "predictions.csv", args.batch_size,
+                              args.device, args.num_workers)
     print(f"wrote {path}")
 
 
@@ -317,14 +333,24 @@ def run_shards(args: argparse.Namespace) -> None:
 
 def run_stats(args: argparse.Namespace) -> None:
     from cspt.data.files import find_images
+    from cspt.data.scaling import EIGHT_BIT, data_type, measure_scaling
     from cspt.data.stats import band_statistics
 
-    result = band_statistics(find_images(args.data), args.max_images)
+    files = find_images(args.data)
+    result = band_statistics(files, args.max_images)
     for message in result.skipped:
         log.warning("skipped: %s", message)
-    print(f"# {result.images} images, {len(result.mean)} bands, 0-1 scale")
+    dtype = data_type(files)
+    bands = len(result.mean)
+    print(f"# {result.images} images, {bands} bands, {dtype}; on the 0-1 scale of the type (value / its maximum)")
     print(f"mean: [{', '.join(f'{v:.6f}' for v in result.mean)}]")
     print(f"std: [{', '.join(f'{v:.6f}' for v in result.std)}]")
+    spread = measure_scaling(files, "percentile", [0.5] * bands, [0.25] * bands)
+    print(f"percentile_2: [{', '.join(f'{v:.6f}' for v in spread.low)}]")
+    print(f"percentile_98: [{', '.join(f'{v:.6f}' for v in spread.high)}]")
+    if dtype not in EIGHT_BIT:
+        print(f"# {dtype} data: without --mean/--std, training measures its own scaling (--scale auto: stats); "
+              "these mean/std, when passed, apply on the scale of the type")
 
 
 def run_visualize(args: argparse.Namespace) -> None:

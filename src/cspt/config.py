@@ -219,7 +219,9 @@ class DetectConfig(TrainConfig, EncoderConfig, PyramidConfig):
     images: str | None = option(None, "folder of the training images")
     val: str | None = option(None, "validation annotations (selects the best checkpoint; metrics.json)")
     val_images: str | None = option(None, "folder of the validation images (default: --images)")
-    format: str = option("auto", "annotation format", choices=["auto", "coco", "dota", "voc", "hrsc", "csv"])
+    format: str = option("auto", "annotation format (vector: boxes/polygons in map coordinates over the GeoTIFFs "
+                         "in --images)", choices=["auto", "coco", "dota", "voc", "hrsc", "csv", "vector"])
+    class_field: str = option("class", "vector annotations: the attribute naming each feature's class")
     classes: list[str] | None = option(None, "fix the class list (other names are an error)", nargs="+")
     tile_size: int | None = option(None, "training tile and sliding window in pixels; the network input "
                                    "(default: img_size)")

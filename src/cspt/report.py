@@ -106,7 +106,8 @@ def _detection_example(run_dir: Path) -> tuple[Path, str] | None:
     _, info = described_weights(run_dir, DETECTOR, "detect")
     if not info.get("val"):
         return None
-    scene = read_annotations(info["val"], info["val_images"], info.get("format", "auto"), info["classes"]).scenes[0]
+    scene = read_annotations(info["val"], info["val_images"], info.get("format", "auto"), info["classes"],
+                             info.get("class_field", "class")).scenes[0]
     drawn = run_dir / "examples" / "drawn" / f"{scene.image.stem}.png"
     if not drawn.is_file():
         predict_detector(run_dir, [str(scene.image)], run_dir / "examples", draw=True, device="cpu")

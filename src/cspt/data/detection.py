@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cspt.data.images import IMAGE_SUFFIXES, ImageReadError, image_info
+from cspt.data.images import IMAGE_SUFFIXES, TIFF_SUFFIXES, ImageReadError, image_info
 from cspt.errors import CsptError
 
 log = logging.getLogger("cspt")
 
-FORMATS = ("auto", "coco", "dota", "voc", "hrsc", "csv")
+FORMATS = ("auto", "coco", "dota", "voc", "hrsc", "csv", "vector")
 
 
 @dataclass
@@ -265,7 +265,24 @@ def read_csv_boxes(path: Path, images: Path) -> list[Scene]:
     return [b.build(w) for b, w in scenes.values()]
 
 
-FORMAT_OF_SUFFIX = {".json": "coco", ".csv": "csv", ".xml": "voc", ".txt": "dota"}
+FORMAT_OF_SUFFIX = {".json": "coco", ".csv": "csv", ".xml": "voc", ".txt": "dota", ".gpkg": "vector",
+                    ".geojson": "vector", ".shp": "vector"}
+
+
+def read_vector_boxes(labels: Path, images: Path, class_field: str) -> list[Scene]:
+    """One scene per TIFF in ``images`` with at least one of the labels' features over it."""
+    from cspt.data.vector_labels import scene_boxes
+
+    scenes = []
+    for image in sorted(p for p in images.iterdir() if p.suffix.lower() in TIFF_SUFFIXES):
+        boxes, names, clipped = scene_boxes(labels, image, class_field)
+        if len(boxes):
+            info = image_info(image)
+            scenes.append(Scene(image, info.height, info.width, boxes, names, np.zeros(len(boxes), bool),
+                                source=str(labels), clipped=clipped))
+    if not scenes:
+        raise CsptError(f"{labels}: no feature lies over any GeoTIFF scene in {images}")
+    return scenes
 
 
 def detect_format(annotations: Path) -> str:
@@ -281,8 +298,12 @@ def detect_format(annotations: Path) -> str:
 
 
 def read_annotations(annotations: str | Path, images: str | Path, fmt: str = "auto",
-                     classes: Sequence[str] | None = None) -> Annotations:
-    """Read any supported format; ``classes`` fixes the class list (others are an error)."""
+                     classes: Sequence[str] | None = None, class_field: str = "class") -> Annotations:
+    """Read any supported format; ``classes`` fixes the class list (others are an error).
+
+    ``vector``: boxes or polygons in map coordinates (GeoPackage, GeoJSON, shapefile; any
+    CRS) over the georeferenced scenes in ``images``, classed by their ``class_field``.
+    """
     annotations, images = Path(annotations), Path(images)
     if not annotations.exists():
         raise CsptError(f"{annotations}: no such annotation file or folder")
@@ -297,6 +318,8 @@ def read_annotations(annotations: str | Path, images: str | Path, fmt: str = "au
         scenes = read_coco(annotations, images)
     elif fmt == "csv":
         scenes = read_csv_boxes(annotations, images)
+    elif fmt == "vector":
+        scenes = read_vector_boxes(annotations, images, class_field)
     else:
         raise CsptError(f"{annotations}: unknown annotation format; pass --format ({', '.join(FORMATS[1:])})")
     if not scenes:

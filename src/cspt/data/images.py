@@ -43,6 +43,9 @@ TIFF_SUFFIXES = {".tif", ".tiff"}
 
 
 warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)  # a plain TIFF is a picture, not an error
+#: GDAL's block cache (read and write) in MB unless the environment sets it: GDAL's own default, 5% of the
+#: machine's memory, would let a streamed scene's blocks grow the process far past its buffers
+os.environ.setdefault("GDAL_CACHEMAX", "256")
 
 
 class ImageReadError(CsptError):

@@ -17,7 +17,15 @@ import torch
 from torch.utils.data import Dataset
 
 from cspt.data.device_decode import EncodedCrop, is_plain_jpeg
-from cspt.data.images import ImageInfo, ImageReadError, WindowBox, band_selection, image_info, read_bytes
+from cspt.data.images import (
+    ImageInfo,
+    ImageReadError,
+    WindowBox,
+    band_selection,
+    image_info,
+    read_bytes,
+    read_valid,
+)
 from cspt.data.sampling import (
     band_tensors,
     load_or_replace,
@@ -31,6 +39,11 @@ from cspt.data.shards import is_member, shard_of
 from cspt.errors import CsptError
 
 log = logging.getLogger(__name__)
+
+#: a scene window with more than this share of nodata pixels is drawn again (at most ``NODATA_DRAWS`` times;
+#: then the most valid of those drawn is kept)
+MAX_NODATA_SHARE = 0.5
+NODATA_DRAWS = 50
 
 @dataclass(frozen=True)
 class Entry:
@@ -74,8 +87,10 @@ def scan_images(files: Sequence[Path], tile_size: int, threads: int = 8) -> Scan
 class UnlabelledImages(Dataset):
     """MAE training samples: RandomResizedCrop + horizontal flip, normalised, plus mask noise.
 
-    ``dataset[(index, seed)]`` returns ``{"image", "noise", "skipped"}``; ``skipped``
-    lists the unreadable files replaced by another (seeded) sample. Its randomness comes
+    ``dataset[(index, seed)]`` returns ``{"image", "noise", "skipped", "nodata_windows"}``;
+    ``skipped`` lists the unreadable files replaced by another (seeded) sample, and
+    ``nodata_windows`` counts the scene windows drawn again for being mostly nodata (the
+    nodata pixels of a kept window are set to the band mean). Its randomness comes
     from the per-sample generator only, so several threads may load samples at once.
     With ``decode_on_device``, JPEG files come as :class:`EncodedCrop` and every image
     unflipped and unnormalised, with its ``flip``: :func:`collate_for_device` and
@@ -114,32 +129,46 @@ class UnlabelledImages(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> dict:
         index, seed = item
         generator = torch.Generator().manual_seed(seed)
-        image, _, skipped = load_or_replace(lambda i: self.random_crop(self.entries[i], generator), index,
-                                            len(self.entries), generator)
+        (image, redrawn), _, skipped = load_or_replace(lambda i: self.random_crop(self.entries[i], generator),
+                                                       index, len(self.entries), generator)
         flip = bool(torch.rand(1, generator=generator) < 0.5)
         noise = torch.rand(self.num_patches, generator=generator)
+        sample = {"noise": noise, "skipped": skipped, "nodata_windows": redrawn}
         if self.decode_on_device:
-            return {"image": image, "flip": flip, "noise": noise, "skipped": skipped}
+            return {**sample, "image": image, "flip": flip}
         image = image.flip(-1) if flip else image
-        return {"image": (image - self.mean) / self.std, "noise": noise, "skipped": skipped}
+        return {**sample, "image": (image - self.mean) / self.std}
 
-    def random_crop(self, entry: Entry, generator: torch.Generator) -> torch.Tensor | EncodedCrop:
+    def random_crop(self, entry: Entry, generator: torch.Generator) -> tuple[torch.Tensor | EncodedCrop, int]:
         """RandomResizedCrop of the image, or of a random tile of a large scene (a JPEG's bytes and
-        box when decoding on the device)."""
+        box when decoding on the device), and the mostly-nodata windows drawn again on the way."""
         if self.decode_on_device and not entry.tiled and is_plain_jpeg(str(entry.path)):
             box = random_box(entry.info.height, entry.info.width, self.min_scale, generator)
             return EncodedCrop(torch.frombuffer(bytearray(read_bytes(entry.path)), dtype=torch.uint8), box,
-                               str(entry.path))
+                               str(entry.path)), 0
         if entry.tiled:
-            tile = self.load(entry, generator)
-            return random_resized_crop(tile, self.img_size, self.min_scale, generator)
+            tile, redrawn = self.load(entry, generator)
+            return random_resized_crop(tile, self.img_size, self.min_scale, generator), redrawn
         return read_random_resized_crop(entry.path, self.in_chans, self.img_size, self.min_scale, generator,
-                                        entry.info)
+                                        entry.info), 0
 
-    def load(self, entry: Entry, generator: torch.Generator) -> torch.Tensor:
-        """The image (or a random tile of it) as a ``(bands, H, W)`` tensor on the 0-1 scale."""
-        window = self.random_window(entry.info, generator) if entry.tiled else None
-        return read_bands(entry.path, self.in_chans, window)
+    def load(self, entry: Entry, generator: torch.Generator) -> tuple[torch.Tensor, int]:
+        """The image (or a random tile of it, mostly valid where possible) as a ``(bands, H, W)`` tensor on
+        the 0-1 scale, with nodata pixels at the band mean; and the windows drawn again for nodata."""
+        if not entry.tiled:
+            return read_bands(entry.path, self.in_chans), 0
+        best = None
+        for redrawn in range(NODATA_DRAWS):
+            window = self.random_window(entry.info, generator)
+            valid = torch.from_numpy(read_valid(entry.path, window))
+            share = float(valid.float().mean())
+            if best is None or share > best[0]:
+                best = share, window, valid
+            if share >= 1 - MAX_NODATA_SHARE:
+                break
+        _, window, valid = best
+        pixels = read_bands(entry.path, self.in_chans, window)
+        return torch.where(valid, pixels, self.mean), redrawn
 
     def random_window(self, info: ImageInfo, generator: torch.Generator) -> WindowBox:
         height, width = min(self.tile_size, info.height), min(self.tile_size, info.width)
@@ -154,6 +183,7 @@ def collate(samples: list[dict]) -> dict:
         "image": torch.stack([s["image"] for s in samples]),
         "noise": torch.stack([s["noise"] for s in samples]),
         "skipped": [msg for s in samples for msg in s["skipped"]],
+        "nodata_windows": sum(s["nodata_windows"] for s in samples),
     }
 
 
@@ -164,6 +194,7 @@ def collate_for_device(samples: list[dict]) -> dict:
         "flip": [s["flip"] for s in samples],
         "noise": torch.stack([s["noise"] for s in samples]),
         "skipped": [msg for s in samples for msg in s["skipped"]],
+        "nodata_windows": sum(s["nodata_windows"] for s in samples),
     }
 
 
@@ -175,7 +206,7 @@ def evaluation_images(dataset: UnlabelledImages, count: int) -> torch.Tensor:
         entry = dataset.entries[index]
         generator = torch.Generator().manual_seed(index)
         try:
-            pixels = dataset.load(entry, generator)
+            pixels, _ = dataset.load(entry, generator)
         except ImageReadError as err:
             last_error = err
             continue

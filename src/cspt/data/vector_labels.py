@@ -53,6 +53,48 @@ def vector_classes(labels: Path, class_field: str) -> list[str]:
     return sorted({name for _, name in features})
 
 
+def in_scene_crs(features: list[tuple[dict[str, Any], str]], crs: str | None, labels: Path, scene: Path,
+                 scene_crs: CRS | None) -> list[tuple[dict[str, Any], str]]:
+    """The features reprojected from ``crs`` to the scene's; a one-line error when that cannot be done."""
+    if (crs is None) != (scene_crs is None):
+        raise CsptError(f"{labels}: cannot place it on {scene}: {'it has' if crs is None else 'the scene has'} no CRS")
+    if crs is None:
+        return features
+    try:
+        return [(transform_geom(crs, scene_crs, geometry), name) for geometry, name in features]
+    except Exception:
+        raise CsptError(f"{labels}: its CRS ({crs_name(crs)}) cannot be transformed to {scene}'s "
+                        f"({scene_crs})") from None
+
+
+def scene_boxes(labels: Path, scene: Path, class_field: str) -> tuple[np.ndarray, list[str], int]:
+    """The pixel boxes ``(N, 4)`` (x1, y1, x2, y2) of the features (boxes or polygons, any CRS) over
+    ``scene``, clipped to it, their classes, and how many were clipped."""
+    features, crs = read_features(labels, class_field)
+    with rasterio.open(scene) as src:
+        scene_crs, inverse, width, height = src.crs, ~src.transform, src.width, src.height
+    boxes, names, clipped = [], [], 0
+    for geometry, name in in_scene_crs(features, crs, labels, scene, scene_crs):
+        xs, ys = np.array(all_points(geometry["coordinates"]), dtype=np.float64).T
+        a, b, c, d, e, f = tuple(inverse)[:6]
+        cols, rows = a * xs + b * ys + c, d * xs + e * ys + f
+        x1, y1, x2, y2 = cols.min(), rows.min(), cols.max(), rows.max()
+        box = np.clip([x1, y1, x2, y2], 0, [width, height, width, height])
+        if box[2] - box[0] < 1 or box[3] - box[1] < 1:
+            continue  # outside the scene (or a sliver of it)
+        clipped += int(not np.allclose(box, [x1, y1, x2, y2]))
+        boxes.append(box)
+        names.append(name)
+    return np.array(boxes, np.float32).reshape(-1, 4), names, clipped
+
+
+def all_points(coordinates: Any) -> list[tuple[float, float]]:
+    """Every vertex of a GeoJSON coordinate array (point, ring, polygon or multi-polygon)."""
+    if coordinates and isinstance(coordinates[0], (int, float)):
+        return [tuple(coordinates[:2])]
+    return [point for part in coordinates for point in all_points(part)]
+
+
 def rasterize_labels(scene: Path, labels: Path, class_field: str, classes: Sequence[str], target: Path,
                      ignore_index: int = 255) -> Path:
     """Burn the labels' polygons into a mask of ``scene``'s grid (class indices; ``ignore_index`` where no
@@ -60,18 +102,8 @@ def rasterize_labels(scene: Path, labels: Path, class_field: str, classes: Seque
     features, crs = read_features(labels, class_field)
     with rasterio.open(scene) as src:
         scene_crs, transform, shape, bounds = src.crs, src.transform, (src.height, src.width), src.bounds
-    if (crs is None) != (scene_crs is None):
-        raise CsptError(f"{labels}: cannot place it on {scene}: {'it has' if crs is None else 'the scene has'} no CRS")
     index = {name: i for i, name in enumerate(classes)}
-    shapes = []
-    for geometry, name in features:
-        if crs is not None:
-            try:
-                geometry = transform_geom(crs, scene_crs, geometry)
-            except Exception:
-                raise CsptError(f"{labels}: its CRS ({crs_name(crs)}) cannot be transformed to {scene}'s "
-                                f"({scene_crs})") from None
-        shapes.append((geometry, index[name]))
+    shapes = [(geometry, index[name]) for geometry, name in in_scene_crs(features, crs, labels, scene, scene_crs)]
     mask = rasterize(shapes, out_shape=shape, transform=transform, fill=ignore_index, dtype="uint8") \
         if shapes else np.full(shape, ignore_index, np.uint8)
     if (mask == ignore_index).all():

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
@@ -34,12 +35,14 @@ from cspt.data.classification import (
     write_label_csv,
 )
 from cspt.data.files import find_images
+from cspt.data.images import ImageReadError, image_info
 from cspt.data.scaling import stage_statistics
 from cspt.engine.distributed import DistContext, barrier, is_main_process, resolve_device
 from cspt.engine.inference import Outputs, run_inference
 from cspt.engine.loading import default_num_workers
 from cspt.engine.optim import param_groups_layer_decay
 from cspt.engine.run_dir import has_checkpoint
+from cspt.engine.streaming import stream_strips
 from cspt.engine.trainer import Trainer, resolve_precision
 from cspt.errors import CsptError
 from cspt.export import write_weights
@@ -60,6 +63,7 @@ from cspt.tasks.common import (
     resolved_encoder_fields,
     start_run,
 )
+from cspt.tasks.maps import normalised_windows, qualitative_colors, write_class_raster
 
 log = logging.getLogger("cspt")
 
@@ -228,6 +232,37 @@ def predict_classifier(checkpoint: str | Path, images: Sequence[str], output: st
     write_predictions(outputs, files, info["classes"], output)
     log.info("predicted %d images (%d unreadable skipped)", len(outputs.indices), len(outputs.skipped))
     return output
+
+
+def predict_scene_classes(checkpoint: str | Path, scenes: Sequence[str], output: str | Path, window: int,
+                          stride: int | None = None, blend: str = "none", device: str = "auto", batch_size: int = 32,
+                          probabilities: bool = False) -> Path:
+    """A class map of every (large) scene: each ``window`` x ``window`` window, resized to the model's input,
+    gets one class; written as ``NAME.tif``, georeferenced like the scene (see :mod:`cspt.tasks.maps`).
+    With ``stride`` below ``window`` and a smooth ``blend``, overlapping windows' scores are blended."""
+    model, info, _ = load_classifier(checkpoint)
+    torch_device = torch.device(resolve_device(device))
+    model = model.to(torch_device)
+    size = info["architecture"]["img_size"]
+
+    def forward(crops: torch.Tensor) -> torch.Tensor:
+        inputs = F.interpolate(crops.to(torch_device), size=(size, size), mode="bilinear", antialias=True)
+        return model(inputs)[:, :, None, None].expand(-1, -1, *crops.shape[-2:])
+
+    folder = Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    colors = qualitative_colors(len(info["classes"]))
+    for path in find_images(list(scenes), exclude=[folder]):
+        try:
+            shape = image_info(path)
+            strips = stream_strips(forward, normalised_windows(path, info), shape.height, shape.width, window,
+                                   stride or window, blend, batch_size)
+            write_class_raster(strips, path, folder, shape, colors, probabilities)
+        except ImageReadError as err:
+            log.warning("skipped unreadable scene: %s", err)
+            continue
+        log.info("%s: class map of %d x %d px windows written to %s", path, window, window, folder)
+    return folder
 
 
 # ---------------------------------------------------------------- fine-tuning

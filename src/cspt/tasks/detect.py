@@ -135,7 +135,7 @@ def evaluate_detector(checkpoint: str | Path, annotations: str | None = None, im
         if not images:
             raise CsptError("--annotations needs --images (the folder of the annotated images)")
         folder = Path(output) if output else run_dir / "evaluation" / Path(annotations).stem
-    scenes = read_annotations(annotations, images, fmt, info["classes"]).scenes
+    scenes = read_annotations(annotations, images, fmt, info["classes"], info.get("class_field", "class")).scenes
     metrics, _ = evaluate_scenes(model, scenes, info, torch.device(resolve_device(device)))
     metrics.update(checkpoint=str(weights), annotations=str(annotations))
     folder.mkdir(parents=True, exist_ok=True)
@@ -349,7 +349,7 @@ class DetectTask(FineTuneTask):
                  "config": dataclasses.asdict(cfg)}
         keys = ("mean", "std", "bands", "scale_low", "scale_high", "pyramid", "taps", "fpn_channels", "anchor_sizes",
                 "roi_samples", "detections_per_image", "score_threshold", "tile_size", "tile_overlap", "nms_iou",
-                "val", "format")
+                "val", "format", "class_field")
         return {"task": "detect", "architecture": self.arch.to_dict(), "format_of_weights": "cspt detector",
                 "classes": self.train.classes, **{k: getattr(cfg, k) for k in keys},
                 "val_images": cfg.val_images or cfg.images, "selected": selected,
@@ -361,9 +361,9 @@ def finetune_detect(config: DetectConfig, resume: str | Path | bool | None = Non
                     overrides: dict[str, Any] | None = None) -> Path:
     """Run (or continue) detection fine-tuning; returns the run directory."""
     config, run_dir, init = start_run(DetectConfig, config, resume, overrides, resolve_config)
-    train = read_annotations(config.train, config.images, config.format, config.classes)
-    val = read_annotations(config.val, config.val_images or config.images, config.format, train.classes) \
-        if config.val else None
+    train = read_annotations(config.train, config.images, config.format, config.classes, config.class_field)
+    val = read_annotations(config.val, config.val_images or config.images, config.format, train.classes,
+                           config.class_field) if config.val else None
     clipped = sum(s.clipped for s in train.scenes)
     log.info("data: %d scenes, %d objects, classes %s%s", len(train.scenes), train.count_boxes(),
              ", ".join(train.classes), f"; {clipped} boxes clipped to their image" if clipped else "")

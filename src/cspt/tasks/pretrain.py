@@ -62,6 +62,7 @@ class PretrainTask(Task):
         self.arch = arch_of(config)
         self.init = init  #: the loaded --init checkpoint, released once the model has it
         self.dataset: UnlabelledImages | None = None
+        self.windows = {"drawn": 0, "nodata": 0}  #: scene windows this epoch, and those drawn again for nodata
 
     def build_model(self, load_init: bool) -> nn.Module:
         model = MaskedAutoencoderViT(self.arch, self.config.mask_ratio, self.config.norm_pix_loss)
@@ -90,6 +91,8 @@ class PretrainTask(Task):
                                                collate_for_device if self.dataset.decode_on_device else collate)
 
     def training_step(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+        self.windows["nodata"] += batch["nodata_windows"]
+        self.windows["drawn"] += len(batch["noise"]) + batch["nodata_windows"]
         loss, _, _ = model(self.batch_images(batch, device),
                            ids_shuffle=batch["ids_shuffle"].to(device, non_blocking=True))
         return loss
@@ -117,6 +120,11 @@ class PretrainTask(Task):
 
     def on_epoch_end(self, model: nn.Module, epoch: int, run_dir: Path) -> dict[str, Any] | None:
         cfg = self.config
+        if self.windows["nodata"] and self.dist.is_main:
+            nodata, drawn = self.windows["nodata"], self.windows["drawn"]
+            log.info("nodata: %d of the %d scene windows drawn this epoch were mostly nodata and skipped (%.1f%%)",
+                     nodata, drawn, 100 * nodata / drawn)
+        self.windows = {"drawn": 0, "nodata": 0}
         if self.dist.is_main and cfg.vis_every and ((epoch + 1) % cfg.vis_every == 0 or epoch + 1 == cfg.epochs):
             self._write_reconstructions(model, f"epoch_{epoch + 1:04d}", run_dir)
         if cfg.probe_every and ((epoch + 1) % cfg.probe_every == 0 or epoch + 1 == cfg.epochs):

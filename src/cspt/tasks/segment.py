@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import ExitStack
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,8 @@ from torch import nn
 from cspt.checkpoints import Checkpoint
 from cspt.config import SegmentConfig
 from cspt.data.files import find_images
-from cspt.data.georaster import NO_CLASS, RasterWriter, georeference_of, vectorize_classes
-from cspt.data.images import TIFF_SUFFIXES, ImageInfo, ImageReadError, display_rgb, image_info, read_image, read_valid
+from cspt.data.georaster import vectorize_classes
+from cspt.data.images import TIFF_SUFFIXES, ImageInfo, ImageReadError, display_rgb, image_info, read_image
 from cspt.data.sampling import band_tensors, read_bands
 from cspt.data.scaling import stage_statistics, to_display
 from cspt.data.segmentation import (
@@ -45,7 +44,7 @@ from cspt.data.vector_labels import scene_label_pairs, vector_classes
 from cspt.engine.distributed import all_gather_objects, barrier, launched_world_size, resolve_device, shard
 from cspt.engine.optim import param_groups_layer_decay
 from cspt.engine.run_dir import has_checkpoint
-from cspt.engine.streaming import Box, Strip, Window, blended_logits, stream_strips
+from cspt.engine.streaming import Strip, blended_logits, stream_strips
 from cspt.engine.trainer import Trainer, resolve_precision
 from cspt.errors import CsptError
 from cspt.export import write_weights
@@ -67,6 +66,7 @@ from cspt.tasks.common import (
     resolved_taps,
     start_run,
 )
+from cspt.tasks.maps import normalised_windows, qualitative_colors, strip_labels, write_class_raster
 
 log = logging.getLogger("cspt")
 
@@ -242,12 +242,7 @@ def evaluate_segmenter(checkpoint: str | Path, images: Sequence[str] | None = No
 
 def class_colors(palette: Palette) -> np.ndarray:
     """An RGB colour per class: the palette's, or a qualitative colour map for index masks."""
-    if palette.colors:
-        return np.array(palette.colors, dtype=np.uint8)
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab20"]
-    return np.array([[round(255 * c) for c in cmap(i % 20)[:3]] for i in range(len(palette.classes))], np.uint8)
+    return np.array(palette.colors, dtype=np.uint8) if palette.colors else qualitative_colors(len(palette.classes))
 
 
 def predict_segmenter(checkpoint: str | Path, images: Sequence[str], output: str | Path, draw: bool = False,
@@ -288,43 +283,6 @@ def predict_segmenter(checkpoint: str | Path, images: Sequence[str], output: str
         written += 1
     log.info("wrote class maps of %d images to %s", written, folder)
     return folder
-
-
-def normalised_windows(path: Path, info: dict[str, Any]) -> Callable[[Box], Window]:
-    """Read a window of ``path`` as the model's input: scaled, normalised, nodata pixels at the mean (0)."""
-    in_chans = info["architecture"]["in_chans"]
-    mean, std = band_tensors(*stage_statistics(info), in_chans)
-
-    def read(box: Box) -> Window:
-        valid = torch.from_numpy(read_valid(path, box))
-        return ((read_bands(path, in_chans, box) - mean) / std) * valid, valid
-
-    return read
-
-
-def strip_labels(strip: Strip) -> np.ndarray:
-    """A strip's class indices, ``NO_CLASS`` where no window predicted."""
-    if not len(strip.values):
-        return np.full(strip.valid.shape, NO_CLASS, dtype=np.uint8)
-    labels = strip.values.argmax(0).to(torch.uint8)
-    labels[~strip.valid] = NO_CLASS
-    return labels.numpy()
-
-
-def write_class_raster(strips: Iterable[Strip], path: Path, folder: Path, size: ImageInfo, colors: np.ndarray,
-                       probabilities: bool) -> None:
-    """``NAME.tif`` (and ``NAME_probabilities.tif``), georeferenced like ``path``, strip by strip."""
-    where = georeference_of(path)
-    with ExitStack() as stack:
-        classes = stack.enter_context(RasterWriter(folder / f"{path.stem}.tif", size.height, size.width, 1, where,
-                                                   NO_CLASS, colors))
-        probs = stack.enter_context(RasterWriter(folder / f"{path.stem}_probabilities.tif", size.height,
-                                                 size.width, len(colors), where, 0)) if probabilities else None
-        for strip in strips:
-            classes.write(strip.top, strip_labels(strip)[None])
-            if probs is not None:
-                scores = strip.values.softmax(0) if len(strip.values) else torch.zeros(len(colors), *strip.valid.shape)
-                probs.write(strip.top, (scores * strip.valid * 255).round().to(torch.uint8).numpy())
 
 
 def write_class_pictures(strips: Iterable[Strip], path: Path, folder: Path, size: ImageInfo, colors: np.ndarray,
