@@ -18,10 +18,10 @@ from rasterio.warp import transform_geom
 from cspt.config import SegmentConfig
 from cspt.data.detection import read_annotations
 from cspt.data.georaster import vector_driver
-from cspt.data.segmentation import read_mask
+from cspt.data.segmentation import Pair, SegmentationCrops, read_mask
 from cspt.engine.sliding import window_starts
 from cspt.engine.streaming import BLENDS, blended_logits, stream_strips
-from cspt.tasks.segment import finetune_segment, load_palette
+from cspt.tasks.segment import evaluate_pairs, finetune_segment, load_palette
 from tests.conftest import SHARED, TEST_CRS, needs, run_cli, write_geotiff
 
 DUBAI = SHARED / "data" / "dubai"
@@ -253,3 +253,23 @@ def test_detection_boxes_from_a_vector_file_in_another_crs_land_on_the_scenes_pi
                      str(tmp_path / "run"), "--epochs", "1", "--device", "cpu")
     assert failed.returncode == 2 and failed.stderr.strip().splitlines() == [
         f"cspt: error: {far}: no feature lies over any GeoTIFF scene in {scenes}"]
+
+
+def test_nodata_pixels_are_neither_trained_on_nor_scored(tmp_path: Path):
+    scene, rgb = dubai_scene(tmp_path / "framed.tif", border=40)
+    mask = np.full(rgb.shape[:2], 2, np.uint8)  # every pixel labelled "road"
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    palette = load_palette(None, ["building", "land", "road", "vegetation", "water"])
+    pair = Pair(scene, tmp_path / "mask.png", *rgb.shape[:2])
+    crops = SegmentationCrops([pair], palette, 64, 3, [0.5] * 3, [0.25] * 3)
+    _, labels = crops.load(0)
+    assert (labels[:40] == 255).all() and (labels[:, -40:] == 255).all() and (labels[40:-40, 40:-40] == 2).all()
+    info = {"palette": palette.to_dict(), "ignore_index": 255, "architecture": {"in_chans": 3}, "mean": [0.5] * 3,
+            "std": [0.25] * 3, "crop_size": 64, "stride": 48, "resize": 1.0}
+
+    class Building(torch.nn.Module):
+        def forward(self, crops: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(len(crops), 5, *crops.shape[-2:])
+
+    metrics = evaluate_pairs(Building(), [pair], info, torch.device("cpu"))
+    assert metrics["pixels"] == (rgb.shape[0] - 80) * (rgb.shape[1] - 80)

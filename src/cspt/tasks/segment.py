@@ -27,7 +27,15 @@ from cspt.checkpoints import Checkpoint
 from cspt.config import SegmentConfig
 from cspt.data.files import find_images
 from cspt.data.georaster import vectorize_classes
-from cspt.data.images import TIFF_SUFFIXES, ImageInfo, ImageReadError, display_rgb, image_info, read_image
+from cspt.data.images import (
+    TIFF_SUFFIXES,
+    ImageInfo,
+    ImageReadError,
+    display_rgb,
+    image_info,
+    read_image,
+    read_valid,
+)
 from cspt.data.sampling import band_tensors, read_bands
 from cspt.data.scaling import stage_statistics, to_display
 from cspt.data.segmentation import (
@@ -187,7 +195,9 @@ def evaluate_pairs(model: nn.Module, pairs: Sequence[Pair], info: dict[str, Any]
     for pair in shard(pairs):
         try:
             image = (read_bands(pair.image, in_chans) - mean) / std
-            target = torch.from_numpy(read_mask(pair.mask, palette, ignore))
+            labels = read_mask(pair.mask, palette, ignore)
+            labels[~read_valid(pair.image)] = ignore  # no data: not scored
+            target = torch.from_numpy(labels)
         except ImageReadError as err:
             log.warning("skipped unreadable tile: %s", err)
             skipped += 1
