@@ -21,6 +21,7 @@ from cspt.data.georaster import vector_driver
 from cspt.data.segmentation import Pair, SegmentationCrops, read_mask
 from cspt.engine.sliding import window_starts
 from cspt.engine.streaming import BLENDS, blended_logits, stream_strips
+from cspt.tasks.detect import detect_scene
 from cspt.tasks.segment import evaluate_pairs, finetune_segment, load_palette
 from tests.conftest import SHARED, TEST_CRS, needs, run_cli, write_geotiff
 
@@ -273,3 +274,24 @@ def test_nodata_pixels_are_neither_trained_on_nor_scored(tmp_path: Path):
 
     metrics = evaluate_pairs(Building(), [pair], info, torch.device("cpu"))
     assert metrics["pixels"] == (rgb.shape[0] - 80) * (rgb.shape[1] - 80)
+
+
+def test_detection_does_not_run_windows_without_data(tmp_path: Path):
+    pixels = np.full((3, 300, 500), 120, np.uint8)
+    pixels[:, :, :300] = 0  # the left 300 columns hold no data
+    scene = write_geotiff(tmp_path / "half.tif", pixels, nodata=0)
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, windows: list[torch.Tensor]) -> list[dict]:
+            seen.extend(w.shape for w in windows)
+            return [{"boxes": torch.tensor([[60.0, 60.0, 70.0, 70.0]]), "scores": torch.tensor([0.9]),
+                     "labels": torch.tensor([1])} for _ in windows]
+
+    info = {"tile_size": 128, "tile_overlap": 32, "architecture": {"in_chans": 3}, "nms_iou": 0.5,
+            "detections_per_image": 100}
+    found = detect_scene(Recorder(), scene, 300, 500, info, torch.device("cpu"))
+    lefts = window_starts(500, 128, 96)
+    with_data = [left for left in lefts if left + 128 > 300]
+    assert len(seen) == len(window_starts(300, 128, 96)) * len(with_data) and len(with_data) < len(lefts)
+    assert len(found["boxes"]) and (found["boxes"][:, 0] >= min(with_data)).all()  # none from windows without data

@@ -25,7 +25,7 @@ from cspt.config import DetectConfig
 from cspt.data.detection import Annotations, Scene, read_annotations
 from cspt.data.files import find_images
 from cspt.data.georaster import georeference_of, write_boxes
-from cspt.data.images import ImageReadError, display_rgb, image_info, read_image
+from cspt.data.images import ImageReadError, display_rgb, image_info, read_image, read_valid
 from cspt.data.scaling import stage_statistics, to_display
 from cspt.data.scene_tiles import DetectionTiles, collate_tiles, make_tiles, read_window
 from cspt.engine.distributed import all_gather_objects, barrier, resolve_device, shard
@@ -76,14 +76,21 @@ def as_detections(found: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def detect_scene(model: nn.Module, image: Path, height: int, width: int, info: dict[str, Any],
                  device: torch.device, autocast: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Boxes (scene pixels), scores and 0-based class indices of a whole scene, by sliding windows."""
+    """Boxes (scene pixels), scores and 0-based class indices of a whole scene, by sliding windows read
+    one by one (windows without data are not run)."""
     size, in_chans = info["tile_size"], info["architecture"]["in_chans"]
+    nothing = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
 
     def predict(offsets: list[tuple[int, int]]) -> list[dict]:
-        windows = [read_window(image, height, width, top, left, size, in_chans).to(device) for top, left in offsets]
+        with_data = [read_valid(image, (top, left, min(size, height - top), min(size, width - left))).any()
+                     for top, left in offsets]
+        windows = [read_window(image, height, width, top, left, size, in_chans).to(device)
+                   for (top, left), valid in zip(offsets, with_data, strict=True) if valid]
+        if not windows:
+            return [nothing] * len(offsets)
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-            found = model(windows)
-        return [as_detections(f) for f in found]
+            found = iter(model(windows))
+        return [as_detections(next(found)) if valid else nothing for valid in with_data]
 
     model.eval()
     return sliding_window_detections(predict, height, width, size, info["tile_overlap"], info["nms_iou"],
