@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CSPT_SHARED", ROOT.parent / "shared"))
 RSSCN7 = SHARED / "data" / "rsscn7"
 NATURAL_MAE = SHARED / "weights" / "mae_vit_tiny_p8_64_tinyimagenet.pth"
+TINY_IMAGENET = SHARED / "data" / "tiny-imagenet-val"
 
 TINY_ARCH = ArchConfig(embed_dim=64, depth=2, num_heads=2, patch_size=8, img_size=32, decoder_dim=32,
                        decoder_depth=1, decoder_num_heads=2)

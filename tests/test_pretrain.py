@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from cspt.config import PretrainConfig
 from cspt.engine.run_log import read_log
 from cspt.tasks.pretrain import pretrain
-from tests.conftest import TINY_ARCH, TINY_FLAGS, run_cli, write_rgb
+from tests.conftest import NATURAL_MAE, TINY_ARCH, TINY_FLAGS, TINY_IMAGENET, needs, run_cli, write_rgb
 
 FAST = ["--num-workers", "0", "--warmup-epochs", "0", "--vis-every", "0", "--log-every", "1", "--device", "cpu"]
 
@@ -66,10 +66,23 @@ def test_init_from_natural_checkpoint_matches_every_key(rsscn7_list, natural_mae
     assert torch.equal(weights["blocks.0.attn.qkv.weight"], final_weights(out)["blocks.0.attn.qkv.weight"])
 
 
-def test_sigkill_at_a_random_step_then_restart_gives_identical_weights(rsscn7_list, tmp_path):
+def guidance(kind: str, folder: Path) -> list[str]:
+    """The flags of plain pretraining, teacher guidance (the natural MAE) or source replay (Tiny-ImageNet)."""
+    if kind == "teacher":
+        return ["--distill-from", str(needs(NATURAL_MAE))]
+    if kind == "replay":
+        files = sorted(needs(TINY_IMAGENET).rglob("*.JPEG"))[::50][:32]
+        listing = folder / "replay.txt"
+        listing.write_text("".join(f"{f}\n" for f in files))
+        return ["--replay", str(listing), "--replay-fraction", "0.3"]
+    return []
+
+
+@pytest.mark.parametrize("kind", ["plain", "teacher", "replay"])
+def test_sigkill_at_a_random_step_then_restart_gives_identical_weights(kind, rsscn7_list, tmp_path):
     data = str(rsscn7_list(48))
     args = ["pretrain", "--data", data, "--epochs", "3", "--batch-size", "8", "--checkpoint-every", "2",
-            "--seed", "7", *TINY_FLAGS, *FAST]
+            "--seed", "7", *TINY_FLAGS, *FAST, *guidance(kind, tmp_path)]
     reference = tmp_path / "reference"
     assert run_cli(*args, "--output", str(reference)).returncode == 0
     total = len(losses(reference))
@@ -94,6 +107,11 @@ def test_sigkill_at_a_random_step_then_restart_gives_identical_weights(rsscn7_li
     assert want.keys() == got.keys()
     assert all(torch.equal(want[k], got[k]) for k in want), f"weights differ after a kill at step {kill_at}"
     assert losses(interrupted) == losses(reference)
+    if kind == "teacher":  # the projector trains and resumes with the student; the teacher is not saved
+        assert any(k.startswith("distill_head.") for k in want) and not any("teacher" in k for k in want)
+        parts = [r for r in read_log(reference) if "loss" in r]
+        assert all(r["loss"] == pytest.approx(r["loss_reconstruction"] + r["loss_distill"], rel=1e-5)
+                   for r in parts)
 
 
 def test_resume_refuses_weights_only_files_and_changed_settings(rsscn7_list, natural_mae, tmp_path):
@@ -111,9 +129,10 @@ def test_resume_refuses_weights_only_files_and_changed_settings(rsscn7_list, nat
     assert max(r.get("epoch", 0) for r in read_log(out)) == 2
 
 
-def test_two_process_gloo_matches_one_process(rsscn7_list, tmp_path):
+@pytest.mark.parametrize("kind", ["plain", "teacher", "replay"])
+def test_two_process_gloo_matches_one_process(kind, rsscn7_list, tmp_path):
     data = str(rsscn7_list(48))
-    common = ["pretrain", "--data", data, "--epochs", "1", "--seed", "3", *TINY_FLAGS, *FAST]
+    common = ["pretrain", "--data", data, "--epochs", "1", "--seed", "3", *TINY_FLAGS, *FAST, *guidance(kind, tmp_path)]
     single = tmp_path / "single"
     assert run_cli(*common, "--batch-size", "8", "--output", str(single)).returncode == 0
     double = tmp_path / "double"

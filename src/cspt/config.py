@@ -109,6 +109,18 @@ class PretrainConfig(TrainConfig, EncoderConfig):
     decode_on: str = option("loader", "where JPEGs are decoded, cropped and resized: loader (its processes, "
                             "PIL) or device (torchvision.io.decode_jpeg in batches on the training device: nvJPEG "
                             "on a GPU, for loaders that cannot keep up)", choices=["loader", "device"])
+    distill_from: str | None = option(None, "a frozen teacher (any checkpoint --init takes, usually the same natural "
+                                      "source): the student also matches its features of the whole image (GFM)")
+    distill_weight: float = option(1.0, "weight of the distillation loss beside the reconstruction loss")
+    distill_target: str = option("tokens", "tokens: each visible patch's feature; pooled: the mean token",
+                                 choices=["tokens", "pooled"])
+    distill_block: int | None = option(None, "the block (0-based) whose features are matched (default: the last, "
+                                       "after the final norm)")
+    distill_loss: str = option("cosine", "negative cosine or smooth L1, through a linear projector trained with "
+                               "the student (dropped at export)", choices=["cosine", "smooth_l1"])
+    replay: list[str] | None = option(None, "source-domain images (e.g. the natural source's own data) mixed into "
+                                      "every batch, against forgetting", nargs="+")
+    replay_fraction: float = option(0.25, "with --replay: the share of samples drawn from it (seeded per sample)")
     vis_every: int = option(10, "write a reconstruction grid every N epochs (0: never)")
     probe_target: str | None = option(None, "labelled target images (ImageFolder or CSV): kNN-probe them "
                                       "every --probe-every epochs (is the pretraining helping?)")

@@ -19,6 +19,7 @@ from cspt.checkpoint_formats import mae_to_hugging_face
 from cspt.checkpoints import Checkpoint, checkpoint_file, description_of, load_checkpoint, sidecar_of
 from cspt.engine.checkpointing import atomic_torch_save, atomic_write
 from cspt.errors import CsptError
+from cspt.models.distill import DISTILL_PREFIX
 from cspt.models.mae import DECODER_PREFIXES
 from cspt.models.vit import ArchConfig, resolve_arch
 
@@ -46,7 +47,8 @@ def lineage_of(path: str | Path, fmt: str | None = None) -> list[dict[str, Any]]
 
 def write_weights(state: dict[str, torch.Tensor], target: Path, info: dict[str, Any]) -> Path:
     """Weights (plain timm ViT keys, no MAE decoder) as safetensors with ``info`` in metadata and a sidecar."""
-    weights = {k: v.detach().cpu().contiguous() for k, v in state.items() if not k.startswith(DECODER_PREFIXES)}
+    weights = {k: v.detach().cpu().contiguous() for k, v in state.items()
+               if not k.startswith((*DECODER_PREFIXES, DISTILL_PREFIX))}
     atomic_write(target, lambda tmp: save_file(weights, str(tmp), metadata={"cspt": json.dumps(info)}))
     write_sidecar(target, info)
     return target

@@ -177,13 +177,51 @@ class UnlabelledImages(Dataset):
         return top, left, height, width
 
 
+#: mixed into a sample's seed for the replay draw, so it is independent of the sample's own draws
+REPLAY_SALT = 0x5DEECE66D
+
+
+class ReplayMix(Dataset):
+    """Target samples with a seeded ``fraction`` of them replaced by source-domain samples (replay).
+
+    Whether sample ``(index, seed)`` is replayed, and which source image it is, are drawn
+    from its seed alone, so a batch is the same on resume and with any number of workers
+    or processes; about ``fraction`` of every batch is source data. Each set keeps its
+    own normalisation (source images: the model's statistics, without the target's scaling).
+    """
+
+    thread_safe = True
+
+    def __init__(self, target: UnlabelledImages, source: UnlabelledImages, fraction: float):
+        if not 0.0 < fraction < 1.0:
+            raise CsptError(f"--replay-fraction {fraction} must lie strictly between 0 and 1")
+        self.target, self.source, self.fraction = target, source, fraction
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    @property
+    def groups(self) -> list[list[int]] | None:
+        return self.target.groups
+
+    def __getitem__(self, item: tuple[int, int]) -> dict:
+        index, seed = item
+        draw = torch.Generator().manual_seed(seed ^ REPLAY_SALT)
+        if float(torch.rand(1, generator=draw)) < self.fraction:
+            chosen = int(torch.randint(len(self.source), (1,), generator=draw))
+            return {**self.source[(chosen, seed)], "replayed": 1}
+        return {**self.target[(index, seed)], "replayed": 0}
+
+
+
 def collate(samples: list[dict]) -> dict:
-    """Stack images and noise; gather the skipped-file messages of the whole batch."""
+    """Stack images and noise; gather the skipped-file messages and the counts of the whole batch."""
     return {
         "image": torch.stack([s["image"] for s in samples]),
         "noise": torch.stack([s["noise"] for s in samples]),
         "skipped": [msg for s in samples for msg in s["skipped"]],
         "nodata_windows": sum(s["nodata_windows"] for s in samples),
+        "replayed": sum(s.get("replayed", 0) for s in samples),
     }
 
 
@@ -195,6 +233,7 @@ def collate_for_device(samples: list[dict]) -> dict:
         "noise": torch.stack([s["noise"] for s in samples]),
         "skipped": [msg for s in samples for msg in s["skipped"]],
         "nodata_windows": sum(s["nodata_windows"] for s in samples),
+        "replayed": sum(s.get("replayed", 0) for s in samples),
     }
 
 

@@ -63,6 +63,11 @@ class Task:
         """The loss of one micro-batch."""
         raise NotImplementedError
 
+    def loss_parts(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Named parts of the last micro-batch's loss (detached, on the device), logged beside it as
+        ``loss_NAME``."""
+        return {}
+
     def param_groups(self, model: nn.Module) -> list[dict]:
         """Optimizer parameter groups (a group's ``lr_scale`` multiplies the scheduled lr)."""
         return param_groups_weight_decay(model, self.config.weight_decay)
@@ -286,6 +291,7 @@ class Trainer:
         cfg, dist = self.config, self.dist
         optimizer, scaler = training.optimizer, training.scaler
         loss_sum = torch.zeros((), device=dist.device)
+        part_sums: dict[str, torch.Tensor] = {}  #: the task's named loss parts since the last log
         nonfinite = torch.zeros((), device=dist.device)  #: micro-batches of this step whose loss was not finite
         bad_steps = torch.zeros((), device=dist.device)  #: optimizer steps skipped for it, since the last log
         first_bad = torch.full((), -1, device=dist.device)  #: the first of them
@@ -310,6 +316,8 @@ class Trainer:
                 scaler.scale(loss / cfg.accum_iter).backward()
             nonfinite += (~torch.isfinite(loss.detach())).float()
             loss_sum += loss.detach() / cfg.accum_iter
+            for name, part in task.loss_parts(training.net).items():
+                part_sums[name] = part_sums.get(name, 0) + part.float() / cfg.accum_iter
             interval_images += len(batch["image"]) * dist.world_size
             if not last:
                 continue
@@ -341,18 +349,22 @@ class Trainer:
             progress.update(1)
             end_of_epoch = training.micro_batch == schedule.micro_per_epoch
             if training.step % cfg.log_every == 0 or end_of_epoch:  # the only host syncs of the loop
-                mean_loss, bad, first = torch.stack([all_reduce_mean(loss_sum / interval_steps), bad_steps,
-                                                     first_bad.float()]).tolist()
+                names = sorted(part_sums)
+                mean_loss, bad, first, *parts = torch.stack(
+                    [all_reduce_mean(loss_sum / interval_steps), bad_steps, first_bad.float()]
+                    + [all_reduce_mean(part_sums[name] / interval_steps) for name in names]).tolist()
                 if bad:  # every process raises here together, none is left waiting
                     raise CsptError(nonfinite_message(int(first), int(bad)))
                 elapsed = time.perf_counter() - interval_start
                 epoch = training.epoch + training.micro_batch / schedule.micro_per_epoch
-                record = {"step": training.step, "epoch": epoch, "loss": mean_loss, "lr": lr,
+                record = {"step": training.step, "epoch": epoch, "loss": mean_loss,
+                          **{f"loss_{name}": value for name, value in zip(names, parts)}, "lr": lr,
                           "img_per_s": interval_images / elapsed}
                 run_log.write(record, training.step)
                 progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{record['img_per_s']:.1f}",
                                      epoch=training.epoch)
                 loss_sum.zero_()
+                part_sums.clear()
                 interval_steps, interval_images, interval_start = 0, 0, time.perf_counter()
             if cfg.checkpoint_every and training.step % cfg.checkpoint_every == 0 and not end_of_epoch:
                 self._save(task, training)

@@ -12,17 +12,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from cspt.checkpoints import Checkpoint
+from cspt.checkpoints import Checkpoint, checkpoint_file, load_checkpoint, load_into_model
 from cspt.config import PretrainConfig
 from cspt.data.device_decode import decode_batch
 from cspt.data.files import find_images
 from cspt.data.scaling import stage_statistics
-from cspt.data.unlabelled import UnlabelledImages, collate, collate_for_device, evaluation_images, scan_images
+from cspt.data.unlabelled import (
+    ReplayMix,
+    UnlabelledImages,
+    collate,
+    collate_for_device,
+    evaluation_images,
+    scan_images,
+)
 from cspt.engine.trainer import Task, Trainer
-from cspt.export import lineage_of, write_weights
-from cspt.models.mae import MaskedAutoencoderViT, masking_order
+from cspt.errors import CsptError
+from cspt.export import lineage_of, sha256_of, write_weights
+from cspt.models.distill import TeacherGuidedMAE, teacher_tokens
+from cspt.models.mae import DECODER_PREFIXES, MaskedAutoencoderViT, masking_order
+from cspt.models.vit import build_encoder, resolve_arch
 from cspt.tasks.common import (
     arch_of,
     check_normalisation,
@@ -62,10 +73,17 @@ class PretrainTask(Task):
         self.arch = arch_of(config)
         self.init = init  #: the loaded --init checkpoint, released once the model has it
         self.dataset: UnlabelledImages | None = None
-        self.windows = {"drawn": 0, "nodata": 0}  #: scene windows this epoch, and those drawn again for nodata
+        self.counts = {"drawn": 0, "nodata": 0, "replayed": 0}  #: this epoch's samples: drawn, nodata, replayed
+        self.teacher: VisionTransformer | None = None  #: the frozen --distill-from encoder (never saved)
 
     def build_model(self, load_init: bool) -> nn.Module:
-        model = MaskedAutoencoderViT(self.arch, self.config.mask_ratio, self.config.norm_pix_loss)
+        cfg = self.config
+        if cfg.distill_from:
+            self.teacher = load_teacher(cfg)
+            model = TeacherGuidedMAE(self.arch, self.teacher.embed_dim, cfg.mask_ratio, cfg.norm_pix_loss,
+                                     cfg.distill_target, cfg.distill_block, cfg.distill_loss, cfg.distill_weight)
+        else:
+            model = MaskedAutoencoderViT(self.arch, cfg.mask_ratio, cfg.norm_pix_loss)
         if load_init:
             load_init_weights(model, self.config, self.init)
         self.init = None
@@ -84,18 +102,42 @@ class PretrainTask(Task):
         self.dataset = UnlabelledImages(scan.entries, cfg.img_size, cfg.patch_size, cfg.in_chans,
                                         *stage_statistics(cfg), cfg.tile_size, cfg.min_scale, on_device)
         self.files = files
+        dataset = self.with_replay(self.dataset) if cfg.replay else self.dataset
         if on_device and not self.dataset.decode_on_device:
             log.info("--decode-on device: only 3-band JPEGs decode on the device; these %d-band images load as "
                      "before", cfg.in_chans)
-        return self.dataset, functools.partial(with_masking_order,
-                                               collate_for_device if self.dataset.decode_on_device else collate)
+        return dataset, functools.partial(with_masking_order,
+                                          collate_for_device if self.dataset.decode_on_device else collate)
+
+    def with_replay(self, target: UnlabelledImages) -> ReplayMix:
+        """The target images with ``--replay-fraction`` of the samples drawn from ``--replay`` instead."""
+        cfg = self.config
+        if target.decode_on_device and stage_statistics(cfg) != (cfg.mean, cfg.std):
+            raise CsptError("--replay with --decode-on device needs the target on the model's own scale "
+                            "(--scale dtype): the device normalises a batch with one set of statistics")
+        scan = scan_images(find_images(cfg.replay), cfg.tile_size)
+        for message in scan.unreadable:
+            log.warning("skipped unreadable replay image: %s", message)
+        log.info("replay: %d source samples, %.0f%% of every batch on average", len(scan.entries),
+                 100 * cfg.replay_fraction)
+        source = UnlabelledImages(scan.entries, cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.mean, cfg.std,
+                                  cfg.tile_size, cfg.min_scale, target.decode_on_device)
+        return ReplayMix(target, source, cfg.replay_fraction)
 
     def training_step(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
-        self.windows["nodata"] += batch["nodata_windows"]
-        self.windows["drawn"] += len(batch["noise"]) + batch["nodata_windows"]
-        loss, _, _ = model(self.batch_images(batch, device),
-                           ids_shuffle=batch["ids_shuffle"].to(device, non_blocking=True))
-        return loss
+        self.counts["nodata"] += batch["nodata_windows"]
+        self.counts["drawn"] += len(batch["noise"]) + batch["nodata_windows"]
+        self.counts["replayed"] += batch["replayed"]
+        images = self.batch_images(batch, device)
+        ids_shuffle = batch["ids_shuffle"].to(device, non_blocking=True)
+        if self.teacher is None:
+            return model(images, ids_shuffle=ids_shuffle)[0]
+        self.teacher.to(device)
+        guide = teacher_tokens(self.teacher, images, self.config.distill_block)
+        return model(images, ids_shuffle=ids_shuffle, teacher_tokens=guide)[0]
+
+    def loss_parts(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return getattr(model, "module", model).last_parts if self.teacher is not None else {}
 
     def batch_images(self, batch: dict, device: torch.device) -> torch.Tensor:
         """The batch's normalised images on ``device`` (decoded there with ``--decode-on device``)."""
@@ -120,11 +162,14 @@ class PretrainTask(Task):
 
     def on_epoch_end(self, model: nn.Module, epoch: int, run_dir: Path) -> dict[str, Any] | None:
         cfg = self.config
-        if self.windows["nodata"] and self.dist.is_main:
-            nodata, drawn = self.windows["nodata"], self.windows["drawn"]
+        if self.counts["nodata"] and self.dist.is_main:
+            nodata, drawn = self.counts["nodata"], self.counts["drawn"]
             log.info("nodata: %d of the %d scene windows drawn this epoch were mostly nodata and skipped (%.1f%%)",
                      nodata, drawn, 100 * nodata / drawn)
-        self.windows = {"drawn": 0, "nodata": 0}
+        if cfg.replay and self.dist.is_main:
+            log.info("replay: %d of this process's samples this epoch were source images",
+                     self.counts["replayed"])
+        self.counts = {"drawn": 0, "nodata": 0, "replayed": 0}
         if self.dist.is_main and cfg.vis_every and ((epoch + 1) % cfg.vis_every == 0 or epoch + 1 == cfg.epochs):
             self._write_reconstructions(model, f"epoch_{epoch + 1:04d}", run_dir)
         if cfg.probe_every and ((epoch + 1) % cfg.probe_every == 0 or epoch + 1 == cfg.epochs):
@@ -143,11 +188,15 @@ class PretrainTask(Task):
         return self.monitor.stop_reason if self.config.probe_every else None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"monitor": self.monitor.state_dict()} if self.config.probe_every else {}
+        state = {"monitor": self.monitor.state_dict()} if self.config.probe_every else {}
+        return {**state, "teacher": teacher_identity(self.config)} if self.config.distill_from else state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "monitor" in state:
             self.monitor.load_state_dict(state["monitor"])
+        if "teacher" in state and state["teacher"] != teacher_identity(self.config):
+            raise CsptError(f"{self.config.distill_from}: not the teacher this run was trained with "
+                            f"(sha256 {state['teacher']['sha256'][:12]}...): resuming would not be exact")
 
     def on_fit_end(self, model: nn.Module, run_dir: Path) -> None:
         if not self.dist.is_main:
@@ -156,11 +205,39 @@ class PretrainTask(Task):
         export_encoder(model, self.config, run_dir, len(self.files), parents)
 
 
+@functools.cache
+def teacher_identity_of(path: str) -> dict[str, Any]:
+    return {"path": path, "sha256": sha256_of(checkpoint_file(Path(path)))}
+
+
+def teacher_identity(config: PretrainConfig) -> dict[str, Any]:
+    """The ``--distill-from`` file's path and sha256 (what checkpoints and the lineage keep of the teacher)."""
+    return teacher_identity_of(str(config.distill_from))
+
+
+def load_teacher(config: PretrainConfig) -> VisionTransformer:
+    """The frozen ``--distill-from`` encoder at the student's input size (same patch grid), in eval mode."""
+    checkpoint = load_checkpoint(config.distill_from, config.trust_checkpoint)
+    arch = resolve_arch({"img_size": config.img_size}, None, checkpoint.arch)
+    if arch.patch_size != config.patch_size:
+        raise CsptError(f"{config.distill_from}: the teacher's patches are {arch.patch_size} px, the student's "
+                        f"{config.patch_size}: their tokens do not correspond")
+    if config.distill_block is not None and config.distill_block >= arch.depth:
+        raise CsptError(f"--distill-block {config.distill_block}: the teacher has {arch.depth} blocks")
+    teacher = build_encoder(arch)
+    state = {k: v for k, v in checkpoint.state_dict.items() if not k.startswith(DECODER_PREFIXES)}
+    for line in load_into_model(teacher, dataclasses.replace(checkpoint, state_dict=state)).lines():
+        log.info("teacher: %s", line)
+    return teacher.eval().requires_grad_(False)
+
+
 def export_encoder(model: MaskedAutoencoderViT, config: PretrainConfig, run_dir: Path, images: int,
                    parents: list[dict[str, Any]]) -> Path:
     """Write ``encoder.safetensors`` (timm ViT names) and ``encoder.json`` (config and lineage)."""
     stage = {"stage": "consecutive MAE pretraining", "run": str(run_dir), "data": list(config.data),
              "images": images, "epochs": config.epochs, "config": dataclasses.asdict(config)}
+    if config.distill_from:
+        stage["teacher"] = teacher_identity(config)
     info = {"architecture": arch_of(config).to_dict(), "format": "timm", "mean": config.mean, "std": config.std,
             "bands": config.bands, "scale_low": config.scale_low, "scale_high": config.scale_high,
             "lineage": parents + [stage]}
