@@ -14,10 +14,10 @@ import pytest
 import yaml
 from PIL import Image
 
+from cspt.errors import CsptError
 from cspt.gap import domain_gap, frechet_distance, mmd
-from tests.conftest import PLAIN_FINETUNE, SHARED, needs, run_cli
-
-TINY_IMAGENET = SHARED / "data" / "tiny-imagenet-val"
+from cspt.pipeline import plan, read_pipeline
+from tests.conftest import PLAIN_FINETUNE, TINY_IMAGENET, needs, run_cli
 
 
 def test_distances_grow_with_the_shift():
@@ -100,6 +100,51 @@ def check_html(path: Path, tmp_path: Path) -> None:
     dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
                           path.resolve().as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0 and dom.stdout.count("<img") == len(sources)
+
+
+def test_the_guided_arms_pretrain_each_with_their_own_options_and_fine_tune_from_their_own_encoder(
+        natural_mae, rsscn7_csv, rsscn7_list, tmp_path):
+    replay = [str(needs(TINY_IMAGENET))]
+    spec = {
+        "output": str(tmp_path / "pipe"), "source": str(natural_mae),
+        "arms": ["cspt_teacher", "fresh_teacher", "cspt_replay"],
+        "pretrain": {"data": [str(rsscn7_list(24))], "epochs": 1, "batch_size": 12, "warmup_epochs": 0,
+                     "num_workers": 0, "device": "cpu", "vis_every": 0, "log_every": 1},
+        "replay": {"data": replay, "fraction": 0.4},
+        "finetune": {"rsscn7": {"task": "classify", "data": str(rsscn7_csv(3)), "train_fraction": 0.5,
+                                "epochs": 1, "batch_size": 6, "img_size": 32, "num_workers": 0, "device": "cpu",
+                                **PLAIN_FINETUNE, "rand_augment": "none"}},
+    }
+    stages = {stage.name: stage for stage in plan(spec)}
+    assert [n for n in stages if n.startswith("pretrain")] == ["pretrain_cspt_teacher", "pretrain_fresh_teacher",
+                                                               "pretrain_cspt_replay"]
+    assert stages["pretrain_cspt_teacher"].options["distill_from"] == str(natural_mae)
+    assert stages["pretrain_cspt_teacher"].init_from == "source" and stages["pretrain_fresh_teacher"].init_from is None
+    assert stages["pretrain_cspt_replay"].options["replay"] == replay and "distill_from" not in \
+        stages["pretrain_cspt_replay"].options
+    assert stages["fresh_teacher/rsscn7"].init_from == "pretrain_fresh_teacher"
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump(spec))
+    result = run_cli("pipeline", str(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    pipe = tmp_path / "pipe"
+    for arm in ("cspt_teacher", "fresh_teacher"):
+        logged = [json.loads(line) for line in (pipe / f"pretrain_{arm}" / "log.jsonl").read_text().splitlines()]
+        assert all("loss_distill" in r for r in logged if "loss" in r)
+        lineage = json.loads((pipe / f"pretrain_{arm}" / "encoder.json").read_text())["lineage"]
+        assert lineage[-1]["teacher"]["path"] == str(natural_mae)
+        assert (lineage[0]["stage"] == "source") == (arm == "cspt_teacher")  # the fresh student has no source
+    assert "replay: " in result.stderr and "source images" in result.stderr
+    classifier = json.loads((pipe / "cspt_replay" / "rsscn7" / "classifier.json").read_text())
+    assert classifier["lineage"][-2]["config"]["replay"] == replay
+    with pytest.raises(CsptError, match="teacher arms need a 'source:'"):
+        read_pipeline_text(tmp_path, {**spec, "source": None})
+
+
+def read_pipeline_text(folder: Path, spec: dict) -> dict:
+    path = folder / "check.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return read_pipeline(path)
 
 
 def test_demo_reads_no_held_out_scene_in_any_stage_before_evaluation(tmp_path, monkeypatch):

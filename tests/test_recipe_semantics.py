@@ -26,7 +26,7 @@ from cspt.data.classification import LabelledSet
 from cspt.data.detection import Annotations
 from cspt.engine.run_log import read_log
 from cspt.tasks import classify, detect, pretrain, segment
-from tests.conftest import ROOT, SHARED, needs
+from tests.conftest import NATURAL_MAE, ROOT, SHARED, needs
 
 RECIPE_FILES = sorted({p.resolve() for p in [*(ROOT / "configs").rglob("*.yaml"),
                                              *(ROOT / "src" / "cspt" / "recipes").glob("*.yaml")]})
@@ -88,8 +88,9 @@ def encoder_prefix(kind: str) -> str:
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_parameter_group_follows_the_recipe(recipe: Path):
     kind = task_of(recipe)
-    config = build_config(CONFIGS[kind], recipe, {"init": None, "train": "x", "images": "y"} if kind == "detect"
-                          else {"init": None})
+    offline = {"init": None, **({"distill_from": None} if kind == "pretrain" else {})}  # no weights needed here
+    config = build_config(CONFIGS[kind], recipe, {**offline, "train": "x", "images": "y"} if kind == "detect"
+                          else offline)
     config, model, groups = build_task(kind, config)
     names = {id(p): n for n, p in model.named_parameters()}
     grouped = [names[id(p)] for g in groups for p in g["params"]]
@@ -196,8 +197,9 @@ def recipe_data(kind: str, config, tmp_path: Path, neon: Path | None) -> dict:
         count = 2 * 4 * config.accum_iter
         files = tmp_path / "images.txt"
         files.write_text("".join(f"{f}\n" for f, _ in rsscn7_files(count)))
+        teacher = {"distill_from": str(needs(NATURAL_MAE))} if config.distill_from else {}  # the shared stand-in
         return {"data": [str(files)], "batch_size": 4, "img_size": 32, "decoder_dim": 32, "decoder_depth": 1,
-                "decoder_num_heads": 2}
+                "decoder_num_heads": 2, **teacher}
     if kind == "classify":
         train = rsscn7_files(2 * 4 * config.accum_iter)
         return {"train": str(write_csv(train, tmp_path / "train.csv")), "data": None, "img_size": 32,
@@ -236,6 +238,8 @@ def test_every_recipe_trains_two_steps_with_its_own_augmentation_and_schedule(re
     steps = [r["step"] for r in read_log(run) if "loss" in r]
     assert steps == [1, 2], steps
     assert all(np.isfinite(r["loss"]) for r in read_log(run) if "loss" in r)
+    if original.__dict__.get("distill_from"):  # the two losses of teacher guidance, logged apart
+        assert all("loss_distill" in r and "loss_reconstruction" in r for r in read_log(run) if "loss" in r)
     if kind == "classify":
         assert json.loads((run / "metrics.json").read_text())["images"] == 7
 

@@ -27,11 +27,15 @@ def test_recipe_parses(recipe: Path):
     img_size = getattr(config, "crop_size", None) or getattr(config, "tile_size", None) or config.img_size
     arch = resolve_arch({"embed_dim": config.embed_dim, "depth": config.depth, "num_heads": config.num_heads,
                          "patch_size": config.patch_size, "img_size": img_size}, config.model)
-    if recipe.name.startswith("cspt_vit_base") or recipe.parent.name == "paper":
+    if recipe.name.startswith(("cspt_vit_base", "cspt_distill_vit_base")) or recipe.parent.name == "paper":
         size = {"segment": 512, "detect": 800}.get(stage, 224)
         assert (arch.embed_dim, arch.depth, arch.patch_size, arch.img_size) == (768, 12, 16, size)
     else:
-        assert recipe.name == "tiny_cpu.yaml" and config.device == "cpu" and arch.img_size in (64, 128)
+        assert recipe.name.endswith("tiny_cpu.yaml") and config.device == "cpu" and arch.img_size in (64, 128)
+    if "distill" in recipe.name:  # GFM's guidance: the natural source as a frozen teacher, weight 1, cosine
+        assert config.distill_from == config.init and config.distill_weight == 1.0
+        assert (config.distill_target, config.distill_loss) == ("tokens", "cosine")
+        assert config.epochs == (100 if "vit_base" in recipe.name else 2)
 
 
 def test_every_stage_has_recipes():

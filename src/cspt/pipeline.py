@@ -6,15 +6,22 @@ A pipeline config names its stages::
     source: mae_pretrain_vit_base_full.pth   # null: random initialisation
     arms: [direct, cspt]                     # direct: source -> fine-tune; cspt: source -> pretrain -> fine-tune
     pretrain: {data: [/data/target], epochs: 100, ...}        # PretrainConfig options
+    replay: {data: [/data/imagenet_val], fraction: 0.25}      # for the cspt_replay arm
     finetune:
       aid: {task: classify, data: /data/AID, train_fraction: 0.2, ...}   # the task's options
     gap: {source: [/data/imagenet_val], target: [/data/AID], max_images: 256}   # optional
 
-Each stage runs in its own directory under ``output`` (``pretrain/``, ``ARM/NAME/``,
-``gap/``). A finished stage is skipped when its key (a hash of its options and of its
-input's key) is unchanged; an interrupted one resumes from its checkpoint; a changed
-one starts again. ``--from STAGE`` re-runs that stage and every later one, ``--only
-STAGE`` that stage alone.
+Arms that pretrain (every arm but ``direct``) each have their own pretraining stage,
+the ``pretrain`` options plus the arm's own: ``cspt`` (from the source), ``cspt_teacher``
+(from the source, guided by it as a frozen teacher: ``--distill-from``), ``fresh_teacher``
+(a randomly initialised student guided by the source, GFM's setting) and ``cspt_replay``
+(from the source, with ``replay`` images mixed into every batch).
+
+Each stage runs in its own directory under ``output`` (``pretrain/`` for the cspt arm,
+``pretrain_ARM/`` for the others, ``ARM/NAME/``, ``gap/``). A finished stage is skipped
+when its key (a hash of its options and of its input's key) is unchanged; an interrupted
+one resumes from its checkpoint; a changed one starts again. ``--from STAGE`` re-runs
+that stage and every later one, ``--only STAGE`` that stage alone.
 """
 
 from __future__ import annotations
@@ -35,10 +42,13 @@ from cspt.hub import is_hub_name
 
 log = logging.getLogger("cspt")
 
-ARMS = ("direct", "cspt")
+ARMS = ("direct", "cspt", "cspt_teacher", "fresh_teacher", "cspt_replay")
+#: what each pretraining arm adds to the ``pretrain`` options, and whether its student starts from the source
+PRETRAINING_ARMS = {"cspt": ({}, True), "cspt_teacher": ({"distill_from": "source"}, True),
+                    "fresh_teacher": ({"distill_from": "source"}, False), "cspt_replay": ({}, True)}
 TASKS = {"classify": ClassifyConfig, "detect": DetectConfig, "segment": SegmentConfig}
 STAGE_FILE = "stage.json"
-PIPELINE_KEYS = {"output", "source", "arms", "pretrain", "finetune", "gap"}
+PIPELINE_KEYS = {"output", "source", "arms", "pretrain", "replay", "finetune", "gap"}
 
 
 @dataclass
@@ -66,8 +76,13 @@ def read_pipeline(path: str | Path) -> dict[str, Any]:
     bad = sorted(set(arms) - set(ARMS))
     if bad or not arms:
         raise CsptError(f"{path}: arms must be among {', '.join(ARMS)}, got {arms}")
-    if "cspt" in arms and not spec.get("pretrain"):
-        raise CsptError(f"{path}: the cspt arm needs a 'pretrain:' section")
+    pretraining = [arm for arm in arms if arm in PRETRAINING_ARMS]
+    if pretraining and not spec.get("pretrain"):
+        raise CsptError(f"{path}: the {pretraining[0]} arm needs a 'pretrain:' section")
+    if any(arm in ("cspt_teacher", "fresh_teacher") for arm in arms) and not spec.get("source"):
+        raise CsptError(f"{path}: the teacher arms need a 'source:' checkpoint (the teacher)")
+    if "cspt_replay" in arms and not (spec.get("replay") or {}).get("data"):
+        raise CsptError(f"{path}: the cspt_replay arm needs 'replay: {{data: [...], fraction: F}}'")
     for name, options in (spec.get("finetune") or {}).items():
         if not isinstance(options, dict) or options.get("task") not in TASKS:
             raise CsptError(f"{path}: finetune '{name}' needs task: {' | '.join(TASKS)}")
@@ -78,18 +93,38 @@ def plan(spec: dict[str, Any]) -> list[Stage]:
     """The stages of a pipeline spec, in the order they run."""
     output = Path(spec["output"])
     stages = []
-    if "cspt" in spec["arms"]:
-        stages.append(Stage("pretrain", "pretrain", dict(spec["pretrain"]), output / "pretrain", "source"))
+    for arm in spec["arms"]:
+        if arm in PRETRAINING_ARMS:
+            name = pretraining_stage(arm)
+            stages.append(Stage(name, "pretrain", arm_pretraining(spec, arm), output / name,
+                                "source" if PRETRAINING_ARMS[arm][1] else None, arm))
     for arm in spec["arms"]:
         for name, options in (spec.get("finetune") or {}).items():
             options = dict(options)
             kind = options.pop("task")
             stages.append(Stage(f"{arm}/{name}", kind, options, output / arm / name,
-                                "source" if arm == "direct" else "pretrain", arm))
+                                "source" if arm == "direct" else pretraining_stage(arm), arm))
     if spec.get("gap"):  # measured for the source, and after pretraining when that stage exists
         after = "pretrain" if "cspt" in spec["arms"] else "source"
         stages.append(Stage("gap", "gap", dict(spec["gap"]), output / "gap", after))
     return stages
+
+
+def pretraining_stage(arm: str) -> str:
+    """The name (and folder) of an arm's pretraining stage."""
+    return "pretrain" if arm == "cspt" else f"pretrain_{arm}"
+
+
+def arm_pretraining(spec: dict[str, Any], arm: str) -> dict[str, Any]:
+    """The ``pretrain`` options with the arm's own (the teacher is the source; replay its images)."""
+    options = dict(spec["pretrain"])
+    for key, value in PRETRAINING_ARMS[arm][0].items():
+        options[key] = spec["source"] if value == "source" else value
+    if arm == "cspt_replay":
+        replay = spec["replay"]
+        options["replay"] = list(replay["data"])
+        options["replay_fraction"] = replay.get("fraction", PretrainConfig.replay_fraction)
+    return options
 
 
 def file_identity(path: str | None) -> str:
@@ -171,7 +206,7 @@ def run_pipeline(path: str | Path, start: str | None = None, only: str | None = 
     source = spec.get("source")
     if source is None:
         log.info("source: none given, so every chain starts from random initialisation")
-    keys = {"source": file_identity(source)}
+    keys = {"source": file_identity(source), None: "random"}
     forced = names[names.index(start):] if start else ([only] if only else [])
     for stage in stages:
         stage.key = stage_key(stage, keys[stage.init_from])
@@ -187,7 +222,10 @@ def run_pipeline(path: str | Path, start: str | None = None, only: str | None = 
         stage.run_dir.mkdir(parents=True, exist_ok=True)
         (stage.run_dir / STAGE_FILE).write_text(json.dumps({"key": stage.key, "done": False}) + "\n")
         upstream = next((s for s in stages if s.name == stage.init_from), None)
-        init = stage_output(upstream) if upstream is not None and stage.kind != "gap" else source
+        if upstream is not None and stage.kind != "gap":
+            init = stage_output(upstream)
+        else:
+            init = source if stage.init_from == "source" or stage.kind == "gap" else None
         log.info("stage %s: running in %s", stage.name, stage.run_dir)
         run_stage(stage, init)
         stage.ran = True

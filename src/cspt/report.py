@@ -249,27 +249,27 @@ def gap_blocks(folder: Path) -> list[Block]:
 
 
 def arm_comparison(stages: Sequence[Any]) -> list[Block]:
-    """Each fine-tune of both arms side by side: the cspt arm minus the direct one, and its sign in words."""
+    """Each fine-tune of every pretraining arm beside the direct arm's: the difference, and its sign in words."""
     by_arm = {(stage.arm, stage.name.split("/", 1)[-1]): stage for stage in stages
-              if stage.arm and stage.run_dir.is_dir()}
+              if stage.arm and stage.kind != "pretrain" and stage.run_dir.is_dir()}
     blocks: list[Block] = []
-    for (arm, name), direct in by_arm.items():
-        cspt = by_arm.get(("cspt", name))
-        if arm != "direct" or cspt is None:
+    for (arm, name), ours in by_arm.items():
+        direct = by_arm.get(("direct", name))
+        if arm == "direct" or direct is None:
             continue
-        ours, theirs = headline(cspt.run_dir, cspt.kind), headline(direct.run_dir, direct.kind)
-        rows = [[metric, f"{theirs[metric]:.4f}", f"{ours[metric]:.4f}", f"{ours[metric] - theirs[metric]:+.4f}"]
-                for metric in ours if metric in theirs]
+        mine, theirs = headline(ours.run_dir, ours.kind), headline(direct.run_dir, direct.kind)
+        rows = [[metric, f"{theirs[metric]:.4f}", f"{mine[metric]:.4f}", f"{mine[metric] - theirs[metric]:+.4f}"]
+                for metric in mine if metric in theirs]
         if not rows:
             continue
         main = rows[0]
         change = float(main[3])
-        verdict = ("consecutive pretraining helped" if change > 0 else
-                   "consecutive pretraining hurt" if change < 0 else "consecutive pretraining made no difference")
-        blocks += [("h", 2, f"{name}: direct against cspt"),
-                   ("p", f"{main[0]}: direct {main[1]}, cspt {main[2]}, difference {main[3]}: {verdict} "
+        what = "consecutive pretraining" if arm == "cspt" else f"pretraining as {arm}"
+        verdict = f"{what} helped" if change > 0 else f"{what} hurt" if change < 0 else f"{what} made no difference"
+        blocks += [("h", 2, f"{name}: direct against {arm}"),
+                   ("p", f"{main[0]}: direct {main[1]}, {arm} {main[2]}, difference {main[3]}: {verdict} "
                          "(one run per arm: a difference within a run's seed-to-seed spread is no evidence)."),
-                   ("table", ["metric", "direct", "cspt", "cspt - direct"], rows)]
+                   ("table", ["metric", "direct", arm, f"{arm} - direct"], rows)]
     return blocks
 
 

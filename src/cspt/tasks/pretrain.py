@@ -54,7 +54,14 @@ VIS_IMAGES = 8
 
 
 def resolve_config(config: PretrainConfig, init: Checkpoint | None = None) -> PretrainConfig:
-    """Fill every "decide later" field: architecture (flags > preset > ``init`` shapes), mean/std, tiles."""
+    """Fill every "decide later" field: architecture (flags > preset > ``init`` shapes), mean/std, tiles.
+
+    A fresh student guided by a teacher (``--distill-from`` without ``--init``) takes the teacher's shape
+    and statistics unless flags say otherwise.
+    """
+    if init is None and config.distill_from:
+        init = load_checkpoint(config.distill_from, config.trust_checkpoint)
+        log.info("architecture and normalisation of the fresh student: the teacher's, %s", config.distill_from)
     fields = resolved_encoder_fields(config, init, images_in(list(config.data)))
     return dataclasses.replace(config, **fields, tile_size=config.tile_size or 4 * fields["img_size"])
 
