@@ -13,10 +13,10 @@ import yaml
 from PIL import Image
 
 from cspt.data.files import find_images
-from cspt.data.images import image_info, read_image, read_valid
+from cspt.data.images import image_info, read_image, read_valid, set_band_selection
 from cspt.data.scaling import input_statistics, measure_scaling, resolve_scaling, sampled_pixels
 from cspt.data.unlabelled import UnlabelledImages, scan_images
-from tests.conftest import SHARED, eleven_bit_scene, needs, run_cli
+from tests.conftest import SHARED, TINY_FLAGS, eleven_bit_scene, needs, run_cli, write_geotiff
 
 DUBAI_IMAGE = SHARED / "data" / "dubai" / "tile_1" / "images" / "image_part_001.jpg"
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
@@ -129,3 +129,22 @@ def test_pretraining_windows_that_are_mostly_nodata_are_drawn_again_and_counted(
                      "--epochs", "1", "--batch-size", "8", "--num-workers", "0", "--device", "cpu", "--vis-every", "0")
     assert result.returncode == 0, result.stderr
     assert "scene windows drawn this epoch were mostly nodata and skipped" in result.stderr
+
+
+def test_bands_are_selected_recorded_and_reused(tmp_path):
+    rng = np.random.default_rng(0)
+    scenes = [write_geotiff(tmp_path / "data" / f"{i}.tif", rng.integers(0, 255, (4, 64, 64), dtype=np.uint8))
+              for i in range(4)]
+    whole = read_image(scenes[0])
+    out = tmp_path / "run"
+    result = run_cli("pretrain", "--data", str(tmp_path / "data"), "--bands", "4", "1", "--output", str(out),
+                     "--epochs", "1", "--batch-size", "4", "--num-workers", "0", "--device", "cpu", "--vis-every", "0",
+                     *TINY_FLAGS)
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load((out / "config.yaml").read_text())["in_chans"] == 2
+    assert json.loads((out / "encoder.json").read_text())["bands"] == [4, 1]
+    set_band_selection([4, 1])
+    try:
+        assert np.array_equal(read_image(scenes[0]), whole[..., [3, 0]]) and image_info(scenes[0]).bands == 2
+    finally:
+        set_band_selection(None)

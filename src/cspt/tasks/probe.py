@@ -19,6 +19,7 @@ from timm.models.vision_transformer import VisionTransformer
 from cspt.checkpoints import load_checkpoint, load_into_model
 from cspt.config import ProbeConfig
 from cspt.data.classification import LabelledImages, LabelledSet, collate_labelled
+from cspt.data.images import set_band_selection
 from cspt.data.normalisation import log_normalisation, resolve_normalisation
 from cspt.data.scaling import input_statistics
 from cspt.engine.distributed import resolve_device
@@ -50,6 +51,7 @@ def frozen_encoder(config: ProbeConfig) -> FrozenEncoder:
     if not config.checkpoint:
         raise CsptError("no --checkpoint to probe")
     checkpoint = load_checkpoint(config.checkpoint, config.trust_checkpoint)
+    set_band_selection(checkpoint.described.get("bands"))  # the bands the encoder was trained on
     arch = resolve_arch({"img_size": config.img_size}, None, checkpoint.arch)
     encoder = build_encoder(arch)
     state = {k: v for k, v in checkpoint.state_dict.items() if not k.startswith(NOT_FOR_CLASSIFIER)}

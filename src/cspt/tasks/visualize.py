@@ -9,6 +9,7 @@ import torch
 
 from cspt.checkpoints import load_checkpoint, load_into_model
 from cspt.data.files import find_images
+from cspt.data.images import set_band_selection
 from cspt.data.normalisation import resolve_normalisation
 from cspt.data.scaling import input_statistics
 from cspt.data.unlabelled import UnlabelledImages, evaluation_images, scan_images
@@ -26,6 +27,7 @@ def visualize_checkpoint(checkpoint: str | Path, images: Sequence[str], output: 
     ckpt = load_checkpoint(checkpoint, trust)
     if not ckpt.has_decoder:
         raise CsptError(f"{checkpoint}: has no MAE decoder, so it cannot reconstruct images")
+    set_band_selection(ckpt.described.get("bands"))  # the bands the encoder was trained on
     arch = resolve_arch({"img_size": img_size}, None, ckpt.arch)
     model = MaskedAutoencoderViT(arch, mask_ratio)
     load_into_model(model, ckpt)
