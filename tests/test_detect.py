@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
 from torchvision.ops import box_iou
 
 from cspt.config import DetectConfig
@@ -19,6 +20,8 @@ from cspt.data.scene_tiles import DetectionTiles, make_tiles
 from cspt.engine.sliding import sliding_window_detections
 from cspt.errors import CsptError
 from cspt.metrics import best_f1_threshold, coco_map, precision_recall_at, voc_map
+from cspt.models.detector import build_detector
+from cspt.models.vit import ArchConfig
 from cspt.tasks.detect import DetectTask, evaluate_scenes, finetune_detect, model_from_description, resolve_config
 from tests.conftest import SHARED, TINY_ENCODER_FLAGS, needs, run_cli, write_rgb
 
@@ -261,3 +264,18 @@ def test_operating_point_is_the_best_f1_threshold_by_hand():
     assert best["precision"] == pytest.approx(2 / 3) and best["recall"] == 1.0
     at = precision_recall_at([found], [truth], 1, 0.85)
     assert at["precision"] == 1.0 and at["recall"] == 0.5 and at["detections"] == 1
+
+
+def test_the_conv_box_head_is_vitdets_4conv1fc_and_trains():
+    torch.manual_seed(0)
+    arch = ArchConfig(embed_dim=64, depth=2, num_heads=2, patch_size=8, img_size=64)
+    model = build_detector(arch, 1, [0.5] * 3, [0.25] * 3, fpn_channels=32, box_head="conv", roi_samples=32)
+    head = model.roi_heads.box_head
+    convs = [m for m in head.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert isinstance(head, FastRCNNConvFCHead) and len(convs) == 4 and all(c.kernel_size == (3, 3) for c in convs)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in head.modules()) == 4
+    assert model.roi_heads.box_predictor.cls_score.in_features == 1024
+    target = {"boxes": torch.tensor([[10.0, 12.0, 30.0, 34.0]]), "labels": torch.tensor([1])}
+    losses = model([torch.rand(3, 64, 64), torch.rand(3, 64, 64)], [target, target])
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values()) and convs[0].weight.grad.abs().sum() > 0

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -41,12 +42,14 @@ def build_detector(arch: ArchConfig, num_classes: int, mean: Sequence[float], st
                    style: str = "cspt", taps: Sequence[int] | None = None, fpn_channels: int = 256,
                    anchor_sizes: Sequence[int] = SMALL_OBJECT_ANCHORS, detections_per_image: int = 300,
                    score_threshold: float = 0.05, roi_samples: int = 512, drop_path: float = 0.0,
-                   nms_iou: float = 0.5) -> FasterRCNN:
+                   nms_iou: float = 0.5, box_head: str = "mlp") -> FasterRCNN:
     """Faster R-CNN on a ViT for ``num_classes`` object classes (background is added).
 
     Inputs are lists of ``(C, img_size, img_size)`` images on the 0-1 scale; the model
     normalises them with ``mean``/``std``. ``nms_iou`` is the class-wise NMS threshold of
     its detections (0.5 in torchvision; lower it for objects that never overlap, e.g. tree crowns).
+    ``box_head``: ``mlp`` (torchvision's two fully connected layers) or ``conv`` (ViTDet's
+    4conv1fc: four 3x3 conv-BN-ReLU layers on the 7x7 RoI features, then one 1024-wide layer).
     """
     pyramid = ViTFeaturePyramid(build_encoder(arch, learn_pos_embed=True, drop_path_rate=drop_path), style, taps)
     anchors = AnchorGenerator(sizes=tuple((s,) for s in anchor_sizes), aspect_ratios=((0.5, 1.0, 2.0),) * 5)
@@ -55,7 +58,13 @@ def build_detector(arch: ArchConfig, num_classes: int, mean: Sequence[float], st
                       fixed_size=(arch.img_size, arch.img_size), size_divisible=arch.patch_size,
                       rpn_anchor_generator=anchors, box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2),
                       box_detections_per_img=detections_per_image, box_score_thresh=score_threshold,
-                      box_batch_size_per_image=roi_samples, box_nms_thresh=nms_iou)
+                      box_batch_size_per_image=roi_samples, box_nms_thresh=nms_iou,
+                      box_head=conv_box_head(fpn_channels) if box_head == "conv" else None)
+
+
+def conv_box_head(channels: int) -> FastRCNNConvFCHead:
+    """ViTDet's RoI box head: 4 x (3x3 conv, BatchNorm, ReLU) at ``channels``, then a 1024-wide layer."""
+    return FastRCNNConvFCHead((channels, 7, 7), [channels] * 4, [1024], norm_layer=nn.BatchNorm2d)
 
 
 def detector_encoder(model: FasterRCNN) -> nn.Module:

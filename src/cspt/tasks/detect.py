@@ -64,7 +64,7 @@ def model_from_description(info: dict[str, Any], drop_path: float = 0.0) -> nn.M
     return build_detector(ArchConfig.from_dict(info["architecture"]), len(info["classes"]),
                           *stage_statistics(info), info["pyramid"], info["taps"], info["fpn_channels"],
                           info["anchor_sizes"], info["detections_per_image"], info["score_threshold"],
-                          info["roi_samples"], drop_path, info["nms_iou"])
+                          info["roi_samples"], drop_path, info["nms_iou"], info.get("box_head", "mlp"))
 
 
 def as_detections(found: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -355,8 +355,8 @@ class DetectTask(FineTuneTask):
                  "train_scenes": len(self.train.scenes), "epochs": cfg.epochs, "selected": selected,
                  "config": dataclasses.asdict(cfg)}
         keys = ("mean", "std", "bands", "scale_low", "scale_high", "pyramid", "taps", "fpn_channels", "anchor_sizes",
-                "roi_samples", "detections_per_image", "score_threshold", "tile_size", "tile_overlap", "nms_iou",
-                "val", "format", "class_field")
+                "roi_samples", "box_head", "detections_per_image", "score_threshold", "tile_size", "tile_overlap",
+                "nms_iou", "val", "format", "class_field")
         return {"task": "detect", "architecture": self.arch.to_dict(), "format_of_weights": "cspt detector",
                 "classes": self.train.classes, **{k: getattr(cfg, k) for k in keys},
                 "val_images": cfg.val_images or cfg.images, "selected": selected,
