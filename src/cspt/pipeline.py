@@ -43,9 +43,11 @@ from cspt.hub import is_hub_name
 log = logging.getLogger("cspt")
 
 ARMS = ("direct", "cspt", "cspt_teacher", "fresh_teacher", "cspt_replay")
-#: what each pretraining arm adds to the ``pretrain`` options, and whether its student starts from the source
-PRETRAINING_ARMS = {"cspt": ({}, True), "cspt_teacher": ({"distill_from": "source"}, True),
-                    "fresh_teacher": ({"distill_from": "source"}, False), "cspt_replay": ({}, True)}
+#: the arms with a pretraining stage; those guided by the source as a frozen teacher; the one whose student
+#: starts from random weights instead of the source
+PRETRAINING_ARMS = ("cspt", "cspt_teacher", "fresh_teacher", "cspt_replay")
+TEACHER_ARMS = ("cspt_teacher", "fresh_teacher")
+FRESH_STUDENT_ARM = "fresh_teacher"
 TASKS = {"classify": ClassifyConfig, "detect": DetectConfig, "segment": SegmentConfig}
 STAGE_FILE = "stage.json"
 PIPELINE_KEYS = {"output", "source", "arms", "pretrain", "replay", "finetune", "gap"}
@@ -79,7 +81,7 @@ def read_pipeline(path: str | Path) -> dict[str, Any]:
     pretraining = [arm for arm in arms if arm in PRETRAINING_ARMS]
     if pretraining and not spec.get("pretrain"):
         raise CsptError(f"{path}: the {pretraining[0]} arm needs a 'pretrain:' section")
-    if any(arm in ("cspt_teacher", "fresh_teacher") for arm in arms) and not spec.get("source"):
+    if any(arm in TEACHER_ARMS for arm in arms) and not spec.get("source"):
         raise CsptError(f"{path}: the teacher arms need a 'source:' checkpoint (the teacher)")
     if "cspt_replay" in arms and not (spec.get("replay") or {}).get("data"):
         raise CsptError(f"{path}: the cspt_replay arm needs 'replay: {{data: [...], fraction: F}}'")
@@ -97,7 +99,7 @@ def plan(spec: dict[str, Any]) -> list[Stage]:
         if arm in PRETRAINING_ARMS:
             name = pretraining_stage(arm)
             stages.append(Stage(name, "pretrain", arm_pretraining(spec, arm), output / name,
-                                "source" if PRETRAINING_ARMS[arm][1] else None, arm))
+                                None if arm == FRESH_STUDENT_ARM else "source", arm))
     for arm in spec["arms"]:
         for name, options in (spec.get("finetune") or {}).items():
             options = dict(options)
@@ -118,8 +120,8 @@ def pretraining_stage(arm: str) -> str:
 def arm_pretraining(spec: dict[str, Any], arm: str) -> dict[str, Any]:
     """The ``pretrain`` options with the arm's own (the teacher is the source; replay its images)."""
     options = dict(spec["pretrain"])
-    for key, value in PRETRAINING_ARMS[arm][0].items():
-        options[key] = spec["source"] if value == "source" else value
+    if arm in TEACHER_ARMS:
+        options["distill_from"] = spec["source"]
     if arm == "cspt_replay":
         replay = spec["replay"]
         options["replay"] = list(replay["data"])

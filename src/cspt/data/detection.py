@@ -271,11 +271,12 @@ FORMAT_OF_SUFFIX = {".json": "coco", ".csv": "csv", ".xml": "voc", ".txt": "dota
 
 def read_vector_boxes(labels: Path, images: Path, class_field: str) -> list[Scene]:
     """One scene per TIFF in ``images`` with at least one of the labels' features over it."""
-    from cspt.data.vector_labels import scene_boxes
+    from cspt.data.vector_labels import read_vector_labels, scene_boxes
 
+    features = read_vector_labels(labels, class_field)
     scenes = []
     for image in sorted(p for p in images.iterdir() if p.suffix.lower() in TIFF_SUFFIXES):
-        boxes, names, clipped = scene_boxes(labels, image, class_field)
+        boxes, names, clipped = scene_boxes(features, image)
         if len(boxes):
             info = image_info(image)
             scenes.append(Scene(image, info.height, info.width, boxes, names, np.zeros(len(boxes), bool),

@@ -40,8 +40,6 @@ DEFAULT_MAX_IMAGE_PIXELS = 2**31
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
 
-
-
 warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)  # a plain TIFF is a picture, not an error
 #: GDAL's block cache (read and write) in MB unless the environment sets it: GDAL's own default, 5% of the
 #: machine's memory, would let a streamed scene's blocks grow the process far past its buffers
@@ -76,14 +74,13 @@ def image_info(path: str | Path) -> ImageInfo:
     """Size and band count from the file header, without decoding the pixels."""
     path = Path(path)
     try:
-        if path.suffix.lower() in TIFF_SUFFIXES:
-            if not is_member(path):
-                with rasterio.open(path) as src:
-                    info = ImageInfo(src.height, src.width, src.count, src.dtypes[0])
-            else:
-                with tifffile.TiffFile(_source(path)) as tif:
-                    series = tif.series[0]
-                    info = ImageInfo(*_tiff_info(series.shape, series.axes), series.dtype.name)
+        if is_raster(path):
+            with rasterio.open(path) as src:
+                info = ImageInfo(src.height, src.width, src.count, src.dtypes[0])
+        elif path.suffix.lower() in TIFF_SUFFIXES:
+            with tifffile.TiffFile(_source(path)) as tif:
+                series = tif.series[0]
+                info = ImageInfo(*_tiff_info(series.shape, series.axes), series.dtype.name)
         else:
             with open_pil(path) as img:
                 info = ImageInfo(img.height, img.width, _pil_bands(img), PIL_DTYPES.get(img.mode, "uint8"))
@@ -117,37 +114,72 @@ def read_image(path: str | Path, window: WindowBox | None = None) -> np.ndarray:
     """Pixels ``(H, W, bands)`` as float32 on a 0-1 scale, optionally only a window."""
     path = Path(path)
     try:
-        if path.suffix.lower() in TIFF_SUFFIXES:
-            array = _read_tiff(path, window)
+        if is_raster(path):
+            with rasterio.open(path) as src:
+                array = _raster_pixels(src, window)
+        elif path.suffix.lower() in TIFF_SUFFIXES:
+            array = _read_tiff_member(path, window)
         else:
             array = _read_pil(path, window)
     except ImageReadError:
         raise
     except Exception as err:
         raise ImageReadError(f"{path}: cannot decode image ({_reason(err)})") from None
-    array = array[:, :, None] if array.ndim == 2 else array
-    selected = selected_bands(array.shape[-1], path)
-    return to_unit_float(array[..., [b - 1 for b in selected]] if selected else array, path)
+    return _selected_unit_float(array, path)
 
 
 def read_valid(path: str | Path, window: WindowBox | None = None) -> np.ndarray:
     """Which pixels ``(H, W)`` hold data: False where a GeoTIFF's nodata value, mask or alpha says none."""
     path = Path(path)
-    if path.suffix.lower() in TIFF_SUFFIXES and not is_member(path):
+    if is_raster(path):
         try:
             with rasterio.open(path) as src:
-                if src.nodata is None and all(flag == MaskFlags.all_valid
-                                              for flag in src.mask_flag_enums[0]):
-                    height, width = (src.height, src.width) if window is None else window[2:]
-                    return np.ones((height, width), dtype=bool)
-                win = None if window is None else Window(window[1], window[0], window[3], window[2])
-                return src.dataset_mask(window=win) > 0
+                return _raster_valid(src, window)
         except Exception as err:
             raise ImageReadError(f"{path}: cannot read its nodata mask ({_reason(err)})") from None
     if window is None:
         info = image_info(path)
         return np.ones((info.height, info.width), dtype=bool)
     return np.ones(window[2:], dtype=bool)
+
+
+def read_masked(path: str | Path, window: WindowBox | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`read_image` and :func:`read_valid` of the same window, a GeoTIFF opened once."""
+    path = Path(path)
+    if not is_raster(path):
+        return read_image(path, window), read_valid(path, window)
+    try:
+        with rasterio.open(path) as src:
+            array, valid = _raster_pixels(src, window), _raster_valid(src, window)
+    except Exception as err:
+        raise ImageReadError(f"{path}: cannot decode image ({_reason(err)})") from None
+    return _selected_unit_float(array, path), valid
+
+
+def is_raster(path: Path) -> bool:
+    """Whether rasterio (GDAL) reads the file: a TIFF on disk (TIFFs in tar shards go through tifffile)."""
+    return path.suffix.lower() in TIFF_SUFFIXES and not is_member(path)
+
+
+def _gdal_window(window: WindowBox | None) -> Window | None:
+    return None if window is None else Window(window[1], window[0], window[3], window[2])
+
+
+def _raster_pixels(src: rasterio.io.DatasetReader, window: WindowBox | None) -> np.ndarray:
+    return np.moveaxis(src.read(window=_gdal_window(window)), 0, -1)
+
+
+def _raster_valid(src: rasterio.io.DatasetReader, window: WindowBox | None) -> np.ndarray:
+    if src.nodata is None and all(flag == MaskFlags.all_valid for flag in src.mask_flag_enums[0]):
+        return np.ones((src.height, src.width) if window is None else window[2:], dtype=bool)
+    return src.dataset_mask(window=_gdal_window(window)) > 0
+
+
+def _selected_unit_float(array: np.ndarray, path: Path) -> np.ndarray:
+    """The ``--bands`` of decoded pixels, on the 0-1 scale."""
+    array = array[:, :, None] if array.ndim == 2 else array
+    selected = selected_bands(array.shape[-1], path)
+    return to_unit_float(array[..., [b - 1 for b in selected]] if selected else array, path)
 
 
 def read_resized(path: str | Path, box: WindowBox, size: int) -> np.ndarray | None:
@@ -313,22 +345,11 @@ def _tiff_to_hwc(array: np.ndarray, axes: str) -> np.ndarray:
     return array.reshape(array.shape[0], array.shape[1], -1) if band_axes else array[:, :, None]
 
 
-def _read_tiff(path: Path, window: WindowBox | None) -> np.ndarray:
-    if not is_member(path):
-        with rasterio.open(path) as src:
-            win = None if window is None else Window(window[1], window[0], window[3], window[2])
-            return np.moveaxis(src.read(window=win), 0, -1)
+def _read_tiff_member(path: Path, window: WindowBox | None) -> np.ndarray:
+    """A TIFF inside a tar shard (no random access): decoded whole, the last few kept, the window cut."""
     if window is None:
         return _decode_tiff(path)
-    if is_member(path):  # bytes in a shard: no memory map
-        hwc = _decode_whole_cached(path)
-    else:
-        with tifffile.TiffFile(path) as tif:
-            axes = tif.series[0].axes
-        try:
-            hwc = _tiff_to_hwc(tifffile.memmap(path, mode="r"), axes)
-        except ValueError:  # compressed or not contiguous
-            hwc = _decode_whole_cached(path)
+    hwc = _decode_whole_cached(path)
     top, left, height, width = window
     return np.array(hwc[top : top + height, left : left + width])
 

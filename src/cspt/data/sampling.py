@@ -14,7 +14,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from cspt.data.images import ImageInfo, ImageReadError, WindowBox, image_info, read_image, read_resized
+from cspt.data.images import ImageInfo, ImageReadError, WindowBox, image_info, read_image, read_masked, read_resized
 from cspt.errors import CsptError
 
 T = TypeVar("T")
@@ -34,6 +34,12 @@ def match_bands(pixels: torch.Tensor, in_chans: int, source: object) -> torch.Te
 def read_bands(path: Path, in_chans: int, window: WindowBox | None = None) -> torch.Tensor:
     """An image (or a window of it) as ``(in_chans, H, W)`` on the 0-1 scale (see :func:`match_bands`)."""
     return match_bands(torch.from_numpy(read_image(path, window)).permute(2, 0, 1), in_chans, path)
+
+
+def read_masked_bands(path: Path, in_chans: int, window: WindowBox | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`read_bands` and the valid-pixel mask ``(H, W)`` of the same window, from one read."""
+    pixels, valid = read_masked(path, window)
+    return match_bands(torch.from_numpy(pixels).permute(2, 0, 1), in_chans, path), torch.from_numpy(valid)
 
 
 def band_tensors(mean: Sequence[float], std: Sequence[float], in_chans: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from cspt.data.images import ImageReadError, image_info, read_image, read_valid
+from cspt.data.images import ImageReadError, image_info
+from cspt.data.stats import valid_pixels
 from cspt.errors import CsptError
 
 log = logging.getLogger("cspt")
@@ -85,31 +85,19 @@ def data_type(files: Sequence[Path]) -> str | None:
 
 def sampled_pixels(files: Sequence[Path], sample: int = 16, window: int = 1024,
                    seed: int = 0) -> tuple[np.ndarray, int]:
-    """Valid (not nodata) pixels ``(N, bands)`` from central windows of a seeded sample of ``files``."""
-    from cspt.data.stats import central_box
-
-    files = list(files)
-    if len(files) > sample:
-        files = random.Random(seed).sample(files, sample)
+    """:func:`~cspt.data.stats.valid_pixels` of central windows of a seeded sample of ``files``, at most
+    ``PIXELS_PER_IMAGE`` (seeded) of each, as one ``(N, bands)`` array; and the images used."""
     rng = np.random.default_rng(seed)
-    chunks, used = [], 0
-    for path in files:
-        try:
-            box = central_box(path, window)
-            pixels, valid = read_image(path, box), read_valid(path, box)
-        except ImageReadError:
+    chunks = []
+    for _, pixels in valid_pixels(files, sample, seed, window):
+        if isinstance(pixels, str) or not len(pixels) or (chunks and pixels.shape[-1] != chunks[0].shape[-1]):
             continue
-        flat = pixels[valid]
-        if chunks and flat.shape[-1] != chunks[0].shape[-1]:
-            continue
-        if len(flat) > PIXELS_PER_IMAGE:
-            flat = flat[rng.choice(len(flat), PIXELS_PER_IMAGE, replace=False)]
-        if len(flat):
-            chunks.append(flat)
-            used += 1
+        if len(pixels) > PIXELS_PER_IMAGE:
+            pixels = pixels[rng.choice(len(pixels), PIXELS_PER_IMAGE, replace=False)]
+        chunks.append(pixels)
     if not chunks:
         raise CsptError("no readable, valid pixels to measure the scaling on")
-    return np.concatenate(chunks).astype(np.float64), used
+    return np.concatenate(chunks), len(chunks)
 
 
 def measure_scaling(files: Sequence[Path], method: str, mean: Sequence[float], std: Sequence[float]) -> Scaling:

@@ -24,9 +24,9 @@ from torchvision.transforms import InterpolationMode
 
 from cspt.config import read_yaml
 from cspt.data.files import find_images
-from cspt.data.images import ImageReadError, image_info, open_pil, read_valid
+from cspt.data.images import ImageReadError, image_info, open_pil
 from cspt.data.photometric import photometric_distortion
-from cspt.data.sampling import band_tensors, load_or_replace, read_bands
+from cspt.data.sampling import band_tensors, load_or_replace, read_masked_bands
 from cspt.errors import CsptError
 
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
@@ -246,9 +246,9 @@ class SegmentationCrops(Dataset):
         if pair.image in self.cache:
             self.cache.move_to_end(pair.image)
             return self.cache[pair.image]
-        image = read_bands(pair.image, self.in_chans)
+        image, valid = read_masked_bands(pair.image, self.in_chans)
         labels = read_mask(pair.mask, self.palette, self.ignore_index)
-        labels[~read_valid(pair.image)] = self.ignore_index  # no data: nothing to learn there
+        labels[~valid.numpy()] = self.ignore_index  # no data: nothing to learn there
         compact = np.uint8 if labels.max(initial=0) <= 255 else np.int32
         self.cache[pair.image] = image, torch.from_numpy(labels.astype(compact))
         while len(self.cache) > 1 and sum(m.numel() for _, m in self.cache.values()) > self.cache_pixels:

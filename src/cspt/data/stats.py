@@ -5,11 +5,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
-from cspt.data.images import ImageReadError, WindowBox, image_info, read_image, read_valid
+from cspt.data.images import ImageReadError, WindowBox, image_info, read_masked
 from cspt.errors import CsptError
 
 
@@ -21,10 +21,10 @@ class BandStatistics:
     skipped: list[str]
 
 
-def band_statistics(files: Sequence[Path], max_images: int | None = 1000, seed: int = 0,
-                    window: int | None = None) -> BandStatistics:
-    """Mean and std of every band on the 0-1 scale, over the valid (not nodata) pixels of a seeded
-    sample of ``files``.
+def valid_pixels(files: Sequence[Path], max_images: int | None, seed: int = 0,
+                 window: int | None = None) -> Iterator[tuple[Path, np.ndarray | str]]:
+    """Each file of a seeded sample of at most ``max_images`` of ``files`` with its valid (not nodata)
+    pixels ``(N, bands)`` in float64 on the 0-1 scale, or why it cannot be read.
 
     ``window``: read only a central window of at most this many pixels a side of each
     image (large scenes then cost little).
@@ -32,14 +32,23 @@ def band_statistics(files: Sequence[Path], max_images: int | None = 1000, seed: 
     files = list(files)
     if max_images is not None and len(files) > max_images:
         files = random.Random(seed).sample(files, max_images)
-    total = total_sq = None
-    count, bands, used, skipped = 0, None, 0, []
     for path in files:
         try:
-            box = central_box(path, window) if window else None
-            pixels = read_image(path, box).astype(np.float64)[read_valid(path, box)]
+            pixels, valid = read_masked(path, central_box(path, window) if window else None)
         except ImageReadError as err:
-            skipped.append(str(err))
+            yield path, str(err)
+            continue
+        yield path, pixels.astype(np.float64)[valid]
+
+
+def band_statistics(files: Sequence[Path], max_images: int | None = 1000, seed: int = 0,
+                    window: int | None = None) -> BandStatistics:
+    """Mean and std of every band on the 0-1 scale, over the :func:`valid_pixels` of a seeded sample."""
+    total = total_sq = None
+    count, bands, used, skipped = 0, None, 0, []
+    for path, pixels in valid_pixels(files, max_images, seed, window):
+        if isinstance(pixels, str):
+            skipped.append(pixels)
             continue
         if bands is None:
             bands = pixels.shape[-1]
@@ -47,10 +56,9 @@ def band_statistics(files: Sequence[Path], max_images: int | None = 1000, seed: 
         if pixels.shape[-1] != bands:
             skipped.append(f"{path}: has {pixels.shape[-1]} bands, others have {bands}")
             continue
-        flat = pixels
-        total += flat.sum(0)
-        total_sq += (flat**2).sum(0)
-        count += flat.shape[0]
+        total += pixels.sum(0)
+        total_sq += (pixels**2).sum(0)
+        count += pixels.shape[0]
         used += 1
     if not used or not count:
         last = f" ({len(skipped)} skipped; last: {skipped[-1]})" if skipped else ""

@@ -213,7 +213,6 @@ class ReplayMix(Dataset):
         return {**self.target[(index, seed)], "replayed": 0}
 
 
-
 def collate(samples: list[dict]) -> dict:
     """Stack images and noise; gather the skipped-file messages and the counts of the whole batch."""
     return {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,18 @@ from cspt.data.images import read_valid
 from cspt.errors import CsptError
 
 
-def read_features(labels: Path, class_field: str) -> tuple[list[tuple[dict[str, Any], str]], str | None]:
-    """Every feature's geometry and class (the ``class_field`` value, as text), and the file's CRS (WKT)."""
+@dataclass(frozen=True)
+class VectorLabels:
+    """A vector file's features, each a GeoJSON geometry and its class, in the file's CRS (WKT; None: none)."""
+
+    path: Path
+    class_field: str
+    features: list[tuple[dict[str, Any], str]]
+    crs: str | None
+
+
+def read_vector_labels(labels: Path, class_field: str) -> VectorLabels:
+    """Every feature's geometry and class (the ``class_field`` value, as text), and the file's CRS."""
     try:
         with fiona.open(labels) as layer:
             fields = list(layer.schema["properties"])
@@ -33,7 +44,7 @@ def read_features(labels: Path, class_field: str) -> tuple[list[tuple[dict[str, 
     except Exception as err:  # fiona/GDAL: missing, not vector, corrupt
         raise CsptError(f"{labels}: not a readable vector file ({str(err).splitlines()[0] if str(err) else err})") \
             from None
-    return features, crs
+    return VectorLabels(labels, class_field, features, crs)
 
 
 def crs_name(wkt: str) -> str:
@@ -45,36 +56,35 @@ def crs_name(wkt: str) -> str:
     return f"EPSG:{epsg}" if epsg else (wkt.split('"')[1] if '"' in wkt else wkt[:60])
 
 
-def vector_classes(labels: Path, class_field: str) -> list[str]:
+def vector_classes(labels: VectorLabels) -> list[str]:
     """The classes the labels name, sorted (the class index order)."""
-    features, _ = read_features(labels, class_field)
-    if not features:
-        raise CsptError(f"{labels}: no features with a {class_field!r} value")
-    return sorted({name for _, name in features})
+    if not labels.features:
+        raise CsptError(f"{labels.path}: no features with a {labels.class_field!r} value")
+    return sorted({name for _, name in labels.features})
 
 
-def in_scene_crs(features: list[tuple[dict[str, Any], str]], crs: str | None, labels: Path, scene: Path,
-                 scene_crs: CRS | None) -> list[tuple[dict[str, Any], str]]:
-    """The features reprojected from ``crs`` to the scene's; a one-line error when that cannot be done."""
+def in_scene_crs(labels: VectorLabels, scene: Path, scene_crs: CRS | None) -> list[tuple[dict[str, Any], str]]:
+    """The features reprojected to the scene's CRS; a one-line error when that cannot be done."""
+    crs = labels.crs
     if (crs is None) != (scene_crs is None):
-        raise CsptError(f"{labels}: cannot place it on {scene}: {'it has' if crs is None else 'the scene has'} no CRS")
+        raise CsptError(f"{labels.path}: cannot place it on {scene}: "
+                        f"{'it has' if crs is None else 'the scene has'} no CRS")
     if crs is None:
-        return features
+        return labels.features
     try:
-        return [(transform_geom(crs, scene_crs, geometry), name) for geometry, name in features]
+        return [(transform_geom(crs, scene_crs, geometry), name) for geometry, name in labels.features]
     except Exception:
-        raise CsptError(f"{labels}: its CRS ({crs_name(crs)}) cannot be transformed to {scene}'s "
+        raise CsptError(f"{labels.path}: its CRS ({crs_name(crs)}) cannot be transformed to {scene}'s "
                         f"({scene_crs})") from None
 
 
-def scene_boxes(labels: Path, scene: Path, class_field: str) -> tuple[np.ndarray, list[str], int]:
+def scene_boxes(labels: VectorLabels, scene: Path) -> tuple[np.ndarray, list[str], int]:
     """The pixel boxes ``(N, 4)`` (x1, y1, x2, y2) of the features (boxes or polygons, any CRS) over
     ``scene``, clipped to it, their classes, and how many were clipped."""
-    features, crs = read_features(labels, class_field)
     with rasterio.open(scene) as src:
         scene_crs, inverse, width, height = src.crs, ~src.transform, src.width, src.height
     boxes, names, clipped = [], [], 0
-    for geometry, name in in_scene_crs(features, crs, labels, scene, scene_crs):
+    for geometry, name in in_scene_crs(labels, scene, scene_crs):
         xs, ys = np.array(all_points(geometry["coordinates"]), dtype=np.float64).T
         a, b, c, d, e, f = tuple(inverse)[:6]
         cols, rows = a * xs + b * ys + c, d * xs + e * ys + f
@@ -95,19 +105,18 @@ def all_points(coordinates: Any) -> list[tuple[float, float]]:
     return [point for part in coordinates for point in all_points(part)]
 
 
-def rasterize_labels(scene: Path, labels: Path, class_field: str, classes: Sequence[str], target: Path,
+def rasterize_labels(scene: Path, labels: VectorLabels, classes: Sequence[str], target: Path,
                      ignore_index: int = 255) -> Path:
     """Burn the labels' polygons into a mask of ``scene``'s grid (class indices; ``ignore_index`` where no
     polygon lies or the scene has no data), reprojected to its CRS; written as an index PNG at ``target``."""
-    features, crs = read_features(labels, class_field)
     with rasterio.open(scene) as src:
         scene_crs, transform, shape, bounds = src.crs, src.transform, (src.height, src.width), src.bounds
     index = {name: i for i, name in enumerate(classes)}
-    shapes = [(geometry, index[name]) for geometry, name in in_scene_crs(features, crs, labels, scene, scene_crs)]
+    shapes = [(geometry, index[name]) for geometry, name in in_scene_crs(labels, scene, scene_crs)]
     mask = rasterize(shapes, out_shape=shape, transform=transform, fill=ignore_index, dtype="uint8") \
         if shapes else np.full(shape, ignore_index, np.uint8)
     if (mask == ignore_index).all():
-        raise CsptError(f"{labels}: no feature lies over {scene} (the scene covers x {bounds.left:.1f}.."
+        raise CsptError(f"{labels.path}: no feature lies over {scene} (the scene covers x {bounds.left:.1f}.."
                         f"{bounds.right:.1f}, y {bounds.bottom:.1f}..{bounds.top:.1f} in {scene_crs})")
     mask[~read_valid(scene)] = ignore_index
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -115,12 +124,12 @@ def rasterize_labels(scene: Path, labels: Path, class_field: str, classes: Seque
     return target
 
 
-def scene_label_pairs(scenes: Sequence[str], labels: str, class_field: str, classes: Sequence[str], folder: Path,
+def scene_label_pairs(scenes: Sequence[str], labels: VectorLabels, classes: Sequence[str], folder: Path,
                       ignore_index: int = 255) -> Path:
     """Rasterise the labels onto every scene; an ``image,mask`` CSV of the pairs, in ``folder``."""
     rows = ["image,mask"]
     for scene in map(Path, scenes):
-        mask = rasterize_labels(scene, Path(labels), class_field, classes, folder / f"{scene.stem}.png", ignore_index)
+        mask = rasterize_labels(scene, labels, classes, folder / f"{scene.stem}.png", ignore_index)
         rows.append(f"{scene},{mask}")
     table = folder / "pairs.csv"
     table.write_text("\n".join(rows) + "\n")

@@ -363,7 +363,6 @@ class DetectTask(FineTuneTask):
                 "lineage": self.parents + [stage]}
 
 
-
 def finetune_detect(config: DetectConfig, resume: str | Path | bool | None = None,
                     overrides: dict[str, Any] | None = None) -> Path:
     """Run (or continue) detection fine-tuning; returns the run directory."""

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from cspt.data.georaster import NO_CLASS, RasterWriter, georeference_of
-from cspt.data.images import ImageInfo, read_valid
-from cspt.data.sampling import band_tensors, read_bands
+from cspt.data.images import ImageInfo
+from cspt.data.sampling import band_tensors, read_masked_bands
 from cspt.data.scaling import stage_statistics
 from cspt.engine.streaming import Box, Strip, Window
 
@@ -32,8 +32,8 @@ def normalised_windows(path: Path, info: dict[str, Any]) -> Callable[[Box], Wind
     mean, std = band_tensors(*stage_statistics(info), in_chans)
 
     def read(box: Box) -> Window:
-        valid = torch.from_numpy(read_valid(path, box))
-        return ((read_bands(path, in_chans, box) - mean) / std) * valid, valid
+        pixels, valid = read_masked_bands(path, in_chans, box)
+        return ((pixels - mean) / std) * valid, valid
 
     return read
 
@@ -61,5 +61,3 @@ def write_class_raster(strips: Iterable[Strip], path: Path, folder: Path, size: 
             if probs is not None:
                 scores = strip.values.softmax(0) if len(strip.values) else torch.zeros(len(colors), *strip.valid.shape)
                 probs.write(strip.top, (scores * strip.valid * 255).round().to(torch.uint8).numpy())
-
-

@@ -34,9 +34,8 @@ from cspt.data.images import (
     display_rgb,
     image_info,
     read_image,
-    read_valid,
 )
-from cspt.data.sampling import band_tensors, read_bands
+from cspt.data.sampling import band_tensors, read_masked_bands
 from cspt.data.scaling import stage_statistics, to_display
 from cspt.data.segmentation import (
     Pair,
@@ -48,7 +47,7 @@ from cspt.data.segmentation import (
     read_mask,
     split_pairs,
 )
-from cspt.data.vector_labels import scene_label_pairs, vector_classes
+from cspt.data.vector_labels import read_vector_labels, scene_label_pairs, vector_classes
 from cspt.engine.distributed import all_gather_objects, barrier, launched_world_size, resolve_device, shard
 from cspt.engine.optim import param_groups_layer_decay
 from cspt.engine.run_dir import has_checkpoint
@@ -194,9 +193,10 @@ def evaluate_pairs(model: nn.Module, pairs: Sequence[Pair], info: dict[str, Any]
     skipped = 0
     for pair in shard(pairs):
         try:
-            image = (read_bands(pair.image, in_chans) - mean) / std
+            pixels, valid = read_masked_bands(pair.image, in_chans)
+            image = (pixels - mean) / std
             labels = read_mask(pair.mask, palette, ignore)
-            labels[~read_valid(pair.image)] = ignore  # no data: not scored
+            labels[~valid.numpy()] = ignore  # no data: not scored
             target = torch.from_numpy(labels)
         except ImageReadError as err:
             log.warning("skipped unreadable tile: %s", err)
@@ -300,10 +300,10 @@ def write_class_pictures(strips: Iterable[Strip], path: Path, folder: Path, size
     """``NAME.png`` (indices), ``NAME_color.png`` and, with ``draw``, ``NAME_overlay.jpg``."""
     labels = np.concatenate([strip_labels(strip) for strip in strips])
     Image.fromarray(labels).save(folder / f"{path.stem}.png")
-    Image.fromarray(colors[labels % len(colors)]).save(folder / f"{path.stem}_color.png")
+    Image.fromarray(colors[labels]).save(folder / f"{path.stem}_color.png")
     if draw:
         picture = display_rgb(to_display(read_image(path), info.get("scale_low"), info.get("scale_high")))
-        overlay = (0.5 * picture + 0.5 * colors[labels % len(colors)]).astype(np.uint8)
+        overlay = (0.5 * picture + 0.5 * colors[labels]).astype(np.uint8)
         Image.fromarray(overlay).save(folder / f"{path.stem}_overlay.jpg", quality=90)
 
 
@@ -317,7 +317,7 @@ def resolve_config(config: SegmentConfig, init: Checkpoint | None = None) -> Seg
         if not config.scenes or not config.class_field:
             raise CsptError("--labels needs --scenes (the GeoTIFFs they label) and --class-field")
         config = dataclasses.replace(config, palette=None, class_names=config.class_names or vector_classes(
-            Path(config.labels), config.class_field))
+            read_vector_labels(Path(config.labels), config.class_field)))
     images = list(config.scenes) if config.labels else list(config.images)
     config = dataclasses.replace(config, **resolved_encoder_fields(config, init, images_in(images)))
     stride = config.stride or max(1, round(config.img_size * 2 / 3))
@@ -419,7 +419,6 @@ class SegmentTask(FineTuneTask):
                 "resize": cfg.resize, "selected": selected, "lineage": self.parents + [stage]}
 
 
-
 def finetune_segment(config: SegmentConfig, resume: str | Path | bool | None = None,
                      overrides: dict[str, Any] | None = None) -> Path:
     """Run (or continue) segmentation fine-tuning; returns the run directory."""
@@ -432,8 +431,9 @@ def finetune_segment(config: SegmentConfig, resume: str | Path | bool | None = N
                 stale.unlink()
             source = config
             if config.labels:  # the polygons burnt onto each scene's grid, then pairs like any others
-                table = scene_label_pairs(config.scenes, config.labels, config.class_field, palette.classes,
-                                          run_dir / "labels", config.ignore_index)
+                labels = read_vector_labels(Path(config.labels), config.class_field)
+                table = scene_label_pairs(config.scenes, labels, palette.classes, run_dir / "labels",
+                                          config.ignore_index)
                 source = dataclasses.replace(config, images=[str(table)], masks=None)
             for name, pairs in make_split(source, palette).items():
                 write_pairs(pairs, splits_dir / f"{name}.csv")
