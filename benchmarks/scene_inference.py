@@ -63,6 +63,10 @@ def make_scene(path: Path, size: int) -> Path:
     return path
 
 
+def scene_file(work: Path, size: int) -> Path:
+    return work / f"scene_{size}px.tif"
+
+
 def measured(command: list[str]) -> tuple[float, float]:
     """Wall seconds and peak RSS (GiB) of ``command`` run in a fresh process."""
     probe = ("import resource, subprocess, sys, time; start = time.perf_counter(); "
@@ -98,22 +102,22 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     checkpoint = Path(args.checkpoint) if args.checkpoint else train_tiny_segmenter(work)
     rows = []
-    for name, size in (("big", args.size), ("small", args.small)):
-        scene = work / f"{name}.tif"
-        if not scene.is_file():
+    for size in (args.size, args.small):
+        scene = scene_file(work, size)
+        if not scene.is_file():  # a scene made by an earlier run is reused only at the same size
             start = time.perf_counter()
             make_scene(scene, size)
             print(f"made {scene} ({size} x {size} uint16, {scene.stat().st_size / 2**30:.2f} GiB on disk) "
                   f"in {time.perf_counter() - start:.0f} s", flush=True)
         seconds, peak = measured([sys.executable, "-m", "cspt", "predict", "segment", "--checkpoint",
-                                  str(checkpoint), "--images", str(scene), "--output", str(work / f"out_{name}"),
+                                  str(checkpoint), "--images", str(scene), "--output", str(work / f"out_{size}"),
                                   "--batch-size", str(args.batch_size), "--device", "cpu"])
         rows.append((f"streamed, {size} px", size * size / 1e6, seconds, peak))
         print(f"{rows[-1][0]}: {seconds:.0f} s, peak RSS {peak:.2f} GiB", flush=True)
-    small = work / "small.tif"
+    small = scene_file(work, args.small)
     seconds, peak = measured([sys.executable, "-c", PLAIN_PASS, str(checkpoint), str(small), str(work / "plain.npy")])
     rows.append((f"whole image in memory, {args.small} px", args.small**2 / 1e6, seconds, peak))
-    streamed = rasterio.open(work / "out_small" / "small.tif").read(1)
+    streamed = rasterio.open(work / f"out_{args.small}" / small.name).read(1)
     agreement = float(np.mean(streamed == np.load(work / "plain.npy")))
 
     print("\n| pass | Mpx | seconds | Mpx/s | peak RSS (GiB) |\n|---|---|---|---|---|")
