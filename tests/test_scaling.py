@@ -12,10 +12,12 @@ import torch
 import yaml
 from PIL import Image
 
+from cspt.checkpoints import Checkpoint
 from cspt.data.files import find_images
-from cspt.data.images import image_info, read_image, read_valid, set_band_selection
+from cspt.data.images import band_selection, image_info, read_image, read_valid, set_band_selection
 from cspt.data.scaling import input_statistics, measure_scaling, resolve_scaling, sampled_pixels
 from cspt.data.unlabelled import UnlabelledImages, scan_images
+from cspt.tasks.common import checkpoint_statistics
 from tests.conftest import SHARED, TINY_FLAGS, eleven_bit_scene, needs, run_cli, write_geotiff
 
 DUBAI_IMAGE = SHARED / "data" / "dubai" / "tile_1" / "images" / "image_part_001.jpg"
@@ -146,5 +148,20 @@ def test_bands_are_selected_recorded_and_reused(tmp_path):
     set_band_selection([4, 1])
     try:
         assert np.array_equal(read_image(scenes[0]), whole[..., [3, 0]]) and image_info(scenes[0]).bands == 2
+    finally:
+        set_band_selection(None)
+
+
+def test_tools_feed_a_checkpoint_its_recorded_scaling_unless_given_their_own_statistics():
+    recorded = {"mean": [0.4, 0.4, 0.4], "std": [0.2, 0.2, 0.2], "scale_low": [0.01] * 3, "scale_high": [0.03] * 3,
+                "bands": [3, 2, 1]}
+    checkpoint = Checkpoint(Path("run/encoder.safetensors"), "cspt", {}, described=recorded)
+    try:
+        model, fed = checkpoint_statistics(checkpoint, 3)
+        assert model == (recorded["mean"], recorded["std"]) and band_selection() == [3, 2, 1]
+        assert fed == input_statistics(*model, recorded["scale_low"], recorded["scale_high"])
+        assert fed[0][0] == pytest.approx(0.01 + 0.4 * 0.02) and fed[1][0] == pytest.approx(0.2 * 0.02)
+        given = ([0.1] * 3, [0.3] * 3)  # --mean/--std are on the dtype scale, as in every stage
+        assert checkpoint_statistics(checkpoint, 3, *given) == (given, given)
     finally:
         set_band_selection(None)

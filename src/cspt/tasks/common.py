@@ -18,7 +18,7 @@ from cspt.checkpoints import Checkpoint, description_of, load_checkpoint, load_i
 from cspt.config import EncoderConfig, PyramidConfig, TrainConfig, save_config
 from cspt.data.images import ImageReadError, image_info, set_band_selection
 from cspt.data.normalisation import log_normalisation, resolve_normalisation
-from cspt.data.scaling import data_type, resolve_scaling, stage_statistics
+from cspt.data.scaling import data_type, input_statistics, resolve_scaling, stage_statistics
 from cspt.data.stats import normalisation_mismatch
 from cspt.engine.distributed import DistContext, all_gather_objects, setup_distributed, shutdown_distributed
 from cspt.engine.run_dir import (
@@ -70,6 +70,26 @@ def resolved_encoder_fields(config: EncoderConfig, init: Checkpoint | None,
         log.info("scaling: %s", scaling.describe(data_type(files())))
         fields["scale_low"], fields["scale_high"] = scaling.low, scaling.high
     return fields
+
+
+def checkpoint_statistics(checkpoint: Checkpoint, bands: int, mean: list[float] | None = None,
+                          std: list[float] | None = None) -> tuple[tuple[list[float], list[float]],
+                                                                    tuple[list[float], list[float]]]:
+    """What a checkpoint's encoder is fed, for the tools that read one (probes, ``visualize``).
+
+    Returns the model-side mean/std (``mean``/``std`` when given, else the recorded ones,
+    else the default) and the mean/std that normalise raw pixels for it: its recorded
+    scaling folded in, unless ``mean``/``std`` were given (they are then on the dtype scale,
+    as in every stage). Every reader gets the bands it was trained on; both are logged.
+    """
+    set_band_selection(checkpoint.described.get("bands"))
+    model = resolve_normalisation(mean, std, bands, checkpoint.normalisation, checkpoint.path)
+    log_normalisation(*model, checkpoint.normalisation, checkpoint.path)
+    scaling = checkpoint.scaling if mean is None else None
+    if scaling is None or not scaling.low:
+        return model, model
+    log.info("scaling: %s", scaling.describe())
+    return model, input_statistics(*model, scaling.low, scaling.high)
 
 
 def check_band_selection(bands: list[int], data_files: Callable[[], list[Path]]) -> None:

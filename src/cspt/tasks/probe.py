@@ -19,9 +19,6 @@ from timm.models.vision_transformer import VisionTransformer
 from cspt.checkpoints import load_checkpoint, load_into_model
 from cspt.config import ProbeConfig
 from cspt.data.classification import LabelledImages, LabelledSet, collate_labelled
-from cspt.data.images import set_band_selection
-from cspt.data.normalisation import log_normalisation, resolve_normalisation
-from cspt.data.scaling import input_statistics
 from cspt.engine.distributed import resolve_device
 from cspt.engine.inference import Outputs, run_inference
 from cspt.errors import CsptError
@@ -30,6 +27,7 @@ from cspt.models.classifier import NOT_FOR_CLASSIFIER, pooled_features
 from cspt.models.vit import build_encoder, resolve_arch
 from cspt.probes import knn_predict, train_linear_probe
 from cspt.tasks.classify import describe_splits, inference_workers, make_splits, write_evaluation, write_splits
+from cspt.tasks.common import checkpoint_statistics
 
 log = logging.getLogger("cspt")
 
@@ -51,21 +49,14 @@ def frozen_encoder(config: ProbeConfig) -> FrozenEncoder:
     if not config.checkpoint:
         raise CsptError("no --checkpoint to probe")
     checkpoint = load_checkpoint(config.checkpoint, config.trust_checkpoint)
-    set_band_selection(checkpoint.described.get("bands"))  # the bands the encoder was trained on
     arch = resolve_arch({"img_size": config.img_size}, None, checkpoint.arch)
     encoder = build_encoder(arch)
     state = {k: v for k, v in checkpoint.state_dict.items() if not k.startswith(NOT_FOR_CLASSIFIER)}
     report = load_into_model(encoder, dataclasses.replace(checkpoint, state_dict=state))
     for line in report.lines():
         log.info("checkpoint: %s", line)
-    mean, std = resolve_normalisation(config.mean, config.std, arch.in_chans, checkpoint.normalisation,
-                                      checkpoint.path)
-    log_normalisation(mean, std, checkpoint.normalisation, checkpoint.path)
-    scaling = checkpoint.scaling if config.mean is None else None
-    if scaling is not None:
-        log.info("scaling: %s", scaling.describe())
-        mean, std = input_statistics(mean, std, scaling.low, scaling.high)
-    return FrozenEncoder(encoder, arch.img_size, mean, std)
+    _, statistics = checkpoint_statistics(checkpoint, arch.in_chans, config.mean, config.std)
+    return FrozenEncoder(encoder, arch.img_size, *statistics)
 
 
 def extract_features(encoder: FrozenEncoder, data: LabelledSet, pool: str, device: torch.device,

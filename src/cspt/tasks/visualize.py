@@ -9,13 +9,11 @@ import torch
 
 from cspt.checkpoints import load_checkpoint, load_into_model
 from cspt.data.files import find_images
-from cspt.data.images import set_band_selection
-from cspt.data.normalisation import resolve_normalisation
-from cspt.data.scaling import input_statistics
 from cspt.data.unlabelled import UnlabelledImages, evaluation_images, scan_images
 from cspt.errors import CsptError
 from cspt.models.mae import MaskedAutoencoderViT
 from cspt.models.vit import resolve_arch
+from cspt.tasks.common import checkpoint_statistics
 from cspt.visualize import reconstruction_grid, save_grid
 
 
@@ -27,14 +25,11 @@ def visualize_checkpoint(checkpoint: str | Path, images: Sequence[str], output: 
     ckpt = load_checkpoint(checkpoint, trust)
     if not ckpt.has_decoder:
         raise CsptError(f"{checkpoint}: has no MAE decoder, so it cannot reconstruct images")
-    set_band_selection(ckpt.described.get("bands"))  # the bands the encoder was trained on
     arch = resolve_arch({"img_size": img_size}, None, ckpt.arch)
     model = MaskedAutoencoderViT(arch, mask_ratio)
     load_into_model(model, ckpt)
-    mean, std = resolve_normalisation(mean, std, arch.in_chans, ckpt.normalisation, ckpt.path)
+    (mean, std), statistics = checkpoint_statistics(ckpt, arch.in_chans, mean, std)
     scan = scan_images(find_images(list(images)), 4 * arch.img_size)
-    scaling = ckpt.scaling
-    statistics = input_statistics(mean, std, scaling.low, scaling.high) if scaling else (mean, std)
     dataset = UnlabelledImages(scan.entries, arch.img_size, arch.patch_size, arch.in_chans, *statistics,
                                4 * arch.img_size)
     batch = evaluation_images(dataset, count)
