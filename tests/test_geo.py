@@ -226,6 +226,9 @@ def test_finetune_segment_from_geotiff_scenes_and_polygons_in_another_crs(tmp_pa
     assert "far.geojson: no feature lies over" in message and "image_part_002.tif" in message
     message = one_line_error(*with_labels(labels), "--bands", "3", "2", "5")
     assert "image_part_00" in message and "--bands 5 is out of range: the file has 3 band(s)" in message
+    missing = [str(tmp_path / "nowhere.tif") if a == str(scenes[1]) else a for a in with_labels(labels)]
+    message = one_line_error(*missing)
+    assert "nowhere.tif: cannot open the scene" in message
 
 
 def test_detection_boxes_from_a_vector_file_in_another_crs_land_on_the_scenes_pixels(neon: Path, tmp_path: Path):
@@ -242,7 +245,10 @@ def test_detection_boxes_from_a_vector_file_in_another_crs_land_on_the_scenes_pi
             ring = [transform @ corner for corner in ((x1, y1), (x2, y1), (x2, y2), (x1, y2), (x1, y1))]
             sink.write({"geometry": transform_geom(crs, "EPSG:4326", {"type": "Polygon", "coordinates": [ring]}),
                         "properties": {"class": name}})
+    (scenes / "broken.tif").write_bytes(b"not a tiff")  # a corrupt scene in the folder is skipped, not fatal
     read = read_annotations(labels, scenes)
+    assert len(read.scenes) == 1
+    (scenes / "broken.tif").unlink()
     scene = read.scenes[0]
     assert scene.image.name == "OSBS_029.tif" and scene.labels == truth.labels and read.classes == ["Tree"]
     assert np.abs(scene.boxes - truth.boxes).max() < 0.05  # degrees and back: well under a pixel

@@ -270,16 +270,21 @@ FORMAT_OF_SUFFIX = {".json": "coco", ".csv": "csv", ".xml": "voc", ".txt": "dota
 
 
 def read_vector_boxes(labels: Path, images: Path, class_field: str) -> list[Scene]:
-    """One scene per TIFF in ``images`` with at least one of the labels' features over it."""
-    from cspt.data.vector_labels import read_vector_labels, scene_boxes
+    """One scene per TIFF in ``images`` with at least one of the labels' features over it (unreadable
+    TIFFs are skipped and named in the log)."""
+    from cspt.data.vector_labels import read_vector_labels, scene_boxes, scene_grid
 
     features = read_vector_labels(labels, class_field)
     scenes = []
     for image in sorted(p for p in images.iterdir() if p.suffix.lower() in TIFF_SUFFIXES):
-        boxes, names, clipped = scene_boxes(features, image)
+        try:
+            grid = scene_grid(image)
+        except ImageReadError as err:
+            log.warning("skipped unreadable scene: %s", err)
+            continue
+        boxes, names, clipped = scene_boxes(features, image, grid)
         if len(boxes):
-            info = image_info(image)
-            scenes.append(Scene(image, info.height, info.width, boxes, names, np.zeros(len(boxes), bool),
+            scenes.append(Scene(image, grid.height, grid.width, boxes, names, np.zeros(len(boxes), bool),
                                 source=str(labels), clipped=clipped))
     if not scenes:
         raise CsptError(f"{labels}: no feature lies over any GeoTIFF scene in {images}")

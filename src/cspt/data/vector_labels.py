@@ -10,12 +10,14 @@ from typing import Any
 import fiona
 import numpy as np
 import rasterio
+from affine import Affine
 from PIL import Image
+from rasterio.coords import BoundingBox
 from rasterio.crs import CRS
 from rasterio.features import rasterize
 from rasterio.warp import transform_geom
 
-from cspt.data.images import read_valid
+from cspt.data.images import ImageReadError, read_valid
 from cspt.errors import CsptError
 
 
@@ -31,6 +33,8 @@ class VectorLabels:
 
 def read_vector_labels(labels: Path, class_field: str) -> VectorLabels:
     """Every feature's geometry and class (the ``class_field`` value, as text), and the file's CRS."""
+    if not labels.exists():
+        raise CsptError(f"{labels}: no such vector file")
     try:
         with fiona.open(labels) as layer:
             fields = list(layer.schema["properties"])
@@ -78,13 +82,33 @@ def in_scene_crs(labels: VectorLabels, scene: Path, scene_crs: CRS | None) -> li
                         f"({scene_crs})") from None
 
 
-def scene_boxes(labels: VectorLabels, scene: Path) -> tuple[np.ndarray, list[str], int]:
+@dataclass(frozen=True)
+class SceneGrid:
+    """A GeoTIFF scene's pixel grid on the map."""
+
+    crs: CRS | None
+    transform: Affine
+    height: int
+    width: int
+    bounds: BoundingBox
+
+
+def scene_grid(scene: Path) -> SceneGrid:
+    """The grid of ``scene``; an :class:`ImageReadError` naming it when it cannot be opened."""
+    try:
+        with rasterio.open(scene) as src:
+            return SceneGrid(src.crs, src.transform, src.height, src.width, src.bounds)
+    except Exception as err:  # GDAL: missing, not a raster, corrupt
+        raise ImageReadError(f"{scene}: cannot open the scene ({str(err).splitlines()[0] if str(err) else err})") \
+            from None
+
+
+def scene_boxes(labels: VectorLabels, scene: Path, grid: SceneGrid) -> tuple[np.ndarray, list[str], int]:
     """The pixel boxes ``(N, 4)`` (x1, y1, x2, y2) of the features (boxes or polygons, any CRS) over
-    ``scene``, clipped to it, their classes, and how many were clipped."""
-    with rasterio.open(scene) as src:
-        scene_crs, inverse, width, height = src.crs, ~src.transform, src.width, src.height
+    ``scene`` (on ``grid``), clipped to it, their classes, and how many were clipped."""
+    inverse, width, height = ~grid.transform, grid.width, grid.height
     boxes, names, clipped = [], [], 0
-    for geometry, name in in_scene_crs(labels, scene, scene_crs):
+    for geometry, name in in_scene_crs(labels, scene, grid.crs):
         xs, ys = np.array(all_points(geometry["coordinates"]), dtype=np.float64).T
         a, b, c, d, e, f = tuple(inverse)[:6]
         cols, rows = a * xs + b * ys + c, d * xs + e * ys + f
@@ -109,15 +133,15 @@ def rasterize_labels(scene: Path, labels: VectorLabels, classes: Sequence[str], 
                      ignore_index: int = 255) -> Path:
     """Burn the labels' polygons into a mask of ``scene``'s grid (class indices; ``ignore_index`` where no
     polygon lies or the scene has no data), reprojected to its CRS; written as an index PNG at ``target``."""
-    with rasterio.open(scene) as src:
-        scene_crs, transform, shape, bounds = src.crs, src.transform, (src.height, src.width), src.bounds
+    grid = scene_grid(scene)
+    shape, bounds = (grid.height, grid.width), grid.bounds
     index = {name: i for i, name in enumerate(classes)}
-    shapes = [(geometry, index[name]) for geometry, name in in_scene_crs(labels, scene, scene_crs)]
-    mask = rasterize(shapes, out_shape=shape, transform=transform, fill=ignore_index, dtype="uint8") \
+    shapes = [(geometry, index[name]) for geometry, name in in_scene_crs(labels, scene, grid.crs)]
+    mask = rasterize(shapes, out_shape=shape, transform=grid.transform, fill=ignore_index, dtype="uint8") \
         if shapes else np.full(shape, ignore_index, np.uint8)
     if (mask == ignore_index).all():
         raise CsptError(f"{labels.path}: no feature lies over {scene} (the scene covers x {bounds.left:.1f}.."
-                        f"{bounds.right:.1f}, y {bounds.bottom:.1f}..{bounds.top:.1f} in {scene_crs})")
+                        f"{bounds.right:.1f}, y {bounds.bottom:.1f}..{bounds.top:.1f} in {grid.crs})")
     mask[~read_valid(scene)] = ignore_index
     target.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(mask).save(target)
