@@ -7,6 +7,7 @@ import io
 import json
 import re
 import shutil
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from PIL import Image
 
 from cspt.errors import CsptError
 from cspt.gap import domain_gap, frechet_distance, mmd
-from cspt.pipeline import plan, read_pipeline
+from cspt.pipeline import STAGE_FILE, plan, read_pipeline
 from tests.conftest import PLAIN_FINETUNE, TINY_IMAGENET, needs, run_cli
 
 
@@ -139,6 +140,65 @@ def test_the_guided_arms_pretrain_each_with_their_own_options_and_fine_tune_from
     assert classifier["lineage"][-2]["config"]["replay"] == replay
     with pytest.raises(CsptError, match="teacher arms need a 'source:'"):
         read_pipeline_text(tmp_path, {**spec, "source": None})
+
+
+def test_seeds_and_budgets_make_one_chain_each_with_probes_and_a_report_averaged_over_seeds(
+        natural_mae, rsscn7_csv, rsscn7_list, tmp_path):
+    train, test = rsscn7_csv(2), rsscn7_csv(2, seed=1)
+    spec = {
+        "output": str(tmp_path / "pipe"), "source": str(natural_mae), "arms": ["random", "direct", "scratch"],
+        "seeds": [3, 4], "budgets": [1, 2],
+        "pretrain": {"data": [str(rsscn7_list(12))], "epochs": 7, "batch_size": 12, "warmup_epochs": 0,
+                     "num_workers": 0, "device": "cpu", "vis_every": 0},
+        "finetune": {"rs": {"task": "classify", "train": str(train), "test": str(test), "epochs": 1,
+                            "batch_size": 7, "img_size": 32, "num_workers": 0, "device": "cpu", **PLAIN_FINETUNE,
+                            "rand_augment": "none"}},
+        "probes": {"knn": {"probe": "knn", "train": str(train), "test": str(test), "img_size": 32, "k": 3,
+                           "num_workers": 0}},
+    }
+    stages = {stage.name: stage for stage in plan(spec)}
+    pretraining = [name for name, stage in stages.items() if stage.kind == "pretrain"]
+    assert pretraining == ["pretrain_scratch_e1_s3", "pretrain_scratch_e2_s3", "pretrain_scratch_e1_s4",
+                           "pretrain_scratch_e2_s4"]
+    for name in pretraining:  # the budget and seed of the chain, everything else from 'pretrain:'
+        epochs, seed = int(name.split("_e")[1][0]), int(name[-1])
+        assert stages[name].options == {**spec["pretrain"], "epochs": epochs, "seed": seed}
+        assert stages[name].init_from is None  # scratch: random initialisation
+    assert stages["random_s3/rs"].init_from is None and stages["direct_s4/rs"].init_from == "source"
+    assert stages["scratch_e2_s4/rs"].init_from == "pretrain_scratch_e2_s4"
+    assert stages["scratch_e2_s4/rs"].options["seed"] == 4 and "seed" not in stages["direct_s4/knn"].options
+    probes = sorted(name for name, stage in stages.items() if stage.kind == "probe")
+    assert probes == ["direct_s3/knn", "direct_s4/knn", "scratch_e1_s3/knn", "scratch_e1_s4/knn",
+                      "scratch_e2_s3/knn", "scratch_e2_s4/knn"]  # the random arm has no encoder before fine-tuning
+
+    spec["arms"], spec["budgets"] = ["direct", "scratch"], [1]  # what runs: 2 seeds of 2 arms
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump(spec))
+    result = run_cli("pipeline", str(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    pipe = tmp_path / "pipe"
+    for seed in (3, 4):
+        state = json.loads((pipe / f"pretrain_scratch_e1_s{seed}" / STAGE_FILE).read_text())
+        assert state["done"] and state["seconds"] > 0
+        pretrained = yaml.safe_load((pipe / f"pretrain_scratch_e1_s{seed}" / "config.yaml").read_text())
+        assert (pretrained["epochs"], pretrained["seed"]) == (1, seed)
+        assert yaml.safe_load((pipe / f"scratch_e1_s{seed}" / "rs" / "config.yaml").read_text())["seed"] == seed
+    scores = {(arm, task): [json.loads((pipe / f"{arm}_s{seed}" / task / "metrics.json").read_text())["oa"]
+                            for seed in (3, 4)]
+              for arm in ("direct", "scratch_e1") for task in ("rs", "knn")}
+    report = (pipe / "report.md").read_text()
+    for task, label in (("rs", "OA"), ("knn", "probe OA")):
+        direct, scratch = scores[("direct", task)], scores[("scratch_e1", task)]
+        change = statistics.mean(scratch) - statistics.mean(direct)
+        assert f"## {task}: direct against scratch_e1" in report
+        assert (f"{label}: direct {statistics.mean(direct):.4f} ± {statistics.stdev(direct):.4f}, scratch_e1 "
+                f"{statistics.mean(scratch):.4f} ± {statistics.stdev(scratch):.4f}, difference {change:+.4f}: "
+                "pretraining as scratch ") in report
+    assert "means over 2 and 2 seeds" in report
+    with pytest.raises(CsptError, match="'seeds' must be a list of whole numbers"):
+        read_pipeline_text(tmp_path, {**spec, "seeds": 3})
+    with pytest.raises(CsptError, match="probe 'knn' needs probe: knn | linear"):
+        read_pipeline_text(tmp_path, {**spec, "probes": {"knn": {"probe": "svm"}}})
 
 
 def read_pipeline_text(folder: Path, spec: dict) -> dict:

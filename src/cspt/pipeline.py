@@ -9,19 +9,27 @@ A pipeline config names its stages::
     replay: {data: [/data/imagenet_val], fraction: 0.25}      # for the cspt_replay arm
     finetune:
       aid: {task: classify, data: /data/AID, train_fraction: 0.2, ...}   # the task's options
+    probes:                                                  # optional: frozen-encoder probes of every arm
+      aid_knn: {probe: knn, data: /data/AID, train_fraction: 0.2}        # ProbeConfig options
     gap: {source: [/data/imagenet_val], target: [/data/AID], max_images: 256}   # optional
+    seeds: [0, 1]                            # optional: every arm once per seed (its stages' ``seed``)
+    budgets: [50, 100]                       # optional: every pretraining arm once per budget (its ``epochs``)
 
-Arms that pretrain (every arm but ``direct``) each have their own pretraining stage,
-the ``pretrain`` options plus the arm's own: ``cspt`` (from the source), ``cspt_teacher``
-(from the source, guided by it as a frozen teacher: ``--distill-from``), ``fresh_teacher``
-(a randomly initialised student guided by the source, GFM's setting) and ``cspt_replay``
-(from the source, with ``replay`` images mixed into every batch).
+Arms: ``direct`` (the source, fine-tuned), ``random`` (random initialisation,
+fine-tuned), and the arms with their own pretraining stage, the ``pretrain`` options plus
+the arm's own: ``cspt`` (from the source), ``scratch`` (from random initialisation),
+``cspt_teacher`` (from the source, guided by it as a frozen teacher: ``--distill-from``),
+``fresh_teacher`` (a randomly initialised student guided by the source, GFM's setting)
+and ``cspt_replay`` (from the source, with ``replay`` images mixed into every batch).
 
-Each stage runs in its own directory under ``output`` (``pretrain/`` for the cspt arm,
-``pretrain_ARM/`` for the others, ``ARM/NAME/``, ``gap/``). A finished stage is skipped
-when its key (a hash of its options and of its input's key) is unchanged; an interrupted
-one resumes from its checkpoint; a changed one starts again. ``--from STAGE`` re-runs
-that stage and every later one, ``--only STAGE`` that stage alone.
+One arm at one budget and seed is a *chain*, named ``ARM`` or, with ``budgets`` or
+``seeds``, ``ARM_eEPOCHS_sSEED``. Each stage runs in its own directory under ``output``
+(``pretrain/`` for the bare cspt chain, ``pretrain_CHAIN/`` for the others,
+``CHAIN/NAME/`` for fine-tunes and probes, ``gap/``) and records its wall time in
+``stage.json``. A finished stage is skipped when its key (a hash of its options and of
+its input's key) is unchanged; an interrupted one resumes from its checkpoint; a changed
+one starts again. ``--from STAGE`` re-runs that stage and every later one, ``--only
+STAGE`` that stage alone.
 """
 
 from __future__ import annotations
@@ -30,41 +38,65 @@ import hashlib
 import json
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cspt.checkpoints import checkpoint_file
-from cspt.config import ClassifyConfig, DetectConfig, PretrainConfig, SegmentConfig, make_config, read_yaml
+from cspt.config import ClassifyConfig, DetectConfig, PretrainConfig, ProbeConfig, SegmentConfig, make_config, read_yaml
 from cspt.errors import CsptError
 from cspt.hub import is_hub_name
 
 log = logging.getLogger("cspt")
 
-ARMS = ("direct", "cspt", "cspt_teacher", "fresh_teacher", "cspt_replay")
-#: the arms with a pretraining stage; those guided by the source as a frozen teacher; the one whose student
-#: starts from random weights instead of the source
-PRETRAINING_ARMS = ("cspt", "cspt_teacher", "fresh_teacher", "cspt_replay")
+ARMS = ("direct", "random", "cspt", "scratch", "cspt_teacher", "fresh_teacher", "cspt_replay")
+#: the arms with a pretraining stage; those guided by the source as a frozen teacher; those whose (student)
+#: model starts from random weights instead of the source
+PRETRAINING_ARMS = ("cspt", "scratch", "cspt_teacher", "fresh_teacher", "cspt_replay")
 TEACHER_ARMS = ("cspt_teacher", "fresh_teacher")
-FRESH_STUDENT_ARM = "fresh_teacher"
+RANDOM_START_ARMS = ("random", "scratch", "fresh_teacher")
 TASKS = {"classify": ClassifyConfig, "detect": DetectConfig, "segment": SegmentConfig}
+PROBES = ("knn", "linear")
 STAGE_FILE = "stage.json"
-PIPELINE_KEYS = {"output", "source", "arms", "pretrain", "replay", "finetune", "gap"}
+PIPELINE_KEYS = {"output", "source", "arms", "pretrain", "replay", "finetune", "probes", "gap", "seeds", "budgets"}
+
+
+@dataclass(frozen=True)
+class Chain:
+    """One arm at one pretraining budget and seed (``None``: the config's own, unnamed)."""
+
+    arm: str
+    epochs: int | None = None
+    seed: int | None = None
+
+    @property
+    def label(self) -> str:
+        return self.unseeded + ("" if self.seed is None else f"_s{self.seed}")
+
+    @property
+    def unseeded(self) -> str:
+        """The label of the arm at this budget, the same for every seed."""
+        return self.arm + ("" if self.epochs is None else f"_e{self.epochs}")
 
 
 @dataclass
 class Stage:
     """One step of the chain and where it runs."""
 
-    name: str  #: "pretrain", "gap", or "ARM/NAME"
-    kind: str  #: pretrain, gap, classify, detect or segment
+    name: str  #: "pretrain", "gap", or "CHAIN/NAME"
+    kind: str  #: pretrain, gap, probe, classify, detect or segment
     options: dict[str, Any]
     run_dir: Path
     init_from: str | None = None  #: "source" or the name of the stage whose output it starts from
-    arm: str | None = None
+    chain: Chain | None = None
     key: str = ""
     ran: bool = field(default=False)
+
+    @property
+    def arm(self) -> str | None:
+        return self.chain.arm if self.chain else None
 
 
 def read_pipeline(path: str | Path) -> dict[str, Any]:
@@ -88,38 +120,79 @@ def read_pipeline(path: str | Path) -> dict[str, Any]:
     for name, options in (spec.get("finetune") or {}).items():
         if not isinstance(options, dict) or options.get("task") not in TASKS:
             raise CsptError(f"{path}: finetune '{name}' needs task: {' | '.join(TASKS)}")
+    for name, options in (spec.get("probes") or {}).items():
+        if not isinstance(options, dict) or options.get("probe", "knn") not in PROBES:
+            raise CsptError(f"{path}: probe '{name}' needs probe: {' | '.join(PROBES)}")
+    for key in ("seeds", "budgets"):
+        values = spec.get(key)
+        if values is not None and (not isinstance(values, list) or not values
+                                   or not all(isinstance(v, int) and v >= 0 for v in values)):
+            raise CsptError(f"{path}: '{key}' must be a list of whole numbers, got {values!r}")
     return spec
+
+
+def chains(spec: dict[str, Any]) -> list[Chain]:
+    """Every arm at every seed and, for the arms that pretrain, every budget."""
+    found = []
+    for seed in spec.get("seeds") or [None]:
+        for arm in spec["arms"]:
+            budgets = (spec.get("budgets") or [None]) if arm in PRETRAINING_ARMS else [None]
+            found += [Chain(arm, epochs, seed) for epochs in budgets]
+    return found
 
 
 def plan(spec: dict[str, Any]) -> list[Stage]:
     """The stages of a pipeline spec, in the order they run."""
     output = Path(spec["output"])
     stages = []
-    for arm in spec["arms"]:
-        if arm in PRETRAINING_ARMS:
-            name = pretraining_stage(arm)
-            stages.append(Stage(name, "pretrain", arm_pretraining(spec, arm), output / name,
-                                None if arm == FRESH_STUDENT_ARM else "source", arm))
-    for arm in spec["arms"]:
+    for chain in chains(spec):
+        if chain.arm in PRETRAINING_ARMS:
+            name = pretraining_stage(chain)
+            stages.append(Stage(name, "pretrain", chain_pretraining(spec, chain), output / name,
+                                None if chain.arm in RANDOM_START_ARMS else "source", chain))
+    for chain in chains(spec):
         for name, options in (spec.get("finetune") or {}).items():
-            options = dict(options)
+            options = seeded(options, chain)
             kind = options.pop("task")
-            stages.append(Stage(f"{arm}/{name}", kind, options, output / arm / name,
-                                "source" if arm == "direct" else pretraining_stage(arm), arm))
-    if spec.get("gap"):  # measured for the source, and after pretraining when that stage exists
-        after = "pretrain" if "cspt" in spec["arms"] else "source"
+            stages.append(Stage(f"{chain.label}/{name}", kind, options, output / chain.label / name,
+                                chain_input(chain), chain))
+    for chain in chains(spec):
+        if chain_input(chain) is None:
+            continue  # the random arm: no encoder to probe before its fine-tuning
+        for name, options in (spec.get("probes") or {}).items():
+            stages.append(Stage(f"{chain.label}/{name}", "probe", dict(options), output / chain.label / name,
+                                chain_input(chain), chain))
+    if spec.get("gap"):  # measured for the source, and after the (first) cspt pretraining when there is one
+        cspt = [stage.name for stage in stages if stage.kind == "pretrain" and stage.arm == "cspt"]
+        after = cspt[0] if cspt else "source"
         stages.append(Stage("gap", "gap", dict(spec["gap"]), output / "gap", after))
     return stages
 
 
-def pretraining_stage(arm: str) -> str:
-    """The name (and folder) of an arm's pretraining stage."""
-    return "pretrain" if arm == "cspt" else f"pretrain_{arm}"
+def pretraining_stage(chain: Chain) -> str:
+    """The name (and folder) of a chain's pretraining stage."""
+    return "pretrain" if chain.label == "cspt" else f"pretrain_{chain.label}"
 
 
-def arm_pretraining(spec: dict[str, Any], arm: str) -> dict[str, Any]:
-    """The ``pretrain`` options with the arm's own (the teacher is the source; replay its images)."""
-    options = dict(spec["pretrain"])
+def chain_input(chain: Chain) -> str | None:
+    """What a chain's fine-tunes and probes start from: the source, nothing, or its pretraining stage."""
+    if chain.arm in PRETRAINING_ARMS:
+        return pretraining_stage(chain)
+    return None if chain.arm in RANDOM_START_ARMS else "source"
+
+
+def seeded(options: dict[str, Any], chain: Chain) -> dict[str, Any]:
+    """A stage's options with the chain's seed, when the config names seeds."""
+    return dict(options) if chain.seed is None else {**options, "seed": chain.seed}
+
+
+def chain_pretraining(spec: dict[str, Any], chain: Chain) -> dict[str, Any]:
+    """The ``pretrain`` options with the chain's own: its budget and seed, the teacher (the source) or the replay
+    images of its arm."""
+    options = seeded(spec["pretrain"], chain)
+    arm = chain.arm
+    if chain.epochs is not None:
+        options["epochs"] = chain.epochs
     if arm in TEACHER_ARMS:
         options["distill_from"] = spec["source"]
     if arm == "cspt_replay":
@@ -163,8 +236,8 @@ def run_stage(stage: Stage, init: str | None) -> None:
     from cspt.tasks.pretrain import pretrain
     from cspt.tasks.segment import finetune_segment
 
-    if stage.kind == "gap":
-        run_gap_stage(stage, init)
+    if stage.kind == "probe":
+        run_probe_stage(stage, init)
         return
     runners: dict[str, tuple[type, Callable]] = {"pretrain": (PretrainConfig, pretrain),
                                                   "classify": (ClassifyConfig, finetune_classify),
@@ -175,7 +248,19 @@ def run_stage(stage: Stage, init: str | None) -> None:
     runner(make_config(cls, values, f"pipeline stage {stage.name}"))
 
 
-def run_gap_stage(stage: Stage, source: str | None) -> None:
+def run_probe_stage(stage: Stage, encoder: str | None) -> None:
+    """A kNN or linear probe of a chain's encoder before fine-tuning: ``metrics.json`` in its directory."""
+    from cspt.tasks.probe import run_probe
+
+    if not encoder:
+        raise CsptError(f"stage {stage.name}: a probe needs an encoder (a source checkpoint or a pretraining stage)")
+    options = dict(stage.options)
+    kind = options.pop("probe", "knn")
+    run_probe(kind, make_config(ProbeConfig, {**options, "checkpoint": encoder, "output": str(stage.run_dir)},
+                                f"pipeline stage {stage.name}"))
+
+
+def run_gap_stage(stage: Stage, source: str | None, pretrained_run: Path | None) -> None:
     """The domain gap of the source checkpoint and, when there is one, of the pretrained encoder."""
     from cspt.gap import domain_gap, gap_closed, write_gap
 
@@ -184,8 +269,8 @@ def run_gap_stage(stage: Stage, source: str | None) -> None:
         raise CsptError("the gap stage needs a source checkpoint")
     before = domain_gap(source, options["source"], options["target"], options.get("max_images", 256))
     write_gap(before, stage.run_dir / "source")
-    pretrained = stage.run_dir.parent / "pretrain" / "checkpoints" / "last.pt"
-    if pretrained.is_file():
+    pretrained = pretrained_run / "checkpoints" / "last.pt" if pretrained_run else None
+    if pretrained is not None and pretrained.is_file():
         after = domain_gap(pretrained, options["source"], options["target"], options.get("max_images", 256))
         write_gap(after, stage.run_dir / "pretrained")
         closed = gap_closed(before, after)
@@ -224,12 +309,14 @@ def run_pipeline(path: str | Path, start: str | None = None, only: str | None = 
         stage.run_dir.mkdir(parents=True, exist_ok=True)
         (stage.run_dir / STAGE_FILE).write_text(json.dumps({"key": stage.key, "done": False}) + "\n")
         upstream = next((s for s in stages if s.name == stage.init_from), None)
-        if upstream is not None and stage.kind != "gap":
-            init = stage_output(upstream)
-        else:
-            init = source if stage.init_from == "source" or stage.kind == "gap" else None
         log.info("stage %s: running in %s", stage.name, stage.run_dir)
-        run_stage(stage, init)
+        started = time.perf_counter()
+        if stage.kind == "gap":
+            run_gap_stage(stage, source, upstream.run_dir if upstream else None)
+        else:
+            run_stage(stage, stage_output(upstream) if upstream else source if stage.init_from == "source" else None)
         stage.ran = True
-        (stage.run_dir / STAGE_FILE).write_text(json.dumps({"key": stage.key, "done": True}) + "\n")
+        seconds = time.perf_counter() - started  # of the run that finished it (an interrupted part is not counted)
+        (stage.run_dir / STAGE_FILE).write_text(json.dumps({"key": stage.key, "done": True, "seconds": seconds})
+                                                + "\n")
     return write_pipeline_report(Path(spec["output"]), stages, spec)

@@ -11,6 +11,7 @@ import base64
 import html
 import json
 import logging
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ WEIGHTS = {"classify": "classifier.json", "detect": "detector.json", "segment": 
            "pretrain": "encoder.json"}
 HEADLINE = {"classify": [("oa", "OA"), ("aa", "AA"), ("kappa", "kappa")],
             "detect": [("map50", "mAP@0.5"), ("map", "mAP@[.5:.95]")],
-            "segment": [("miou", "mIoU"), ("oa", "OA"), ("mean_f1", "mean F1")]}
+            "segment": [("miou", "mIoU"), ("oa", "OA"), ("mean_f1", "mean F1")],
+            "probe": [("oa", "probe OA"), ("kappa", "probe kappa")]}
 
 
 def run_kind(run_dir: Path) -> str:
@@ -248,29 +250,49 @@ def gap_blocks(folder: Path) -> list[Block]:
     return blocks
 
 
+#: what an arm changes against the direct arm, in words
+ARM_WORDS = {"cspt": "consecutive pretraining", "random": "random initialisation instead of the source"}
+
+
 def arm_comparison(stages: Sequence[Any]) -> list[Block]:
-    """Each fine-tune of every pretraining arm beside the direct arm's: the difference, and its sign in words."""
-    by_arm = {(stage.arm, stage.name.split("/", 1)[-1]): stage for stage in stages
-              if stage.arm and stage.kind != "pretrain" and stage.run_dir.is_dir()}
+    """Each fine-tune and probe of every arm beside the direct arm's, averaged over the seeds: the difference, and
+    its sign in words."""
+    groups: dict[tuple[str, str], list[dict[str, float]]] = {}
+    arms: dict[str, str] = {}  #: the arm of each group's chains
+    for stage in stages:
+        if stage.chain and stage.kind != "pretrain" and stage.run_dir.is_dir():
+            task = stage.name.split("/", 1)[-1]
+            groups.setdefault((stage.chain.unseeded, task), []).append(headline(stage.run_dir, stage.kind))
+            arms[stage.chain.unseeded] = stage.chain.arm
     blocks: list[Block] = []
-    for (arm, name), ours in by_arm.items():
-        direct = by_arm.get(("direct", name))
-        if arm == "direct" or direct is None:
+    for (label, task), ours in groups.items():
+        direct = groups.get(("direct", task))
+        if label == "direct" or direct is None:
             continue
-        mine, theirs = headline(ours.run_dir, ours.kind), headline(direct.run_dir, direct.kind)
-        rows = [[metric, f"{theirs[metric]:.4f}", f"{mine[metric]:.4f}", f"{mine[metric] - theirs[metric]:+.4f}"]
-                for metric in mine if metric in theirs]
-        if not rows:
+        metrics = [metric for metric in ours[0] if all(metric in h for h in ours + direct)]
+        if not metrics:
             continue
+        rows = [[metric, mean_and_spread([h[metric] for h in direct]), mean_and_spread([h[metric] for h in ours]),
+                 f"{statistics.mean(h[metric] for h in ours) - statistics.mean(h[metric] for h in direct):+.4f}"]
+                for metric in metrics]
         main = rows[0]
         change = float(main[3])
-        what = "consecutive pretraining" if arm == "cspt" else f"pretraining as {arm}"
+        what = ARM_WORDS.get(arms[label], f"pretraining as {arms[label]}")
         verdict = f"{what} helped" if change > 0 else f"{what} hurt" if change < 0 else f"{what} made no difference"
-        blocks += [("h", 2, f"{name}: direct against {arm}"),
-                   ("p", f"{main[0]}: direct {main[1]}, {arm} {main[2]}, difference {main[3]}: {verdict} "
-                         "(one run per arm: a difference within a run's seed-to-seed spread is no evidence)."),
-                   ("table", ["metric", "direct", arm, f"{arm} - direct"], rows)]
+        runs = ("one run per arm: a difference within a run's seed-to-seed spread is no evidence"
+                if len(ours) == 1 and len(direct) == 1 else
+                f"means over {len(ours)} and {len(direct)} seeds, ± their standard deviation")
+        blocks += [("h", 2, f"{task}: direct against {label}"),
+                   ("p", f"{main[0]}: direct {main[1]}, {label} {main[2]}, difference {main[3]}: {verdict} ({runs})."),
+                   ("table", ["metric", "direct", label, f"{label} - direct"], rows)]
     return blocks
+
+
+def mean_and_spread(values: Sequence[float]) -> str:
+    """``0.1234``, or ``0.1234 ± 0.0056`` (sample standard deviation) for more than one value."""
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def write_pipeline_report(output: Path, stages: Sequence[Any], spec: dict[str, Any]) -> Path:
@@ -290,7 +312,7 @@ def write_pipeline_report(output: Path, stages: Sequence[Any], spec: dict[str, A
     for stage in stages:
         if stage.kind == "gap":
             blocks += gap_blocks(stage.run_dir)
-        elif stage.run_dir.is_dir():
+        elif stage.run_dir.is_dir() and stage.kind != "probe":  # a probe's figures are its metrics, in the table
             blocks += run_blocks(stage.run_dir, stage.name, figures)
             write_run_report(stage.run_dir)
     return write_report(blocks, output, "cspt pipeline report")
