@@ -58,7 +58,6 @@ PRETRAINING_ARMS = ("cspt", "scratch", "cspt_teacher", "fresh_teacher", "cspt_re
 TEACHER_ARMS = ("cspt_teacher", "fresh_teacher")
 RANDOM_START_ARMS = ("random", "scratch", "fresh_teacher")
 TASKS = {"classify": ClassifyConfig, "detect": DetectConfig, "segment": SegmentConfig}
-PROBES = ("knn", "linear")
 STAGE_FILE = "stage.json"
 PIPELINE_KEYS = {"output", "source", "arms", "pretrain", "replay", "finetune", "probes", "gap", "seeds", "budgets"}
 
@@ -73,12 +72,8 @@ class Chain:
 
     @property
     def label(self) -> str:
-        return self.unseeded + ("" if self.seed is None else f"_s{self.seed}")
-
-    @property
-    def unseeded(self) -> str:
-        """The label of the arm at this budget, the same for every seed."""
-        return self.arm + ("" if self.epochs is None else f"_e{self.epochs}")
+        budget = "" if self.epochs is None else f"_e{self.epochs}"
+        return self.arm + budget + ("" if self.seed is None else f"_s{self.seed}")
 
 
 @dataclass
@@ -100,6 +95,8 @@ class Stage:
 
 
 def read_pipeline(path: str | Path) -> dict[str, Any]:
+    from cspt.tasks.probe import PROBES
+
     spec = read_yaml(path)
     unknown = sorted(set(spec) - PIPELINE_KEYS)
     if unknown:

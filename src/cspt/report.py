@@ -8,6 +8,7 @@ the HTML file can be mailed or archived alone.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 import logging
@@ -257,17 +258,19 @@ ARM_WORDS = {"cspt": "consecutive pretraining", "random": "random initialisation
 def arm_comparison(stages: Sequence[Any]) -> list[Block]:
     """Each fine-tune and probe of every arm beside the direct arm's, averaged over the seeds: the difference, and
     its sign in words."""
-    groups: dict[tuple[str, str], list[dict[str, float]]] = {}
-    arms: dict[str, str] = {}  #: the arm of each group's chains
+    from cspt.pipeline import Chain
+
+    groups: dict[tuple[Chain, str], list[dict[str, float]]] = {}  #: an arm at a budget, every seed
     for stage in stages:
         if stage.chain and stage.kind != "pretrain" and stage.run_dir.is_dir():
             task = stage.name.split("/", 1)[-1]
-            groups.setdefault((stage.chain.unseeded, task), []).append(headline(stage.run_dir, stage.kind))
-            arms[stage.chain.unseeded] = stage.chain.arm
+            group = dataclasses.replace(stage.chain, seed=None)
+            groups.setdefault((group, task), []).append(headline(stage.run_dir, stage.kind))
     blocks: list[Block] = []
-    for (label, task), ours in groups.items():
-        direct = groups.get(("direct", task))
-        if label == "direct" or direct is None:
+    for (group, task), ours in groups.items():
+        direct = groups.get((Chain("direct"), task))
+        label = group.label
+        if group.arm == "direct" or direct is None:
             continue
         metrics = [metric for metric in ours[0] if all(metric in h for h in ours + direct)]
         if not metrics:
@@ -277,7 +280,7 @@ def arm_comparison(stages: Sequence[Any]) -> list[Block]:
                 for metric in metrics]
         main = rows[0]
         change = float(main[3])
-        what = ARM_WORDS.get(arms[label], f"pretraining as {arms[label]}")
+        what = ARM_WORDS.get(group.arm, f"pretraining as {group.arm}")
         verdict = f"{what} helped" if change > 0 else f"{what} hurt" if change < 0 else f"{what} made no difference"
         runs = ("one run per arm: a difference within a run's seed-to-seed spread is no evidence"
                 if len(ours) == 1 and len(direct) == 1 else
