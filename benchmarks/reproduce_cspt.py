@@ -51,8 +51,9 @@ from cspt.config import read_yaml
 from cspt.data.classification import LabelledSet, keep_label_fraction, read_labelled, stratified_split, write_label_csv
 from cspt.data.files import find_images
 from cspt.errors import CsptError
-from cspt.pipeline import PRETRAINING_ARMS, Stage, run_pipeline
+from cspt.pipeline import PRETRAINING_ARMS, Stage, run_pipeline, stage_state
 from cspt.pipeline import plan as pipeline_stages
+from cspt.report import mean_and_spread
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "configs"
@@ -177,7 +178,9 @@ def run(plan: Plan, sets: dict[str, LabelledSet]) -> dict[str, Any]:
     config = plan.output / "pipeline.yaml"
     config.write_text(yaml.safe_dump(spec, sort_keys=False))
     run_pipeline(config)
-    return {"chains": collect(pipeline_stages(spec)), "seconds": time.perf_counter() - started}
+    stages = pipeline_stages(spec)
+    return {"chains": collect(stages), "stage_seconds": sum(stage_state(stage)["seconds"] for stage in stages),
+            "seconds": time.perf_counter() - started}
 
 
 def collect(stages: list[Stage]) -> dict[str, dict[str, Any]]:
@@ -190,7 +193,7 @@ def collect(stages: list[Stage]) -> dict[str, dict[str, Any]]:
         row = chains.setdefault(chain.label, {"arm": chain.arm, "epochs": chain.epochs, "seed": chain.seed,
                                               "pretrain_seconds": 0.0})
         if stage.kind == "pretrain":
-            row["pretrain_seconds"] = json.loads((stage.run_dir / "stage.json").read_text())["seconds"]
+            row["pretrain_seconds"] = stage_state(stage)["seconds"]
             continue
         metrics = json.loads((stage.run_dir / "metrics.json").read_text())
         row[stage.name.split("/", 1)[1]] = {key: metrics[key] for key in ("oa", "aa", "kappa")}
@@ -218,12 +221,10 @@ def dig(row: dict[str, Any], keys: tuple[str, ...]) -> Any:
 
 
 def mean_spread(rows: list[dict[str, Any]], *keys: str) -> str:
+    """Mean ± std over seeds of ``row[keys[0]][keys[1]]...``; ``-`` where the chains have no such score."""
     if not rows or not all(keys[0] in row for row in rows):
         return "-"
-    values = [dig(row, keys) for row in rows]
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+    return mean_and_spread([dig(row, keys) for row in rows], digits=3)
 
 
 def source_drop(results: dict[str, Any], arm: str, epochs: int) -> float:
@@ -309,23 +310,22 @@ def plots(plan: Plan, results: dict[str, Any], folder: Path) -> None:
     plt.close(fig)
 
     methods = [arm for arm in arms if arm in PRETRAINING_ARMS]
+    minutes = {arm: [mean(rows_of(results, arm, e), "pretrain_seconds") / 60 for e in plan.budgets] for arm in methods}
     fig, axes = plt.subplots(1, len(plan.fractions) + 1, figsize=(5 * (len(plan.fractions) + 1), 4.2))
     for ax, fraction in zip(axes, plan.fractions):
         name = fraction_name(fraction)
         direct = mean(rows_of(results, "direct", None), name, "oa")
         for arm in methods:
-            minutes = [mean(rows_of(results, arm, e), "pretrain_seconds") / 60 for e in plan.budgets]
             gains = [100 * (mean(rows_of(results, arm, e), name, "oa") - direct) for e in plan.budgets]
-            ax.plot(minutes, gains, "o-", color=f"C{arms.index(arm)}", label=ARM_TITLES[arm])
+            ax.plot(minutes[arm], gains, "o-", color=f"C{arms.index(arm)}", label=ARM_TITLES[arm])
         ax.axhline(0, color="grey", lw=0.8, ls="--")
         ax.set_title(f"OA gain over (b), {fraction:.0%} labels", fontsize=10)
         ax.set_xlabel("pretraining minutes (2 CPU cores)")
         ax.set_ylabel("OA points")
     ax = axes[-1]
     for arm in methods:
-        minutes = [mean(rows_of(results, arm, e), "pretrain_seconds") / 60 for e in plan.budgets]
-        ax.plot(minutes, [100 * source_drop(results, arm, e) for e in plan.budgets], "o-", color=f"C{arms.index(arm)}",
-                label=ARM_TITLES[arm])
+        drops = [100 * source_drop(results, arm, e) for e in plan.budgets]
+        ax.plot(minutes[arm], drops, "o-", color=f"C{arms.index(arm)}", label=ARM_TITLES[arm])
     ax.axhline(0, color="grey", lw=0.8, ls="--")
     ax.set_title("source kNN drop against the natural checkpoint", fontsize=10)
     ax.set_xlabel("pretraining minutes (2 CPU cores)")
@@ -343,10 +343,9 @@ OUTPUTS = ("results.md", "results.json", "results.png", "gain_vs_compute.png")
 def write_outputs(plan: Plan, sets: dict[str, LabelledSet], results: dict[str, Any], command: str,
                   docs: Path | None) -> None:
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    stages = sum(json.loads(path.read_text()).get("seconds", 0.0) for path in plan.output.glob("**/stage.json"))
     header = (f"# CSPT reproduction results\n\nCommand: `{command}`\n\nMachine: {machine}. Pipeline stages: "
-              f"{stages / 60:.1f} min in all; this invocation: {results['seconds'] / 60:.1f} min (finished stages "
-              "are not run again).\n\n")
+              f"{results['stage_seconds'] / 60:.1f} min in all; this invocation: {results['seconds'] / 60:.1f} min "
+              "(finished stages are not run again).\n\n")
     (plan.output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (plan.output / "results.md").write_text(header + tables(plan, results, sets))
     plots(plan, results, plan.output)

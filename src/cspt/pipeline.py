@@ -12,7 +12,7 @@ A pipeline config names its stages::
     probes:                                                  # optional: frozen-encoder probes of every arm
       aid_knn: {probe: knn, data: /data/AID, train_fraction: 0.2}        # ProbeConfig options
     gap: {source: [/data/imagenet_val], target: [/data/AID], max_images: 256}   # optional
-    seeds: [0, 1]                            # optional: every arm once per seed (its stages' ``seed``)
+    seeds: [0, 1]                            # optional: every arm once per seed (pretraining/fine-tune ``seed``)
     budgets: [50, 100]                       # optional: every pretraining arm once per budget (its ``epochs``)
 
 Arms: ``direct`` (the source, fine-tuned), ``random`` (random initialisation,

@@ -291,11 +291,11 @@ def arm_comparison(stages: Sequence[Any]) -> list[Block]:
     return blocks
 
 
-def mean_and_spread(values: Sequence[float]) -> str:
+def mean_and_spread(values: Sequence[float], digits: int = 4) -> str:
     """``0.1234``, or ``0.1234 ± 0.0056`` (sample standard deviation) for more than one value."""
     if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def write_pipeline_report(output: Path, stages: Sequence[Any], spec: dict[str, Any]) -> Path:
