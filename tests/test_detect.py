@@ -237,8 +237,13 @@ def test_cli_finetune_evaluate_predict_detect(neon: Path, natural_mae: Path, tmp
     assert "pos_embed: fixed sin-cos recomputed for a 16x16 grid (was 8x8)" in result.stderr
     info = json.loads((run / "detector.json").read_text())
     assert info["classes"] == ["Alive", "Dead"] and info["taps"] == [2, 3, 4, 7]
-    evaluated = run_cli("evaluate", "detect", "--checkpoint", str(run), "--device", "cpu")
+    evaluated = run_cli("evaluate", "detect", "--checkpoint", str(run), "--device", "cpu", "--draw")
     assert evaluated.returncode == 0 and evaluated.stdout.startswith("mAP@0.5 "), evaluated.stderr
+    assert Image.open(run / "drawn" / "SOAP_061.png").size == (400, 400)
+    reported = run_cli("report", str(run))
+    assert reported.returncode == 0, reported.stderr
+    assert "green: they match a labelled object" in (run / "report.md").read_text()
+    assert Image.open(run / "examples" / "labelled" / "SOAP_061.png").size == (400, 400)
     assert "(1 scenes, 37 objects)" in evaluated.stdout
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"map50", "ap50_per_class", "map", "map_50"} <= set(metrics)
@@ -279,3 +284,29 @@ def test_the_conv_box_head_is_vitdets_4conv1fc_and_trains():
     losses = model([torch.rand(3, 64, 64), torch.rand(3, 64, 64)], [target, target])
     sum(losses.values()).backward()
     assert all(torch.isfinite(v) for v in losses.values()) and convs[0].weight.grad.abs().sum() > 0
+
+
+def test_drawn_detections_tell_hits_false_alarms_and_missed_objects_apart(tmp_path: Path):
+    """VOC's matching decides each outline's colour: a duplicate of a hit is a false alarm, a detection on a
+    difficult object is neither, and a labelled object nobody found is outlined."""
+    from cspt.tasks.detect import MISSED_COLOUR, OUTCOME_COLOURS, draw_boxes
+
+    image = tmp_path / "scene.png"
+    Image.fromarray(np.full((128, 128, 3), 90, np.uint8)).save(image)
+    hit, duplicate, far, on_difficult = [8, 8, 40, 40], [12, 12, 44, 44], [80, 80, 120, 120], [80, 8, 120, 40]
+    missed = [8, 80, 40, 120]
+    truth = {"boxes": torch.tensor([hit, on_difficult, missed], dtype=torch.float),
+             "labels": torch.tensor([0, 0, 0]), "difficult": torch.tensor([False, True, False])}
+    found = {"boxes": torch.tensor([duplicate, hit, far, on_difficult], dtype=torch.float),
+             "scores": torch.tensor([0.8, 0.9, 0.7, 0.6]), "labels": torch.tensor([0, 0, 0, 0])}
+    drawn = tmp_path / "drawn.png"
+    draw_boxes(image, found, ["Tree"], drawn, {}, truth)
+    pixels = np.asarray(Image.open(drawn))
+    # on each outline, away from the score labels written at the boxes' top left
+    expected = {(30, 8): OUTCOME_COLOURS[1], (44, 30): OUTCOME_COLOURS[0], (120, 100): OUTCOME_COLOURS[0],
+                (40, 100): OUTCOME_COLOURS[-1], (120, 24): MISSED_COLOUR}
+    for (row, col), colour in expected.items():
+        assert tuple(pixels[row, col]) == colour, (row, col)
+    draw_boxes(image, found, ["Tree"], drawn, {})  # without labels every detection is drawn alike
+    assert tuple(np.asarray(Image.open(drawn))[30, 8]) == OUTCOME_COLOURS[0]
+    assert tuple(np.asarray(Image.open(drawn))[120, 24]) == (90, 90, 90)

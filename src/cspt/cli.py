@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--format", default="auto", choices=["auto", "coco", "dota", "voc", "hrsc", "csv", "vector"])
     ed.add_argument("--output", help="folder for metrics.json (default: the run, or RUN/evaluation/NAME)")
     ed.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ed.add_argument("--draw", action="store_true", help="also write drawn/NAME.png: each scene's detections at "
+                    "the run's operating point, green where they match a labelled object, red where not, and "
+                    "the labelled objects missed in cyan")
 
     predict = commands.add_parser("predict", help="predictions of a fine-tuned model on new images")
     tasks = predict.add_subparsers(dest="task", required=True)
@@ -251,7 +254,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
         from cspt.tasks.detect import evaluate_detector
 
         metrics, folder = evaluate_detector(args.checkpoint, args.annotations, args.images, args.format,
-                                            args.output, args.device)
+                                            args.output, args.device, args.draw)
         print(f"mAP@0.5 {metrics['map50']:.4f}  mAP@[.5:.95] {metrics['map']:.4f}  ({metrics['scenes']} scenes, "
               f"{metrics['objects']} objects); written to {folder}")
         return

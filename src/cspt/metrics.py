@@ -93,32 +93,55 @@ def voc_ap(recall: torch.Tensor, precision: torch.Tensor) -> float:
     return float(((recall[steps + 1] - recall[steps]) * precision[steps + 1]).sum())
 
 
+def match_detections(boxes: torch.Tensor, scores: torch.Tensor, objects: torch.Tensor, difficult: torch.Tensor,
+                     iou_threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """VOC's greedy matching in one image and class: best score first, a detection takes the object it
+    overlaps most when their IoU reaches ``iou_threshold`` and no better detection took it. Returns each
+    detection's outcome (1 hit, 0 false alarm, -1 on a difficult object) and which objects were found."""
+    from torchvision.ops import box_iou
+
+    outcome = torch.zeros(len(boxes), dtype=torch.long)
+    taken = torch.zeros(len(objects), dtype=torch.bool)
+    if not len(boxes) or not len(objects):
+        return outcome, taken
+    overlaps = box_iou(boxes.double(), objects.double())
+    for k in scores.argsort(descending=True).tolist():
+        best, j = overlaps[k].max(0)
+        if best >= iou_threshold:
+            if difficult[j]:
+                outcome[k] = -1
+            elif not taken[j]:
+                taken[j], outcome[k] = True, 1
+    return outcome, taken
+
+
+def image_outcomes(found: dict, truth: dict, iou_threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`match_detections` class by class over one image's detections and labelled objects."""
+    outcome = torch.zeros(len(found["scores"]), dtype=torch.long)
+    taken = torch.zeros(len(truth["labels"]), dtype=torch.bool)
+    for label in set(found["labels"].tolist()) | set(truth["labels"].tolist()):
+        mine, targets = found["labels"] == label, truth["labels"] == label
+        outcome[mine], taken[targets] = match_detections(found["boxes"][mine], found["scores"][mine],
+                                                         truth["boxes"][targets], truth["difficult"][targets],
+                                                         iou_threshold)
+    return outcome, taken
+
+
 def scored_outcomes(detections: Sequence[dict], ground_truths: Sequence[dict], label: int,
                     iou_threshold: float = 0.5) -> tuple[list[tuple[float, int]], int]:
     """Every detection of class ``label`` as ``(score, 1 hit | 0 false alarm)``, best first, and the objects
     to find. A detection matching a difficult object is left out (neither a hit nor a false alarm)."""
-    from torchvision.ops import box_iou
-
     positives = sum(int(((g["labels"] == label) & ~g["difficult"]).sum()) for g in ground_truths)
     found = []
     for det, gt in zip(detections, ground_truths, strict=True):
-        mine = det["labels"] == label
-        boxes, scores = det["boxes"][mine], det["scores"][mine]
-        targets = gt["labels"] == label
-        gt_boxes, difficult = gt["boxes"][targets], gt["difficult"][targets]
-        taken = torch.zeros(len(gt_boxes), dtype=torch.bool)
-        overlaps = box_iou(boxes.double(), gt_boxes.double()) if len(gt_boxes) and len(boxes) else None
-        for k in scores.argsort(descending=True).tolist():
-            outcome = 0
-            if overlaps is not None:
-                best, j = overlaps[k].max(0)
-                if best >= iou_threshold:
-                    if difficult[j]:
-                        outcome = -1
-                    elif not taken[j]:
-                        taken[j], outcome = True, 1
-            found.append((float(scores[k]), outcome))
-    return [f for f in sorted(found, key=lambda f: -f[0]) if f[1] >= 0], positives
+        mine, targets = det["labels"] == label, gt["labels"] == label
+        scores = det["scores"][mine]
+        outcome, _ = match_detections(det["boxes"][mine], scores, gt["boxes"][targets], gt["difficult"][targets],
+                                      iou_threshold)
+        order = scores.argsort(descending=True)
+        found += [(score, hit) for score, hit in zip(scores[order].tolist(), outcome[order].tolist(), strict=True)
+                  if hit >= 0]
+    return sorted(found, key=lambda f: -f[0]), positives
 
 
 def voc_map(detections: Sequence[dict], ground_truths: Sequence[dict], classes: Sequence[str],

@@ -102,25 +102,31 @@ def example_figures(run_dir: Path, kind: str) -> list[tuple[Path, str]]:
 
 
 def _detection_example(run_dir: Path) -> tuple[Path, str] | None:
+    import torch
+
     from cspt.data.detection import read_annotations
     from cspt.tasks.common import described_weights
-    from cspt.tasks.detect import DETECTOR, predict_detector
+    from cspt.tasks.detect import DETECTOR, detect_scene, draw_against_labels, drawing_threshold, load_detector
 
     _, info = described_weights(run_dir, DETECTOR, "detect")
     if not info.get("val"):
         return None
     scene = read_annotations(info["val"], info["val_images"], info.get("format", "auto"), info["classes"],
                              info.get("class_field", "class")).scenes[0]
-    drawn = run_dir / "examples" / "drawn" / f"{scene.image.stem}.png"
+    drawn = run_dir / "examples" / "labelled" / f"{scene.image.stem}.png"
     if not drawn.is_file():
-        predict_detector(run_dir, [str(scene.image)], run_dir / "examples", draw=True, device="cpu")
+        model = load_detector(run_dir).model
+        draw_against_labels(scene, detect_scene(model, scene.image, scene.height, scene.width, info,
+                                                torch.device("cpu")), info, drawn)
     point = info.get("operating_point")
-    if not point:
-        return drawn, f"detections scoring 0.5 or more on the held-out scene {scene.image.name}"
-    held_out = point.get("validation", {})
-    return drawn, (f"detections scoring {point['threshold']:.2f} or more on the held-out scene {scene.image.name}: "
-                   f"the threshold of the best F1 on the {point['chosen_on']} "
-                   f"(held-out precision {held_out.get('precision', 0):.2f}, recall {held_out.get('recall', 0):.2f})")
+    chosen = ""
+    if point:
+        held_out = point.get("validation", {})
+        chosen = (f": the threshold of the best F1 on the {point['chosen_on']} (held-out precision "
+                  f"{held_out.get('precision', 0):.2f}, recall {held_out.get('recall', 0):.2f})")
+    return drawn, (f"detections scoring {drawing_threshold(info):.2f} or more on the held-out scene "
+                   f"{scene.image.name}{chosen}; green: they match a labelled object (IoU 0.5 or more), red: "
+                   "false alarms, cyan outline: labelled objects missed")
 
 
 def _segmentation_example(run_dir: Path) -> tuple[Path, str] | None:

@@ -34,7 +34,7 @@ from cspt.engine.sliding import sliding_window_detections
 from cspt.engine.trainer import Trainer, resolve_precision
 from cspt.errors import CsptError
 from cspt.export import write_sidecar, write_weights
-from cspt.metrics import best_f1_threshold, coco_map, precision_recall_at, voc_map
+from cspt.metrics import best_f1_threshold, coco_map, image_outcomes, precision_recall_at, voc_map
 from cspt.models.detector import build_detector, detector_encoder
 from cspt.models.vit import ArchConfig
 from cspt.tasks.common import (
@@ -56,6 +56,9 @@ log = logging.getLogger("cspt")
 DETECTOR = "detector.safetensors"
 #: the most training tiles the operating point is chosen on
 OPERATING_TILES = 256
+#: outline of a drawn detection by its outcome against the labels: hit, false alarm (or unlabelled), difficult
+OUTCOME_COLOURS = {1: (40, 230, 40), 0: (255, 40, 40), -1: (160, 160, 160)}
+MISSED_COLOUR = (0, 200, 255)  #: outline of a labelled object no detection found
 
 
 # ---------------------------------------------------------------- inference and evaluation
@@ -128,9 +131,10 @@ def load_detector(checkpoint: str | Path) -> DescribedModel:
 
 
 def evaluate_detector(checkpoint: str | Path, annotations: str | None = None, images: str | None = None,
-                      fmt: str = "auto", output: str | Path | None = None,
-                      device: str = "auto") -> tuple[dict[str, Any], Path]:
-    """Evaluate on ``annotations`` + ``images`` (default: the run's validation set)."""
+                      fmt: str = "auto", output: str | Path | None = None, device: str = "auto",
+                      draw: bool = False) -> tuple[dict[str, Any], Path]:
+    """Evaluate on ``annotations`` + ``images`` (default: the run's validation set); with ``draw``, also
+    ``drawn/NAME.png``: each scene's detections against its labels (:func:`draw_against_labels`)."""
     model, info, weights = load_detector(checkpoint)
     run_dir = weights.parent
     if annotations is None:
@@ -143,9 +147,11 @@ def evaluate_detector(checkpoint: str | Path, annotations: str | None = None, im
             raise CsptError("--annotations needs --images (the folder of the annotated images)")
         folder = Path(output) if output else run_dir / "evaluation" / Path(annotations).stem
     scenes = read_annotations(annotations, images, fmt, info["classes"], info.get("class_field", "class")).scenes
-    metrics, _ = evaluate_scenes(model, scenes, info, torch.device(resolve_device(device)))
+    metrics, detections = evaluate_scenes(model, scenes, info, torch.device(resolve_device(device)))
     metrics.update(checkpoint=str(weights), annotations=str(annotations))
     folder.mkdir(parents=True, exist_ok=True)
+    for scene, found in zip(scenes, detections, strict=True) if draw else ():
+        draw_against_labels(scene, found, info, folder / "drawn" / f"{scene.image.stem}.png")
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log.info("mAP@0.5 (VOC) %.4f, mAP@[.5:.95] (COCO) %.4f on %d scenes", metrics["map50"], metrics["map"],
              len(scenes))
@@ -160,7 +166,7 @@ def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str 
     ``draw_score``; default: the operating point chosen on the training scenes, else 0.5)."""
     model, info, _ = load_detector(checkpoint)
     if draw_score is None:
-        draw_score = info.get("operating_point", {}).get("threshold", 0.5)
+        draw_score = drawing_threshold(info)
     torch_device = torch.device(resolve_device(device))
     classes = info["classes"]
     folder = Path(output)
@@ -201,18 +207,43 @@ def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str 
     return folder
 
 
+def drawing_threshold(info: dict[str, Any]) -> float:
+    """The score from which detections are drawn: the operating point chosen on the training scenes, else 0.5."""
+    return info.get("operating_point", {}).get("threshold", 0.5)
+
+
 def draw_boxes(image: Path, found: dict[str, torch.Tensor], classes: Sequence[str], target: Path,
-               info: dict[str, Any]) -> None:
-    """The image (as the model's scaling shows it) with its boxes; class and score beside each (when few)."""
+               info: dict[str, Any], truth: dict[str, torch.Tensor] | None = None) -> None:
+    """The image (as the model's scaling shows it) with its boxes; class and score beside each (when few).
+
+    Without ``truth`` every box is red. With ``truth`` (the image's labelled objects) a detection
+    matching one at IoU 0.5 (VOC's rule) is green, a false alarm red, one on a difficult object grey,
+    and each labelled object that no detection found is outlined in cyan.
+    """
     canvas = Image.fromarray(display_rgb(to_display(read_image(image), info.get("scale_low"), info.get("scale_high"))))
     pen = ImageDraw.Draw(canvas)
-    for box, score, label in zip(found["boxes"].tolist(), found["scores"].tolist(), found["labels"].tolist(),
-                                 strict=True):
-        pen.rectangle(box, outline=(255, 40, 40), width=2)
+    colours = [OUTCOME_COLOURS[0]] * len(found["scores"])
+    if truth is not None:
+        outcome, taken = image_outcomes(found, truth)
+        colours = [OUTCOME_COLOURS[o] for o in outcome.tolist()]
+        for box in truth["boxes"][~taken & ~truth["difficult"]].tolist():
+            pen.rectangle(box, outline=MISSED_COLOUR, width=1)
+    for box, score, label, colour in zip(found["boxes"].tolist(), found["scores"].tolist(), found["labels"].tolist(),
+                                         colours, strict=True):
+        pen.rectangle(box, outline=colour, width=2)
         if len(found["scores"]) <= 50:
             pen.text((box[0] + 2, box[1] + 1), f"{classes[label]} {score:.2f}", fill=(255, 255, 0))
     target.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(target)
+
+
+def draw_against_labels(scene: Scene, found: dict[str, torch.Tensor], info: dict[str, Any], target: Path) -> Path:
+    """``target``: the scene's detections scoring at least :func:`drawing_threshold`, hits and false alarms
+    told apart against its labelled objects, the missed ones outlined."""
+    confident = found["scores"] >= drawing_threshold(info)
+    draw_boxes(scene.image, {k: v[confident] for k, v in found.items()}, info["classes"], target, info,
+               ground_truth(scene, info["classes"]))
+    return target
 
 
 # ---------------------------------------------------------------- fine-tuning
