@@ -13,7 +13,8 @@ Two modes, both through ``cspt pipeline`` (the demo's own stages and recipes):
 
 Before training, the script prints what the settings do to these crowns: their sizes
 against the anchors, the RoI pyramid level each one is pooled from, and how many are never
-seen whole by a window. After training, the NMS threshold is swept on the training scenes.
+seen whole by a window. After training, the NMS threshold is swept on the scene (overfit) or, with
+``--nms-sweep``, on the training scenes.
 
     python benchmarks/detect_neon.py --mode overfit                                  # ~5 min, 2 cores
     python benchmarks/detect_neon.py --mode budgets --budgets 5 15 30                # ~2.5 h, 2 cores
@@ -210,6 +211,8 @@ def main() -> None:
     parser.add_argument("--step-seconds", type=float, help="seconds a training step takes on this machine "
                         "(default: measured first; give it when other work shares the CPU)")
     parser.add_argument("--output", default="runs/detect_neon")
+    parser.add_argument("--nms-sweep", action="store_true", help="budgets mode: then sweep the NMS threshold of "
+                        "the longest budget's detectors on the training scenes (5 passes over them a detector)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override detection options of the demo recipe (YAML values)")
     args = parser.parse_args()
@@ -274,7 +277,7 @@ def main() -> None:
             print(f"| {init} | {m:g} min | {e} | {row['minutes']:.1f} | {row['map50']:.3f} | {row['map']:.3f} | "
                   f"{row['threshold']:.2f} | {row['precision']:.2f} | {row['recall']:.2f} |")
     longest = f"min{max(args.budgets):g}"
-    for init, folder in runs.items():
+    for init, folder in runs.items() if args.nms_sweep else ():
         sweep = nms_sweep(folder / longest, train)
         print(f"{init}, {longest}: NMS IoU -> mAP@0.5 on the training scenes: "
               + ", ".join(f"{k}: {v:.3f}" for k, v in sweep.items()))
