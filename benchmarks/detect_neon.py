@@ -9,7 +9,8 @@ Two modes, both through ``cspt pipeline`` (the demo's own stages and recipes):
   SOAP_061 (held out: no stage reads them before evaluation) at fixed CPU budgets, from
   random initialisation, the natural-image MAE (``--source``) and CSPT (the natural MAE
   pretrained further on the demo's unlabelled scenes). A budget is a number of training
-  steps: minutes x 60 / the seconds one step takes on this machine (measured first).
+  steps: minutes x 60 / the seconds one step takes on this machine (measured first, by one
+  epoch of the recipe through the same pipeline, ~2 min).
 
 Before training, the script prints what the settings do to these crowns: their sizes
 against the anchors, the RoI pyramid level each one is pooled from, and how many are never
@@ -41,13 +42,11 @@ from torchvision.ops import box_iou
 
 from cspt.checkpoints import load_checkpoint
 from cspt.data.detection import Scene, read_annotations
-from cspt.data.scene_tiles import DetectionTiles, collate_tiles, make_tiles, tile_targets
+from cspt.data.scene_tiles import make_tiles, tile_targets
 from cspt.demo import crowns_csv, demo_spec, neon_scenes
 from cspt.engine.sliding import window_starts
 from cspt.errors import CsptError
 from cspt.metrics import voc_map
-from cspt.models.detector import build_detector
-from cspt.models.vit import ArchConfig
 from cspt.pipeline import run_pipeline
 from cspt.tasks.detect import detect_scene, ground_truth, load_detector
 
@@ -135,29 +134,15 @@ def analyse(train: list[Scene], held_out: list[Scene], detect: dict[str, Any]) -
 
 # ---------------------------------------------------------------- budgets
 
-def seconds_per_step(train: list[Scene], detect: dict[str, Any], steps: int = 6) -> float:
-    """One training step's wall time (data, forward, backward, AdamW) after two warm-up steps."""
-    torch.manual_seed(0)
-    arch = ArchConfig(embed_dim=detect["embed_dim"], depth=detect["depth"], num_heads=detect["num_heads"],
-                      patch_size=detect["patch_size"], img_size=detect["tile_size"])
-    model = build_detector(arch, 1, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), detect["pyramid"],
-                           fpn_channels=detect["fpn_channels"], anchor_sizes=detect["anchor_sizes"],
-                           roi_samples=detect["roi_samples"], nms_iou=detect["nms_iou"]).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    tiles = DetectionTiles(train, make_tiles(train, detect["tile_size"], detect["tile_overlap"]), ["Tree"],
-                           detect["tile_size"], 3)
-    times = []
-    for step in range(steps + 2):
-        start = time.perf_counter()
-        batch = collate_tiles([tiles[(step * detect["batch_size"] + i, i)] for i in range(detect["batch_size"])])
-        for target in batch["target"]:
-            target["labels"] = torch.ones_like(target["labels"])
-        loss = sum(model(batch["image"], batch["target"]).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times[2:]))
+def seconds_per_step(base: dict[str, Any], detect: dict[str, Any], output: Path) -> float:
+    """A training step's wall time as the pipeline's own training logs it (data, augmentation, forward,
+    backward, AdamW): one epoch of the recipe from random initialisation, median over its logged windows
+    after the first."""
+    run_spec({**base, "output": str(output / "calibration"), "source": None, "arms": ["direct"],
+              "finetune": {"calibration": {**detect, "epochs": 1, "warmup_epochs": 0.125, "eval_every": 1}}})
+    log = output / "calibration" / "direct" / "calibration" / "log.jsonl"
+    rates = [row["img_per_s"] for row in map(json.loads, log.read_text().splitlines()) if "img_per_s" in row]
+    return detect["batch_size"] / float(np.median(rates[1:]))
 
 
 def budget_epochs(minutes: float, step_seconds: float, tiles: int, batch: int) -> int:
@@ -209,7 +194,7 @@ def main() -> None:
     parser.add_argument("--scene", default="OSBS_029", help="overfit mode: the scene trained and scored on")
     parser.add_argument("--overfit-epochs", type=int, default=80, help="overfit mode: epochs over the scene's tiles")
     parser.add_argument("--step-seconds", type=float, help="seconds a training step takes on this machine "
-                        "(default: measured first; give it when other work shares the CPU)")
+                        "(default: measured first by one epoch of the recipe; give it when other work shares the CPU)")
     parser.add_argument("--output", default="runs/detect_neon")
     parser.add_argument("--nms-sweep", action="store_true", help="budgets mode: then sweep the NMS threshold of "
                         "the longest budget's detectors on the training scenes (5 passes over them a detector)")
@@ -250,7 +235,7 @@ def main() -> None:
 
     for line in analyse(train, held_out, detect):
         print(line)
-    step = args.step_seconds or seconds_per_step(train, detect)
+    step = args.step_seconds or seconds_per_step(base, detect, output)
     tiles = len(make_tiles(train, detect["tile_size"], detect["tile_overlap"], detect["min_visible"],
                            detect["empty_tiles"], detect.get("seed", 0)))
     epochs = {m: budget_epochs(m, step, tiles, detect["batch_size"]) for m in args.budgets}

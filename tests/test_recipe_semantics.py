@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
 
 from cspt.config import ClassifyConfig, DetectConfig, PretrainConfig, SegmentConfig, build_config
 from cspt.data.classification import LabelledSet
@@ -230,7 +231,7 @@ def test_every_recipe_trains_two_steps_with_its_own_augmentation_and_schedule(re
     config = build_config(CONFIGS[kind], recipe, overrides)
     for key in ("rand_augment", "mixup", "cutmix", "reprob", "smoothing", "layer_decay", "drop_path", "accum_iter",
                 "warmup_epochs", "lr_schedule", "blr", "weight_decay", "scale_range", "photometric", "mask_ratio",
-                "norm_pix_loss", "min_scale", "min_lr", "betas", "global_pool", "aux_weight", "pyramid"):
+                "norm_pix_loss", "min_scale", "min_lr", "betas", "global_pool", "aux_weight", "pyramid", "box_head"):
         if hasattr(original, key):
             assert getattr(config, key) == getattr(original, key), key  # the recipe's own, not switched off
     run = {"pretrain": pretrain.pretrain, "classify": classify.finetune_classify, "segment": segment.finetune_segment,
@@ -242,6 +243,10 @@ def test_every_recipe_trains_two_steps_with_its_own_augmentation_and_schedule(re
         assert all("loss_distill" in r and "loss_reconstruction" in r for r in read_log(run) if "loss" in r)
     if kind == "classify":
         assert json.loads((run / "metrics.json").read_text())["images"] == 7
+    if kind == "detect":  # the box head the recipe names is the one trained and saved
+        model, info, _ = detect.load_detector(run)
+        assert info["box_head"] == original.box_head
+        assert isinstance(model.roi_heads.box_head, FastRCNNConvFCHead) == (original.box_head == "conv")
 
 
 @pytest.mark.parametrize("pool", ["avg", "token"])
