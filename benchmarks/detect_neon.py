@@ -44,6 +44,7 @@ from cspt.checkpoints import load_checkpoint
 from cspt.data.detection import Scene, read_annotations
 from cspt.data.scene_tiles import make_tiles, tile_targets
 from cspt.demo import crowns_csv, demo_spec, neon_scenes
+from cspt.engine.run_log import read_log
 from cspt.engine.sliding import window_starts
 from cspt.errors import CsptError
 from cspt.metrics import voc_map
@@ -140,8 +141,8 @@ def seconds_per_step(base: dict[str, Any], detect: dict[str, Any], output: Path)
     after the first."""
     run_spec({**base, "output": str(output / "calibration"), "source": None, "arms": ["direct"],
               "finetune": {"calibration": {**detect, "epochs": 1, "warmup_epochs": 0.125, "eval_every": 1}}})
-    log = output / "calibration" / "direct" / "calibration" / "log.jsonl"
-    rates = [row["img_per_s"] for row in map(json.loads, log.read_text().splitlines()) if "img_per_s" in row]
+    rates = [row["img_per_s"] for row in read_log(output / "calibration" / "direct" / "calibration")
+             if "img_per_s" in row]
     return detect["batch_size"] / float(np.median(rates[1:]))
 
 
@@ -151,7 +152,7 @@ def budget_epochs(minutes: float, step_seconds: float, tiles: int, batch: int) -
 
 def training_minutes(run_dir: Path) -> float:
     """First to last record of the run's log.jsonl."""
-    times = [json.loads(line)["time"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    times = [row["time"] for row in read_log(run_dir)]
     return (times[-1] - times[0]) / 60
 
 
