@@ -215,8 +215,9 @@ def main() -> None:
     held_out = read_annotations(detect["val"], scenes_dir).scenes
     print(f"# detect_neon --mode {args.mode}: {platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}; {time.strftime('%Y-%m-%d')}")
-    print("settings: " + ", ".join(f"{k} {detect[k]}" for k in ("tile_size", "tile_overlap", "anchor_sizes",
-                                                                   "pyramid", "nms_iou", "blr", "batch_size")))
+    shown = ("tile_size", "tile_overlap", "anchor_sizes", "pyramid", "rpn_proposals", "roi_samples", "nms_iou",
+             "blr", "batch_size")
+    print("settings: " + ", ".join(f"{k} {detect[k]}" for k in shown))
 
     if args.mode == "overfit":
         scene = read_annotations(scenes_dir / f"{args.scene}.xml", scenes_dir).scenes

@@ -22,7 +22,14 @@ from cspt.errors import CsptError
 from cspt.metrics import best_f1_threshold, coco_map, precision_recall_at, voc_map
 from cspt.models.detector import build_detector
 from cspt.models.vit import ArchConfig
-from cspt.tasks.detect import DetectTask, evaluate_scenes, finetune_detect, model_from_description, resolve_config
+from cspt.tasks.detect import (
+    DetectTask,
+    evaluate_detector,
+    evaluate_scenes,
+    finetune_detect,
+    model_from_description,
+    resolve_config,
+)
 from tests.conftest import SHARED, TINY_ENCODER_FLAGS, needs, run_cli, write_rgb
 
 DETECTION = SHARED / "data" / "detection"
@@ -108,6 +115,9 @@ def test_tiny_detector_overfits_a_neon_scene(neon: Path, tmp_path: Path):
     point = json.loads((run_dir / "detector.json").read_text())["operating_point"]
     assert point == after["operating_point"] and point["chosen_on"] == "16 training tiles"
     assert point["train"]["f1"] > 0 and point["validation"]["recall"] > 0  # scored at the chosen threshold
+    again, _ = evaluate_detector(run_dir)  # the run's own validation again: its metrics.json updated, not replaced
+    assert again["map50"] == pytest.approx(after["map50"])
+    assert json.loads((run_dir / "metrics.json").read_text())["operating_point"] == point
 
 
 def test_photometric_jitter_changes_the_colours_of_rgb_tiles_only_never_their_boxes(neon: Path):
@@ -123,6 +133,15 @@ def test_photometric_jitter_changes_the_colours_of_rgb_tiles_only_never_their_bo
     assert changed >= len(tiles) // 2  # each of the four changes is drawn half of the time
     four_bands = DetectionTiles(scenes, tiles, ["Tree"], 128, 4, photometric=True)
     assert not four_bands.photometric  # saturation and hue mean nothing beyond RGB
+
+
+def test_bad_tiling_or_proposal_counts_are_one_line_errors(tmp_path: Path):
+    base = dict(train="t.csv", images=str(tmp_path), embed_dim=64, depth=2, num_heads=2, patch_size=8, tile_size=64,
+                tile_overlap=16)
+    for options, message in (({"tile_overlap": 64}, "--tile-overlap 64 must be below the tile size 64"),
+                             ({"rpn_proposals": 0}, "--rpn-proposals 0: give at least 1")):
+        with pytest.raises(CsptError, match=message):
+            resolve_config(DetectConfig(**{**base, **options}))
 
 
 def test_the_nms_threshold_is_the_detector_s_own_and_the_merge_s(tmp_path: Path):

@@ -231,7 +231,8 @@ def test_every_recipe_trains_two_steps_with_its_own_augmentation_and_schedule(re
     config = build_config(CONFIGS[kind], recipe, overrides)
     for key in ("rand_augment", "mixup", "cutmix", "reprob", "smoothing", "layer_decay", "drop_path", "accum_iter",
                 "warmup_epochs", "lr_schedule", "blr", "weight_decay", "scale_range", "photometric", "mask_ratio",
-                "norm_pix_loss", "min_scale", "min_lr", "betas", "global_pool", "aux_weight", "pyramid", "box_head"):
+                "norm_pix_loss", "min_scale", "min_lr", "betas", "global_pool", "aux_weight", "pyramid", "box_head",
+                "rpn_proposals"):
         if hasattr(original, key):
             assert getattr(config, key) == getattr(original, key), key  # the recipe's own, not switched off
     run = {"pretrain": pretrain.pretrain, "classify": classify.finetune_classify, "segment": segment.finetune_segment,
@@ -247,6 +248,11 @@ def test_every_recipe_trains_two_steps_with_its_own_augmentation_and_schedule(re
         model, info, _ = detect.load_detector(run)
         assert info["box_head"] == original.box_head
         assert isinstance(model.roi_heads.box_head, FastRCNNConvFCHead) == (original.box_head == "conv")
+        kept = {mode: (model.train(mode == "train").rpn.pre_nms_top_n(), model.rpn.post_nms_top_n())
+                for mode in ("train", "test")}
+        default = {"train": (2000, 2000), "test": (1000, 1000)}  # torchvision's
+        proposals = original.rpn_proposals
+        assert kept == (default if proposals is None else {m: (proposals, proposals) for m in default})
 
 
 @pytest.mark.parametrize("pool", ["avg", "token"])

@@ -245,6 +245,9 @@ class DetectConfig(TrainConfig, EncoderConfig, PyramidConfig):
                                "scenes from other sites, seasons or sensors than the training ones)")
     fpn_channels: int = option(256, "FPN width")
     anchor_sizes: list[int] = option([16, 32, 64, 128, 256], "anchor side per FPN level (5 levels)", nargs=5)
+    rpn_proposals: int | None = option(None, "RPN proposals per image, kept before (per level) and after NMS "
+                                       "(default: torchvision's 2000 in training, 1000 in inference, for "
+                                       "800-1333 px images; fewer is faster on small tiles)")
     roi_samples: int = option(512, "RoI head: proposals sampled per training image")
     box_head: str = option("mlp", "RoI box head: mlp (two 1024-wide layers, torchvision's default) or conv (four "
                            "3x3 conv-BN layers and one 1024-wide layer: ViTDet's 4conv1fc)", choices=["mlp", "conv"])

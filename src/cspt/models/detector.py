@@ -42,7 +42,7 @@ def build_detector(arch: ArchConfig, num_classes: int, mean: Sequence[float], st
                    style: str = "cspt", taps: Sequence[int] | None = None, fpn_channels: int = 256,
                    anchor_sizes: Sequence[int] = SMALL_OBJECT_ANCHORS, detections_per_image: int = 300,
                    score_threshold: float = 0.05, roi_samples: int = 512, drop_path: float = 0.0,
-                   nms_iou: float = 0.5, box_head: str = "mlp") -> FasterRCNN:
+                   nms_iou: float = 0.5, box_head: str = "mlp", rpn_proposals: int | None = None) -> FasterRCNN:
     """Faster R-CNN on a ViT for ``num_classes`` object classes (background is added).
 
     Inputs are lists of ``(C, img_size, img_size)`` images on the 0-1 scale; the model
@@ -50,7 +50,11 @@ def build_detector(arch: ArchConfig, num_classes: int, mean: Sequence[float], st
     its detections (0.5 in torchvision; lower it for objects that never overlap, e.g. tree crowns).
     ``box_head``: ``mlp`` (torchvision's two fully connected layers) or ``conv`` (ViTDet's
     4conv1fc: four 3x3 conv-BN-ReLU layers on the 7x7 RoI features, then one 1024-wide layer).
+    ``rpn_proposals``: the RPN's proposals per image kept before NMS (per level) and after it, in
+    training and inference alike; None keeps torchvision's 2000 in training and 1000 in inference.
     """
+    proposals = {} if rpn_proposals is None else {
+        f"rpn_{when}_nms_top_n_{mode}": rpn_proposals for when in ("pre", "post") for mode in ("train", "test")}
     pyramid = ViTFeaturePyramid(build_encoder(arch, learn_pos_embed=True, drop_path_rate=drop_path), style, taps)
     anchors = AnchorGenerator(sizes=tuple((s,) for s in anchor_sizes), aspect_ratios=((0.5, 1.0, 2.0),) * 5)
     return FasterRCNN(PyramidFPN(pyramid, fpn_channels), num_classes=num_classes + 1,
@@ -59,7 +63,7 @@ def build_detector(arch: ArchConfig, num_classes: int, mean: Sequence[float], st
                       rpn_anchor_generator=anchors, box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2),
                       box_detections_per_img=detections_per_image, box_score_thresh=score_threshold,
                       box_batch_size_per_image=roi_samples, box_nms_thresh=nms_iou,
-                      box_head=conv_box_head(fpn_channels) if box_head == "conv" else None)
+                      box_head=conv_box_head(fpn_channels) if box_head == "conv" else None, **proposals)
 
 
 def conv_box_head(channels: int) -> FastRCNNConvFCHead:

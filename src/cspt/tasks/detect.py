@@ -67,7 +67,8 @@ def model_from_description(info: dict[str, Any], drop_path: float = 0.0) -> nn.M
     return build_detector(ArchConfig.from_dict(info["architecture"]), len(info["classes"]),
                           *stage_statistics(info), info["pyramid"], info["taps"], info["fpn_channels"],
                           info["anchor_sizes"], info["detections_per_image"], info["score_threshold"],
-                          info["roi_samples"], drop_path, info["nms_iou"], info.get("box_head", "mlp"))
+                          info["roi_samples"], drop_path, info["nms_iou"], info.get("box_head", "mlp"),
+                          info.get("rpn_proposals"))
 
 
 def as_detections(found: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -133,8 +134,9 @@ def load_detector(checkpoint: str | Path) -> DescribedModel:
 def evaluate_detector(checkpoint: str | Path, annotations: str | None = None, images: str | None = None,
                       fmt: str = "auto", output: str | Path | None = None, device: str = "auto",
                       draw: bool = False) -> tuple[dict[str, Any], Path]:
-    """Evaluate on ``annotations`` + ``images`` (default: the run's validation set); with ``draw``, also
-    ``drawn/NAME.png``: each scene's detections against its labels (:func:`draw_against_labels`)."""
+    """Evaluate on ``annotations`` + ``images`` (default: the run's validation set, its metrics.json updated,
+    the operating point kept); with ``draw``, also ``drawn/NAME.png``: each scene's detections against
+    its labels (:func:`draw_against_labels`)."""
     model, info, weights = load_detector(checkpoint)
     run_dir = weights.parent
     if annotations is None:
@@ -152,7 +154,9 @@ def evaluate_detector(checkpoint: str | Path, annotations: str | None = None, im
     folder.mkdir(parents=True, exist_ok=True)
     for scene, found in zip(scenes, detections, strict=True) if draw else ():
         draw_against_labels(scene, found, info, folder / "drawn" / f"{scene.image.stem}.png")
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    target = folder / "metrics.json"
+    kept = json.loads(target.read_text()) if folder == run_dir and target.is_file() else {}  # operating point, epoch
+    target.write_text(json.dumps({**kept, **metrics}, indent=2) + "\n")
     log.info("mAP@0.5 (VOC) %.4f, mAP@[.5:.95] (COCO) %.4f on %d scenes", metrics["map50"], metrics["map"],
              len(scenes))
     return metrics, folder
@@ -256,6 +260,8 @@ def resolve_config(config: DetectConfig, init: Checkpoint | None = None) -> Dete
     taps = resolved_taps(config)
     if not 0 <= config.tile_overlap < config.img_size:
         raise CsptError(f"--tile-overlap {config.tile_overlap} must be below the tile size {config.img_size}")
+    if config.rpn_proposals is not None and config.rpn_proposals < 1:
+        raise CsptError(f"--rpn-proposals {config.rpn_proposals}: give at least 1 proposal per image")
     if not config.train or not config.images:
         raise CsptError("give --train ANNOTATIONS and --images FOLDER")
     return dataclasses.replace(config, tile_size=config.img_size, taps=taps)
@@ -386,8 +392,8 @@ class DetectTask(FineTuneTask):
                  "train_scenes": len(self.train.scenes), "epochs": cfg.epochs, "selected": selected,
                  "config": dataclasses.asdict(cfg)}
         keys = ("mean", "std", "bands", "scale_low", "scale_high", "pyramid", "taps", "fpn_channels", "anchor_sizes",
-                "roi_samples", "box_head", "detections_per_image", "score_threshold", "tile_size", "tile_overlap",
-                "nms_iou", "val", "format", "class_field")
+                "rpn_proposals", "roi_samples", "box_head", "detections_per_image", "score_threshold", "tile_size",
+                "tile_overlap", "nms_iou", "val", "format", "class_field")
         return {"task": "detect", "architecture": self.arch.to_dict(), "format_of_weights": "cspt detector",
                 "classes": self.train.classes, **{k: getattr(cfg, k) for k in keys},
                 "val_images": cfg.val_images or cfg.images, "selected": selected,
