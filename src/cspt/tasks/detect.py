@@ -134,12 +134,13 @@ def load_detector(checkpoint: str | Path) -> DescribedModel:
 def evaluate_detector(checkpoint: str | Path, annotations: str | None = None, images: str | None = None,
                       fmt: str = "auto", output: str | Path | None = None, device: str = "auto",
                       draw: bool = False) -> tuple[dict[str, Any], Path]:
-    """Evaluate on ``annotations`` + ``images`` (default: the run's validation set, its metrics.json updated,
-    the operating point kept); with ``draw``, also ``drawn/NAME.png``: each scene's detections against
+    """Evaluate on ``annotations`` + ``images`` (default: the run's validation set, into the run's
+    metrics.json with its operating point); with ``draw``, also ``drawn/NAME.png``: each scene's detections against
     its labels (:func:`draw_against_labels`)."""
     model, info, weights = load_detector(checkpoint)
     run_dir = weights.parent
-    if annotations is None:
+    own_validation = annotations is None
+    if own_validation:
         annotations, images, fmt = info.get("val"), info.get("val_images"), info.get("format", "auto")
         if not annotations:
             raise CsptError(f"{run_dir}: trained without --val; pass --annotations and --images")
@@ -151,12 +152,12 @@ def evaluate_detector(checkpoint: str | Path, annotations: str | None = None, im
     scenes = read_annotations(annotations, images, fmt, info["classes"], info.get("class_field", "class")).scenes
     metrics, detections = evaluate_scenes(model, scenes, info, torch.device(resolve_device(device)))
     metrics.update(checkpoint=str(weights), annotations=str(annotations))
+    if own_validation:  # which weights were kept, and the operating point chosen on training tiles, stay
+        metrics.update({k: info[k] for k in ("selected", "operating_point") if k in info})
     folder.mkdir(parents=True, exist_ok=True)
     for scene, found in zip(scenes, detections, strict=True) if draw else ():
         draw_against_labels(scene, found, info, folder / "drawn" / f"{scene.image.stem}.png")
-    target = folder / "metrics.json"
-    kept = json.loads(target.read_text()) if folder == run_dir and target.is_file() else {}  # operating point, epoch
-    target.write_text(json.dumps({**kept, **metrics}, indent=2) + "\n")
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log.info("mAP@0.5 (VOC) %.4f, mAP@[.5:.95] (COCO) %.4f on %d scenes", metrics["map50"], metrics["map"],
              len(scenes))
     return metrics, folder
