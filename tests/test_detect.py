@@ -306,6 +306,37 @@ def test_the_conv_box_head_is_vitdets_4conv1fc_and_trains():
     assert all(torch.isfinite(v) for v in losses.values()) and convs[0].weight.grad.abs().sum() > 0
 
 
+def test_under_bf16_autocast_the_rpn_and_box_predictor_answer_in_fp32_and_boxes_are_decoded_in_fp32():
+    """torchvision decodes boxes in the dtype of the deltas: in bf16 a coordinate near 100 px is
+    rounded to half a pixel. The last layers of both heads run in fp32 under autocast instead."""
+    torch.manual_seed(0)
+    arch = ArchConfig(embed_dim=64, depth=2, num_heads=2, patch_size=8, img_size=128)
+    model = build_detector(arch, 1, [0.5] * 3, [0.25] * 3, fpn_channels=32, box_head="conv", score_threshold=0.0)
+    dtypes: dict[str, set[torch.dtype]] = {}
+
+    def record(name: str) -> Callable:
+        def hook(_: torch.nn.Module, __: tuple, out: tuple) -> None:
+            dtypes.setdefault(name, set()).update(t.dtype for part in out for t in
+                                                  (part if isinstance(part, list) else [part]))
+        return hook
+
+    model.rpn.head.register_forward_hook(record("rpn"))
+    model.roi_heads.box_predictor.register_forward_hook(record("box"))
+    images = [torch.rand(3, 128, 128) for _ in range(2)]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        found = model.eval()(images)
+    assert dtypes == {"rpn": {torch.float32}, "box": {torch.float32}}
+    boxes = torch.cat([f["boxes"] for f in found])
+    assert boxes.dtype == torch.float32 and len(boxes) > 0
+    assert (boxes[boxes > 64] != boxes[boxes > 64].bfloat16().float()).any()  # not on bf16's half-pixel grid
+    dtypes.clear()
+    target = {"boxes": torch.tensor([[10.0, 12.0, 50.0, 54.0]]), "labels": torch.tensor([1])}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model.train()(images, [target, target])
+    assert dtypes == {"rpn": {torch.float32}, "box": {torch.float32}}
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+
+
 def test_drawn_detections_tell_hits_false_alarms_and_missed_objects_apart(tmp_path: Path):
     """VOC's matching decides each outline's colour: a duplicate of a hit is a false alarm, a detection on a
     difficult object is neither, and a labelled object nobody found is outlined."""

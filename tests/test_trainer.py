@@ -11,7 +11,7 @@ from torch import nn
 from cspt.config import TrainConfig
 from cspt.engine.distributed import DistContext
 from cspt.engine.sampler import SeededBatchSampler
-from cspt.engine.trainer import Task, Trainer
+from cspt.engine.trainer import Task, Trainer, resolve_precision
 from cspt.errors import CsptError
 
 
@@ -44,6 +44,29 @@ class LineTask(Task):
 
     def training_step(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
         return ((model(batch["image"]) - batch["target"]) ** 2).mean()
+
+
+class AutocastProbe(LineTask):
+    """Records, step by step, the CPU autocast dtype the step ran under (False: none)."""
+
+    def __init__(self, config: TrainConfig):
+        super().__init__(config, poisoned=-1)
+        self.seen: list[torch.dtype | bool] = []
+
+    def training_step(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+        self.seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
+        return super().training_step(model, batch, device)
+
+
+def test_bf16_trains_under_cpu_autocast_when_asked_auto_stays_fp32_on_the_cpu_and_fp16_needs_a_gpu(tmp_path: Path):
+    for precision, expected in (("bf16", torch.bfloat16), ("auto", False), ("fp32", False)):
+        config = TrainConfig(epochs=1, batch_size=4, warmup_epochs=0, log_every=100, num_workers=0, device="cpu",
+                             precision=precision)
+        task = AutocastProbe(config)
+        Trainer(config, tmp_path / precision, DistContext(0, 1, 0, torch.device("cpu"))).fit(task)
+        assert task.seen == [expected] * 4, precision
+    with pytest.raises(CsptError, match="--precision fp16 needs a GPU; use bf16 or fp32 on the CPU"):
+        resolve_precision("fp16", torch.device("cpu"))
 
 
 def test_a_step_whose_loss_is_not_finite_is_skipped_on_the_device_and_reported_at_the_next_log(tmp_path: Path):

@@ -48,7 +48,8 @@ class TrainConfig:
     weight_decay: float = option(0.05, "AdamW weight decay (not on norms, biases, tokens, positions)")
     betas: list[float] = option([0.9, 0.95], "AdamW betas", nargs=2)
     clip_grad: float | None = option(None, "clip the gradient norm to this value")
-    precision: str = option("auto", "fp32, bf16 or fp16 (auto: bf16 on GPU, fp32 on CPU)",
+    precision: str = option("auto", "fp32, bf16 or fp16 (auto: bf16 on GPU, fp32 on CPU; bf16 runs on a CPU too, "
+                            "fp16 needs a GPU)",
                             choices=["auto", "fp32", "bf16", "fp16"])
     device: str = option("auto", "cpu, cuda or auto", choices=["auto", "cpu", "cuda"])
     num_workers: int | None = option(None, "data loader processes per process (default: the CPUs left over; "
