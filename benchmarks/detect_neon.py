@@ -14,9 +14,9 @@ Two modes, both through ``cspt pipeline`` (the demo's own stages and recipes):
 
 Before training, the script prints what the settings do to these crowns: their sizes
 against the anchors, the RoI pyramid level each one is pooled from, and how many are never
-seen whole by a window. After training it prints, per held-out scene, how many crowns some
-detection covers at IoU 0.5 and at 0.3 (found but loosely placed), and sweeps the NMS threshold
-on the scene (overfit) or, with ``--nms-sweep``, on the training scenes.
+seen whole by a window. After training, the budgets mode prints, per held-out scene, how many
+crowns some detection covers at IoU 0.5 and at 0.3 (found but loosely placed); the NMS threshold
+is swept on the scene (overfit) or, with ``--nms-sweep``, on the training scenes.
 
     python benchmarks/detect_neon.py --mode overfit                                  # ~5 min, 2 cores
     python benchmarks/detect_neon.py --mode budgets --budgets 5 15 30                # ~2.5 h, 2 cores
