@@ -205,6 +205,28 @@ def test_every_object_is_reported_once_wherever_it_lies_across_the_seams():
                 assert box_iou(merged["boxes"], box[None]).item() >= 0.5, (top, left)
 
 
+def test_a_scene_keeps_every_object_of_its_windows_however_many():
+    """A dense scene (1,600 crowns of 8 px on a 10-px grid) holds far more objects than a window's
+    detection cap (300): a perfect detector's merged scene reports each of them once."""
+    height = width = 400
+    objects = torch.tensor([[x, y, x + 8, y + 8] for y in range(1, height - 8, 10) for x in range(1, width - 8, 10)],
+                           dtype=torch.float32)
+
+    def predict(offsets: list[tuple[int, int]]) -> list[dict]:
+        found = []
+        for top, left in offsets:
+            inside = ((objects[:, 0] >= left) & (objects[:, 2] <= left + 128) &
+                      (objects[:, 1] >= top) & (objects[:, 3] <= top + 128))
+            found.append({"boxes": objects[inside] - torch.tensor([left, top, left, top], dtype=torch.float32),
+                          "scores": torch.ones(int(inside.sum())), "labels": torch.zeros(int(inside.sum()),
+                                                                                          dtype=torch.long)})
+        return found
+
+    merged = sliding_window_detections(predict, height, width, window=128, overlap=32, nms_iou=0.3)
+    assert len(objects) == 1600 and len(merged["boxes"]) == len(objects)
+    assert sorted(map(tuple, merged["boxes"].tolist())) == sorted(map(tuple, objects.tolist()))
+
+
 def test_voc_map_by_hand_and_against_pycocotools():
     truths = [{"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]]),
                "labels": torch.tensor([0, 0, 0]), "difficult": torch.tensor([False, False, True])},

@@ -252,7 +252,7 @@ class DetectConfig(TrainConfig, EncoderConfig, PyramidConfig):
     roi_samples: int = option(512, "RoI head: proposals sampled per training image")
     box_head: str = option("mlp", "RoI box head: mlp (two 1024-wide layers, torchvision's default) or conv (four "
                            "3x3 conv-BN layers and one 1024-wide layer: ViTDet's 4conv1fc)", choices=["mlp", "conv"])
-    detections_per_image: int = option(300, "most detections kept per window and per scene")
+    detections_per_image: int = option(300, "most detections kept per window; a scene keeps every window's")
     score_threshold: float = option(0.05, "drop detections scoring below this")
     nms_iou: float = option(0.5, "class-wise NMS threshold of the detections, in a window and across "
                              "windows (lower it for objects that never overlap, e.g. tree crowns)")

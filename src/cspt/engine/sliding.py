@@ -29,7 +29,7 @@ def in_core(boxes: torch.Tensor, rows: tuple[float, float], cols: tuple[float, f
 
 @torch.no_grad()
 def sliding_window_detections(predict: Callable[[list[tuple[int, int]]], list[dict]], height: int, width: int,
-                              window: int, overlap: int, nms_iou: float = 0.5, max_detections: int = 300,
+                              window: int, overlap: int, nms_iou: float = 0.5,
                               batch_size: int = 4) -> dict[str, torch.Tensor]:
     """Detect over a scene window by window and merge into scene coordinates.
 
@@ -38,7 +38,8 @@ def sliding_window_detections(predict: Callable[[list[tuple[int, int]]], list[di
     core (:func:`window_cores`), so an object no larger than the overlap is reported once,
     by a window that sees it whole, and a window's cut-off of an object centred in its
     neighbour's core is dropped. Boxes are clipped to the scene; duplicates left by objects
-    larger than the overlap are removed by class-wise NMS.
+    larger than the overlap are removed by class-wise NMS. Every detection that survives is kept:
+    a scene holds as many objects as its windows do (a cap belongs to the detector, per window).
     """
     from torchvision.ops import batched_nms
 
@@ -59,5 +60,5 @@ def sliding_window_detections(predict: Callable[[list[tuple[int, int]]], list[di
     boxes, scores, labels = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-    keep = batched_nms(boxes.float(), scores.float(), labels, nms_iou)[:max_detections]
+    keep = batched_nms(boxes.float(), scores.float(), labels, nms_iou)
     return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}

@@ -97,8 +97,7 @@ def detect_scene(model: nn.Module, image: Path, height: int, width: int, info: d
         return [as_detections(next(found)) if valid else nothing for valid in with_data]
 
     model.eval()
-    return sliding_window_detections(predict, height, width, size, info["tile_overlap"], info["nms_iou"],
-                                     info["detections_per_image"])
+    return sliding_window_detections(predict, height, width, size, info["tile_overlap"], info["nms_iou"])
 
 
 def ground_truth(scene: Scene, classes: Sequence[str]) -> dict[str, torch.Tensor]:
