@@ -14,9 +14,12 @@ Two modes, both through ``cspt pipeline`` (the demo's own stages and recipes):
 
 Before training, the script prints what the settings do to these crowns: their sizes
 against the anchors, the RoI pyramid level each one is pooled from, and how many are never
-seen whole by a window. After training, the budgets mode prints, per held-out scene, how many
-crowns some detection covers at IoU 0.5 and at 0.3 (found but loosely placed); the NMS threshold
-is swept on the scene (overfit) or, with ``--nms-sweep``, on the training scenes.
+seen whole by a window. After training, the budgets mode prints, per held-out and per training
+scene, how many crowns some detection covers at IoU 0.5 and at 0.3 (found but loosely placed) and
+how its size compares with the label's, and the mAP@0.5 on the training scenes: a detector that
+fits little of what it was shown is short of training, one that fits it and fails held out does
+not generalise. The NMS threshold is swept on the scene (overfit) or, with ``--nms-sweep``, on
+the training scenes.
 
     python benchmarks/detect_neon.py --mode overfit                                  # ~5 min, 2 cores
     python benchmarks/detect_neon.py --mode budgets --budgets 5 15 30                # ~2.5 h, 2 cores
@@ -39,7 +42,7 @@ import torch
 import yaml
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
-from torchvision.ops import box_iou
+from torchvision.ops import box_area, box_iou
 
 from cspt.checkpoints import load_checkpoint
 from cspt.data.detection import Scene, read_annotations
@@ -172,19 +175,24 @@ def result_row(run_dir: Path) -> dict[str, Any]:
             "precision": held.get("precision"), "recall": held.get("recall"), "minutes": training_minutes(run_dir)}
 
 
-def localisation(run_dir: Path, scenes: list[Scene]) -> list[str]:
-    """Per scene, how many labelled crowns some detection (of any score) covers at IoU 0.5, the match mAP@0.5
-    counts, and at 0.3: found, but too loosely placed to count."""
+def localisation(run_dir: Path, scenes: list[Scene]) -> tuple[float, list[str]]:
+    """mAP@0.5 over the scenes, and per scene how many labelled crowns some detection (of any score) covers
+    at IoU 0.5, the match mAP@0.5 counts, and at 0.3 (found, but too loosely placed to count), with the size
+    of the best detection against the crown's (sqrt area; below 1: drawn tighter than the label)."""
     model, info, _ = load_detector(run_dir)
+    found = [detect_scene(model, s.image, s.height, s.width, info, torch.device("cpu")) for s in scenes]
     lines = []
-    for scene in scenes:
-        found = detect_scene(model, scene.image, scene.height, scene.width, info, torch.device("cpu"))
-        truth = torch.from_numpy(scene.boxes).float()
-        best = box_iou(truth, found["boxes"]).max(1).values if len(found["boxes"]) else torch.zeros(len(truth))
+    for scene, detections in zip(scenes, found, strict=True):
+        truth, boxes = torch.from_numpy(scene.boxes).float(), detections["boxes"]
+        iou = box_iou(truth, boxes) if len(boxes) else torch.zeros(len(truth), 1)
+        best, index = iou.max(1)
+        covered = best >= 0.3
+        ratio = (box_area(boxes[index[covered]]) / box_area(truth[covered])).sqrt() if len(boxes) else best[:0]
         lines.append(f"{scene.image.stem}: of {len(truth)} crowns, a detection covers "
-                     f"{(best >= 0.5).float().mean():.0%} at IoU 0.5 and {(best >= 0.3).float().mean():.0%} at 0.3; "
-                     f"median best IoU {best.median():.2f}")
-    return lines
+                     f"{(best >= 0.5).float().mean():.0%} at IoU 0.5 and {covered.float().mean():.0%} at 0.3; "
+                     f"median best IoU {best.median():.2f}, size against the crown {ratio.nanmedian():.2f}")
+    truths = [ground_truth(s, info["classes"]) for s in scenes]
+    return voc_map(found, truths, info["classes"])["map50"], lines
 
 
 def nms_sweep(run_dir: Path, scenes: list[Scene]) -> dict[float, float]:
@@ -279,10 +287,13 @@ def main() -> None:
             row = result_row(folder / f"min{m:g}")
             print(f"| {init} | {m:g} min | {e} | {row['minutes']:.1f} | {row['map50']:.3f} | {row['map']:.3f} | "
                   f"{row['threshold']:.2f} | {row['precision']:.2f} | {row['recall']:.2f} |")
-    print("Held out, where the boxes are (detections of any score, fp32):")
+    print("Where the boxes are (detections of any score, fp32), held out and on the training scenes "
+          "(how much of what it was shown the detector fits):")
     for init, folder in runs.items():
         for m in epochs:
-            print(f"  {init}, {m:g} min: " + "; ".join(localisation(folder / f"min{m:g}", held_out)))
+            for name, scenes in (("held out", held_out), ("training", train)):
+                score, lines = localisation(folder / f"min{m:g}", scenes)
+                print(f"  {init}, {m:g} min, {name} (mAP@0.5 {score:.3f}): " + "; ".join(lines))
     longest = f"min{max(args.budgets):g}"
     for init, folder in runs.items() if args.nms_sweep else ():
         sweep = nms_sweep(folder / longest, train)
