@@ -51,9 +51,8 @@ from cspt.demo import crowns_csv, demo_spec, neon_scenes
 from cspt.engine.run_log import read_log
 from cspt.engine.sliding import window_starts
 from cspt.errors import CsptError
-from cspt.metrics import voc_map
 from cspt.pipeline import run_pipeline
-from cspt.tasks.detect import detect_scene, ground_truth, load_detector
+from cspt.tasks.detect import evaluate_scenes, load_detector
 
 ROOT = Path(__file__).resolve().parents[1]
 NATURAL = ROOT.parent / "shared" / "weights" / "mae_vit_tiny_p8_64_tinyimagenet.pth"
@@ -180,7 +179,7 @@ def localisation(run_dir: Path, scenes: list[Scene]) -> tuple[float, list[str]]:
     at IoU 0.5, the match mAP@0.5 counts, and at 0.3 (found, but too loosely placed to count), with the size
     of the best detection against the crown's (sqrt area; below 1: drawn tighter than the label)."""
     model, info, _ = load_detector(run_dir)
-    found = [detect_scene(model, s.image, s.height, s.width, info, torch.device("cpu")) for s in scenes]
+    metrics, found = evaluate_scenes(model, scenes, info, torch.device("cpu"))
     lines = []
     for scene, detections in zip(scenes, found, strict=True):
         truth, boxes = torch.from_numpy(scene.boxes).float(), detections["boxes"]
@@ -191,20 +190,16 @@ def localisation(run_dir: Path, scenes: list[Scene]) -> tuple[float, list[str]]:
         lines.append(f"{scene.image.stem}: of {len(truth)} crowns, a detection covers "
                      f"{(best >= 0.5).float().mean():.0%} at IoU 0.5 and {covered.float().mean():.0%} at 0.3; "
                      f"median best IoU {best.median():.2f}, size against the crown {ratio.nanmedian():.2f}")
-    truths = [ground_truth(s, info["classes"]) for s in scenes]
-    return voc_map(found, truths, info["classes"])["map50"], lines
+    return metrics["map50"], lines
 
 
 def nms_sweep(run_dir: Path, scenes: list[Scene]) -> dict[float, float]:
     """mAP@0.5 of a trained detector at each NMS threshold (its own and the windows' merge)."""
     model, info, _ = load_detector(run_dir)
-    truths = [ground_truth(s, info["classes"]) for s in scenes]
     result = {}
     for nms in NMS_SWEEP:
         model.roi_heads.nms_thresh = nms
-        found = [detect_scene(model, s.image, s.height, s.width, {**info, "nms_iou": nms}, torch.device("cpu"))
-                 for s in scenes]
-        result[nms] = voc_map(found, truths, info["classes"])["map50"]
+        result[nms] = evaluate_scenes(model, scenes, {**info, "nms_iou": nms}, torch.device("cpu"))[0]["map50"]
     return result
 
 
