@@ -35,14 +35,14 @@ STRIP_ROWS = 1024
 
 PLAIN_PASS = """
 import sys, numpy as np, torch
-from cspt.data.images import read_image
-from cspt.data.sampling import band_tensors
-from cspt.data.scaling import stage_statistics
-from cspt.tasks.segment import load_segmenter, predict_tile
-model, info, _ = load_segmenter(sys.argv[1])
-pixels = torch.from_numpy(read_image(sys.argv[2])).permute(2, 0, 1).expand(3, -1, -1)
-mean, std = band_tensors(*stage_statistics(info), 3)
-labels = predict_tile(model, (pixels - mean) / std, info).argmax(0).to(torch.uint8)
+from cspt.engine.streaming import blended_logits
+from cspt.tasks.segment import load_segmenter, source_window, window_forward
+described = load_segmenter(sys.argv[1])
+model, info, _ = described
+contract = described.contract()
+image = contract.normalise(contract.read(sys.argv[2]))
+forward = window_forward(model, info["crop_size"], info["resize"], torch.device("cpu"))
+labels = blended_logits(forward, image, *source_window(info)).argmax(0).to(torch.uint8)
 np.save(sys.argv[3], labels.numpy())
 """
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cspt.data.pixels import PixelContract
 from cspt.models import ArchConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +33,31 @@ TINY_FLAGS = [*TINY_ENCODER_FLAGS, "--img-size", "32", "--decoder-dim", "32", "-
 #: the deepforest wheel (NEON aerial scenes with tree-crown boxes); the README's set-up downloads it
 DEEPFOREST_WHEEL = Path(os.environ.get("CSPT_DEEPFOREST_WHEEL",
                                        ROOT / ".cache" / "wheels" / "deepforest-2.1.0-py3-none-any.whl"))
+
+
+#: the solaris wheel (real GeoTIFFs: Landsat with nodata, WorldView multispectral, SAR, SpaceNet); the README's
+#: set-up downloads it
+SOLARIS_WHEEL = Path(os.environ.get("CSPT_SOLARIS_WHEEL",
+                                    ROOT / ".cache" / "wheels" / "solaris-0.4.0-py3-none-any.whl"))
+
+
+@pytest.fixture(scope="session")
+def solaris(tmp_path_factory) -> Path:
+    """The ``solaris/data`` folder of the wheel (its rasters and vectors, read without importing solaris)."""
+    wheel = needs(SOLARIS_WHEEL)
+    target = tmp_path_factory.mktemp("solaris")
+    with zipfile.ZipFile(wheel) as archive:
+        for name in archive.namelist():
+            if name.startswith("solaris/data/") and name.endswith((".tif", ".geojson", ".json")):
+                path = target / name.removeprefix("solaris/data/")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(archive.read(name))
+    return target
+
+
+def neutral_contract(bands: int = 3, **fields) -> PixelContract:
+    """A pixel contract normalising every band with 0.5 / 0.25 (the dtype scale unless ``fields`` say)."""
+    return PixelContract((0.5,) * bands, (0.25,) * bands, **fields)
 
 
 def needs(path: Path) -> Path:
@@ -120,8 +146,9 @@ TEST_ORIGIN = (300000.0, 2800000.0)
 
 
 def write_geotiff(path: Path, pixels: np.ndarray, nodata: float | None = None, crs: str = TEST_CRS,
-                  resolution: float = 0.5) -> Path:
-    """A tiled, compressed GeoTIFF of ``(bands, H, W)`` pixels, georeferenced at :data:`TEST_ORIGIN`."""
+                  resolution: float = 0.5, photometric: str = "MINISBLACK") -> Path:
+    """A tiled, compressed GeoTIFF of ``(bands, H, W)`` pixels, georeferenced at :data:`TEST_ORIGIN` (every band
+    spectral, as multispectral products are written; ``photometric="RGB"`` makes a fourth byte band alpha)."""
     import rasterio
     from affine import Affine
 
@@ -129,7 +156,8 @@ def write_geotiff(path: Path, pixels: np.ndarray, nodata: float | None = None, c
     path.parent.mkdir(parents=True, exist_ok=True)
     with rasterio.open(path, "w", driver="GTiff", height=height, width=width, count=bands, dtype=pixels.dtype,
                        crs=crs, transform=Affine(resolution, 0, TEST_ORIGIN[0], 0, -resolution, TEST_ORIGIN[1]),
-                       nodata=nodata, tiled=True, blockxsize=256, blockysize=256, compress="deflate") as dst:
+                       nodata=nodata, tiled=True, blockxsize=256, blockysize=256, compress="deflate",
+                       photometric=photometric) as dst:
         dst.write(pixels)
     return path
 

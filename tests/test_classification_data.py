@@ -14,7 +14,7 @@ from cspt.data.classification import LabelledImages, LabelledSet, keep_label_fra
 from cspt.errors import CsptError
 from cspt.metrics import classification_metrics
 from cspt.probes import knn_predict, lars_or_sgd, train_linear_probe
-from tests.conftest import write_rgb
+from tests.conftest import neutral_contract, write_rgb
 
 
 def test_metrics_match_hand_computed_values():
@@ -96,17 +96,20 @@ def test_multiband_tiffs_and_unreadable_images(tmp_path: Path):
     for cls in ("crop", "urban"):
         for i in range(2):
             (tmp_path / cls).mkdir(exist_ok=True)
-            tifffile.imwrite(tmp_path / cls / f"{i}.tif", rng.integers(0, 65535, (40, 40, 4), dtype=np.uint16))
+            tifffile.imwrite(tmp_path / cls / f"{i}.tif", rng.integers(0, 65535, (4, 40, 40), dtype=np.uint16),
+                             photometric="minisblack", planarconfig="separate")
     (tmp_path / "urban" / "broken.tif").write_bytes(b"II*\x00garbage")
     data = read_labelled(tmp_path)
-    train = LabelledImages(data, 32, 4, [0.5] * 4, [0.25] * 4, train=True, reprob=0.5)
+    contract = neutral_contract(4)
+    train = LabelledImages(data, contract, 32, train=True, reprob=0.5)
     sample = train[(4, 123)]  # the broken file: replaced by another sample, and reported
     assert sample["image"].shape == (4, 32, 32) and sample["skipped"] and "broken.tif" in sample["skipped"][0]
     assert torch.equal(train[(0, 7)]["image"], train[(0, 7)]["image"])  # seeded augmentation
-    evaluation = LabelledImages(data, 32, 4, [0.5] * 4, [0.25] * 4, train=False)
+    evaluation = LabelledImages(data, contract, 32, train=False)
     assert evaluation[(4, 0)]["image"] is None  # evaluation never replaces: it skips and counts
-    with pytest.raises(CsptError, match="RandAugment works on RGB"):
-        LabelledImages(data, 32, 4, [0.5] * 4, [0.25] * 4, train=True, rand_augment="rand-m9-mstd0.5-inc1")
+    augmented = LabelledImages(data, contract, 32, train=True, rand_augment="rand-m9-mstd0.5-inc1")
+    images = torch.stack([augmented[(0, seed)]["image"] for seed in range(8)])  # any band count
+    assert images.shape == (8, 4, 32, 32) and torch.isfinite(images).all() and images.std() > 0.1
 
 
 def test_knn_and_linear_probe_on_separable_features():

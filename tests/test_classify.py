@@ -168,7 +168,7 @@ def test_knn_natural_checkpoint_beats_random_encoder(rsscn7_csv, natural_mae):
                                                        img_size=64))
     splits = make_splits(config)
     natural_oa = probe_encoder("knn", natural, splits, config, torch.device("cpu"))[0]["oa"]
-    random_oa = probe_encoder("knn", FrozenEncoder(random_encoder, 64, natural.mean, natural.std), splits, config,
+    random_oa = probe_encoder("knn", FrozenEncoder(random_encoder, 64, natural.contract), splits, config,
                               torch.device("cpu"))[0]["oa"]
     print(f"kNN OA on 210 RSSCN7 test images: natural MAE {natural_oa:.3f}, random init {random_oa:.3f}")
     assert natural_oa > random_oa + 0.05, (natural_oa, random_oa)

@@ -9,18 +9,22 @@ import torch
 from PIL import Image
 
 from cspt.data.files import find_images
-from cspt.data.images import MAX_PIXELS_VARIABLE, ImageReadError, image_info, read_image, set_max_image_pixels
+from cspt.data.images import ImageReadError, image_info
+from cspt.data.pixels import PixelContract, read_unit
 from cspt.data.stats import band_statistics
 from cspt.data.unlabelled import UnlabelledImages, collate, scan_images
 from cspt.engine.sampler import SeededBatchSampler
 from cspt.errors import CsptError
-from tests.conftest import write_rgb
+from tests.conftest import neutral_contract, write_rgb
+
+
+def read_image(path, window=None):
+    return read_unit(path, window)[0]
 
 
 def make_dataset(files, img_size=32, in_chans=3, tile_size=128):
     scan = scan_images(files, tile_size)
-    return scan, UnlabelledImages(scan.entries, img_size, 8, in_chans, [0.5] * in_chans, [0.25] * in_chans,
-                                  tile_size)
+    return scan, UnlabelledImages(scan.entries, neutral_contract(in_chans), img_size, 8, tile_size)
 
 
 def test_find_images_recursive_and_lists(tmp_path):
@@ -95,12 +99,12 @@ def test_single_band_images_feed_a_three_band_model_and_other_counts_are_skipped
     grey = tmp_path / "grey.tif"
     tifffile.imwrite(grey, (np.random.default_rng(0).random((64, 64)) * 65535).astype(np.uint16))
     four = tmp_path / "four.tif"
-    tifffile.imwrite(four, np.zeros((64, 64, 4), dtype=np.uint8))
+    tifffile.imwrite(four, np.zeros((4, 64, 64), dtype=np.uint8), photometric="minisblack", planarconfig="separate")
     _, dataset = make_dataset([grey, four])
     image = dataset[(0, 1)]["image"]
     assert image.shape == (3, 32, 32) and torch.equal(image[0], image[1])
     sample = dataset[(1, 5)]
-    assert any("has 4 bands, the model expects 3" in m for m in sample["skipped"])
+    assert any("has 4 bands, the model takes 3" in m for m in sample["skipped"])
 
 
 def test_large_scene_is_sampled_as_tiles_without_pretiling(tmp_path):
@@ -173,7 +177,8 @@ def test_band_statistics_match_numpy(tmp_path):
 def test_windows_of_a_compressed_tiff(tmp_path):
     pixels = (np.random.default_rng(2).random((300, 200, 4)) * 65535).astype(np.uint16)
     path = tmp_path / "scene.tif"
-    tifffile.imwrite(path, pixels, compression="zlib")
+    tifffile.imwrite(path, np.moveaxis(pixels, -1, 0), compression="zlib", photometric="minisblack",
+                     planarconfig="separate")
     window = read_image(path, (10, 20, 30, 40))
     assert np.allclose(window, pixels[10:40, 20:60] / 65535.0)
     assert read_image(path).shape == (300, 200, 4)
@@ -205,7 +210,7 @@ def test_reduced_decode_crop_matches_full_decode_and_resize(rsscn7, tmp_path):
     full = torch.from_numpy(read_image(jpeg)).permute(2, 0, 1)
     for path in (jpeg, png):
         for box in [(10, 20, 200, 180), (0, 0, 256, 256), (100, 50, 90, 110)]:
-            fast = torch.from_numpy(read_resized(path, box, 64)).permute(2, 0, 1)
+            fast = torch.from_numpy(read_resized(path, box, 64)).permute(2, 0, 1) / 255
             top, left, h, w = box
             reference = TF.resized_crop(full, top, left, h, w, [64, 64], InterpolationMode.BICUBIC, antialias=True)
             assert fast.shape == (3, 64, 64)
@@ -232,10 +237,10 @@ def test_pixel_limit_is_cspt_s_own_and_leaves_pil_s_guard_alone(tmp_path, monkey
     with pytest.raises(Image.DecompressionBombError):
         Image.open(path)
     assert read_image(path).shape == (400, 3000, 1)  # within cspt's own default limit
-    monkeypatch.setenv(MAX_PIXELS_VARIABLE, "0")  # so that monkeypatch unsets it after the test
-    set_max_image_pixels(1_000_000)
+    limited = PixelContract((0.5,), (0.25,), max_image_pixels=1_000_000)  # the limit is an argument, not a setting
     with pytest.raises(ImageReadError, match="wide.png: 3000 x 400 pixels, more than --max-image-pixels"):
-        image_info(path)
+        limited.read(path)
+    assert read_image(path).shape == (400, 3000, 1)  # nothing process-wide changed
     assert Image.MAX_IMAGE_PIXELS == 300_000
 
 

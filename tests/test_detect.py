@@ -16,12 +16,14 @@ from torchvision.ops import box_iou
 
 from cspt.config import DetectConfig
 from cspt.data.detection import Annotations, read_annotations
+from cspt.data.pixels import PixelContract
 from cspt.data.scene_tiles import DetectionTiles, make_tiles
 from cspt.engine.sliding import sliding_window_detections
 from cspt.errors import CsptError
 from cspt.metrics import best_f1_threshold, coco_map, precision_recall_at, voc_map
 from cspt.models.detector import build_detector
 from cspt.models.vit import ArchConfig
+from cspt.tasks.common import contract_of
 from cspt.tasks.detect import (
     DetectTask,
     evaluate_detector,
@@ -107,7 +109,7 @@ def test_tiny_detector_overfits_a_neon_scene(neon: Path, tmp_path: Path):
     task = DetectTask(resolve_config(config), scenes, scenes)
     torch.manual_seed(config.seed)
     before, _ = evaluate_scenes(task.build_model(False), scenes.scenes, task.describe(tmp_path, ""),
-                                torch.device("cpu"))
+                                contract_of(task.config), torch.device("cpu"))
     run_dir = finetune_detect(config)  # 16 tiles of 128 px, 4 per step: 40 steps
     after = json.loads((run_dir / "metrics.json").read_text())
     print(f"OSBS_029 mAP@0.5: {before['map50']:.3f} before, {after['map50']:.3f} after 40 CPU steps")
@@ -124,16 +126,15 @@ def test_tiny_detector_overfits_a_neon_scene(neon: Path, tmp_path: Path):
 def test_photometric_jitter_changes_the_colours_of_rgb_tiles_only_never_their_boxes(neon: Path):
     scenes = read_annotations(neon / "OSBS_029.xml", neon).scenes
     tiles = make_tiles(scenes, 128, 32)
-    plain, jittered = (DetectionTiles(scenes, tiles, ["Tree"], 128, 3, photometric=on) for on in (False, True))
+    rgb = PixelContract((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    plain, jittered = (DetectionTiles(scenes, tiles, ["Tree"], 128, rgb, photometric=on) for on in (False, True))
     changed = 0
     for item in [(i, 100 + i) for i in range(len(tiles))]:
         a, b = plain[item], jittered[item]
-        assert torch.equal(a["target"]["boxes"], b["target"]["boxes"])
-        assert b["image"].min() >= 0 and b["image"].max() <= 1
+        assert torch.equal(a["target"]["boxes"], b["target"]["boxes"]) and torch.equal(a["valid"], b["valid"])
+        assert b["image"].min() >= 0 and b["image"].max() <= 1  # 8-bit data stay on their 0-1 range
         changed += not torch.equal(a["image"], b["image"])
     assert changed >= len(tiles) // 2  # each of the four changes is drawn half of the time
-    four_bands = DetectionTiles(scenes, tiles, ["Tree"], 128, 4, photometric=True)
-    assert not four_bands.photometric  # saturation and hue mean nothing beyond RGB
 
 
 def test_bad_tiling_or_proposal_counts_are_one_line_errors(tmp_path: Path):
@@ -373,13 +374,14 @@ def test_drawn_detections_tell_hits_false_alarms_and_missed_objects_apart(tmp_pa
     found = {"boxes": torch.tensor([duplicate, hit, far, on_difficult], dtype=torch.float),
              "scores": torch.tensor([0.8, 0.9, 0.7, 0.6]), "labels": torch.tensor([0, 0, 0, 0])}
     drawn = tmp_path / "drawn.png"
-    draw_boxes(image, found, ["Tree"], drawn, {}, truth)
+    rgb = PixelContract((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    draw_boxes(image, found, ["Tree"], drawn, rgb, truth)
     pixels = np.asarray(Image.open(drawn))
     # on each outline, away from the score labels written at the boxes' top left
     expected = {(30, 8): OUTCOME_COLOURS[1], (44, 30): OUTCOME_COLOURS[0], (120, 100): OUTCOME_COLOURS[0],
                 (40, 100): OUTCOME_COLOURS[-1], (120, 24): MISSED_COLOUR}
     for (row, col), colour in expected.items():
         assert tuple(pixels[row, col]) == colour, (row, col)
-    draw_boxes(image, found, ["Tree"], drawn, {})  # without labels every detection is drawn alike
+    draw_boxes(image, found, ["Tree"], drawn, rgb)  # without labels every detection is drawn alike
     assert tuple(np.asarray(Image.open(drawn))[30, 8]) == OUTCOME_COLOURS[0]
     assert tuple(np.asarray(Image.open(drawn))[120, 24]) == (90, 90, 90)

@@ -8,16 +8,17 @@ from pathlib import Path
 import torch
 
 from cspt.data.device_decode import decode_batch
+from cspt.data.pixels import PixelContract
 from cspt.data.unlabelled import UnlabelledImages, collate, collate_for_device, scan_images
 from cspt.engine.run_log import read_log
 from tests.conftest import TINY_FLAGS, run_cli, write_rgb
 
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+RGB = PixelContract((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def datasets(files: list[Path]) -> tuple[UnlabelledImages, UnlabelledImages]:
     entries = scan_images(files, tile_size=256).entries
-    return tuple(UnlabelledImages(entries, 32, 8, 3, MEAN, STD, 256, 0.2, on_device) for on_device in (False, True))
+    return tuple(UnlabelledImages(entries, RGB, 32, 8, 256, 0.2, on_device) for on_device in (False, True))
 
 
 def test_device_decoding_draws_the_loader_path_s_boxes_flips_and_noise(rsscn7: Path, tmp_path: Path):
@@ -29,12 +30,12 @@ def test_device_decoding_draws_the_loader_path_s_boxes_flips_and_noise(rsscn7: P
     reference = collate([on_loader[item] for item in items])
     batch = collate_for_device([on_device[item] for item in items])
     assert sum(type(s).__name__ == "EncodedCrop" for s in batch["image"]) == 12
-    images, failed = decode_batch(batch["image"], batch["flip"], 32, on_device.mean, on_device.std,
-                                  torch.device("cpu"))
+    images, valid, failed = decode_batch(batch["image"], batch["valid"], batch["flip"], 32, RGB, torch.device("cpu"))
     assert not failed and torch.equal(batch["noise"], reference["noise"])  # the mask noise, bit for bit
     assert torch.equal(images[-1], reference["image"][-1])  # the PNG: the same pixels, flip and normalisation
-    difference = ((images - reference["image"]) * on_device.std).abs().mean((1, 2, 3))  # on the 0-1 scale
-    mirrored = ((images.flip(-1) - reference["image"]) * on_device.std).abs().mean((1, 2, 3))
+    assert torch.equal(valid, reference["valid"])
+    difference = ((images - reference["image"]) * RGB.std_tensor).abs().mean((1, 2, 3))  # on the 0-1 scale
+    mirrored = ((images.flip(-1) - reference["image"]) * RGB.std_tensor).abs().mean((1, 2, 3))
     assert difference.max() < 0.02, difference  # the resamplers differ; boxes and flips do not
     assert (mirrored[:12] > 2 * difference[:12]).all(), (difference, mirrored)
 
@@ -50,8 +51,7 @@ def test_an_undecodable_jpeg_is_replaced_and_named_and_pretraining_runs_on_the_d
     _, on_device = datasets(sorted(data.iterdir()))
     index = [e.path.name for e in on_device.entries].index("broken.jpg")
     batch = collate_for_device([on_device[(i, i)] for i in (index, 0, 1)])
-    images, failed = decode_batch(batch["image"], batch["flip"], 32, on_device.mean, on_device.std,
-                                  torch.device("cpu"))
+    images, _, failed = decode_batch(batch["image"], batch["valid"], batch["flip"], 32, RGB, torch.device("cpu"))
     assert images.shape == (3, 3, 32, 32) and torch.isfinite(images).all()
     assert len(failed) == 1 and "broken.jpg: cannot decode JPEG" in failed[0]
 

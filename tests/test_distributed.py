@@ -58,8 +58,8 @@ def test_a_loss_that_is_not_finite_on_one_process_stops_every_process(rsscn7_lis
     data.mkdir()
     for line in rsscn7_list(15).read_text().split():
         (data / Path(line).name).symlink_to(line)
-    broken = np.full((48, 48, 3), np.nan, dtype=np.float32)
-    tifffile.imwrite(data / "nan.tif", broken, photometric="rgb")  # NaN pixels: its batch's loss is NaN
+    broken = np.full((48, 48, 3), 3e38, dtype=np.float32)  # finite, valid, and infinite once normalised
+    tifffile.imwrite(data / "huge.tif", broken, photometric="rgb")  # its batch's loss is not finite
     result = torchrun("pretrain", "--data", str(data), "--output", str(tmp_path / "run"), "--epochs", "1",
                       "--batch-size", "4", "--dist-timeout", "2", "--vis-every", "0", *TINY_FLAGS, *FAST,
                       timeout=240)

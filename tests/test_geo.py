@@ -18,6 +18,7 @@ from rasterio.warp import transform_geom
 from cspt.config import SegmentConfig
 from cspt.data.detection import read_annotations
 from cspt.data.georaster import vector_driver
+from cspt.data.pixels import PixelContract
 from cspt.data.segmentation import Pair, SegmentationCrops, read_mask
 from cspt.engine.sliding import window_starts
 from cspt.engine.streaming import BLENDS, blended_logits, stream_strips
@@ -200,7 +201,7 @@ def test_finetune_segment_from_geotiff_scenes_and_polygons_in_another_crs(tmp_pa
     # both scenes have the same extent on the map (one origin): the polygons of one tile label both
     result = run_cli(*command)
     assert result.returncode == 0, result.stderr
-    burnt = np.asarray(Image.open(run / "labels" / "image_part_002.png"))
+    burnt = np.asarray(Image.open(run / "labels" / "0000_image_part_002.png"))
     expected = read_mask(mask, load_palette("dubai", None), 255)
     names = load_palette("dubai", None).classes
     info = json.loads((run / "segmenter.json").read_text())  # the classes: the label values present, sorted
@@ -225,7 +226,7 @@ def test_finetune_segment_from_geotiff_scenes_and_polygons_in_another_crs(tmp_pa
     message = one_line_error(*with_labels(far))
     assert "far.geojson: no feature lies over" in message and "image_part_002.tif" in message
     message = one_line_error(*with_labels(labels), "--bands", "3", "2", "5")
-    assert "image_part_00" in message and "--bands 5 is out of range: the file has 3 band(s)" in message
+    assert "image_part_00" in message and "band 5 is out of range: the file has 3 band(s)" in message
     missing = [str(tmp_path / "nowhere.tif") if a == str(scenes[1]) else a for a in with_labels(labels)]
     message = one_line_error(*missing)
     assert "nowhere.tif: cannot open the scene" in message
@@ -268,18 +269,20 @@ def test_nodata_pixels_are_neither_trained_on_nor_scored(tmp_path: Path):
     Image.fromarray(mask).save(tmp_path / "mask.png")
     palette = load_palette(None, ["building", "land", "road", "vegetation", "water"])
     pair = Pair(scene, tmp_path / "mask.png", *rgb.shape[:2])
-    crops = SegmentationCrops([pair], palette, 64, 3, [0.5] * 3, [0.25] * 3)
+    contract = PixelContract((0.5,) * 3, (0.25,) * 3)
+    crops = SegmentationCrops([pair], palette, 64, contract)
     _, labels = crops.load(0)
     assert (labels[:40] == 255).all() and (labels[:, -40:] == 255).all() and (labels[40:-40, 40:-40] == 2).all()
-    info = {"palette": palette.to_dict(), "ignore_index": 255, "architecture": {"in_chans": 3}, "mean": [0.5] * 3,
-            "std": [0.25] * 3, "crop_size": 64, "stride": 48, "resize": 1.0}
+    info = {"palette": palette.to_dict(), "ignore_index": 255, "architecture": {"in_chans": 3},
+            "crop_size": 64, "stride": 48, "resize": 1.0}
 
     class Building(torch.nn.Module):
         def forward(self, crops: torch.Tensor) -> torch.Tensor:
             return torch.zeros(len(crops), 5, *crops.shape[-2:])
 
-    metrics = evaluate_pairs(Building(), [pair], info, torch.device("cpu"))
+    metrics = evaluate_pairs(Building(), [pair], info, contract, torch.device("cpu"))
     assert metrics["pixels"] == (rgb.shape[0] - 80) * (rgb.shape[1] - 80)
+    assert metrics["invalid_pixels"] == rgb.shape[0] * rgb.shape[1] - metrics["pixels"]
 
 
 def test_detection_does_not_run_windows_without_data(tmp_path: Path):
@@ -296,7 +299,8 @@ def test_detection_does_not_run_windows_without_data(tmp_path: Path):
 
     info = {"tile_size": 128, "tile_overlap": 32, "architecture": {"in_chans": 3}, "nms_iou": 0.5,
             "detections_per_image": 100}
-    found = detect_scene(Recorder(), scene, 300, 500, info, torch.device("cpu"))
+    found = detect_scene(Recorder(), scene, 300, 500, info, PixelContract((0.5,) * 3, (0.25,) * 3),
+                         torch.device("cpu"))
     lefts = window_starts(500, 128, 96)
     with_data = [left for left in lefts if left + 128 > 300]
     assert len(seen) == len(window_starts(300, 128, 96)) * len(with_data) and len(with_data) < len(lefts)

@@ -35,7 +35,8 @@ def four_band_tiff(source: Path, target: Path) -> Path:
     rgb = np.asarray(Image.open(source).convert("RGB")).astype(np.float32) / 255
     nir = np.clip(0.5 + rgb[..., 1] - rgb[..., 0], 0, 1)[..., None]
     target.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(target, (np.concatenate([rgb, nir], -1) * 65535).astype(np.uint16), planarconfig="contig")
+    bands = np.moveaxis(np.concatenate([rgb, nir], -1), -1, 0)
+    tifffile.imwrite(target, (bands * 65535).astype(np.uint16), photometric="minisblack", planarconfig="separate")
     return target
 
 
@@ -84,7 +85,7 @@ def test_a_four_band_encoder_is_fine_tuned_by_every_task_with_its_own_statistics
         assert any("normalisation:" in r.message and "statistics recorded with" in r.message
                    and str(source) in r.message for r in caplog.records), name
     probed = frozen_encoder(ProbeConfig(checkpoint=str(source)))
-    assert (probed.mean, probed.std) == (MEAN4, STD4)
+    assert (list(probed.contract.mean), list(probed.contract.std)) == (MEAN4, STD4)
 
 
 def test_statistics_for_another_band_count_are_not_used(tmp_path: Path, caplog: pytest.LogCaptureFixture):
@@ -118,6 +119,8 @@ def test_eleven_bit_data_under_imagenet_statistics_is_named_before_training(rssc
     std = yaml.safe_load(stats.split("std: ")[1].split("\n")[0])
     second = run_cli(*args, "--mean", *map(str, mean), "--std", *map(str, std), "--output", str(tmp_path / "own"))
     assert second.returncode == 0 and "does not fit" not in second.stderr, second.stderr[-2000:]
-    dataset = UnlabelledImages(scan_images([scene], 128).entries, 32, 8, 3, mean, std, 128)
+    from cspt.data.pixels import PixelContract
+
+    dataset = UnlabelledImages(scan_images([scene], 128).entries, PixelContract(tuple(mean), tuple(std)), 32, 8, 128)
     batch = torch.stack([dataset[(i, i)]["image"] for i in range(16)])
     assert batch.mean().abs() < 1 and 0.3 < batch.std() < 3

@@ -230,15 +230,49 @@ def test_demo_reads_no_held_out_scene_in_any_stage_before_evaluation(tmp_path, m
     assert {s.image.name for s in val.scenes} == held_out and val.count_boxes() == 61 + 37
 
 
-def test_the_demo_starts_from_the_shared_natural_checkpoint_when_there_is_one(tmp_path, monkeypatch):
-    from cspt.demo import SHARED_CHECKPOINT, shared_natural_checkpoint
+def test_the_demo_source_travels_with_the_package_and_random_needs_asking(tmp_path, monkeypatch):
+    """From a directory with no ../shared: the packaged natural MAE, never random initialisation unless asked;
+    without the packaged file, one line naming the ways out."""
+    import cspt.demo
+    from cspt.checkpoints import load_checkpoint
+    from cspt.demo import demo_source
+    from cspt.errors import CsptError
+    from cspt.tasks.common import recorded_contract
+    from cspt.weights import PACKAGED
 
-    monkeypatch.setenv("CSPT_SHARED", str(tmp_path))
-    assert shared_natural_checkpoint() is None  # a machine without ../shared: random initialisation, said plainly
-    target = tmp_path / SHARED_CHECKPOINT
-    target.parent.mkdir(parents=True)
-    target.write_bytes(b"weights")
-    assert shared_natural_checkpoint() == str(target)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CSPT_SOURCE_CHECKPOINT", raising=False)
+    monkeypatch.setenv("CSPT_SHARED", str(tmp_path / "nowhere"))
+    source = demo_source(None)
+    assert source == PACKAGED["name"]
+    packaged = load_checkpoint(source)
+    assert packaged.arch["patch_size"] == 8 and packaged.arch["depth"] == 8 and packaged.has_decoder
+    assert recorded_contract(packaged).mean == (0.485, 0.456, 0.406)  # ImageNet statistics, as it was trained
+    assert "Tiny-ImageNet" in packaged.described["terms"] and packaged.described["lineage"][0]["sha256"]
+    assert demo_source("random") is None and demo_source("other.pth") == "other.pth"
+    monkeypatch.setenv("CSPT_SOURCE_CHECKPOINT", "mine.pth")
+    assert demo_source(None) == "mine.pth"
+    monkeypatch.delenv("CSPT_SOURCE_CHECKPOINT")
+    monkeypatch.setattr(cspt.demo, "packaged_path", lambda name: tmp_path / "gone.safetensors")
+    with pytest.raises(CsptError, match=r"no natural-image source: .*--init CHECKPOINT.*CSPT_SOURCE_CHECKPOINT.*"
+                                        r"--init random"):
+        demo_source(None)
+
+
+def test_the_packaged_source_is_the_shared_checkpoint_in_half_precision(natural_mae):
+    """Same architecture and keys as ../shared/weights; weights equal to fp16 rounding; the fixed position
+    embeddings kept exact, so that they are still recomputed (not resampled) for other input sizes."""
+    import torch
+
+    from cspt.checkpoints import load_checkpoint
+    from cspt.export import sha256_of
+
+    original, packaged = load_checkpoint(natural_mae), load_checkpoint("cspt:mae-tiny-tinyimagenet")
+    assert packaged.arch == original.arch and set(packaged.state_dict) == set(original.state_dict)
+    for key, value in original.state_dict.items():
+        assert torch.allclose(packaged.state_dict[key].float(), value, atol=1e-3, rtol=1e-3), key
+    assert torch.equal(packaged.state_dict["pos_embed"], original.state_dict["pos_embed"])
+    assert packaged.described["lineage"][0]["sha256"] == sha256_of(natural_mae)
 
 
 def test_the_demo_recipes_take_their_shape_from_a_source_of_another_architecture(tmp_path):

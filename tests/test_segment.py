@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cspt.config import SegmentConfig
+from cspt.data.pixels import PixelContract, Pixels
 from cspt.data.segmentation import Palette, check_pairs, pair_images, read_mask
 from cspt.engine.streaming import blended_logits
 from cspt.metrics import segmentation_confusion, segmentation_metrics
@@ -172,16 +173,17 @@ def test_training_crops_resize_only_the_pixels_under_the_crop(tmp_path: Path, mo
     Image.fromarray(image).save(tmp_path / "images" / "big.png")
     Image.fromarray(labels).save(tmp_path / "masks" / "big.png")
     pairs, _ = check_pairs(pair_images([tmp_path / "images"], None), Palette(["a", "b", "c"]), 255)
-    dataset = segmentation.SegmentationCrops(pairs, Palette(["a", "b", "c"]), crop, 3, [0.0] * 3, [1.0] * 3,
+    contract = PixelContract((0.0,) * 3, (1.0,) * 3)
+    dataset = segmentation.SegmentationCrops(pairs, Palette(["a", "b", "c"]), crop, contract,
                                              scale_range=(1.0, 2.0), photometric=False, base_scale=2.0)
     resized: list[tuple[int, ...]] = []
-    original = segmentation.resize_pair
+    original = Pixels.resized
 
-    def recording(image: torch.Tensor, mask: torch.Tensor, out: tuple[int, int]):
-        resized.append(tuple(image.shape[-2:]))
-        return original(image, mask, out)
+    def recording(pixels: Pixels, *args, **kwargs) -> Pixels:
+        resized.append(tuple(pixels.image.shape[-2:]))
+        return original(pixels, *args, **kwargs)
 
-    monkeypatch.setattr(segmentation, "resize_pair", recording)
+    monkeypatch.setattr(Pixels, "resized", recording)
     for seed in range(200):
         sample = dataset[(0, seed)]
         mask, pixels = sample["mask"], sample["image"][0]

@@ -11,20 +11,25 @@ import tifffile
 import torch
 
 from cspt.data.files import find_images
-from cspt.data.images import image_info, read_image
+from cspt.data.images import image_info
+from cspt.data.pixels import read_unit
 from cspt.data.shards import expand_braces, make_shards
 from cspt.engine.sampler import SeededBatchSampler
-from tests.conftest import TINY_FLAGS, run_cli
+from tests.conftest import TINY_FLAGS, run_cli, write_geotiff
 
 FAST = ["--num-workers", "0", "--warmup-epochs", "0", "--vis-every", "0", "--log-every", "1", "--device", "cpu"]
 
 
 def pool(rsscn7_list, tmp_path: Path) -> list[Path]:
-    """24 RSSCN7 JPEGs and a 16-bit 4-band TIFF."""
+    """24 RSSCN7 JPEGs, an int16 GeoTIFF with a -9999 border and a 16-bit 4-band TIFF."""
     files = [Path(line) for line in rsscn7_list(24).read_text().split()]
+    bordered = np.random.default_rng(1).integers(0, 2048, (1, 60, 60)).astype(np.int16)
+    bordered[:, :10] = -9999
+    landsat = write_geotiff(tmp_path / "landsat.tif", bordered, nodata=-9999)
     scene = tmp_path / "scene.tif"
-    tifffile.imwrite(scene, np.random.default_rng(0).integers(0, 4096, (80, 80, 4), dtype=np.uint16))
-    return files + [scene]
+    tifffile.imwrite(scene, np.random.default_rng(0).integers(0, 4096, (4, 80, 80), dtype=np.uint16),
+                     photometric="minisblack", planarconfig="separate")
+    return files + [landsat, scene]
 
 
 def test_members_keep_every_byte_and_read_like_the_files(rsscn7_list, tmp_path):
@@ -40,8 +45,11 @@ def test_members_keep_every_byte_and_read_like_the_files(rsscn7_list, tmp_path):
     assert len(members) == len(files)
     for member, file in zip(members, files, strict=True):
         assert image_info(member) == image_info(file)
-        assert np.array_equal(read_image(member), read_image(file))
-    assert read_image(members[-1]).shape == (80, 80, 4)  # 16-bit, four bands, every bit
+        (ours, our_valid), (theirs, their_valid) = read_unit(member), read_unit(file)
+        assert np.array_equal(ours, theirs) and np.array_equal(our_valid, their_valid)
+    assert read_unit(members[-1])[0].shape == (80, 80, 4)  # 16-bit, four bands, every bit
+    valid = read_unit(members[-2])[1]  # a member keeps its nodata: the border is not data
+    assert not valid[:10].any() and valid[10:].all()
 
 
 def test_shard_order_keeps_each_shard_together_and_global_batches_for_any_world_size():

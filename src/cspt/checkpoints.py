@@ -26,11 +26,11 @@ from timm.models._manipulate import adapt_input_conv
 from torch import nn
 
 from cspt.checkpoint_formats import hugging_face_to_mae, is_hugging_face, is_openmmlab, openmmlab_to_mae
-from cspt.data.scaling import Scaling
 from cspt.errors import CsptError
 from cspt.hub import hub_weights, is_hub_name
 from cspt.models.mae import DECODER_PREFIXES
 from cspt.models.vit import VIT_PRESETS, sincos_pos_embed
+from cspt.weights import is_packaged_name, packaged_file
 
 POS_EMBED_KEYS = ("pos_embed", "decoder_pos_embed")
 HF_SIDECAR = "lineage.json"
@@ -120,30 +120,34 @@ class Checkpoint:
 
     @property
     def normalisation(self) -> tuple[list[float], list[float]] | None:
-        """The per-band mean/std the weights were trained with, when their description (or a config stored
-        with them) records them."""
-        for source in (self.described, self.declared):
-            mean, std = source.get("mean"), source.get("std")
-            if isinstance(mean, list) and isinstance(std, list) and mean and std:
+        """The per-band mean/std the weights were trained with, when their description, a config stored with
+        them (a top-level ``mean``/``std``, timm's ``pretrained_cfg``) or a Hugging Face
+        ``preprocessor_config.json`` beside them records them."""
+        pixels = self.described.get("pixels") if isinstance(self.described.get("pixels"), dict) else {}
+        candidates = [pixels, self.described, self.declared, self.declared.get("pretrained_cfg") or {},
+                      preprocessor_config(self.path)]
+        for source in candidates:
+            mean = source.get("mean", source.get("image_mean"))
+            std = source.get("std", source.get("image_std"))
+            if isinstance(mean, list) and isinstance(std, list) and mean and len(mean) == len(std):
                 return [float(v) for v in mean], [float(v) for v in std]
-        return None
-
-    @property
-    def scaling(self) -> Scaling | None:
-        """The pixel scaling (:mod:`cspt.data.scaling`) the weights were trained with, as recorded by a cspt
-        stage (empty ``low``/``high``: the dtype scale); None when nothing records one."""
-        for source in (self.described, self.declared):
-            if "scale_low" not in source:
-                continue
-            low, high = source.get("scale_low"), source.get("scale_high")
-            if isinstance(low, list) and isinstance(high, list) and low and len(low) == len(high):
-                return Scaling(f"recorded with {self.path}", [float(v) for v in low], [float(v) for v in high])
-            return Scaling(f"dtype, recorded with {self.path}", [], [])
         return None
 
     @property
     def has_decoder(self) -> bool:
         return any(k.startswith("decoder_") for k in self.state_dict)
+
+
+def preprocessor_config(path: Path) -> dict[str, Any]:
+    """A Hugging Face ``preprocessor_config.json`` beside a weights file (its ``image_mean``/``image_std``)."""
+    found = path.parent / "preprocessor_config.json"
+    if not found.is_file():
+        return {}
+    try:
+        values = json.loads(found.read_text())
+    except json.JSONDecodeError:
+        raise CsptError(f"{found}: damaged JSON") from None
+    return values if isinstance(values, dict) else {}
 
 
 def declared_heads(declared: dict[str, Any]) -> tuple[dict[str, int], str]:
@@ -166,8 +170,11 @@ def declared_heads(declared: dict[str, Any]) -> tuple[dict[str, int], str]:
 
 
 def checkpoint_file(path: Path) -> Path:
-    """The weights file behind ``path``: itself, the one inside a run or Hugging Face folder, or that of a
-    hub name (``hf:ORG/NAME``, ``timm:NAME``: fetched into the Hugging Face cache once)."""
+    """The weights file behind ``path``: itself, the one inside a run or Hugging Face folder, that of a
+    hub name (``hf:ORG/NAME``, ``timm:NAME``: fetched into the Hugging Face cache once) or of weights
+    that ship with cspt (``cspt:NAME``)."""
+    if is_packaged_name(path):
+        return packaged_file(str(path))
     if is_hub_name(path):
         return hub_weights(str(path))
     if not path.is_dir():

@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cspt", description="Consecutive pretraining of ViTs for remote sensing")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
-                        help="decode JPEG/PNG images of at most N pixels (default 2**31; 0: no limit)")
+                        help="decode JPEG/PNG images of at most N pixels (default: what a model records, else "
+                        "2**31; 0: no limit)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     pre = commands.add_parser("pretrain", help="consecutive MAE pretraining on unlabelled images")
@@ -70,13 +71,21 @@ def build_parser() -> argparse.ArgumentParser:
     probe = commands.add_parser("probe", help="kNN or linear probe of a checkpoint's frozen features")
     probe.add_argument("kind", choices=["knn", "linear"])
     probe.add_argument("--config", help="YAML file of options (flags override it)")
-    add_config_flags(probe, ProbeConfig)
+    add_config_flags(probe, ProbeConfig, skip=("max_image_pixels",))
 
     evaluate = commands.add_parser("evaluate", help="metrics of a fine-tuned model")
     tasks = evaluate.add_subparsers(dest="task", required=True)
     ev = tasks.add_parser("classify", help="OA, AA, kappa, per-class scores and confusion matrix")
     ev.add_argument("--checkpoint", required=True, help="fine-tuning run directory or its classifier.safetensors")
     ev.add_argument("--data", help="ImageFolder directory or path,label CSV (default: the run's test split)")
+    ev.add_argument("--scene", nargs="+", help="large scenes to score per pixel, as predict classify --scene maps "
+                    "them, against --masks")
+    ev.add_argument("--masks", nargs="+", help="with --scene: one label raster per scene (class indices in the "
+                    "classifier's order, 255 not scored)")
+    ev.add_argument("--window", type=int, help="with --scene: window side in scene pixels (default: the model's input)")
+    ev.add_argument("--stride", type=int, help="with --scene: window step (default: --window)")
+    ev.add_argument("--blend", default="none", choices=["cosine", "gaussian", "none"],
+                    help="with --scene: how overlapping windows' scores are weighted")
     ev.add_argument("--output", help="folder for metrics.json etc. (default: the run, or RUN/evaluation/NAME)")
     add_inference_flags(ev)
     es = tasks.add_parser("segment", help="mIoU, per-class IoU, OA, mean F1 and confusion matrix")
@@ -106,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--output", help="CSV to write (default predictions.csv); with --scene, a folder (default maps)")
     pr.add_argument("--window", type=int, help="with --scene: window side in scene pixels (default: the model's input)")
     pr.add_argument("--stride", type=int, help="with --scene: window step (default: --window, no overlap)")
-    pr.add_argument("--blend", default="cosine", choices=["cosine", "gaussian", "none"],
+    pr.add_argument("--blend", default="none", choices=["cosine", "gaussian", "none"],
                     help="with --scene and --stride below --window: how overlapping windows' scores are weighted")
     pr.add_argument("--probabilities", action="store_true",
                     help="with --scene: also write NAME_probabilities.tif (uint8, one band per class)")
@@ -182,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     stats = commands.add_parser("stats", help="per-band mean/std of images, for the mean/std options")
     stats.add_argument("data", nargs="+", help="image folders, files or .txt lists")
     stats.add_argument("--max-images", type=int, default=1000, help="use a seeded sample of this many")
+    stats.add_argument("--bands", type=int, nargs="+", help="only these bands, numbered from 1, in this order")
+    stats.add_argument("--nodata", type=float, help="a raw value meaning 'no data' (besides each file's own)")
 
     vis = commands.add_parser("visualize", help="MAE reconstruction grid of a checkpoint on some images")
     vis.add_argument("--checkpoint", required=True, help="MAE checkpoint (with decoder)")
@@ -199,9 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
 RESERVED = {"command", "task", "kind", "debug", "max_image_pixels", "config", "resume"}
 
 
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config values the command line sets (``--max-image-pixels`` before or after the command)."""
+    overrides = {k: v for k, v in vars(args).items() if k not in RESERVED}
+    if args.max_image_pixels is not None:
+        overrides["max_image_pixels"] = args.max_image_pixels
+    return overrides
+
+
 def run_training(args: argparse.Namespace, cls: type, train: Any) -> None:
     """Start a training stage from ``--config`` + flags, or continue one with ``--resume``."""
-    overrides = {k: v for k, v in vars(args).items() if k not in RESERVED}
+    overrides = config_overrides(args)
     if args.resume:
         if args.config:
             raise CsptError("--resume continues a run with its saved config; --config cannot change it")
@@ -244,8 +263,7 @@ def print_metrics(metrics: dict[str, Any], where: str) -> None:
 def run_probe(args: argparse.Namespace) -> None:
     from cspt.tasks.probe import run_probe as probe
 
-    overrides = {k: v for k, v in vars(args).items() if k not in RESERVED}
-    config = build_config(ProbeConfig, args.config, overrides)
+    config = build_config(ProbeConfig, args.config, config_overrides(args))
     print_metrics(probe(args.kind, config), f"; written to {config.output}" if config.output else "")
 
 
@@ -254,21 +272,36 @@ def run_evaluate(args: argparse.Namespace) -> None:
         from cspt.tasks.detect import evaluate_detector
 
         metrics, folder = evaluate_detector(args.checkpoint, args.annotations, args.images, args.format,
-                                            args.output, args.device, args.draw)
+                                            args.output, args.device, args.draw, args.max_image_pixels)
         print(f"mAP@0.5 {metrics['map50']:.4f}  mAP@[.5:.95] {metrics['map']:.4f}  ({metrics['scenes']} scenes, "
               f"{metrics['objects']} objects); written to {folder}")
         return
     if args.task == "segment":
         from cspt.tasks.segment import evaluate_segmenter
 
-        metrics, folder = evaluate_segmenter(args.checkpoint, args.images, args.masks, args.output, args.device)
+        metrics, folder = evaluate_segmenter(args.checkpoint, args.images, args.masks, args.output, args.device,
+                                             max_image_pixels=args.max_image_pixels)
         print(f"mIoU {metrics['miou']:.4f}  OA {metrics['oa']:.4f}  mean F1 {metrics['mean_f1']:.4f}  "
               f"({metrics['tiles']} tiles); written to {folder}")
+        return
+    if args.scene:
+        from cspt.tasks.classify import evaluate_scene_classes, load_classifier
+
+        if not args.masks:
+            raise CsptError("--scene needs --masks: one label raster per scene")
+        window = args.window or load_classifier(args.checkpoint).info["architecture"]["img_size"]
+        metrics = evaluate_scene_classes(args.checkpoint, args.scene, args.masks, window, args.stride, args.blend,
+                                         args.device, args.batch_size, max_image_pixels=args.max_image_pixels)
+        print(f"mIoU {metrics['miou']:.4f}  OA {metrics['oa']:.4f}  mean F1 {metrics['mean_f1']:.4f}  "
+              f"({metrics['scenes']} scenes, {metrics['invalid_pixels']} pixels without data not scored)")
+        if args.output:
+            Path(args.output).mkdir(parents=True, exist_ok=True)
+            (Path(args.output) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         return
     from cspt.tasks.classify import evaluate_classifier
 
     metrics, folder = evaluate_classifier(args.checkpoint, args.data, args.output, args.batch_size, args.device,
-                                          args.num_workers)
+                                          args.num_workers, args.max_image_pixels)
     print_metrics(metrics, f"; written to {folder}")
 
 
@@ -277,14 +310,14 @@ def run_predict(args: argparse.Namespace) -> None:
         from cspt.tasks.detect import predict_detector
 
         folder = predict_detector(args.checkpoint, args.images, args.output, args.draw, args.device,
-                                  args.draw_score, args.vector_format)
+                                  args.draw_score, args.vector_format, args.max_image_pixels)
         print(f"wrote {folder}")
         return
     if args.task == "segment":
         from cspt.tasks.segment import predict_segmenter
 
         folder = predict_segmenter(args.checkpoint, args.images, args.output, args.draw, args.device, args.blend,
-                                   args.probabilities, args.vectorize, args.batch_size)
+                                   args.probabilities, args.vectorize, args.batch_size, args.max_image_pixels)
         print(f"wrote {folder}")
         return
     if args.scene:
@@ -292,13 +325,14 @@ def run_predict(args: argparse.Namespace) -> None:
 
         window = args.window or load_classifier(args.checkpoint).info["architecture"]["img_size"]
         folder = predict_scene_classes(args.checkpoint, args.scene, args.output or "maps", window, args.stride,
-                                       args.blend, args.device, args.batch_size, args.probabilities)
+                                       args.blend, args.device, args.batch_size, args.probabilities,
+                                       args.max_image_pixels)
         print(f"wrote {folder}")
         return
     from cspt.tasks.classify import predict_classifier
 
     path = predict_classifier(args.checkpoint, args.images, args.output or "predictions.csv", args.batch_size,
-                              args.device, args.num_workers)
+                              args.device, args.num_workers, args.max_image_pixels)
     print(f"wrote {path}")
 
 
@@ -312,7 +346,7 @@ def run_gap(args: argparse.Namespace) -> None:
     from cspt.gap import domain_gap, gap_summary, write_gap
 
     result = domain_gap(args.checkpoint, args.source, args.target, args.max_images, device=args.device,
-                        trust=args.trust_checkpoint)
+                        trust=args.trust_checkpoint, max_image_pixels=args.max_image_pixels)
     for line in gap_summary(result):
         print(line)
     if args.output:
@@ -336,19 +370,23 @@ def run_shards(args: argparse.Namespace) -> None:
 
 def run_stats(args: argparse.Namespace) -> None:
     from cspt.data.files import find_images
+    from cspt.data.pixels import PixelContract
     from cspt.data.scaling import EIGHT_BIT, data_type, measure_scaling
     from cspt.data.stats import band_statistics
 
     files = find_images(args.data)
-    result = band_statistics(files, args.max_images)
+    result = band_statistics(files, args.max_images, bands=args.bands, nodata=args.nodata)
     for message in result.skipped:
         log.warning("skipped: %s", message)
     dtype = data_type(files)
     bands = len(result.mean)
-    print(f"# {result.images} images, {bands} bands, {dtype}; on the 0-1 scale of the type (value / its maximum)")
+    print(f"# {result.images} images, {bands} bands, {dtype}; on the 0-1 scale of the type (value / its maximum); "
+          f"{result.invalid} pixels without data left out")
     print(f"mean: [{', '.join(f'{v:.6f}' for v in result.mean)}]")
     print(f"std: [{', '.join(f'{v:.6f}' for v in result.std)}]")
-    spread = measure_scaling(files, "percentile", [0.5] * bands, [0.25] * bands)
+    contract = PixelContract((0.5,) * bands, (0.25,) * bands, tuple(args.bands) if args.bands else None,
+                             nodata=args.nodata)
+    spread = measure_scaling(files, "percentile", contract)
     print(f"percentile_2: [{', '.join(f'{v:.6f}' for v in spread.low)}]")
     print(f"percentile_98: [{', '.join(f'{v:.6f}' for v in spread.high)}]")
     if dtype not in EIGHT_BIT:
@@ -361,7 +399,7 @@ def run_visualize(args: argparse.Namespace) -> None:
 
     path = visualize_checkpoint(args.checkpoint, args.images, args.output, count=args.count,
                                 img_size=args.img_size, mask_ratio=args.mask_ratio, mean=args.mean,
-                                std=args.std, trust=args.trust_checkpoint)
+                                std=args.std, trust=args.trust_checkpoint, max_image_pixels=args.max_image_pixels)
     print(f"wrote {path}")
 
 
@@ -389,6 +427,12 @@ def run_info(args: argparse.Namespace) -> None:
     print(f"tensors: {info['tensors']} ({info['parameters'] / 1e6:.2f} M parameters)")
     print("architecture: " + ", ".join(f"{k}={v}" for k, v in arch.items()))
     print(f"decoder: {'yes' if info['decoder'] else 'no'}")
+    if info["pixels"]:
+        from cspt.data.pixels import PixelContract
+
+        print(f"pixels: {PixelContract.from_dict(info['pixels'], info['file']).describe()}")
+    if info["terms"]:
+        print(f"terms: {info['terms']}")
     print("lineage:")
     for number, stage in enumerate(info["lineage"], 1):
         details = ", ".join(f"{k}={v}" for k, v in stage.items() if k not in ("stage", "config"))
@@ -406,10 +450,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     for library in ("rasterio", "fiona"):  # GDAL's complaints come back as exceptions cspt words in one line
         logging.getLogger(library).setLevel(logging.CRITICAL)
-    if args.max_image_pixels is not None:
-        from cspt.data.images import set_max_image_pixels
-
-        set_max_image_pixels(args.max_image_pixels)
     try:
         COMMANDS[args.command](args)
     except CsptError as err:

@@ -91,6 +91,9 @@ class EncoderConfig:
     scale_low: list[float] | None = option(None, "per-band value (on the dtype's 0-1 scale) mapped to 0 "
                                            "(set by --scale)", nargs="+")
     scale_high: list[float] | None = option(None, "per-band value (on the dtype's 0-1 scale) mapped to 1", nargs="+")
+    nodata: float | None = option(None, "a raw pixel value meaning 'no data' in every image, besides each GeoTIFF's "
+                                  "own nodata value, mask or alpha band (NaN and infinite values are always no data)")
+    max_image_pixels: int | None = option(2**31, "decode JPEG/PNG images of at most this many pixels (0: no limit)")
 
 
 @dataclass
@@ -192,7 +195,10 @@ class SegmentConfig(TrainConfig, EncoderConfig, PyramidConfig):
     labels: str | None = option(None, "vector labels of --scenes (GeoPackage, GeoJSON, shapefile; any CRS): "
                                 "polygons rasterised onto each scene's grid")
     class_field: str | None = option(None, "the --labels attribute naming each polygon's class (classes in "
-                                     "sorted order unless --class-names gives it)")
+                                     "sorted order, numerically for integer codes, unless --class-names gives it); "
+                                     "without it every polygon is one class, named after the file")
+    background: str | None = option(None, "with --labels: pixels with data under no polygon are this class (index "
+                                    "0) instead of being ignored, e.g. for polygons of one class")
     val_images: list[str] | None = option(None, "validation image folders (or CSV)", nargs="+")
     val_masks: list[str] | None = option(None, "validation mask folders", nargs="+")
     val_fraction: float = option(0.0, "without --val-images: hold out this fraction of the tiles (seeded)")
@@ -292,6 +298,8 @@ class ProbeConfig(LabelledDataConfig):
     device: str = option("auto", "cpu, cuda or auto", choices=["auto", "cpu", "cuda"])
     num_workers: int | None = option(None, "data loader workers (default: by CPU count)")
     seed: int = option(0, "seed of the linear probe")
+    max_image_pixels: int | None = option(None, "decode JPEG/PNG images of at most this many pixels (0: no limit; "
+                                          "default: the checkpoint's, else 2**31)")
 
 
 def config_fields(cls: type) -> dict[str, dataclasses.Field]:

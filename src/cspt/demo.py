@@ -29,6 +29,7 @@ import yaml
 from cspt.config import read_yaml
 from cspt.data.detection import read_annotations
 from cspt.errors import CsptError
+from cspt.weights import PACKAGED, is_packaged_name, packaged_path
 
 log = logging.getLogger("cspt")
 
@@ -45,29 +46,38 @@ PRETRAIN_EPOCHS = 20
 #: what a source checkpoint decides when there is one (the tiny recipes spell out the shared tiny MAE's)
 SHAPE_FIELDS = ("model", "embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "decoder_dim", "decoder_depth",
                 "decoder_num_heads")
-#: the natural-image source the demo starts from when no other is given (see ``../shared/weights/README.md``)
-SHARED_CHECKPOINT = "weights/mae_vit_tiny_p8_64_tinyimagenet.pth"
+#: ``--init random``: no natural-image source (every arm starts from random initialisation)
+RANDOM_INIT = "random"
 DETECT_EPOCHS = 2  #: over the two Yellowstone scenes' 568 tiles: 284 steps of 4 per arm
 
 
-def shared_dir() -> Path:
-    """The shared data and weights beside the repository (``$CSPT_SHARED``, default ``../shared``)."""
-    return Path(os.environ.get("CSPT_SHARED", "../shared"))
-
-
-def shared_natural_checkpoint() -> str | None:
-    """The natural-image tiny MAE of the shared weights, when it is there."""
-    path = shared_dir() / SHARED_CHECKPOINT
-    return str(path) if path.is_file() else None
+def demo_source(init: str | None) -> str | None:
+    """The demo's natural-image source: ``--init``, else ``$CSPT_SOURCE_CHECKPOINT``, else the tiny MAE that ships
+    with cspt; None only for ``--init random``. A missing packaged file stops the demo in one line."""
+    chosen = init or os.environ.get("CSPT_SOURCE_CHECKPOINT") or PACKAGED["name"]
+    if chosen == RANDOM_INIT:
+        return None
+    if is_packaged_name(chosen) and not packaged_path(chosen).is_file():
+        raise CsptError(f"no natural-image source: {chosen} is missing from this installation of cspt; pass "
+                        "--init CHECKPOINT (or set $CSPT_SOURCE_CHECKPOINT), or --init random to run the chain "
+                        "without one")
+    return chosen
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("CSPT_CACHE", Path.home() / ".cache" / "cspt"))
 
 
+def wheel_folders() -> list[Path]:
+    """Where the README's set-up (``.cache/wheels`` of the checkout) or an earlier demo (the cspt cache) put
+    downloaded wheels: the working directory's, the source checkout's (an editable install), the cache."""
+    checkout = Path(__file__).resolve().parents[2]
+    return [Path(".cache") / "wheels", checkout / ".cache" / "wheels", cache_dir() / "wheels"]
+
+
 def deepforest_wheel() -> Path:
     """The wheel from the set-up's ``.cache/wheels``, the cspt cache, or downloaded once with pip."""
-    for candidate in (Path(".cache") / "wheels" / WHEEL, cache_dir() / "wheels" / WHEEL):
+    for candidate in (folder / WHEEL for folder in wheel_folders()):
         if candidate.is_file():
             return candidate
     target = cache_dir() / "wheels"
@@ -79,7 +89,8 @@ def deepforest_wheel() -> Path:
         wheels = list(Path(tmp).glob("*.whl"))
         if result.returncode or not wheels:
             reason = (result.stderr.strip().splitlines() or ["no wheel"])[-1]
-            raise CsptError(f"cannot download {DEEPFOREST} from PyPI for the demo imagery ({reason})")
+            raise CsptError(f"cannot download {DEEPFOREST} from PyPI for the demo imagery ({reason}); without a "
+                            f"network, put {WHEEL} into {target}")
         wheels[0].replace(target / WHEEL)
     return target / WHEEL
 
@@ -146,13 +157,12 @@ def run_demo(output: str = "runs/demo", init: str | None = None) -> Path:
     """Run the embedded NEON pipeline; returns the report path."""
     from cspt.pipeline import run_pipeline
 
-    init = init or os.environ.get("CSPT_SOURCE_CHECKPOINT") or shared_natural_checkpoint()
+    init = demo_source(init)
     if init is None:
-        log.info("no source checkpoint (--init, $CSPT_SOURCE_CHECKPOINT or %s): the tiny ViT starts from random "
-                 "initialisation, so this shows the chain, not the benefit of a natural-image source",
-                 shared_dir() / SHARED_CHECKPOINT)
+        log.info("--init random: no natural-image source; the tiny ViT starts from random initialisation, so this "
+                 "shows the chain, not the benefit of a natural-image source")
     else:
-        log.info("source checkpoint: %s", init)
+        log.info("source checkpoint: %s%s", init, f" ({PACKAGED['terms']})" if init == PACKAGED["name"] else "")
     spec_path = Path(output) / "pipeline.yaml"
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(yaml.safe_dump(demo_spec(output, init), sort_keys=False))

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 
 from cspt.checkpoint_formats import mae_to_hugging_face
 from cspt.checkpoints import Checkpoint, checkpoint_file, description_of, load_checkpoint, sidecar_of
+from cspt.data.pixels import PixelContract
 from cspt.engine.checkpointing import atomic_torch_save, atomic_write
 from cspt.errors import CsptError
 from cspt.models.distill import DISTILL_PREFIX
@@ -66,9 +67,9 @@ def export_checkpoint(source: str | Path, to: str, output: str | Path, trust: bo
     checkpoint = load_checkpoint(source, trust)
     arch = resolve_arch({}, None, checkpoint.arch)
     described = description_of(checkpoint.path)
-    info = {"architecture": arch.to_dict(), "format": to, "mean": described.get("mean"),
-            "std": described.get("std"), "bands": described.get("bands"), "scale_low": described.get("scale_low"),
-            "scale_high": described.get("scale_high"), "lineage": lineage_of(checkpoint.path, checkpoint.format)}
+    info = {"architecture": arch.to_dict(), "format": to, "lineage": lineage_of(checkpoint.path, checkpoint.format)}
+    if isinstance(described.get("pixels"), dict) or isinstance(described.get("mean"), list):
+        info["pixels"] = PixelContract.from_description(described, arch.in_chans, checkpoint.path).to_dict()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     if to == "timm":
@@ -109,6 +110,8 @@ def checkpoint_info(source: str | Path, trust: bool = False) -> dict[str, Any]:
     """Format, architecture, decoder and lineage of a checkpoint, for ``cspt info``."""
     checkpoint = load_checkpoint(source, trust)
     arch = checkpoint.arch
+    described = checkpoint.described
+    recorded = isinstance(described.get("pixels"), dict) or isinstance(described.get("mean"), list)
     return {
         "file": str(checkpoint.path),
         "format": checkpoint.format,
@@ -116,5 +119,7 @@ def checkpoint_info(source: str | Path, trust: bool = False) -> dict[str, Any]:
         "parameters": sum(v.numel() for v in checkpoint.state_dict.values()),
         "architecture": arch,
         "decoder": checkpoint.has_decoder,
+        "pixels": PixelContract.from_description(described, None, checkpoint.path).to_dict() if recorded else None,
+        "terms": described.get("terms"),
         "lineage": lineage_of(checkpoint.path, checkpoint.format),
     }

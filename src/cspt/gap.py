@@ -24,13 +24,13 @@ from torch.utils.data import DataLoader
 from cspt.checkpoints import load_checkpoint, load_into_model
 from cspt.data.classification import LabelledImages, LabelledSet, collate_labelled
 from cspt.data.files import find_images
-from cspt.data.normalisation import resolve_normalisation
 from cspt.data.stats import band_statistics
 from cspt.engine.distributed import resolve_device
 from cspt.errors import CsptError
 from cspt.models.classifier import pooled_features
 from cspt.models.mae import MaskedAutoencoderViT
 from cspt.models.vit import resolve_arch
+from cspt.tasks.common import checkpoint_contract, source_contract
 
 log = logging.getLogger("cspt")
 
@@ -67,29 +67,35 @@ def sample_files(sources: Sequence[str | Path], count: int, seed: int) -> list[P
 
 def domain_gap(checkpoint: str | Path, source: Sequence[str | Path], target: Sequence[str | Path],
                max_images: int = 256, img_size: int | None = None, seed: int = 0, device: str = "auto",
-               trust: bool = False) -> dict[str, Any]:
-    """The gap report of ``checkpoint`` between ``source`` and ``target`` image folders (see module doc)."""
+               trust: bool = False, max_image_pixels: int | None = None) -> dict[str, Any]:
+    """The gap report of ``checkpoint`` between ``source`` and ``target`` image folders (see module doc).
+
+    The target is read through the checkpoint's recorded pixel contract (its bands, nodata and
+    scaling), the source images through their own (the model's normalisation, their own scaling).
+    """
     loaded = load_checkpoint(checkpoint, trust)
     arch = resolve_arch({"img_size": img_size}, None, loaded.arch)
     model = MaskedAutoencoderViT(arch)
     report = load_into_model(model, loaded)
-    mean, std = resolve_normalisation(None, None, arch.in_chans, loaded.normalisation, loaded.path)
+    target_contract = checkpoint_contract(loaded, arch.in_chans, max_image_pixels=max_image_pixels)
     source_files = sample_files(source, 2 * max_images, seed)
     if len(source_files) < 4:
         raise CsptError(f"{', '.join(map(str, source))}: need at least 4 source images, found {len(source_files)}")
     half = len(source_files) // 2
     sets = {"reference": source_files[:half], "source": source_files[half:],
             "target": sample_files(target, max_images, seed)}
+    contracts = {"target": target_contract}
+    contracts["source"] = contracts["reference"] = source_contract(target_contract, source_files, "gap source")
     torch_device = torch.device(resolve_device(device))
     model = model.to(torch_device).eval()
     features, losses, bands = {}, {}, {}
     for name, files in sets.items():
-        data = LabelledImages(LabelledSet(files, [0] * len(files), ["image"]), arch.img_size, arch.in_chans,
-                              mean, std, train=False)
+        contract = contracts[name]
+        data = LabelledImages(LabelledSet(files, [0] * len(files), ["image"]), contract, arch.img_size, train=False)
         features[name], losses[name] = encode(model, data, torch_device, seed, loaded.has_decoder)
         if name != "reference":
-            stats = band_statistics(files, max_images=None)
-            bands[name] = {"mean": stats.mean, "std": stats.std}
+            stats = band_statistics(files, max_images=None, bands=contract.bands, nodata=contract.nodata)
+            bands[name] = {"mean": stats.mean, "std": stats.std, "pixels": contract.to_dict()}
     del losses["reference"]
     result = {
         "checkpoint": str(loaded.path),

@@ -34,7 +34,8 @@ def hub_repo(name: str) -> str:
 
 
 def hub_weights(name: str) -> Path:
-    """The local weights file of a hub model (``config.json`` beside it), fetched into the cache if needed."""
+    """The local weights file of a hub model (``config.json`` and any ``preprocessor_config.json`` beside it),
+    fetched into the cache if needed."""
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
@@ -42,6 +43,10 @@ def hub_weights(name: str) -> Path:
     cache = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
     try:
         hf_hub_download(repo, "config.json")
+        try:  # where Hugging Face models keep their normalisation (image_mean, image_std)
+            hf_hub_download(repo, "preprocessor_config.json")
+        except (EntryNotFoundError, LocalEntryNotFoundError):
+            pass
         for weights in WEIGHTS_FILES:
             try:
                 return Path(hf_hub_download(repo, weights))

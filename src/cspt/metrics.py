@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 
@@ -205,16 +208,46 @@ def best_f1_threshold(detections: Sequence[dict], ground_truths: Sequence[dict],
 
 
 def coco_map(detections: Sequence[dict], ground_truths: Sequence[dict]) -> dict[str, float]:
-    """COCO mAP@[.5:.95], mAP@.5 and @.75 (pycocotools through torchmetrics; difficult = crowd).
+    """COCO mAP@[.5:.95], mAP@.5 and @.75 (pycocotools' evaluation; difficult = crowd).
 
-    As in COCO, at most the 100 best detections of an image count.
+    COCO counts at most the 100 best detections of an image; a whole aerial scene holds
+    hundreds of objects, so the cap here is the larger of 100 and the most objects or
+    detections any scene has (as DOTA-style evaluations raise it). pycocotools' own summary
+    reads its headline number at 100 detections whatever the cap, so the numbers are read
+    from its accumulated precision at the raised cap (its summary's rule otherwise).
     """
-    from torchmetrics.detection import MeanAveragePrecision
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
 
-    metric = MeanAveragePrecision(iou_type="bbox", backend="pycocotools")
-    metric.warn_on_many_detections = False  # dense aerial scenes: the 100-detection cap is COCO's rule
-    metric.update([{k: d[k] for k in ("boxes", "scores", "labels")} for d in detections],
-                  [{"boxes": g["boxes"], "labels": g["labels"], "iscrowd": g["difficult"].long()}
-                   for g in ground_truths])
-    result = metric.compute()
-    return {"map": float(result["map"]), "map_50": float(result["map_50"]), "map_75": float(result["map_75"])}
+    most = max([100] + [len(d["scores"]) for d in detections] + [len(g["labels"]) for g in ground_truths])
+    truths, results = [], []
+    for image_id, (found, truth) in enumerate(zip(detections, ground_truths, strict=True), 1):
+        for (x1, y1, x2, y2), label, crowd in zip(truth["boxes"].tolist(), truth["labels"].tolist(),
+                                                 truth["difficult"].tolist(), strict=True):
+            truths.append({"id": len(truths) + 1, "image_id": image_id, "category_id": label + 1,
+                           "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": int(crowd)})
+        for (x1, y1, x2, y2), score, label in zip(found["boxes"].tolist(), found["scores"].tolist(),
+                                                  found["labels"].tolist(), strict=True):
+            results.append({"image_id": image_id, "category_id": label + 1, "bbox": [x1, y1, x2 - x1, y2 - y1],
+                            "score": score})
+    if not truths:
+        return {"map": -1.0, "map_50": -1.0, "map_75": -1.0}
+    if not results:
+        return {"map": 0.0, "map_50": 0.0, "map_75": 0.0}
+    labels = sorted({a["category_id"] for a in truths} | {r["category_id"] for r in results})
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        reference = COCO()
+        reference.dataset = {"images": [{"id": i} for i in range(1, len(detections) + 1)], "annotations": truths,
+                             "categories": [{"id": c} for c in labels]}
+        reference.createIndex()
+        evaluation = COCOeval(reference, reference.loadRes(results), "bbox")
+        evaluation.params.maxDets = [1, 10, most]
+        evaluation.evaluate()
+        evaluation.accumulate()
+    precision = evaluation.eval["precision"][:, :, :, 0, -1]  # IoU x recall x class, all areas, the raised cap
+
+    def mean(values: np.ndarray) -> float:
+        kept = values[values > -1]
+        return float(kept.mean()) if kept.size else -1.0
+
+    return {"map": mean(precision), "map_50": mean(precision[0]), "map_75": mean(precision[5])}

@@ -34,6 +34,7 @@ STAGE`` that stage alone.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -47,6 +48,7 @@ from typing import Any
 from cspt.checkpoints import checkpoint_file
 from cspt.config import ClassifyConfig, DetectConfig, PretrainConfig, ProbeConfig, SegmentConfig, make_config, read_yaml
 from cspt.errors import CsptError
+from cspt.export import sha256_of
 from cspt.hub import is_hub_name
 
 log = logging.getLogger("cspt")
@@ -210,9 +212,21 @@ def file_identity(path: str | None) -> str:
     return f"{target.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
+@functools.cache
+def teacher_content(path: str) -> str:
+    """The sha256 of a teacher's weights file (what its pretraining run records and checks on resume)."""
+    target = checkpoint_file(Path(path))
+    if not target.is_file():
+        raise CsptError(f"{target}: teacher checkpoint not found")
+    return sha256_of(target)
+
+
 def stage_key(stage: Stage, input_key: str) -> str:
-    text = json.dumps({"kind": stage.kind, "options": stage.options, "input": input_key}, sort_keys=True,
-                      default=str)
+    """A hash of the stage's options, of its input's key and of its teacher's content (a teacher replaced at
+    the same path makes a new stage)."""
+    teacher = stage.options.get("distill_from")
+    text = json.dumps({"kind": stage.kind, "options": stage.options, "input": input_key,
+                       "teacher": teacher_content(str(teacher)) if teacher else None}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

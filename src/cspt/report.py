@@ -22,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
+from cspt.data.pixels import CONTRACT_FILE, PixelContract  # noqa: E402
 from cspt.engine.run_log import read_log  # noqa: E402
 from cspt.errors import CsptError  # noqa: E402
 
@@ -32,7 +33,8 @@ WEIGHTS = {"classify": "classifier.json", "detect": "detector.json", "segment": 
            "pretrain": "encoder.json"}
 HEADLINE = {"classify": [("oa", "OA"), ("aa", "AA"), ("kappa", "kappa")],
             "detect": [("map50", "mAP@0.5"), ("map", "mAP@[.5:.95]")],
-            "segment": [("miou", "mIoU"), ("oa", "OA"), ("mean_f1", "mean F1")],
+            "segment": [("miou", "mIoU"), ("oa", "OA"), ("mean_f1", "mean F1"),
+                        ("invalid_pixels", "validation pixels without data (not scored)")],
             "probe": [("oa", "probe OA"), ("kappa", "probe kappa")]}
 
 
@@ -115,9 +117,11 @@ def _detection_example(run_dir: Path) -> tuple[Path, str] | None:
                              info.get("class_field", "class")).scenes[0]
     drawn = run_dir / "examples" / "labelled" / f"{scene.image.stem}.png"
     if not drawn.is_file():
-        model = load_detector(run_dir).model
-        draw_against_labels(scene, detect_scene(model, scene.image, scene.height, scene.width, info,
-                                                torch.device("cpu")), info, drawn)
+        described = load_detector(run_dir)
+        contract = described.contract()
+        found = detect_scene(described.model, scene.image, scene.height, scene.width, info, contract,
+                             torch.device("cpu"))
+        draw_against_labels(scene, found, info, contract, drawn)
     point = info.get("operating_point")
     chosen = ""
     if point:
@@ -158,7 +162,12 @@ def run_blocks(run_dir: Path, name: str, figures: Path) -> list[Block]:
     blocks: list[Block] = [("h", 2, f"{name} ({kind})")]
     metrics = headline(run_dir, kind)
     if metrics:
-        blocks.append(("table", ["metric", "value"], [[k, f"{v:.4f}"] for k, v in metrics.items()]))
+        blocks.append(("table", ["metric", "value"],
+                       [[k, f"{v:.4f}" if isinstance(v, float) else str(v)] for k, v in metrics.items()]))
+    contract = run_dir / CONTRACT_FILE
+    if contract.is_file():
+        blocks.append(("p", f"Pixels (how files became inputs): "
+                            f"{PixelContract.from_dict(json.loads(contract.read_text()), contract).describe()}."))
     slug = name.replace("/", "_")
     curves = plot_curves(run_dir, figures / f"{slug}_curves.png")
     if curves:
@@ -314,8 +323,11 @@ def write_pipeline_report(output: Path, stages: Sequence[Any], spec: dict[str, A
         metrics = headline(stage.run_dir, stage.kind)
         rows.append([stage.name, stage.kind, stage.arm or "-",
                      ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) or "(none)"])
-    blocks: list[Block] = [("p", f"Source checkpoint: {spec.get('source') or 'none (random initialisation)'}; "
-                                 f"arms: {', '.join(spec['arms'])}."),
+    source = spec.get("source")
+    first = (f"Source checkpoint: {source}; arms: {', '.join(spec['arms'])}." if source else
+             "No natural-image source: every arm starts from random initialisation, so 'direct' fine-tunes a random "
+             f"ViT and a pretraining arm is MAE from scratch; arms: {', '.join(spec['arms'])}.")
+    blocks: list[Block] = [("p", first),
                            ("h", 2, "Results"), ("table", ["stage", "task", "arm", "metrics"], rows)]
     blocks += arm_comparison(stages)
     for stage in stages:

@@ -3,34 +3,33 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from cspt.data.pixels import PixelContract
 from cspt.models.mae import MaskedAutoencoderViT
 
 GAP = 2
 
 
-def to_display(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Normalised ``(B, C, H, W)`` -> uint8 ``(B, H, W, 3)``: first three bands, or grey."""
-    mean_t = torch.tensor(mean, dtype=images.dtype).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=images.dtype).view(1, -1, 1, 1)
-    pixels = (images.cpu() * std_t + mean_t).clamp(0, 1)
+def to_display(images: torch.Tensor, contract: PixelContract) -> np.ndarray:
+    """Normalised ``(B, C, H, W)`` -> uint8 ``(B, H, W, 3)`` on the contract's 0-1 scale: first three bands,
+    or grey."""
+    pixels = contract.unnormalise(images.cpu().float()).clamp(0, 1)
     pixels = pixels[:, :3] if pixels.shape[1] >= 3 else pixels[:, :1].expand(-1, 3, -1, -1)
     return (pixels.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
 
 
-def reconstruction_grid(model: MaskedAutoencoderViT, images: torch.Tensor, mean: Sequence[float],
-                        std: Sequence[float], noise: torch.Tensor | None = None) -> Image.Image:
+def reconstruction_grid(model: MaskedAutoencoderViT, images: torch.Tensor, contract: PixelContract,
+                        noise: torch.Tensor | None = None) -> Image.Image:
     """One row per image, four columns; masked patches shown at the band means (grey)."""
     was_training = model.training
     model.eval()
     result = model.reconstruct(images, noise=noise)
     model.train(was_training)
-    columns = [to_display(t, mean, std) for t in (images, result.masked, result.reconstruction, result.pasted)]
+    columns = [to_display(t, contract) for t in (images, result.masked, result.reconstruction, result.pasted)]
     rows, height, width = images.shape[0], images.shape[2], images.shape[3]
     canvas = np.full((rows * (height + GAP) - GAP, 4 * (width + GAP) - GAP, 3), 255, dtype=np.uint8)
     for col, panel in enumerate(columns):

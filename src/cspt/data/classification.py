@@ -19,15 +19,9 @@ from torch.utils.data import Dataset
 
 from cspt.data.files import find_images, inside_any
 from cspt.data.images import IMAGE_SUFFIXES, ImageReadError
-from cspt.data.rand_augment import float_rand_augment
-from cspt.data.sampling import (
-    band_tensors,
-    load_or_replace,
-    read_bands,
-    read_random_resized_crop,
-    resize_centre_crop,
-    seeded_rngs,
-)
+from cspt.data.pixels import PixelContract, Pixels
+from cspt.data.rand_augment import pixel_rand_augment
+from cspt.data.sampling import load_or_replace, read_random_resized_crop, resize_centre_crop, seeded_rngs
 from cspt.errors import CsptError
 
 
@@ -179,28 +173,26 @@ def keep_label_fraction(data: LabelledSet, fraction: float, seed: int) -> Labell
 
 
 class LabelledImages(Dataset):
-    """Classification samples, indexed by ``(index, seed)``.
+    """Classification samples, indexed by ``(index, seed)``, read through a :class:`PixelContract`.
 
-    Training (``train=True``): RandomResizedCrop + horizontal flip (+ RandAugment on RGB,
-    random erasing), and an unreadable file is replaced by another seeded sample.
-    Evaluation: resize and centre-crop; an unreadable file gives ``image=None`` (counted,
-    never replaced, so metrics stay honest).
+    Training (``train=True``): RandomResizedCrop + horizontal flip + RandAugment (any band
+    count, on the model's 0-1 scale) + normalisation + random erasing; an unreadable file is
+    replaced by another seeded sample. Evaluation: resize and centre-crop, normalised; an
+    unreadable file gives ``image=None`` (counted, never replaced, so metrics stay honest).
+    Invalid pixels are 0 after normalisation in both.
     """
 
-    def __init__(self, data: LabelledSet, img_size: int, in_chans: int, mean: Sequence[float],
-                 std: Sequence[float], train: bool, min_scale: float = 0.08, rand_augment: str | None = None,
-                 reprob: float = 0.0, crop_ratio: float = 0.875):
-        if rand_augment and in_chans != 3:
-            raise CsptError(f"RandAugment works on RGB images; the model has {in_chans} bands "
-                            "(set rand_augment to none)")
+    def __init__(self, data: LabelledSet, contract: PixelContract, img_size: int, train: bool,
+                 min_scale: float = 0.08, rand_augment: str | None = None, reprob: float = 0.0,
+                 crop_ratio: float = 0.875):
         self.data = data
+        self.contract = contract
         self.img_size = img_size
-        self.in_chans = in_chans
-        self.mean, self.std = band_tensors(mean, std, in_chans)
         self.train = train
         self.min_scale = min_scale
         self.crop_ratio = crop_ratio
-        self.rand_augment = float_rand_augment(rand_augment, mean, img_size) if rand_augment and train else None
+        self.rand_augment = pixel_rand_augment(rand_augment, contract.mean, img_size) if rand_augment and train \
+            else None
         self.erase = _random_erasing(reprob) if reprob > 0 and train else None
         #: RandAugment and erasing draw from the global RNGs (seeded per sample): one thread at a time
         self.thread_safe = self.rand_augment is None and self.erase is None
@@ -208,42 +200,38 @@ class LabelledImages(Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
-    def load(self, index: int) -> torch.Tensor:
-        return read_bands(self.data.paths[index], self.in_chans)
-
     def __getitem__(self, item: tuple[int, int]) -> dict:
         index, seed = item
         if not self.train:
             try:
-                image = self.normalise(resize_centre_crop(self.load(index), self.img_size, self.crop_ratio))
+                pixels = resize_centre_crop(self.contract.read(self.data.paths[index]), self.img_size, self.crop_ratio)
             except ImageReadError as err:
                 return {"image": None, "label": self.data.labels[index], "index": index, "skipped": [str(err)]}
-            return {"image": image, "label": self.data.labels[index], "index": index, "skipped": []}
+            return {"image": self.contract.normalise(pixels), "valid": pixels.valid, "label": self.data.labels[index],
+                    "index": index, "skipped": []}
         generator = torch.Generator().manual_seed(seed)
         crop = functools.partial(self.random_crop, generator=generator)
-        image, index, skipped = load_or_replace(crop, index, len(self.data), generator)
-        return {"image": self.augment(image, generator), "label": self.data.labels[index], "index": index,
-                "skipped": skipped}
+        pixels, index, skipped = load_or_replace(crop, index, len(self.data), generator)
+        image, valid = self.augment(pixels, generator)
+        return {"image": image, "valid": valid, "label": self.data.labels[index], "index": index, "skipped": skipped}
 
-    def normalise(self, image: torch.Tensor) -> torch.Tensor:
-        return (image - self.mean) / self.std
-
-    def random_crop(self, index: int, generator: torch.Generator) -> torch.Tensor:
-        return read_random_resized_crop(self.data.paths[index], self.in_chans, self.img_size, self.min_scale,
+    def random_crop(self, index: int, generator: torch.Generator) -> Pixels:
+        return read_random_resized_crop(self.contract, self.data.paths[index], self.img_size, self.min_scale,
                                         generator)
 
-    def augment(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Flip, RandAugment, normalisation and random erasing of a training crop."""
+    def augment(self, pixels: Pixels, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flip, RandAugment, normalisation and random erasing of a training crop (invalid pixels 0), and the
+        crop's valid mask."""
         if torch.rand(1, generator=generator) < 0.5:
-            image = image.flip(-1)
-        if self.rand_augment is not None:  # on the float pixels: 16-bit input keeps its depth
+            pixels = pixels.flip()
+        if self.rand_augment is not None:
             with seeded_rngs(generator):
-                image = self.rand_augment(image.clamp(0, 1))
-        image = self.normalise(image)
+                pixels = self.rand_augment(pixels)
+        image = self.contract.normalise(pixels)
         if self.erase is not None:
             with seeded_rngs(generator):
-                image = self.erase(image)
-        return image
+                image = self.erase(image) * pixels.valid
+        return image, pixels.valid
 
 
 def _random_erasing(probability: float):

@@ -270,8 +270,9 @@ FORMAT_OF_SUFFIX = {".json": "coco", ".csv": "csv", ".xml": "voc", ".txt": "dota
 
 
 def read_vector_boxes(labels: Path, images: Path, class_field: str) -> list[Scene]:
-    """One scene per TIFF in ``images`` with at least one of the labels' features over it (unreadable
-    TIFFs are skipped and named in the log)."""
+    """One scene per GeoTIFF in ``images``, with the labels' features over it as boxes; a scene without any
+    is a scene without objects (its detections are false alarms), as an empty DOTA label file. Unreadable
+    TIFFs are skipped and named in the log."""
     from cspt.data.vector_labels import read_vector_labels, scene_boxes, scene_grid
 
     features = read_vector_labels(labels, class_field)
@@ -283,10 +284,9 @@ def read_vector_boxes(labels: Path, images: Path, class_field: str) -> list[Scen
             log.warning("skipped unreadable scene: %s", err)
             continue
         boxes, names, clipped = scene_boxes(features, image, grid)
-        if len(boxes):
-            scenes.append(Scene(image, grid.height, grid.width, boxes, names, np.zeros(len(boxes), bool),
-                                source=str(labels), clipped=clipped))
-    if not scenes:
+        scenes.append(Scene(image, grid.height, grid.width, boxes, names, np.zeros(len(boxes), bool),
+                            source=str(labels), clipped=clipped))
+    if not any(len(scene.boxes) for scene in scenes):
         raise CsptError(f"{labels}: no feature lies over any GeoTIFF scene in {images}")
     return scenes
 

@@ -23,13 +23,15 @@ from rasterio.features import shapes
 from rasterio.transform import xy
 from rasterio.windows import Window
 
-from cspt.data.images import TIFF_SUFFIXES
+from cspt.data.images import gdal_env, is_raster, open_raster
 from cspt.errors import CsptError
 
 log = logging.getLogger("cspt")
 
 #: the class raster's nodata value (no class: outside the scene's data)
 NO_CLASS = 255
+#: the probability rasters' nodata value; probabilities are stored as 0..254 (GDAL scale 1/254)
+PROBABILITY_NODATA = 255
 VECTOR_DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".shp": "ESRI Shapefile"}
 #: rows of the class raster vectorised at once (regions are cut at these seams on taller scenes)
 VECTOR_STRIP_ROWS = 4096
@@ -48,10 +50,10 @@ class Georeference:
 
 
 def georeference_of(path: Path) -> Georeference:
-    """The CRS and pixel-to-map transform of a (Geo)TIFF; the identity for other images."""
-    if path.suffix.lower() not in TIFF_SUFFIXES:
+    """The CRS and pixel-to-map transform of a raster (GeoTIFF, VRT); the identity for other images."""
+    if not is_raster(path):
         return Georeference(None, Affine.identity())
-    with rasterio.open(path) as src:
+    with open_raster(path) as src:
         return Georeference(src.crs, src.transform)
 
 
@@ -60,15 +62,19 @@ class RasterWriter:
     overviews)."""
 
     def __init__(self, path: Path, height: int, width: int, bands: int, where: Georeference,
-                 nodata: int | None = None, colors: np.ndarray | None = None):
+                 nodata: int | None = None, colors: np.ndarray | None = None, scale: float | None = None):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.env = gdal_env()
+        self.env.__enter__()
         self.dataset = rasterio.open(path, "w", driver="GTiff", height=height, width=width, count=bands,
                                      dtype="uint8", crs=where.crs, transform=where.transform, nodata=nodata,
                                      tiled=True, blockxsize=256, blockysize=256, compress="deflate",
                                      BIGTIFF="IF_SAFER")
         if colors is not None:
             self.dataset.write_colormap(1, {i: (*map(int, rgb), 255) for i, rgb in enumerate(colors)})
+        if scale is not None:  # a GIS shows the stored levels times the scale
+            self.dataset.scales = [scale] * bands
 
     def write(self, top: int, values: np.ndarray) -> None:
         """``(bands, rows, width)`` uint8 rows starting at row ``top``."""
@@ -83,6 +89,7 @@ class RasterWriter:
             if factors:
                 self.dataset.build_overviews(factors, Resampling.nearest)
         self.dataset.close()
+        self.env.__exit__(*exc)
 
 
 def vector_driver(path: Path) -> str:

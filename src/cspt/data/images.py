@@ -1,49 +1,43 @@
-"""Read any remote-sensing image: JPEG/PNG/TIFF/GeoTIFF, 8/16-bit or float, 1..N bands.
+"""Read any remote-sensing image as stored: JPEG/PNG/TIFF/GeoTIFF/VRT, 8/16-bit or float, 1..N bands.
 
-Pixels come back as ``float32`` arrays of shape ``(H, W, bands)`` on a 0-1 scale
-(integer types divided by their maximum: :mod:`cspt.data.scaling` maps the data's real range
-onto the model's). TIFFs are read through rasterio (GDAL): a window of a large, tiled or
-compressed GeoTIFF touches only that window; TIFFs inside tar shards go through tifffile.
+:func:`read_raw` returns a window's pixels in the file's own type and which of them hold
+data (a GeoTIFF's nodata value, internal mask or alpha band; a PNG's alpha). It knows
+nothing of models: :class:`cspt.data.pixels.PixelContract` selects bands, masks, scales and
+normalises. Rasters go through rasterio (GDAL): a window of a large, tiled or compressed
+GeoTIFF or a VRT mosaic touches only that window; a GeoTIFF inside a tar shard is read
+through a GDAL in-memory file, with its nodata and masks. Other images go through PIL.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import io
-import os
 import struct
 import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import rasterio
-import tifffile
 from PIL import Image, UnidentifiedImageError
-from rasterio.enums import MaskFlags
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning
+from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
-from cspt.data.shards import is_member, open_member
+from cspt.data.formats import IMAGE_SUFFIXES, RASTER_SUFFIXES, TIFF_SUFFIXES  # noqa: F401 (re-exported)
+from cspt.data.shards import is_member, member_bytes
 from cspt.errors import CsptError
 
-#: the most pixels cspt decodes from one JPEG/PNG (remote-sensing scenes are large; PIL's own guard,
-#: ``PIL.Image.MAX_IMAGE_PIXELS``, stays as the host program set it); ``--max-image-pixels`` changes it
-MAX_PIXELS_VARIABLE = "CSPT_MAX_IMAGE_PIXELS"
-#: the 1-based bands every reader returns, in order (``--bands``; unset: all, in file order), for this process
-#: and the loader processes it starts
-BANDS_VARIABLE = "CSPT_BANDS"
+#: the most pixels cspt decodes from one JPEG/PNG by default (remote-sensing scenes are large; PIL's own
+#: process-wide guard, ``PIL.Image.MAX_IMAGE_PIXELS``, stays as the host program set it)
 DEFAULT_MAX_IMAGE_PIXELS = 2**31
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
-TIFF_SUFFIXES = {".tif", ".tiff"}
-
-warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)  # a plain TIFF is a picture, not an error
-#: GDAL's block cache (read and write) in MB unless the environment sets it: GDAL's own default, 5% of the
-#: machine's memory, would let a streamed scene's blocks grow the process far past its buffers
-os.environ.setdefault("GDAL_CACHEMAX", "256")
+#: GDAL's block cache in MB while cspt reads or writes a raster (GDAL's own default, 5% of the machine's
+#: memory, would let a streamed scene's blocks grow the process far past its buffers); set per call through
+#: ``rasterio.Env``, never in the process environment, and only where the host has not sized it first
+GDAL_CACHE_MB = 256
 
 
 class ImageReadError(CsptError):
@@ -51,151 +45,184 @@ class ImageReadError(CsptError):
 
 
 class BandSelectionError(CsptError):
-    """``--bands`` names a band a file does not have: a setting to fix, not a file to skip."""
+    """A band selection names a band a file does not have: a setting to fix, not a file to skip."""
 
 
 @dataclass(frozen=True)
 class ImageInfo:
     height: int
     width: int
-    bands: int
+    bands: int  #: spectral bands (an alpha band is a mask, not counted)
     dtype: str = "uint8"  #: the stored pixel type (numpy name)
+    alpha: bool = False  #: the file has an alpha band too (after the spectral ones; a band selection may name it)
+
+
+@dataclass
+class RawPixels:
+    """A window as stored: ``values`` ``(H, W, bands)`` in the file's type, ``valid`` ``(H, W)``."""
+
+    values: np.ndarray
+    valid: np.ndarray
 
 
 #: PIL modes whose pixels are not 8-bit
 PIL_DTYPES = {"I;16": "uint16", "I;16B": "uint16", "I;16L": "uint16", "I": "int32", "F": "float32", "1": "bool"}
-
+#: PIL modes with an alpha band, and what they become without it
+PIL_ALPHA = {"RGBA": "RGB", "LA": "L", "PA": "RGB", "RGBa": "RGB", "La": "L"}
 
 #: (top, left, height, width) in pixels
 WindowBox = tuple[int, int, int, int]
 
-
-def image_info(path: str | Path) -> ImageInfo:
-    """Size and band count from the file header, without decoding the pixels."""
-    path = Path(path)
-    try:
-        if is_raster(path):
-            with rasterio.open(path) as src:
-                info = ImageInfo(src.height, src.width, src.count, src.dtypes[0])
-        elif path.suffix.lower() in TIFF_SUFFIXES:
-            with tifffile.TiffFile(_source(path)) as tif:
-                series = tif.series[0]
-                info = ImageInfo(*_tiff_info(series.shape, series.axes), series.dtype.name)
-        else:
-            with open_pil(path) as img:
-                info = ImageInfo(img.height, img.width, _pil_bands(img), PIL_DTYPES.get(img.mode, "uint8"))
-    except Exception as err:  # any library's complaint means "unreadable"
-        raise ImageReadError(f"{path}: cannot read image header ({_reason(err)})") from None
-    selected = selected_bands(info.bands, path)
-    return dataclasses.replace(info, bands=len(selected)) if selected else info
+warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)  # a plain TIFF is a picture, not an error
 
 
-def set_band_selection(bands: Sequence[int] | None) -> None:
-    """Read only these 1-based bands, in this order, from every image (None: all bands)."""
-    os.environ[BANDS_VARIABLE] = " ".join(str(b) for b in bands or [])
-
-
-def band_selection() -> list[int]:
-    """The ``--bands`` in force (empty: all)."""
-    return [int(b) for b in os.environ.get(BANDS_VARIABLE, "").split()]
-
-
-def selected_bands(available: int, path: Path) -> list[int]:
-    """:func:`band_selection`, checked against a file with ``available`` bands."""
-    bands = band_selection()
-    outside = [b for b in bands if not 1 <= b <= available]
-    if outside:
-        raise BandSelectionError(f"{path}: --bands {outside[0]} is out of range: the file has {available} "
-                                 f"band(s), numbered from 1")
-    return bands
-
-
-def read_image(path: str | Path, window: WindowBox | None = None) -> np.ndarray:
-    """Pixels ``(H, W, bands)`` as float32 on a 0-1 scale, optionally only a window."""
-    path = Path(path)
-    try:
-        if is_raster(path):
-            with rasterio.open(path) as src:
-                array = _raster_pixels(src, window)
-        elif path.suffix.lower() in TIFF_SUFFIXES:
-            array = _read_tiff_member(path, window)
-        else:
-            array = _read_pil(path, window)
-    except ImageReadError:
-        raise
-    except Exception as err:
-        raise ImageReadError(f"{path}: cannot decode image ({_reason(err)})") from None
-    return _selected_unit_float(array, path)
-
-
-def read_valid(path: str | Path, window: WindowBox | None = None) -> np.ndarray:
-    """Which pixels ``(H, W)`` hold data: False where a GeoTIFF's nodata value, mask or alpha says none."""
-    path = Path(path)
-    if is_raster(path):
-        try:
-            with rasterio.open(path) as src:
-                return _raster_valid(src, window)
-        except Exception as err:
-            raise ImageReadError(f"{path}: cannot read its nodata mask ({_reason(err)})") from None
-    if window is None:
-        info = image_info(path)
-        return np.ones((info.height, info.width), dtype=bool)
-    return np.ones(window[2:], dtype=bool)
-
-
-def read_masked(path: str | Path, window: WindowBox | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`read_image` and :func:`read_valid` of the same window, a GeoTIFF opened once."""
-    path = Path(path)
-    if not is_raster(path):
-        return read_image(path, window), read_valid(path, window)
-    try:
-        with rasterio.open(path) as src:
-            array, valid = _raster_pixels(src, window), _raster_valid(src, window)
-    except Exception as err:
-        raise ImageReadError(f"{path}: cannot decode image ({_reason(err)})") from None
-    return _selected_unit_float(array, path), valid
+@contextmanager
+def gdal_env() -> Iterator[None]:
+    """GDAL settings for one read or write (see :data:`GDAL_CACHE_MB`)."""
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        yield
 
 
 def is_raster(path: Path) -> bool:
-    """Whether rasterio (GDAL) reads the file: a TIFF on disk (TIFFs in tar shards go through tifffile)."""
-    return path.suffix.lower() in TIFF_SUFFIXES and not is_member(path)
+    """Whether GDAL reads the file: a TIFF (on disk or in a shard), a VRT, or a GDAL virtual path."""
+    return path.suffix.lower() in RASTER_SUFFIXES or str(path).startswith("/vsi")
+
+
+@contextmanager
+def open_raster(path: Path) -> Iterator[rasterio.io.DatasetReader]:
+    """A rasterio dataset of a file, GDAL virtual path or shard member."""
+    with gdal_env():
+        if is_member(path):
+            with MemoryFile(member_bytes(path)) as memory, memory.open() as src:
+                yield src
+        else:
+            with rasterio.open(path) as src:
+                yield src
+
+
+def spectral_bands(src: rasterio.io.DatasetReader) -> list[int]:
+    """The 1-based bands of a raster that are not alpha."""
+    bands = [i + 1 for i, interp in enumerate(src.colorinterp) if interp != ColorInterp.alpha]
+    return bands or list(range(1, src.count + 1))
+
+
+def image_info(path: str | Path) -> ImageInfo:
+    """Size, band count and type from the file header, without decoding the pixels."""
+    path = Path(path)
+    try:
+        if is_raster(path):
+            with open_raster(path) as src:
+                spectral = len(spectral_bands(src))
+                return ImageInfo(src.height, src.width, spectral, src.dtypes[0], spectral < src.count)
+        with open_pil(path, None) as img:
+            return ImageInfo(img.height, img.width, _pil_bands(img), PIL_DTYPES.get(img.mode, "uint8"),
+                             img.mode in PIL_ALPHA)
+    except ImageReadError:
+        raise
+    except Exception as err:  # any library's complaint means "unreadable"
+        raise ImageReadError(f"{path}: cannot read image header ({_reason(err)})") from None
+
+
+def may_lack_data(path: str | Path) -> bool:
+    """Whether a file can hold pixels without data by itself: a nodata value, mask or alpha band, or a
+    floating-point type (NaN); cheap, from the header."""
+    path = Path(path)
+    try:
+        if is_raster(path):
+            with open_raster(path) as src:
+                return np.dtype(src.dtypes[0]).kind == "f" or any(
+                    flags != [MaskFlags.all_valid] for flags in src.mask_flag_enums)
+        with open_pil(path, None) as img:
+            return img.mode in PIL_ALPHA or img.mode == "F" or (img.mode == "P" and "transparency" in img.info)
+    except ImageReadError:
+        raise
+    except Exception as err:
+        raise ImageReadError(f"{path}: cannot read image header ({_reason(err)})") from None
+
+
+def checked_bands(bands: Sequence[int] | None, available: int, path: Path) -> list[int] | None:
+    """``bands`` (1-based), checked against a file with ``available`` bands (None: every band)."""
+    if not bands:
+        return None
+    outside = [b for b in bands if not 1 <= b <= available]
+    if outside:
+        raise BandSelectionError(f"{path}: band {outside[0]} is out of range: the file has {available} "
+                                 f"band(s), numbered from 1 (--bands)")
+    return list(bands)
+
+
+def read_raw(path: str | Path, window: WindowBox | None = None, bands: Sequence[int] | None = None,
+             max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> RawPixels:
+    """The ``bands`` (1-based file bands, as GDAL numbers them; None: every band but alpha) of a window (None:
+    all) and its valid mask (the file's nodata, masks and alpha)."""
+    path = Path(path)
+    try:
+        if is_raster(path):
+            with open_raster(path) as src:
+                return _raster_window(src, window, bands, path)
+        return _pil_window(path, window, bands, max_pixels)
+    except (ImageReadError, BandSelectionError):
+        raise
+    except Exception as err:
+        raise ImageReadError(f"{path}: cannot decode image ({_reason(err)})") from None
 
 
 def _gdal_window(window: WindowBox | None) -> Window | None:
     return None if window is None else Window(window[1], window[0], window[3], window[2])
 
 
-def _raster_pixels(src: rasterio.io.DatasetReader, window: WindowBox | None) -> np.ndarray:
-    return np.moveaxis(src.read(window=_gdal_window(window)), 0, -1)
+def _raster_window(src: rasterio.io.DatasetReader, window: WindowBox | None, bands: Sequence[int] | None,
+                   path: Path) -> RawPixels:
+    chosen = checked_bands(bands, src.count, path) or spectral_bands(src)
+    if np.dtype(src.dtypes[chosen[0] - 1]).kind == "c":
+        raise ImageReadError(f"{path}: complex-valued pixels ({src.dtypes[0]}, e.g. SAR single-look complex); "
+                             "cspt reads real values: convert to amplitude or intensity first (e.g. "
+                             "gdal_translate -ot Float32 with a pixel function, or numpy.abs)")
+    gdal_window = _gdal_window(window)
+    values = np.moveaxis(src.read(chosen, window=gdal_window), 0, -1)
+    if any(src.colorinterp[b - 1] == ColorInterp.alpha for b in chosen):  # the alpha band read as data: no mask
+        nodata = [src.nodatavals[b - 1] for b in chosen]
+        valid = np.ones(values.shape[:2], dtype=bool)
+        for band, value in enumerate(nodata):
+            if value is not None:
+                valid &= values[..., band] != value
+    elif all(src.mask_flag_enums[b - 1] == [MaskFlags.all_valid] for b in chosen):
+        valid = np.ones(values.shape[:2], dtype=bool)
+    else:
+        valid = (src.read_masks(chosen, window=gdal_window) > 0).all(0)
+    return RawPixels(values, valid)
 
 
-def _raster_valid(src: rasterio.io.DatasetReader, window: WindowBox | None) -> np.ndarray:
-    if src.nodata is None and all(flag == MaskFlags.all_valid for flag in src.mask_flag_enums[0]):
-        return np.ones((src.height, src.width) if window is None else window[2:], dtype=bool)
-    return src.dataset_mask(window=_gdal_window(window)) > 0
+def _pil_window(path: Path, window: WindowBox | None, bands: Sequence[int] | None,
+                max_pixels: int | None) -> RawPixels:
+    values, alpha = _decode_whole_cached(path, max_pixels) if window is not None else _decode_pil(path, max_pixels)
+    if window is not None:
+        top, left, height, width = window
+        values = values[top:top + height, left:left + width]
+        alpha = None if alpha is None else alpha[top:top + height, left:left + width]
+    values = values[:, :, None] if values.ndim == 2 else values
+    selected = checked_bands(bands, values.shape[-1], path)
+    if selected:
+        values = values[..., [b - 1 for b in selected]]
+    valid = np.ones(values.shape[:2], dtype=bool) if alpha is None else alpha > 0
+    return RawPixels(values, valid)
 
 
-def _selected_unit_float(array: np.ndarray, path: Path) -> np.ndarray:
-    """The ``--bands`` of decoded pixels, on the 0-1 scale."""
-    array = array[:, :, None] if array.ndim == 2 else array
-    selected = selected_bands(array.shape[-1], path)
-    return to_unit_float(array[..., [b - 1 for b in selected]] if selected else array, path)
-
-
-def read_resized(path: str | Path, box: WindowBox, size: int) -> np.ndarray | None:
-    """The ``box`` of an 8-bit RGB or grey JPEG/PNG resized to ``size`` x ``size``, as 0-1 ``(H, W, bands)``.
+def read_resized(path: str | Path, box: WindowBox, size: int,
+                 max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray | None:
+    """The ``box`` of an 8-bit RGB or grey JPEG/PNG resized to ``size`` x ``size``, as uint8 ``(H, W, bands)``.
 
     PIL crops and resizes in one antialiased bicubic pass, and decodes a JPEG at the
     smallest power-of-two reduction (DCT scaling) that still leaves the box at least
     ``size`` pixels wide: a 256 px photo cropped to 64 px is mostly decoded at 128 px.
-    Returns None for what this path does not cover (TIFF, 16-bit, palette, alpha, ``--bands``).
+    Returns None for what this path does not cover (rasters, 16-bit, palette, alpha).
     """
     path = Path(path)
-    if path.suffix.lower() in TIFF_SUFFIXES or band_selection():
+    if is_raster(path):
         return None
     top, left, height, width = box
     try:
-        with open_pil(path) as img:
+        with open_pil(path, max_pixels) as img:
             if img.mode not in ("RGB", "L"):
                 return None
             full_width, full_height = img.size
@@ -207,30 +234,26 @@ def read_resized(path: str | Path, box: WindowBox, size: int) -> np.ndarray | No
             sx, sy = img.width / full_width, img.height / full_height
             region = (left * sx, top * sy, (left + width) * sx, (top + height) * sy)
             array = np.asarray(img.resize((size, size), Image.Resampling.BICUBIC, box=region))
-    except UnidentifiedImageError:
-        raise ImageReadError(f"{path}: not an image file") from None
+    except ImageReadError:
+        raise
     except Exception as err:
         raise ImageReadError(f"{path}: cannot decode image ({_reason(err)})") from None
-    return to_unit_float(array, path)
+    return array[:, :, None] if array.ndim == 2 else array
+
+
+def to_unit_float(array: np.ndarray) -> np.ndarray:
+    """Pixels on the *dtype scale*: integers divided by their type's maximum, floats as they are (float32)."""
+    if array.dtype == np.bool_:
+        return array.astype(np.float32)
+    if np.issubdtype(array.dtype, np.integer):
+        return array.astype(np.float32) / np.float32(np.iinfo(array.dtype).max)
+    return np.array(array, dtype=np.float32)
 
 
 def display_rgb(pixels: np.ndarray) -> np.ndarray:
     """``(H, W, bands)`` 0-1 pixels as 8-bit RGB for pictures: the first three bands, or grey repeated."""
     bands = pixels[..., :3] if pixels.shape[-1] >= 3 else np.repeat(pixels[..., :1], 3, axis=-1)
-    return (bands.clip(0, 1) * 255).round().astype(np.uint8)
-
-
-def to_unit_float(array: np.ndarray, path: Path) -> np.ndarray:
-    """Integer pixels divided by their type's maximum; floats as they are."""
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.dtype == np.bool_:
-        return array.astype(np.float32)
-    if np.issubdtype(array.dtype, np.integer):
-        return array.astype(np.float32) / np.float32(np.iinfo(array.dtype).max)
-    if np.issubdtype(array.dtype, np.floating):
-        return np.ascontiguousarray(array, dtype=np.float32)
-    raise ImageReadError(f"{path}: unsupported pixel type {array.dtype}")
+    return (np.nan_to_num(bands).clip(0, 1) * 255).round().astype(np.uint8)
 
 
 def _reason(err: Exception) -> str:
@@ -239,38 +262,19 @@ def _reason(err: Exception) -> str:
 
 
 def _pil_bands(img: Image.Image) -> int:
-    if img.mode in ("RGBA", "LA", "PA"):
+    if img.mode in PIL_ALPHA:
         return len(img.getbands()) - 1  # alpha is not a spectral band
     if img.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV"):
         return 3
     return len(img.getbands())
 
 
-def _read_pil(path: Path, window: WindowBox | None) -> np.ndarray:
-    if window is None:
-        return _decode_pil(path)
-    top, left, height, width = window
-    return _decode_whole_cached(path)[top : top + height, left : left + width]
+def open_pil(path: Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """``Image.open`` under cspt's own pixel limit ``max_pixels`` (None: none), not PIL's global one.
 
-
-def set_max_image_pixels(limit: int | None) -> None:
-    """The most pixels cspt will decode from one JPEG/PNG image (None: no limit), for this process
-    and the loader processes it starts."""
-    os.environ[MAX_PIXELS_VARIABLE] = str(limit or 0)
-
-
-def max_image_pixels() -> int | None:
-    value = os.environ.get(MAX_PIXELS_VARIABLE)
-    limit = int(value) if value and value.strip().isdigit() else DEFAULT_MAX_IMAGE_PIXELS
-    return limit or None
-
-
-def open_pil(path: Path) -> Image.Image:
-    """``Image.open`` under cspt's own pixel limit (:func:`max_image_pixels`), not PIL's global one.
-
-    An image over PIL's decompression-bomb guard but within cspt's limit is opened by its
-    format's registered opener, which does not consult the guard; nothing process-wide
-    is changed.
+    An image over PIL's decompression-bomb guard but within ``max_pixels`` is opened by its
+    format's registered opener, which does not consult the guard; nothing process-wide is
+    changed.
     """
     try:
         image = Image.open(_source(path))
@@ -278,11 +282,12 @@ def open_pil(path: Path) -> Image.Image:
         image = _open_past_pil_guard(path)
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not an image file") from None
-    limit = max_image_pixels()
-    if limit is not None and image.width * image.height > limit:
+    except OSError as err:
+        raise ImageReadError(f"{path}: cannot decode image ({_reason(err)})") from None
+    if max_pixels and image.width * image.height > max_pixels:
         image.close()
         raise ImageReadError(f"{path}: {image.width} x {image.height} pixels, more than --max-image-pixels "
-                             f"{limit}; raise it if the file is trusted")
+                             f"{max_pixels}; raise it if the file is trusted")
     return image
 
 
@@ -304,11 +309,11 @@ def _open_past_pil_guard(path: Path) -> Image.Image:
 
 def _source(path: Path) -> Path | io.BytesIO:
     """What a reader opens: the file, or the bytes of a shard member (``SHARD.tar::NAME``)."""
-    return open_member(path) if is_member(path) else path
+    return io.BytesIO(member_bytes(path)) if is_member(path) else path
 
 
 def _open_binary(path: Path) -> io.BufferedIOBase:
-    return open_member(path) if is_member(path) else open(path, "rb")
+    return io.BytesIO(member_bytes(path)) if is_member(path) else open(path, "rb")
 
 
 def read_bytes(path: Path) -> bytes:
@@ -320,47 +325,24 @@ def read_bytes(path: Path) -> bytes:
         raise ImageReadError(f"{path}: cannot read ({_reason(err)})") from None
 
 
-def _decode_pil(path: Path) -> np.ndarray:
-    img = open_pil(path)
+def _decode_pil(path: Path, max_pixels: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The pixels and, for images with an alpha band, the alpha (0: no data)."""
+    img = open_pil(path, max_pixels)
     with img:
-        if img.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV", "RGBA", "PA"):
-            img = img.convert("RGB")
-        elif img.mode == "LA":
-            img = img.convert("L")
-        return np.asarray(img)
-
-
-def _tiff_info(shape: tuple[int, ...], axes: str) -> tuple[int, int, int]:
-    array_like = np.empty(shape, dtype=np.uint8)
-    return _tiff_to_hwc(array_like, axes).shape
-
-
-def _tiff_to_hwc(array: np.ndarray, axes: str) -> np.ndarray:
-    """Reorder a tifffile array with ``axes`` (e.g. YXS, SYX, CYX, QYX) to ``(H, W, bands)``."""
-    if array.ndim == 2:
-        return array[:, :, None]
-    y, x = axes.index("Y"), axes.index("X")
-    band_axes = [i for i in range(array.ndim) if i not in (y, x)]
-    array = np.moveaxis(array, [y, x], [0, 1])
-    return array.reshape(array.shape[0], array.shape[1], -1) if band_axes else array[:, :, None]
-
-
-def _read_tiff_member(path: Path, window: WindowBox | None) -> np.ndarray:
-    """A TIFF inside a tar shard (no random access): decoded whole, the last few kept, the window cut."""
-    if window is None:
-        return _decode_tiff(path)
-    hwc = _decode_whole_cached(path)
-    top, left, height, width = window
-    return np.array(hwc[top : top + height, left : left + width])
-
-
-def _decode_tiff(path: Path) -> np.ndarray:
-    with tifffile.TiffFile(_source(path)) as tif:
-        series = tif.series[0]
-        return _tiff_to_hwc(series.asarray(), series.axes)
+        alpha = None
+        if img.mode in PIL_ALPHA:
+            alpha = np.asarray(img.getchannel(img.getbands()[-1]))
+            img = img.convert(PIL_ALPHA[img.mode])
+        elif img.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV"):
+            converted = img.convert("RGBA" if img.mode == "P" and "transparency" in img.info else "RGB")
+            if converted.mode == "RGBA":
+                alpha = np.asarray(converted.getchannel("A"))
+                converted = converted.convert("RGB")
+            img = converted
+        return np.asarray(img), alpha
 
 
 @functools.lru_cache(maxsize=2)
-def _decode_whole_cached(path: Path) -> np.ndarray:
-    """Files without random access are decoded whole to cut windows: keep the last few decoded."""
-    return _decode_tiff(path) if path.suffix.lower() in TIFF_SUFFIXES else _decode_pil(path)
+def _decode_whole_cached(path: Path, max_pixels: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Images without random access are decoded whole to cut windows: keep the last few decoded."""
+    return _decode_pil(path, max_pixels)

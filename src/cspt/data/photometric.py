@@ -1,12 +1,30 @@
-"""Photometric distortion of RGB training images (the image alone; boxes and masks are unchanged)."""
+"""Photometric distortion of training images (the image alone; boxes, masks and the valid mask are unchanged).
+
+Works on :class:`~cspt.data.pixels.Pixels` on the model's 0-1 scale, for any band count
+and any data type, with the same clipping rule as RandAugment
+(:func:`~cspt.data.rand_augment.clipped`). Hue exists for RGB only; other band counts
+get brightness, contrast and saturation (a blend with the band mean).
+"""
 
 from __future__ import annotations
 
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from cspt.data.pixels import Pixels
+from cspt.data.rand_augment import brightness, clipped, color, contrast
 
-def photometric_distortion(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+
+def shift_hue(pixels: Pixels, hue: float) -> Pixels:
+    """RGB hue rotated by ``hue`` (a fraction of the circle); values beyond [0, 1] keep their excess."""
+    if pixels.image.shape[0] != 3:
+        return pixels
+    inside = pixels.image.clamp(0, 1)
+    shifted = TF.adjust_hue(inside, hue) + (pixels.image - inside)
+    return Pixels(clipped(shifted, pixels), pixels.valid)
+
+
+def photometric_distortion(pixels: Pixels, generator: torch.Generator) -> Pixels:
     """Random brightness, contrast, saturation and hue changes (each applied half of the time)."""
 
     def draw(low: float, high: float) -> float | None:
@@ -14,13 +32,13 @@ def photometric_distortion(image: torch.Tensor, generator: torch.Generator) -> t
             return None
         return low + (high - low) * float(torch.rand(1, generator=generator))
 
-    brightness, contrast, saturation, hue = draw(0.875, 1.125), draw(0.5, 1.5), draw(0.5, 1.5), draw(-0.05, 0.05)
-    if brightness is not None:
-        image = TF.adjust_brightness(image, brightness)
-    if contrast is not None:
-        image = TF.adjust_contrast(image, contrast)
-    if saturation is not None:
-        image = TF.adjust_saturation(image, saturation)
+    factor_b, factor_c, factor_s, hue = draw(0.875, 1.125), draw(0.5, 1.5), draw(0.5, 1.5), draw(-0.05, 0.05)
+    if factor_b is not None:
+        pixels = brightness(pixels, factor_b)
+    if factor_c is not None:
+        pixels = contrast(pixels, factor_c)
+    if factor_s is not None:
+        pixels = color(pixels, factor_s)
     if hue is not None:
-        image = TF.adjust_hue(image, hue)
-    return image.clamp(0, 1)
+        pixels = shift_hue(pixels, hue)
+    return pixels

@@ -1,14 +1,21 @@
-"""timm's RandAugment on float tensors: the recipe's policy, without an 8-bit round trip.
+"""timm's RandAugment on :class:`~cspt.data.pixels.Pixels`: the recipe's policy, for any band count and type.
 
 timm parses the policy (``rand-m9-mstd0.5-inc1``), picks the ops and draws their
 magnitudes, exactly as in its PIL pipeline; only the pixel operations are replaced by
-float versions of the same operations. A 16-bit or float image keeps its depth (PIL
-would quantise it to 256 levels), and no Pillow release can change what an op does
-(Pillow 13 refuses the 0-bit posterize that timm's strongest ``PosterizeIncreasing``
-asks for, which cleared the image in every earlier release: it still does here).
+versions that work on the model's 0-1 scale in float, for any number of bands, and carry
+the valid mask:
 
-Images are ``(C, H, W)`` float tensors on the 0-1 scale; geometric ops fill with the
-dataset mean, as timm's ``img_mean`` does.
+- geometric ops (rotate, shear, translate) move the mask with the pixels; what they
+  uncover is invalid (and at the band mean, the value timm fills with);
+- photometric ops measure what they need (range, histogram, mean grey) on valid pixels
+  only and never change the mask; colour ops blend with the band mean where there is
+  no RGB (RGB keeps the ITU-R 601 luminance weights PIL uses);
+- every op clips to the range of its input widened to [0, 1]: on 8-bit data that is
+  PIL's clipping, on scaled 16-bit or float data the tails beyond [0, 1] survive;
+- posterize quantises each band's valid range into ``2**bits`` levels, at least two (on 8-bit
+  data spanning 0-255 that is PIL's "keep the top bits"; PIL before 13 cleared the image at
+  timm's strongest ``PosterizeIncreasing``, 0 bits, and Pillow 13 refuses it; on a dim or
+  scaled float crop the top bits of a fixed 0-1 scale would leave one level).
 """
 
 from __future__ import annotations
@@ -21,12 +28,15 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
+from cspt.data.pixels import Pixels
 from cspt.errors import CsptError
 
 #: PIL resampling filters (timm draws one per geometric op) -> ``grid_sample`` modes
 _GRID_MODES = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 #: levels per unit of the 8-bit scale the op arguments are given on
 _LEVELS = 255.0
+#: ITU-R 601-2 luma weights (PIL's ``convert("L")``)
+_LUMA = (0.299, 0.587, 0.114)
 
 
 def _grid_mode(resample: object) -> str:
@@ -36,136 +46,190 @@ def _grid_mode(resample: object) -> str:
     return _GRID_MODES.get(int(resample), "bilinear")
 
 
-def affine(image: torch.Tensor, matrix: Sequence[float], fill: Sequence[float], resample: object) -> torch.Tensor:
-    """PIL's ``Image.transform(AFFINE, matrix)`` on a float image.
+def clipped(image: torch.Tensor, reference: Pixels) -> torch.Tensor:
+    """``image`` clipped to the valid range of ``reference`` widened to [0, 1]."""
+    values = reference.image[:, reference.valid] if bool(reference.valid.any()) else reference.image.flatten(1)
+    low = torch.minimum(values.amin(dim=1), torch.zeros(())).view(-1, 1, 1)
+    high = torch.maximum(values.amax(dim=1), torch.ones(())).view(-1, 1, 1)
+    return torch.maximum(torch.minimum(image, high), low)
+
+
+def grey(image: torch.Tensor) -> torch.Tensor:
+    """``(1, H, W)`` luminance of RGB, the band mean otherwise."""
+    if image.shape[0] == 3:
+        return sum(w * band for w, band in zip(_LUMA, image))[None]
+    return image.mean(0, keepdim=True)
+
+
+def blend(image: torch.Tensor, other: torch.Tensor, factor: float) -> torch.Tensor:
+    """PIL's ``ImageEnhance`` rule: ``other + factor * (image - other)``."""
+    return other + factor * (image - other)
+
+
+def affine(pixels: Pixels, matrix: Sequence[float], fill: Sequence[float], resample: object) -> Pixels:
+    """PIL's ``Image.transform(AFFINE, matrix)``: pixels and mask warped; outside the input, invalid at ``fill``.
 
     ``matrix`` ``(a, b, c, d, e, f)`` maps an output pixel position ``(x, y)`` to the
-    input position ``(a x + b y + c, d x + e y + f)`` (pixel corners at integers, as in
-    PIL); outside the input, ``fill``.
+    input position ``(a x + b y + c, d x + e y + f)`` (pixel corners at integers, as in PIL).
     """
+    image = pixels.image
     _, height, width = image.shape
     a, b, c, d, e, f = matrix
     ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32) + 0.5,
                             torch.arange(width, dtype=torch.float32) + 0.5, indexing="ij")
     grid = torch.stack([(a * xs + b * ys + c) * 2 / width - 1, (d * xs + e * ys + f) * 2 / height - 1], dim=-1)
-    ones = torch.ones_like(image[:1])
-    warped = F.grid_sample(torch.cat([image, ones])[None], grid[None], mode=_grid_mode(resample),
-                           padding_mode="zeros", align_corners=False)[0]
-    inside = warped[-1:].clamp(0, 1)
+    warped = F.grid_sample(image[None], grid[None], mode=_grid_mode(resample), padding_mode="border",
+                           align_corners=False)[0]
+    valid = F.grid_sample(pixels.valid[None, None].float(), grid[None], mode="nearest", padding_mode="zeros",
+                          align_corners=False)[0, 0] > 0.5
     background = torch.tensor(list(fill), dtype=image.dtype).view(-1, 1, 1)
-    return (warped[:-1] * inside + background * (1 - inside)).clamp(0, 1)
+    return Pixels(torch.where(valid, clipped(warped, pixels), background), valid)
 
 
-def shear_x(image: torch.Tensor, factor: float, fillcolor: Sequence[float], resample: object) -> torch.Tensor:
-    return affine(image, (1, factor, 0, 0, 1, 0), fillcolor, resample)
+def shear_x(pixels: Pixels, factor: float, fillcolor: Sequence[float], resample: object) -> Pixels:
+    return affine(pixels, (1, factor, 0, 0, 1, 0), fillcolor, resample)
 
 
-def shear_y(image: torch.Tensor, factor: float, fillcolor: Sequence[float], resample: object) -> torch.Tensor:
-    return affine(image, (1, 0, 0, factor, 1, 0), fillcolor, resample)
+def shear_y(pixels: Pixels, factor: float, fillcolor: Sequence[float], resample: object) -> Pixels:
+    return affine(pixels, (1, 0, 0, factor, 1, 0), fillcolor, resample)
 
 
-def translate_x(image: torch.Tensor, pixels: float, fillcolor: Sequence[float], resample: object) -> torch.Tensor:
-    return affine(image, (1, 0, pixels, 0, 1, 0), fillcolor, resample)
+def translate_x(pixels: Pixels, offset: float, fillcolor: Sequence[float], resample: object) -> Pixels:
+    return affine(pixels, (1, 0, offset, 0, 1, 0), fillcolor, resample)
 
 
-def translate_y(image: torch.Tensor, pixels: float, fillcolor: Sequence[float], resample: object) -> torch.Tensor:
-    return affine(image, (1, 0, 0, 0, 1, pixels), fillcolor, resample)
+def translate_y(pixels: Pixels, offset: float, fillcolor: Sequence[float], resample: object) -> Pixels:
+    return affine(pixels, (1, 0, 0, 0, 1, offset), fillcolor, resample)
 
 
-def translate_x_rel(image: torch.Tensor, pct: float, fillcolor: Sequence[float], resample: object) -> torch.Tensor:
-    return translate_x(image, pct * image.shape[-1], fillcolor, resample)
+def translate_x_rel(pixels: Pixels, pct: float, fillcolor: Sequence[float], resample: object) -> Pixels:
+    return translate_x(pixels, pct * pixels.image.shape[-1], fillcolor, resample)
 
 
-def translate_y_rel(image: torch.Tensor, pct: float, fillcolor: Sequence[float], resample: object) -> torch.Tensor:
-    return translate_y(image, pct * image.shape[-2], fillcolor, resample)
+def translate_y_rel(pixels: Pixels, pct: float, fillcolor: Sequence[float], resample: object) -> Pixels:
+    return translate_y(pixels, pct * pixels.image.shape[-2], fillcolor, resample)
 
 
-def rotate(image: torch.Tensor, degrees: float, fillcolor: Sequence[float], resample: object) -> torch.Tensor:
+def rotate(pixels: Pixels, degrees: float, fillcolor: Sequence[float], resample: object) -> Pixels:
     """Counter-clockwise about the centre, as ``PIL.Image.rotate``."""
-    _, height, width = image.shape
+    _, height, width = pixels.image.shape
     angle = -math.radians(degrees)
     cos, sin = math.cos(angle), math.sin(angle)
     cx, cy = width / 2, height / 2
-    return affine(image, (cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy), fillcolor,
+    return affine(pixels, (cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy), fillcolor,
                   resample)
 
 
-def auto_contrast(image: torch.Tensor, **_: object) -> torch.Tensor:
-    """Stretch each band from its minimum to its maximum (bands of one value are left alone)."""
-    low = image.amin(dim=(1, 2), keepdim=True)
-    high = image.amax(dim=(1, 2), keepdim=True)
+def _photometric(pixels: Pixels, image: torch.Tensor) -> Pixels:
+    """A photometric op's result: clipped, the mask unchanged."""
+    return Pixels(clipped(image, pixels), pixels.valid)
+
+
+def _valid_values(pixels: Pixels) -> torch.Tensor:
+    """``(bands, N)``: the valid pixels (all of them when none is valid)."""
+    return pixels.image[:, pixels.valid] if bool(pixels.valid.any()) else pixels.image.flatten(1)
+
+
+def auto_contrast(pixels: Pixels, **_: object) -> Pixels:
+    """Stretch each band from its valid minimum to its valid maximum onto 0-1 (flat bands are left alone)."""
+    values = _valid_values(pixels)
+    low, high = values.amin(1).view(-1, 1, 1), values.amax(1).view(-1, 1, 1)
     span = high - low
-    return torch.where(span > 0, (image - low) / span.clamp_min(1e-12), image)
+    return Pixels(torch.where(span > 0, (pixels.image - low) / span.clamp_min(1e-12), pixels.image), pixels.valid)
 
 
-def equalize(image: torch.Tensor, **_: object) -> torch.Tensor:
-    """Histogram equalisation per band at the image's own depth: each value becomes the share of
-    pixels below it, over the pixels below the band's maximum (PIL's rule on 256 bins)."""
+def equalize(pixels: Pixels, **_: object) -> Pixels:
+    """Histogram equalisation per band at the image's own depth: each value becomes the share of valid
+    pixels below it, over the valid pixels below the band's maximum (PIL's rule on 256 bins)."""
     bands = []
-    for band in image:
-        flat = band.reshape(-1).contiguous()
-        ordered = flat.sort().values
-        below = torch.searchsorted(ordered, flat).float()
-        spread = flat.numel() - int((ordered == ordered[-1]).sum())
-        bands.append(band if spread == 0 else (below / spread).clamp(max=1.0).view_as(band))
-    return torch.stack(bands)
+    for band, values in zip(pixels.image, _valid_values(pixels)):
+        ordered = values.sort().values
+        spread = ordered.numel() - int((ordered == ordered[-1]).sum())
+        if spread == 0:
+            bands.append(band)
+            continue
+        below = torch.searchsorted(ordered, band.reshape(-1).contiguous()).float().view_as(band)
+        bands.append((below / spread).clamp(max=1.0))
+    return Pixels(torch.stack(bands), pixels.valid)
 
 
-def invert(image: torch.Tensor, **_: object) -> torch.Tensor:
-    return 1.0 - image
+def invert(pixels: Pixels, **_: object) -> Pixels:
+    return _photometric(pixels, 1.0 - pixels.image)
 
 
-def posterize(image: torch.Tensor, bits: int, **_: object) -> torch.Tensor:
-    """Keep the top ``bits`` bits of each 8-bit level (0 bits: black, as PIL before 13 and TensorFlow)."""
+def posterize(pixels: Pixels, bits: int, **_: object) -> Pixels:
+    """``2**bits`` levels (``bits`` at least one) over each band's valid range, each value at its level's
+    lower edge: PIL's "keep the top bits" on 8-bit data that span 0-255."""
     if bits >= 8:
-        return image
-    step = 2.0 ** (8 - max(0, bits))
-    return torch.floor(image * _LEVELS / step) * step / _LEVELS
+        return pixels
+    levels = 2 ** max(1, int(bits))
+    values = _valid_values(pixels)
+    low, high = values.amin(1).view(-1, 1, 1), values.amax(1).view(-1, 1, 1)
+    span = (high - low).clamp_min(1e-12)
+    index = torch.floor((pixels.image - low) / span * levels).clamp(0, levels - 1)
+    return _photometric(pixels, low + index * span / levels)
 
 
-def solarize(image: torch.Tensor, thresh: float, **_: object) -> torch.Tensor:
+def solarize(pixels: Pixels, thresh: float, **_: object) -> Pixels:
     """Invert the values at or above ``thresh`` (given on the 0-256 scale)."""
-    return torch.where(image * _LEVELS >= thresh, 1.0 - image, image)
+    image = pixels.image
+    return _photometric(pixels, torch.where(image * _LEVELS >= thresh, 1.0 - image, image))
 
 
-def solarize_add(image: torch.Tensor, add: float, thresh: float = 128, **_: object) -> torch.Tensor:
+def solarize_add(pixels: Pixels, add: float, thresh: float = 128, **_: object) -> Pixels:
     """Brighten the values below ``thresh`` by ``add`` (both on the 8-bit scale)."""
-    return torch.where(image * _LEVELS < thresh, (image + add / _LEVELS).clamp(max=1.0), image)
+    image = pixels.image
+    return _photometric(pixels, torch.where(image * _LEVELS < thresh, image + add / _LEVELS, image))
 
 
-def color(image: torch.Tensor, factor: float, **_: object) -> torch.Tensor:
-    return TF.adjust_saturation(image, factor)
+def color(pixels: Pixels, factor: float, **_: object) -> Pixels:
+    """Saturation: blend with the grey image."""
+    return _photometric(pixels, blend(pixels.image, grey(pixels.image), factor))
 
 
-def contrast(image: torch.Tensor, factor: float, **_: object) -> torch.Tensor:
-    return TF.adjust_contrast(image, factor)
+def contrast(pixels: Pixels, factor: float, **_: object) -> Pixels:
+    """Blend with the mean grey level of the valid pixels."""
+    level = grey(_valid_values(pixels)[:, :, None])[0].mean()
+    return _photometric(pixels, blend(pixels.image, level, factor))
 
 
-def brightness(image: torch.Tensor, factor: float, **_: object) -> torch.Tensor:
-    return TF.adjust_brightness(image, factor)
+def brightness(pixels: Pixels, factor: float, **_: object) -> Pixels:
+    """Blend with black."""
+    return _photometric(pixels, pixels.image * factor)
 
 
-def sharpness(image: torch.Tensor, factor: float, **_: object) -> torch.Tensor:
-    return TF.adjust_sharpness(image, factor)
+def sharpness(pixels: Pixels, factor: float, **_: object) -> Pixels:
+    """Blend with PIL's smoothing filter (3x3, centre 5, ring 1; the border pixels kept)."""
+    image = pixels.image
+    kernel = torch.ones(3, 3, dtype=image.dtype)
+    kernel[1, 1] = 5.0
+    kernel = (kernel / kernel.sum()).expand(image.shape[0], 1, 3, 3)
+    smooth = image.clone()
+    if min(image.shape[-2:]) > 2:
+        smooth[:, 1:-1, 1:-1] = F.conv2d(image[None], kernel, groups=image.shape[0])[0]
+    return _photometric(pixels, blend(image, smooth, factor))
 
 
-def desaturate(image: torch.Tensor, factor: float, **_: object) -> torch.Tensor:
-    return color(image, min(1.0, max(0.0, 1.0 - factor)))
+def desaturate(pixels: Pixels, factor: float, **_: object) -> Pixels:
+    return color(pixels, min(1.0, max(0.0, 1.0 - factor)))
 
 
-def gaussian_blur(image: torch.Tensor, factor: float, **_: object) -> torch.Tensor:
+def gaussian_blur(pixels: Pixels, factor: float, **_: object) -> Pixels:
     """PIL's ``GaussianBlur(radius)``: ``radius`` is the standard deviation."""
     sigma = max(float(factor), 1e-3)
     kernel = 2 * math.ceil(3 * sigma) + 1
-    return TF.gaussian_blur(image, [kernel, kernel], [sigma, sigma]).clamp(0, 1)
+    size = min(kernel, 2 * (min(pixels.image.shape[-2:]) // 2) - 1)
+    if size < 3:
+        return pixels
+    return _photometric(pixels, TF.gaussian_blur(pixels.image, [size, size], [sigma, sigma]))
 
 
-def gaussian_blur_rand(image: torch.Tensor, factor: float, **_: object) -> torch.Tensor:
-    return gaussian_blur(image, random.uniform(0.1, 2.0 * factor))
+def gaussian_blur_rand(pixels: Pixels, factor: float, **_: object) -> Pixels:
+    return gaussian_blur(pixels, random.uniform(0.1, 2.0 * factor))
 
 
-#: timm op name -> the float version of its PIL function (same arguments)
-FLOAT_OPS: dict[str, Callable[..., torch.Tensor]] = {
+#: timm op name -> its version on :class:`Pixels` (same arguments)
+PIXEL_OPS: dict[str, Callable[..., Pixels]] = {
     "AutoContrast": auto_contrast,
     "Equalize": equalize,
     "Invert": invert,
@@ -196,22 +260,24 @@ FLOAT_OPS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
-def float_rand_augment(policy: str, mean: Sequence[float], img_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """timm's RandAugment for ``policy`` (e.g. ``rand-m9-mstd0.5-inc1``), applied to float tensors.
+def pixel_rand_augment(policy: str, mean: Sequence[float], img_size: int) -> Callable[[Pixels], Pixels]:
+    """timm's RandAugment for ``policy`` (e.g. ``rand-m9-mstd0.5-inc1``), applied to :class:`Pixels`.
 
     The op choice, probabilities, magnitude noise and argument signs are timm's draws from
-    the global ``random``/``numpy`` RNGs (seed them per sample); fill is ``mean``.
+    the global ``random``/``numpy`` RNGs (seed them per sample); what geometric ops uncover
+    is invalid, at ``mean``.
     """
     from timm.data.auto_augment import rand_augment_transform
 
-    hparams = {"translate_const": int(img_size * 0.45), "img_mean": tuple(round(255 * m) for m in mean)}
+    hparams = {"translate_const": int(img_size * 0.45), "img_mean": tuple(min(255, max(0, round(255 * m)))
+                                                                          for m in mean[:3])}
     try:
         transform = rand_augment_transform(policy, hparams)
     except (AssertionError, KeyError, ValueError, IndexError) as err:
         raise CsptError(f"--rand-augment {policy!r} is not a timm RandAugment policy ({err})") from None
     for op in transform.ops:
-        if op.name not in FLOAT_OPS:
-            raise CsptError(f"--rand-augment {policy!r}: timm op {op.name} has no float version in cspt")
-        op.aug_fn = FLOAT_OPS[op.name]
+        if op.name not in PIXEL_OPS:
+            raise CsptError(f"--rand-augment {policy!r}: timm op {op.name} has no version in cspt")
+        op.aug_fn = PIXEL_OPS[op.name]
         op.kwargs = {**op.kwargs, "fillcolor": tuple(float(m) for m in mean)}
     return transform

@@ -1,53 +1,22 @@
-"""Pieces every dataset shares: band matching, seeded crops, and skipping unreadable files."""
+"""Pieces every dataset shares: seeded crops and RNGs, and skipping unreadable files."""
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
-from torchvision.transforms import InterpolationMode
 
-from cspt.data.images import ImageInfo, ImageReadError, WindowBox, image_info, read_image, read_masked, read_resized
+from cspt.data.images import ImageInfo, ImageReadError, WindowBox, image_info
+from cspt.data.pixels import PixelContract, Pixels
 from cspt.errors import CsptError
 
 T = TypeVar("T")
 MAX_REPLACEMENTS = 20
-
-
-def match_bands(pixels: torch.Tensor, in_chans: int, source: object) -> torch.Tensor:
-    """``(bands, H, W)`` pixels with the model's band count (grey images are repeated)."""
-    bands = pixels.shape[0]
-    if bands == in_chans:
-        return pixels
-    if bands == 1:
-        return pixels.expand(in_chans, -1, -1)
-    raise ImageReadError(f"{source}: has {bands} bands, the model expects {in_chans}")
-
-
-def read_bands(path: Path, in_chans: int, window: WindowBox | None = None) -> torch.Tensor:
-    """An image (or a window of it) as ``(in_chans, H, W)`` on the 0-1 scale (see :func:`match_bands`)."""
-    return match_bands(torch.from_numpy(read_image(path, window)).permute(2, 0, 1), in_chans, path)
-
-
-def read_masked_bands(path: Path, in_chans: int, window: WindowBox | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`read_bands` and the valid-pixel mask ``(H, W)`` of the same window, from one read."""
-    pixels, valid = read_masked(path, window)
-    return match_bands(torch.from_numpy(pixels).permute(2, 0, 1), in_chans, path), torch.from_numpy(valid)
-
-
-def band_tensors(mean: Sequence[float], std: Sequence[float], in_chans: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``mean``/``std`` as ``(bands, 1, 1)`` tensors, checked against the band count."""
-    if len(mean) != in_chans or len(std) != in_chans:
-        raise CsptError(f"mean/std have {len(mean)}/{len(std)} values for {in_chans} bands")
-    return (torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1),
-            torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
 
 
 @contextmanager
@@ -90,35 +59,26 @@ def random_box(height: int, width: int, min_scale: float, generator: torch.Gener
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def random_resized_crop(image: torch.Tensor, size: int, min_scale: float,
-                        generator: torch.Generator) -> torch.Tensor:
+def random_resized_crop(pixels: Pixels, size: int, min_scale: float, generator: torch.Generator) -> Pixels:
     """A seeded RandomResizedCrop (bicubic, antialiased) of pixels in memory to ``size`` x ``size``."""
-    top, left, h, w = random_box(image.shape[-2], image.shape[-1], min_scale, generator)
-    return TF.resized_crop(image, top, left, h, w, [size, size], interpolation=InterpolationMode.BICUBIC,
-                           antialias=True)
+    return pixels.crop(*random_box(*pixels.valid.shape, min_scale, generator)).resized([size, size])
 
 
-def read_random_resized_crop(path: Path, in_chans: int, size: int, min_scale: float, generator: torch.Generator,
-                             info: ImageInfo | None = None) -> torch.Tensor:
-    """A seeded RandomResizedCrop read straight from the file: only the box is decoded and resized.
-
-    8-bit JPEG/PNG take PIL's reduced decode (:func:`~cspt.data.images.read_resized`);
-    other images are read as a window and resized by torchvision.
-    """
+def read_random_resized_crop(contract: PixelContract, path: Path, size: int, min_scale: float,
+                             generator: torch.Generator, info: ImageInfo | None = None) -> Pixels:
+    """A seeded RandomResizedCrop read straight from the file: only the box is decoded and resized."""
     info = info or image_info(path)
-    box = random_box(info.height, info.width, min_scale, generator)
-    pixels = read_resized(path, box, size)
-    if pixels is None:
-        return TF.resize(read_bands(path, in_chans, box), [size, size], interpolation=InterpolationMode.BICUBIC,
-                         antialias=True)
-    return match_bands(torch.from_numpy(pixels).permute(2, 0, 1), in_chans, path)
+    return contract.read_resized_crop(path, random_box(info.height, info.width, min_scale, generator), size, info)
 
 
-def resize_centre_crop(image: torch.Tensor, size: int, crop_ratio: float = 1.0) -> torch.Tensor:
+def resize_centre_crop(pixels: Pixels, size: int, crop_ratio: float = 1.0) -> Pixels:
     """Resize the short side to ``size / crop_ratio``, then take the central ``size`` square."""
+    height, width = pixels.valid.shape
     short = int(round(size / crop_ratio))
-    image = TF.resize(image, [short], interpolation=InterpolationMode.BICUBIC, antialias=True)
-    return TF.center_crop(image, [size, size])
+    scale = short / min(height, width)
+    resized = pixels.resized([max(size, round(height * scale)), max(size, round(width * scale))])
+    top, left = (resized.valid.shape[0] - size) // 2, (resized.valid.shape[1] - size) // 2
+    return resized.crop(top, left, size, size)
 
 
 def load_or_replace(load: Callable[[int], T], index: int, count: int,

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from cspt.data.detection import Scene
 from cspt.data.photometric import photometric_distortion
-from cspt.data.sampling import load_or_replace, read_bands, seeded_rngs
+from cspt.data.pixels import PixelContract, Pixels, pad_to
+from cspt.data.sampling import load_or_replace, seeded_rngs
 from cspt.engine.sliding import window_starts
 
 
@@ -45,13 +45,18 @@ def tile_targets(scene: Scene, top: int, left: int, size: int, min_visible: floa
 
 
 def make_tiles(scenes: Sequence[Scene], size: int, overlap: int, min_visible: float = 0.5,
-               empty_fraction: float = 0.1, seed: int = 0) -> list[Tile]:
-    """Overlapping tiles of every scene; a seeded ``empty_fraction`` of the object-free ones is kept."""
+               empty_fraction: float = 0.1, seed: int = 0, contract: PixelContract | None = None) -> list[Tile]:
+    """Overlapping tiles of every scene; a seeded ``empty_fraction`` of the object-free ones is kept. With
+    ``contract``, tiles without a valid pixel are left out."""
     stride = max(1, size - overlap)
     tiles, empty = [], []
     for index, scene in enumerate(scenes):
+        masked = contract is not None and contract.may_lack_data(scene.image)
         for top in window_starts(scene.height, size, stride):
             for left in window_starts(scene.width, size, stride):
+                window = (top, left, min(size, scene.height - top), min(size, scene.width - left))
+                if masked and not contract.valid(scene.image, window).any():
+                    continue
                 boxes, _ = tile_targets(scene, top, left, size, min_visible)
                 (tiles if len(boxes) else empty).append(Tile(index, top, left))
     if empty and empty_fraction > 0:
@@ -60,30 +65,32 @@ def make_tiles(scenes: Sequence[Scene], size: int, overlap: int, min_visible: fl
     return tiles
 
 
-def read_window(image: Path, height: int, width: int, top: int, left: int, size: int,
-                in_chans: int) -> torch.Tensor:
-    """The ``size`` x ``size`` window of a ``height`` x ``width`` image, 0-1 scale, zero-padded past its edge."""
+def read_window(contract: PixelContract, image: Path, height: int, width: int, top: int, left: int,
+                size: int) -> Pixels:
+    """The ``size`` x ``size`` window of a ``height`` x ``width`` image through ``contract``; past its edge,
+    invalid padding."""
     rows, cols = min(size, height - top), min(size, width - left)
-    pixels = read_bands(image, in_chans, (top, left, rows, cols))
-    return F.pad(pixels, (0, size - cols, 0, size - rows))
+    return pad_to(contract.read(image, (top, left, rows, cols)), size, size, contract.mean_tensor)
 
 
 class DetectionTiles(Dataset):
-    """Training tiles indexed by ``(index, seed)``: image (0-1 scale) and torchvision target.
+    """Training tiles indexed by ``(index, seed)``: image, valid mask and torchvision target.
 
-    Augmentation: horizontal and vertical flips, 90-degree turns (aerial images have no
-    "up") and scale jitter, applied to the image and its boxes together; with
-    ``photometric``, random brightness/contrast/saturation/hue of RGB tiles.
+    The image is on the model's 0-1 scale with invalid pixels at the band mean (the detector
+    normalises its inputs itself, so they become 0). Augmentation: horizontal and vertical
+    flips, 90-degree turns (aerial images have no "up") and scale jitter, applied to the
+    image, its valid mask and its boxes together; with ``photometric``, random
+    brightness/contrast/saturation (and hue for RGB).
     """
 
     def __init__(self, scenes: Sequence[Scene], tiles: Sequence[Tile], classes: Sequence[str], size: int,
-                 in_chans: int, min_visible: float = 0.5, scale_range: Sequence[float] = (0.8, 1.25),
+                 contract: PixelContract, min_visible: float = 0.5, scale_range: Sequence[float] = (0.8, 1.25),
                  augment: bool = True, photometric: bool = False):
         self.scenes = list(scenes)
         self.tiles = list(tiles)
         self.class_index = {name: i + 1 for i, name in enumerate(classes)}  # 0 is the background
         self.size = size
-        self.in_chans = in_chans
+        self.contract = contract
         self.min_visible = min_visible
         self.transform = v2.Compose([
             v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(),
@@ -91,31 +98,33 @@ class DetectionTiles(Dataset):
             v2.ScaleJitter((size, size), tuple(scale_range)), v2.RandomCrop(size, pad_if_needed=True),
             v2.SanitizeBoundingBoxes(min_size=2),
         ]) if augment else None
-        self.photometric = augment and photometric and in_chans == 3
+        self.photometric = augment and photometric
 
     def __len__(self) -> int:
         return len(self.tiles)
 
-    def load(self, index: int) -> tuple[torch.Tensor, dict]:
+    def load(self, index: int) -> tuple[Pixels, dict]:
         tile = self.tiles[index]
         scene = self.scenes[tile.scene]
-        image = read_window(scene.image, scene.height, scene.width, tile.top, tile.left, self.size, self.in_chans)
+        pixels = read_window(self.contract, scene.image, scene.height, scene.width, tile.top, tile.left, self.size)
         boxes, labels = tile_targets(scene, tile.top, tile.left, self.size, self.min_visible)
         target = {"boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY",
                                                     canvas_size=(self.size, self.size)),
                   "labels": torch.tensor([self.class_index[label] for label in labels], dtype=torch.long)}
-        return image, target
+        return pixels, target
 
     def __getitem__(self, item: tuple[int, int]) -> dict:
         index, seed = item
         generator = torch.Generator().manual_seed(seed)
-        (image, target), _, skipped = load_or_replace(self.load, index, len(self.tiles), generator)
+        (pixels, target), _, skipped = load_or_replace(self.load, index, len(self.tiles), generator)
         if self.transform is not None:
             with seeded_rngs(generator):
-                image, target = self.transform(tv_tensors.Image(image), target)
+                image, target = self.transform(tv_tensors.Image(pixels.image),
+                                               {**target, "valid": tv_tensors.Mask(pixels.valid.to(torch.uint8))})
+            pixels = Pixels(image.as_subclass(torch.Tensor), target.pop("valid").as_subclass(torch.Tensor) > 0)
             if self.photometric:
-                image = photometric_distortion(image.as_subclass(torch.Tensor), generator)
-        return {"image": image.as_subclass(torch.Tensor),
+                pixels = photometric_distortion(pixels, generator)
+        return {"image": self.contract.fill(pixels.image, pixels.valid), "valid": pixels.valid,
                 "target": {"boxes": target["boxes"].as_subclass(torch.Tensor).float(), "labels": target["labels"]},
                 "skipped": skipped}
 

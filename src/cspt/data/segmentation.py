@@ -26,7 +26,8 @@ from cspt.config import read_yaml
 from cspt.data.files import find_images
 from cspt.data.images import ImageReadError, image_info, open_pil
 from cspt.data.photometric import photometric_distortion
-from cspt.data.sampling import band_tensors, load_or_replace, read_masked_bands
+from cspt.data.pixels import PixelContract, Pixels, pad_to
+from cspt.data.sampling import load_or_replace
 from cspt.errors import CsptError
 
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
@@ -213,44 +214,43 @@ class SegmentationCrops(Dataset):
     crop_size**2`` samples per epoch at that scale (at least one). A sample draws a scale
     (``base_scale`` times the jitter), places a crop-sized window on the tile as rescaled
     by it, and resizes only the tile pixels under that window: the tile itself is never
-    rescaled, so a sample costs memory of the crop's size whatever the tile's. Image and
-    mask share the scale, window, flip and 90-degree rotation; the image alone gets
-    photometric distortion. Areas padded to reach the crop size are ``ignore_index``.
-    Decoded tiles (masks as compact integers) are kept in a small per-process cache
+    rescaled, so a sample costs memory of the crop's size whatever the tile's. Image, valid
+    mask and labels share the scale, window, flip and 90-degree rotation; the image alone
+    gets photometric distortion (any band count). Pixels without data and areas padded to
+    reach the crop size are ``ignore_index`` in the labels and 0 after normalisation.
+    Decoded tiles (labels as compact integers) are kept in a small per-process cache
     (``cache_pixels`` in total).
     """
 
-    def __init__(self, pairs: Sequence[Pair], palette: Palette, crop_size: int, in_chans: int,
-                 mean: Sequence[float], std: Sequence[float], ignore_index: int = 255,
-                 scale_range: Sequence[float] = (0.5, 2.0), photometric: bool = True, base_scale: float = 1.0,
-                 cache_pixels: int = 8_000_000):
+    def __init__(self, pairs: Sequence[Pair], palette: Palette, crop_size: int, contract: PixelContract,
+                 ignore_index: int = 255, scale_range: Sequence[float] = (0.5, 2.0), photometric: bool = True,
+                 base_scale: float = 1.0, cache_pixels: int = 8_000_000):
         area = [round(p.height * base_scale) * round(p.width * base_scale) for p in pairs]
         self.entries = [p for p, a in zip(pairs, area, strict=True) for _ in range(max(1, a // crop_size**2))]
         self.palette = palette
         self.crop_size = crop_size
-        self.in_chans = in_chans
-        self.mean, self.std = band_tensors(mean, std, in_chans)
+        self.contract = contract
         self.ignore_index = ignore_index
         self.scale_range = tuple(scale_range)
         self.photometric = photometric
         self.base_scale = base_scale
         self.cache_pixels = cache_pixels
-        self.cache: OrderedDict[Path, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.cache: OrderedDict[Path, tuple[Pixels, torch.Tensor]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The tile and its mask as stored (from the cache when there)."""
+    def load(self, index: int) -> tuple[Pixels, torch.Tensor]:
+        """The tile (through the contract) and its labels, ``ignore_index`` where it has no data (cached)."""
         pair = self.entries[index]
         if pair.image in self.cache:
             self.cache.move_to_end(pair.image)
             return self.cache[pair.image]
-        image, valid = read_masked_bands(pair.image, self.in_chans)
+        pixels = self.contract.read(pair.image)
         labels = read_mask(pair.mask, self.palette, self.ignore_index)
-        labels[~valid.numpy()] = self.ignore_index  # no data: nothing to learn there
+        labels[~pixels.valid.numpy()] = self.ignore_index  # no data: nothing to learn there
         compact = np.uint8 if labels.max(initial=0) <= 255 else np.int32
-        self.cache[pair.image] = image, torch.from_numpy(labels.astype(compact))
+        self.cache[pair.image] = pixels, torch.from_numpy(labels.astype(compact))
         while len(self.cache) > 1 and sum(m.numel() for _, m in self.cache.values()) > self.cache_pixels:
             self.cache.popitem(last=False)
         return self.cache[pair.image]
@@ -258,15 +258,15 @@ class SegmentationCrops(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> dict:
         index, seed = item
         generator = torch.Generator().manual_seed(seed)
-        (image, mask), _, skipped = load_or_replace(self.load, index, len(self.entries), generator)
-        image, mask = self.augment(image, mask, generator)
-        return {"image": (image - self.mean) / self.std, "mask": mask.long(), "skipped": skipped}
+        (pixels, mask), _, skipped = load_or_replace(self.load, index, len(self.entries), generator)
+        pixels, mask = self.augment(pixels, mask, generator)
+        return {"image": self.contract.normalise(pixels), "valid": pixels.valid, "mask": mask.long(),
+                "skipped": skipped}
 
-    def augment(self, image: torch.Tensor, mask: torch.Tensor,
-                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def augment(self, pixels: Pixels, mask: torch.Tensor, generator: torch.Generator) -> tuple[Pixels, torch.Tensor]:
         low, high = self.scale_range
         scale = self.base_scale * (low + (high - low) * float(torch.rand(1, generator=generator)))
-        height, width = image.shape[-2:]
+        height, width = mask.shape
         scaled_h, scaled_w = max(1, round(height * scale)), max(1, round(width * scale))
         crop = self.crop_size
         crop_h, crop_w = min(crop, scaled_h), min(crop, scaled_w)
@@ -274,24 +274,20 @@ class SegmentationCrops(Dataset):
         left = int(torch.randint(scaled_w - crop_w + 1, (1,), generator=generator))
         rows = slice(math.floor(top / scale), min(height, math.ceil((top + crop_h) / scale)))
         cols = slice(math.floor(left / scale), min(width, math.ceil((left + crop_w) / scale)))
-        image, mask = resize_pair(image[:, rows, cols], mask[rows, cols], (crop_h, crop_w))
-        pad_h, pad_w = crop - crop_h, crop - crop_w
-        if pad_h or pad_w:
-            image = TF.pad(image, [0, 0, pad_w, pad_h], fill=0.0)
-            mask = TF.pad(mask[None], [0, 0, pad_w, pad_h], fill=self.ignore_index)[0]
+        window = pixels.crop(rows.start, cols.start, rows.stop - rows.start, cols.stop - cols.start)
+        pixels = window.resized((crop_h, crop_w), InterpolationMode.BILINEAR)
+        mask = TF.resize(mask[rows, cols][None], [crop_h, crop_w], interpolation=InterpolationMode.NEAREST)[0]
+        if crop_h < crop or crop_w < crop:
+            pixels = pad_to(pixels, crop, crop, self.contract.mean_tensor)
+            mask = TF.pad(mask[None], [0, 0, crop - crop_w, crop - crop_h], fill=self.ignore_index)[0]
         if torch.rand(1, generator=generator) < 0.5:
-            image, mask = image.flip(-1), mask.flip(-1)
+            pixels, mask = pixels.flip(), mask.flip(-1)
         turns = int(torch.randint(4, (1,), generator=generator))
-        image, mask = image.rot90(turns, (1, 2)), mask.rot90(turns, (0, 1))
-        if self.photometric and self.in_chans == 3:
-            image = photometric_distortion(image, generator)
-        return image.contiguous(), mask.contiguous()
-
-
-def resize_pair(image: torch.Tensor, mask: torch.Tensor, size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resize an image (bilinear, antialiased) and its mask (nearest) together to ``size``."""
-    return (TF.resize(image, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True),
-            TF.resize(mask[None], list(size), interpolation=InterpolationMode.NEAREST)[0])
+        pixels, mask = pixels.rot90(turns), mask.rot90(turns, (0, 1))
+        if self.photometric:
+            pixels = photometric_distortion(pixels, generator)
+        mask = torch.where(pixels.valid, mask, torch.full_like(mask, self.ignore_index))
+        return Pixels(pixels.image.contiguous(), pixels.valid.contiguous()), mask.contiguous()
 
 
 def collate_crops(samples: list[dict]) -> dict:

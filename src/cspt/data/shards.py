@@ -21,6 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from cspt.data.formats import IMAGE_SUFFIXES
 from cspt.errors import CsptError
 
 log = logging.getLogger("cspt")
@@ -51,8 +52,6 @@ def is_member(path: str | Path) -> bool:
 
 def shard_members(shard: Path) -> list[Path]:
     """The image members of a shard, in their order in the tar file."""
-    from cspt.data.images import IMAGE_SUFFIXES
-
     if not shard.is_file():
         raise CsptError(f"{shard}: no such shard")
     return [Path(f"{shard}{MEMBER}{name}") for name in member_index(str(shard))

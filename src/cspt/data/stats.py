@@ -1,15 +1,16 @@
-"""Per-band mean and standard deviation of a set of images (for ``mean``/``std`` configs)."""
+"""Per-band mean and standard deviation of a set of images (``cspt stats``, scaling, sanity checks)."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
-from cspt.data.images import ImageReadError, WindowBox, image_info, read_masked
+from cspt.data.images import ImageReadError, WindowBox, image_info
+from cspt.data.pixels import PixelContract, read_unit
 from cspt.errors import CsptError
 
 
@@ -19,12 +20,15 @@ class BandStatistics:
     std: list[float]
     images: int
     skipped: list[str]
+    invalid: int = 0  #: pixels left out as no data
 
 
-def valid_pixels(files: Sequence[Path], max_images: int | None, seed: int = 0,
-                 window: int | None = None) -> Iterator[tuple[Path, np.ndarray | str]]:
-    """Each file of a seeded sample of at most ``max_images`` of ``files`` with its valid (not nodata)
-    pixels ``(N, bands)`` in float64 on the 0-1 scale, or why it cannot be read.
+def valid_pixels(files: Sequence[Path], max_images: int | None, seed: int = 0, window: int | None = None,
+                 bands: Sequence[int] | None = None,
+                 nodata: float | None = None) -> Iterator[tuple[Path, np.ndarray | str, int]]:
+    """Each file of a seeded sample of at most ``max_images`` of ``files`` with its valid pixels ``(N, bands)``
+    in float64 on the dtype scale (``bands`` selected, ``nodata`` left out), or why it cannot be read; and
+    how many of its pixels were invalid.
 
     ``window``: read only a central window of at most this many pixels a side of each
     image (large scenes then cost little).
@@ -34,38 +38,41 @@ def valid_pixels(files: Sequence[Path], max_images: int | None, seed: int = 0,
         files = random.Random(seed).sample(files, max_images)
     for path in files:
         try:
-            pixels, valid = read_masked(path, central_box(path, window) if window else None)
+            unit, valid = read_unit(path, central_box(path, window) if window else None, bands, nodata)
         except ImageReadError as err:
-            yield path, str(err)
+            yield path, str(err), 0
             continue
-        yield path, pixels.astype(np.float64)[valid]
+        yield path, unit.astype(np.float64)[valid], int((~valid).sum())
 
 
 def band_statistics(files: Sequence[Path], max_images: int | None = 1000, seed: int = 0,
-                    window: int | None = None) -> BandStatistics:
-    """Mean and std of every band on the 0-1 scale, over the :func:`valid_pixels` of a seeded sample."""
+                    window: int | None = None, bands: Sequence[int] | None = None,
+                    nodata: float | None = None) -> BandStatistics:
+    """Mean and std of every band on the dtype scale, over the :func:`valid_pixels` of a seeded sample."""
     total = total_sq = None
-    count, bands, used, skipped = 0, None, 0, []
-    for path, pixels in valid_pixels(files, max_images, seed, window):
+    count, width, used, invalid, skipped = 0, None, 0, 0, []
+    for path, pixels, masked in valid_pixels(files, max_images, seed, window, bands, nodata):
         if isinstance(pixels, str):
             skipped.append(pixels)
             continue
-        if bands is None:
-            bands = pixels.shape[-1]
-            total, total_sq = np.zeros(bands), np.zeros(bands)
-        if pixels.shape[-1] != bands:
-            skipped.append(f"{path}: has {pixels.shape[-1]} bands, others have {bands}")
+        if width is None:
+            width = pixels.shape[-1]
+            total, total_sq = np.zeros(width), np.zeros(width)
+        if pixels.shape[-1] != width:
+            skipped.append(f"{path}: has {pixels.shape[-1]} bands, others have {width}")
             continue
         total += pixels.sum(0)
         total_sq += (pixels**2).sum(0)
         count += pixels.shape[0]
+        invalid += masked
         used += 1
     if not used or not count:
         last = f" ({len(skipped)} skipped; last: {skipped[-1]})" if skipped else ""
-        raise CsptError(f"no readable images to compute statistics from{last}")
+        raise CsptError(f"no readable images with valid pixels to compute statistics from{last}")
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
-    return BandStatistics([round(float(m), 6) for m in mean], [round(float(s), 6) for s in std], used, skipped)
+    return BandStatistics([round(float(m), 6) for m in mean], [round(float(s), 6) for s in std], used, skipped,
+                          invalid)
 
 
 #: what a pretrained ViT expects of a normalised band: a mean near 0 and a spread near 1
@@ -79,28 +86,32 @@ def central_box(path: Path, side: int) -> WindowBox:
     return (info.height - height) // 2, (info.width - width) // 2, height, width
 
 
-def normalisation_mismatch(files: Sequence[Path], mean: Sequence[float], std: Sequence[float],
-                           sample: int = 16, window: int = 1024) -> str | None:
-    """One line when ``mean``/``std`` do not fit the data, else None.
+def normalisation_mismatch(files: Sequence[Path], contract: PixelContract, sample: int = 16,
+                           window: int = 1024) -> str | None:
+    """One line when ``contract`` does not fit the data, else None.
 
     Measures a seeded sample of ``files`` (:func:`band_statistics` on a central window)
-    and normalises the result: a band whose mean lies beyond 3 or whose std is below
-    0.05 (or above 20) is one the model sees as nearly constant or saturated, as 11-bit
-    data in a uint16 file is under ImageNet's statistics.
+    and puts the result through the contract's scaling and normalisation: a band whose
+    mean lies beyond 3 or whose std is below 0.05 (or above 20) is one the model sees as
+    nearly constant or saturated, as 11-bit data in a uint16 file is under ImageNet's
+    statistics.
     """
     try:
-        data = band_statistics(files, sample, window=window)
+        data = band_statistics(files, sample, window=window, bands=contract.bands, nodata=contract.nodata)
     except CsptError:  # nothing readable: the loader reports the files
         return None
-    if len(data.mean) != len(mean):
+    if len(data.mean) not in (1, contract.in_chans):
         return None
-    seen_mean = (np.asarray(data.mean) - np.asarray(mean)) / np.asarray(std)
-    seen_std = np.asarray(data.std) / np.asarray(std)
-    bad = [f"band {b + 1} mean {seen_mean[b]:.2f} std {seen_std[b]:.3f}" for b in range(len(mean))
+    low = np.zeros(contract.in_chans) if contract.low is None else np.asarray(contract.low)
+    span = np.ones(contract.in_chans) if contract.high is None else np.asarray(contract.high) - low
+    seen_mean = ((np.asarray(data.mean) - low) / span - np.asarray(contract.mean)) / np.asarray(contract.std)
+    seen_std = np.asarray(data.std) / span / np.asarray(contract.std)
+    bad = [f"band {b + 1} mean {seen_mean[b]:.2f} std {seen_std[b]:.3f}" for b in range(contract.in_chans)
            if abs(seen_mean[b]) > FAR_MEAN or not NARROW_STD <= seen_std[b] <= WIDE_STD]
     if not bad:
         return None
     measured = ", ".join(f"{m:.4f}/{s:.4f}" for m, s in zip(data.mean, data.std))
     return (f"normalisation does not fit the data: after it, {'; '.join(bad)} (a ViT expects about 0 and 1); "
-            f"the data's own mean/std on the 0-1 scale are {measured} (measured on {data.images} image(s)): "
-            "for data of more than 8 bits use --scale percentile (or stats), or pass them as --mean/--std")
+            f"the data's own mean/std on the 0-1 scale of their type are {measured} (measured on {data.images} "
+            "image(s)): for data of more than 8 bits use --scale percentile (or stats), or pass them as "
+            "--mean/--std")

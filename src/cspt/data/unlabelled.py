@@ -17,21 +17,12 @@ import torch
 from torch.utils.data import Dataset
 
 from cspt.data.device_decode import EncodedCrop, is_plain_jpeg
-from cspt.data.images import (
-    ImageInfo,
-    ImageReadError,
-    WindowBox,
-    band_selection,
-    image_info,
-    read_bytes,
-    read_valid,
-)
+from cspt.data.images import ImageInfo, ImageReadError, WindowBox, image_info, read_bytes
+from cspt.data.pixels import PixelContract, Pixels
 from cspt.data.sampling import (
-    band_tensors,
     load_or_replace,
     random_box,
     random_resized_crop,
-    read_bands,
     read_random_resized_crop,
     resize_centre_crop,
 )
@@ -85,33 +76,33 @@ def scan_images(files: Sequence[Path], tile_size: int, threads: int = 8) -> Scan
 
 
 class UnlabelledImages(Dataset):
-    """MAE training samples: RandomResizedCrop + horizontal flip, normalised, plus mask noise.
+    """MAE training samples through a :class:`PixelContract`: RandomResizedCrop + horizontal flip, normalised,
+    plus mask noise.
 
-    ``dataset[(index, seed)]`` returns ``{"image", "noise", "skipped", "nodata_windows"}``;
+    ``dataset[(index, seed)]`` returns ``{"image", "valid", "noise", "skipped", "nodata_windows"}``;
+    ``valid`` marks the pixels with data (the MAE loss skips patches mostly without),
     ``skipped`` lists the unreadable files replaced by another (seeded) sample, and
-    ``nodata_windows`` counts the scene windows drawn again for being mostly nodata (the
-    nodata pixels of a kept window are set to the band mean). Its randomness comes
-    from the per-sample generator only, so several threads may load samples at once.
-    With ``decode_on_device``, JPEG files come as :class:`EncodedCrop` and every image
-    unflipped and unnormalised, with its ``flip``: :func:`collate_for_device` and
-    :func:`~cspt.data.device_decode.decode_batch` finish them on the training device.
+    ``nodata_windows`` counts the scene windows drawn again for being mostly nodata. Its
+    randomness comes from the per-sample generator only, so several threads may load
+    samples at once. With ``decode_on_device``, JPEG files come as :class:`EncodedCrop` and
+    every image unflipped and unnormalised on the model's 0-1 scale, with its ``flip``:
+    :func:`collate_for_device` and :func:`~cspt.data.device_decode.decode_batch` finish them
+    on the training device.
     """
 
     thread_safe = True
 
-    def __init__(self, entries: Sequence[Entry], img_size: int, patch_size: int, in_chans: int,
-                 mean: Sequence[float], std: Sequence[float], tile_size: int,
-                 min_scale: float = 0.2, decode_on_device: bool = False):
+    def __init__(self, entries: Sequence[Entry], contract: PixelContract, img_size: int, patch_size: int,
+                 tile_size: int, min_scale: float = 0.2, decode_on_device: bool = False):
         if not entries:
             raise CsptError("no readable images in the data given")
         self.entries = list(entries)
+        self.contract = contract
         self.img_size = img_size
         self.num_patches = (img_size // patch_size) ** 2
-        self.in_chans = in_chans
-        self.mean, self.std = band_tensors(mean, std, in_chans)
         self.tile_size = tile_size
         self.min_scale = min_scale
-        self.decode_on_device = decode_on_device and in_chans == 3 and not band_selection()
+        self.decode_on_device = decode_on_device and contract.in_chans == 3 and contract.bands is None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -129,17 +120,19 @@ class UnlabelledImages(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> dict:
         index, seed = item
         generator = torch.Generator().manual_seed(seed)
-        (image, redrawn), _, skipped = load_or_replace(lambda i: self.random_crop(self.entries[i], generator),
-                                                       index, len(self.entries), generator)
+        (pixels, redrawn), _, skipped = load_or_replace(lambda i: self.random_crop(self.entries[i], generator),
+                                                        index, len(self.entries), generator)
         flip = bool(torch.rand(1, generator=generator) < 0.5)
         noise = torch.rand(self.num_patches, generator=generator)
         sample = {"noise": noise, "skipped": skipped, "nodata_windows": redrawn}
+        if isinstance(pixels, EncodedCrop):
+            return {**sample, "image": pixels, "flip": flip}
         if self.decode_on_device:
-            return {**sample, "image": image, "flip": flip}
-        image = image.flip(-1) if flip else image
-        return {**sample, "image": (image - self.mean) / self.std}
+            return {**sample, "image": pixels.image, "valid": pixels.valid, "flip": flip}
+        pixels = pixels.flip() if flip else pixels
+        return {**sample, "image": self.contract.normalise(pixels), "valid": pixels.valid}
 
-    def random_crop(self, entry: Entry, generator: torch.Generator) -> tuple[torch.Tensor | EncodedCrop, int]:
+    def random_crop(self, entry: Entry, generator: torch.Generator) -> tuple[Pixels | EncodedCrop, int]:
         """RandomResizedCrop of the image, or of a random tile of a large scene (a JPEG's bytes and
         box when decoding on the device), and the mostly-nodata windows drawn again on the way."""
         if self.decode_on_device and not entry.tiled and is_plain_jpeg(str(entry.path)):
@@ -149,26 +142,23 @@ class UnlabelledImages(Dataset):
         if entry.tiled:
             tile, redrawn = self.load(entry, generator)
             return random_resized_crop(tile, self.img_size, self.min_scale, generator), redrawn
-        return read_random_resized_crop(entry.path, self.in_chans, self.img_size, self.min_scale, generator,
+        return read_random_resized_crop(self.contract, entry.path, self.img_size, self.min_scale, generator,
                                         entry.info), 0
 
-    def load(self, entry: Entry, generator: torch.Generator) -> tuple[torch.Tensor, int]:
-        """The image (or a random tile of it, mostly valid where possible) as a ``(bands, H, W)`` tensor on
-        the 0-1 scale, with nodata pixels at the band mean; and the windows drawn again for nodata."""
+    def load(self, entry: Entry, generator: torch.Generator) -> tuple[Pixels, int]:
+        """The image, or a random tile of a large scene (mostly valid where possible); and the windows drawn
+        again for being mostly nodata."""
         if not entry.tiled:
-            return read_bands(entry.path, self.in_chans), 0
+            return self.contract.read(entry.path), 0
         best = None
         for redrawn in range(NODATA_DRAWS):
-            window = self.random_window(entry.info, generator)
-            valid = torch.from_numpy(read_valid(entry.path, window))
-            share = float(valid.float().mean())
+            pixels = self.contract.read(entry.path, self.random_window(entry.info, generator))
+            share = float(pixels.valid.float().mean())
             if best is None or share > best[0]:
-                best = share, window, valid
+                best = share, pixels
             if share >= 1 - MAX_NODATA_SHARE:
                 break
-        _, window, valid = best
-        pixels = read_bands(entry.path, self.in_chans, window)
-        return torch.where(valid, pixels, self.mean), redrawn
+        return best[1], redrawn
 
     def random_window(self, info: ImageInfo, generator: torch.Generator) -> WindowBox:
         height, width = min(self.tile_size, info.height), min(self.tile_size, info.width)
@@ -217,6 +207,7 @@ def collate(samples: list[dict]) -> dict:
     """Stack images and noise; gather the skipped-file messages and the counts of the whole batch."""
     return {
         "image": torch.stack([s["image"] for s in samples]),
+        "valid": torch.stack([s["valid"] for s in samples]),
         "noise": torch.stack([s["noise"] for s in samples]),
         "skipped": [msg for s in samples for msg in s["skipped"]],
         "nodata_windows": sum(s["nodata_windows"] for s in samples),
@@ -228,6 +219,7 @@ def collate_for_device(samples: list[dict]) -> dict:
     """Lists of encoded or decoded crops and their flips, for the device to finish; stacked noise."""
     return {
         "image": [s["image"] for s in samples],
+        "valid": [s.get("valid") for s in samples],
         "flip": [s["flip"] for s in samples],
         "noise": torch.stack([s["noise"] for s in samples]),
         "skipped": [msg for s in samples for msg in s["skipped"]],
@@ -248,8 +240,7 @@ def evaluation_images(dataset: UnlabelledImages, count: int) -> torch.Tensor:
         except ImageReadError as err:
             last_error = err
             continue
-        pixels = resize_centre_crop(pixels, dataset.img_size)
-        images.append((pixels - dataset.mean) / dataset.std)
+        images.append(dataset.contract.normalise(resize_centre_crop(pixels, dataset.img_size)))
         if len(images) == count:
             break
     if not images:

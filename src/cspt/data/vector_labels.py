@@ -17,7 +17,7 @@ from rasterio.crs import CRS
 from rasterio.features import rasterize
 from rasterio.warp import transform_geom
 
-from cspt.data.images import ImageReadError, read_valid
+from cspt.data.images import ImageReadError
 from cspt.errors import CsptError
 
 
@@ -31,17 +31,24 @@ class VectorLabels:
     crs: str | None
 
 
-def read_vector_labels(labels: Path, class_field: str) -> VectorLabels:
-    """Every feature's geometry and class (the ``class_field`` value, as text), and the file's CRS."""
+def read_vector_labels(labels: Path, class_field: str | None, single_class: str | None = None) -> VectorLabels:
+    """Every feature's geometry and class (the ``class_field`` value, as text; without a field, every feature
+    is one class: ``single_class``, else named after the file), and the file's CRS. Features without a
+    geometry, with an empty one or without a class are left out."""
     if not labels.exists():
         raise CsptError(f"{labels}: no such vector file")
     try:
         with fiona.open(labels) as layer:
             fields = list(layer.schema["properties"])
-            if class_field not in fields:
+            if class_field is not None and class_field not in fields:
                 raise CsptError(f"{labels}: no field {class_field!r} (its fields: {', '.join(fields) or 'none'})")
-            features = [(dict(f.geometry.__geo_interface__), str(f.properties[class_field])) for f in layer
-                        if f.geometry is not None and f.properties[class_field] is not None]
+            features = []
+            for feature in layer:
+                geometry = feature.geometry
+                name = (single_class or labels.stem) if class_field is None else feature.properties[class_field]
+                if geometry is None or name is None or not all_points(geometry.__geo_interface__["coordinates"]):
+                    continue
+                features.append((dict(geometry.__geo_interface__), str(name)))
             crs = layer.crs_wkt or None
     except CsptError:
         raise
@@ -61,10 +68,32 @@ def crs_name(wkt: str) -> str:
 
 
 def vector_classes(labels: VectorLabels) -> list[str]:
-    """The classes the labels name, sorted (the class index order)."""
+    """The classes the labels name, sorted (the class index order): as numbers when every one is an integer
+    code (10, 20, 100), else as text."""
     if not labels.features:
-        raise CsptError(f"{labels.path}: no features with a {labels.class_field!r} value")
-    return sorted({name for _, name in labels.features})
+        what = f"with a {labels.class_field!r} value" if labels.class_field else "with a geometry"
+        raise CsptError(f"{labels.path}: no features {what}")
+    names = {name for _, name in labels.features}
+    if all(_is_integer(name) for name in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def _is_integer(text: str) -> bool:
+    try:
+        int(text)
+        return True
+    except ValueError:
+        return False
+
+
+def class_index(labels: VectorLabels, classes: Sequence[str]) -> dict[str, int]:
+    """``class name -> index`` in ``classes``; a one-line error when the labels name a class it lacks."""
+    missing = sorted({name for _, name in labels.features} - set(classes))
+    if missing:
+        raise CsptError(f"{labels.path}: class(es) {', '.join(missing[:8])} of its {labels.class_field or 'features'} "
+                        f"are not among --class-names ({', '.join(classes)}): name every class")
+    return {name: i for i, name in enumerate(classes)}
 
 
 def in_scene_crs(labels: VectorLabels, scene: Path, scene_crs: CRS | None) -> list[tuple[dict[str, Any], str]]:
@@ -130,31 +159,35 @@ def all_points(coordinates: Any) -> list[tuple[float, float]]:
 
 
 def rasterize_labels(scene: Path, labels: VectorLabels, classes: Sequence[str], target: Path,
-                     ignore_index: int = 255) -> Path:
-    """Burn the labels' polygons into a mask of ``scene``'s grid (class indices; ``ignore_index`` where no
-    polygon lies or the scene has no data), reprojected to its CRS; written as an index PNG at ``target``."""
+                     ignore_index: int = 255, background: str | None = None) -> Path:
+    """Burn the labels' polygons into a mask of ``scene``'s grid (class indices, reprojected to its CRS),
+    written as an index PNG at ``target``. Where no polygon lies: the ``background`` class, else
+    ``ignore_index``. (Pixels without data are ignored by the datasets, through the pixel contract.)"""
     grid = scene_grid(scene)
     shape, bounds = (grid.height, grid.width), grid.bounds
-    index = {name: i for i, name in enumerate(classes)}
+    index = class_index(labels, [c for c in classes if c != background])
+    index = {name: classes.index(name) for name in index}
+    fill = ignore_index if background is None else classes.index(background)
     shapes = [(geometry, index[name]) for geometry, name in in_scene_crs(labels, scene, grid.crs)]
-    mask = rasterize(shapes, out_shape=shape, transform=grid.transform, fill=ignore_index, dtype="uint8") \
-        if shapes else np.full(shape, ignore_index, np.uint8)
-    if (mask == ignore_index).all():
+    mask = rasterize(shapes, out_shape=shape, transform=grid.transform, fill=fill, dtype="uint8") \
+        if shapes else np.full(shape, fill, np.uint8)
+    if not shapes or (mask == fill).all():
         raise CsptError(f"{labels.path}: no feature lies over {scene} (the scene covers x {bounds.left:.1f}.."
                         f"{bounds.right:.1f}, y {bounds.bottom:.1f}..{bounds.top:.1f} in {grid.crs})")
-    mask[~read_valid(scene)] = ignore_index
     target.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(mask).save(target)
     return target
 
 
 def scene_label_pairs(scenes: Sequence[str], labels: VectorLabels, classes: Sequence[str], folder: Path,
-                      ignore_index: int = 255) -> Path:
-    """Rasterise the labels onto every scene; an ``image,mask`` CSV of the pairs, in ``folder``."""
+                      ignore_index: int = 255, background: str | None = None) -> Path:
+    """Rasterise the labels onto every scene; an ``image,mask`` CSV of the pairs (absolute paths), in
+    ``folder``. Masks are numbered, so scenes of the same name from two folders keep their own."""
     rows = ["image,mask"]
-    for scene in map(Path, scenes):
-        mask = rasterize_labels(scene, labels, classes, folder / f"{scene.stem}.png", ignore_index)
-        rows.append(f"{scene},{mask}")
+    for number, scene in enumerate(map(Path, scenes)):
+        mask = rasterize_labels(scene, labels, classes, folder / f"{number:04d}_{scene.stem}.png", ignore_index,
+                                background)
+        rows.append(f"{scene.resolve()},{mask.resolve()}")
     table = folder / "pairs.csv"
     table.write_text("\n".join(rows) + "\n")
     return table

@@ -21,7 +21,7 @@ C = TypeVar("C", bound=TrainConfig)
 #: settings that may change when a run is continued
 RESUMABLE_KEYS = {"epochs", "num_workers", "device", "checkpoint_every", "keep_checkpoints",
                   "log_every", "vis_every", "eval_every", "output", "precision",
-                  "probe_every", "stop_on_plateau", "dist_timeout", "compile"}
+                  "probe_every", "stop_on_plateau", "dist_timeout", "compile", "max_image_pixels"}
 CONFIG_NAME = "config.yaml"
 #: held (``flock``) by the process that trains into a run directory
 LOCK_NAME = ".lock"

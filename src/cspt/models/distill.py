@@ -60,19 +60,19 @@ class TeacherGuidedMAE(MaskedAutoencoderViT):
         self._captured = output
 
     def forward(self, images: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None,
-                ids_shuffle: torch.Tensor | None = None,
+                ids_shuffle: torch.Tensor | None = None, valid: torch.Tensor | None = None,
                 teacher_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(loss, pred, mask)`` as the MAE's; with ``teacher_tokens`` ``(B, L, D_teacher)`` the loss is
         reconstruction + ``weight`` x distillation, and :attr:`last_parts` holds the two."""
         if teacher_tokens is None:
-            return super().forward(images, mask_ratio, noise, ids_shuffle)
+            return super().forward(images, mask_ratio, noise, ids_shuffle, valid)
         ratio = self.mask_ratio if mask_ratio is None else mask_ratio
         if ids_shuffle is None:
             ids_shuffle = masking_order(noise if noise is not None else
                                         torch.rand(images.shape[0], self.arch.grid_size**2, device=images.device))
         tokens, mask, ids_restore = self.forward_encoder(images, ratio, ids_shuffle=ids_shuffle)
         pred = self.forward_decoder(tokens, ids_restore)
-        reconstruction = self.forward_loss(images, pred, mask)
+        reconstruction = self.forward_loss(images, pred, mask, valid)
         student = (self._captured if self.block is not None else tokens)[:, self.num_prefix_tokens:]
         self._captured = None
         if self.target == "pooled":

@@ -178,24 +178,32 @@ class MaskedAutoencoderViT(VisionTransformer):
         std = (target.var(dim=-1, keepdim=True) + 1e-6).sqrt()
         return target, mean, std
 
-    def forward_loss(self, images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean squared error over the masked patches."""
+    def scored_patches(self, valid: torch.Tensor) -> torch.Tensor:
+        """``(B, L)`` 1.0 for the patches at least half of whose pixels hold data (``valid`` ``(B, H, W)``)."""
+        share = F.avg_pool2d(valid[:, None].float(), self.arch.patch_size)
+        return (share.flatten(1) >= 0.5).float()
+
+    def forward_loss(self, images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
+                     valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean squared error over the masked patches (with ``valid`` ``(B, H, W)``: those mostly with data)."""
         target, mean, std = self.patch_statistics(images)
         if self.norm_pix_loss:
             target = (target - mean) / std
         per_patch = (pred.float() - target.float()).pow(2).mean(dim=-1)
-        return (per_patch * mask).sum() / mask.sum().clamp(min=1)
+        scored = mask if valid is None else mask * self.scored_patches(valid)
+        return (per_patch * scored).sum() / scored.sum().clamp(min=1)
 
     def forward(
         self, images: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None,
-        ids_shuffle: torch.Tensor | None = None,
+        ids_shuffle: torch.Tensor | None = None, valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns ``(loss, pred, mask)``; ``noise`` ``(B, L)`` fixes the masks when given, or
-        ``ids_shuffle`` = :func:`masking_order` of it, computed beforehand (by the loader)."""
+        ``ids_shuffle`` = :func:`masking_order` of it, computed beforehand (by the loader); ``valid``
+        ``(B, H, W)`` leaves patches that are mostly without data out of the loss."""
         ratio = self.mask_ratio if mask_ratio is None else mask_ratio
         tokens, mask, ids_restore = self.forward_encoder(images, ratio, noise, ids_shuffle)
         pred = self.forward_decoder(tokens, ids_restore)
-        return self.forward_loss(images, pred, mask), pred, mask
+        return self.forward_loss(images, pred, mask, valid), pred, mask
 
     @torch.no_grad()
     def reconstruct(

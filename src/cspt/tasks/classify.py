@@ -13,8 +13,9 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.data import Mixup
@@ -35,18 +36,16 @@ from cspt.data.classification import (
     write_label_csv,
 )
 from cspt.data.files import find_images
-from cspt.data.images import ImageReadError, image_info
-from cspt.data.scaling import stage_statistics
+from cspt.data.images import ImageReadError, read_raw
 from cspt.engine.distributed import DistContext, barrier, is_main_process, resolve_device
 from cspt.engine.inference import Outputs, run_inference
 from cspt.engine.loading import default_num_workers
 from cspt.engine.optim import param_groups_layer_decay
 from cspt.engine.run_dir import has_checkpoint
-from cspt.engine.streaming import stream_strips
 from cspt.engine.trainer import Trainer, resolve_precision
 from cspt.errors import CsptError
 from cspt.export import write_weights
-from cspt.metrics import classification_metrics, write_confusion_csv
+from cspt.metrics import classification_metrics, segmentation_metrics, write_confusion_csv
 from cspt.models.classifier import NOT_FOR_CLASSIFIER, build_classifier
 from cspt.models.vit import ArchConfig
 from cspt.plots import plot_confusion
@@ -56,6 +55,7 @@ from cspt.tasks.common import (
     FineTuneTask,
     arch_of,
     check_normalisation,
+    contract_of,
     distributed_run,
     images_in,
     load_described,
@@ -63,7 +63,7 @@ from cspt.tasks.common import (
     resolved_encoder_fields,
     start_run,
 )
-from cspt.tasks.maps import normalised_windows, qualitative_colors, write_class_raster
+from cspt.tasks.maps import qualitative_colors, scene_strips, score_strips, write_class_raster
 
 log = logging.getLogger("cspt")
 
@@ -138,10 +138,10 @@ def load_classifier(checkpoint: str | Path) -> DescribedModel:
 
 # ---------------------------------------------------------------- evaluation
 
-def eval_dataset(data: LabelledSet, info: dict[str, Any]) -> LabelledImages:
-    arch = info["architecture"]
-    return LabelledImages(data, arch["img_size"], arch["in_chans"], *stage_statistics(info), train=False,
-                          crop_ratio=info["eval_crop_ratio"])
+def eval_dataset(data: LabelledSet, described: DescribedModel, max_image_pixels: int | None = None) -> LabelledImages:
+    """``data`` as a classifier's evaluation reads it: its pixel contract, resize and centre crop."""
+    return LabelledImages(data, described.contract(max_image_pixels), described.info["architecture"]["img_size"],
+                          train=False, crop_ratio=described.info["eval_crop_ratio"])
 
 
 def inference_workers(requested: int | None, device: torch.device) -> int:
@@ -182,13 +182,14 @@ def write_predictions(outputs: Outputs, paths: Sequence[Path], classes: Sequence
 
 
 def evaluate_classifier(checkpoint: str | Path, data: str | Path | None = None, output: str | Path | None = None,
-                        batch_size: int = EVAL_BATCH, device: str = "auto",
-                        num_workers: int | None = None) -> tuple[dict[str, Any], Path]:
+                        batch_size: int = EVAL_BATCH, device: str = "auto", num_workers: int | None = None,
+                        max_image_pixels: int | None = None) -> tuple[dict[str, Any], Path]:
     """Evaluate a classifier on ``data`` (default: its run's test split); returns metrics and folder.
 
     In a process group every process evaluates its share; the main one writes the files.
     """
-    model, info, weights = load_classifier(checkpoint)
+    described = load_classifier(checkpoint)
+    model, info, weights = described
     run_dir = weights.parent
     if data is not None:
         labelled = read_labelled(data, info["classes"])
@@ -201,8 +202,8 @@ def evaluate_classifier(checkpoint: str | Path, data: str | Path | None = None, 
             raise CsptError(f"{run_dir}: no {SPLITS_DIR}/test.csv; pass --data to evaluate on")
         labelled = read_label_csv(split, info["classes"])
         folder, source = Path(output) if output else run_dir, str(split)
-    outputs = classify_outputs(model, eval_dataset(labelled, info), torch.device(resolve_device(device)),
-                               batch_size, num_workers)
+    outputs = classify_outputs(model, eval_dataset(labelled, described, max_image_pixels),
+                               torch.device(resolve_device(device)), batch_size, num_workers)
     for message in outputs.skipped:
         log.warning("skipped unreadable image: %s", message)
     if len(outputs.labels) == 0:
@@ -217,14 +218,15 @@ def evaluate_classifier(checkpoint: str | Path, data: str | Path | None = None, 
 
 
 def predict_classifier(checkpoint: str | Path, images: Sequence[str], output: str | Path,
-                       batch_size: int = EVAL_BATCH, device: str = "auto",
-                       num_workers: int | None = None) -> Path:
+                       batch_size: int = EVAL_BATCH, device: str = "auto", num_workers: int | None = None,
+                       max_image_pixels: int | None = None) -> Path:
     """Write ``path,label,score`` for every readable image in ``images`` to the CSV ``output``."""
-    model, info, _ = load_classifier(checkpoint)
+    described = load_classifier(checkpoint)
+    model, info, _ = described
     files = find_images(list(images))
     data = LabelledSet(files, [0] * len(files), info["classes"])
-    outputs = classify_outputs(model, eval_dataset(data, info), torch.device(resolve_device(device)),
-                               batch_size, num_workers)
+    outputs = classify_outputs(model, eval_dataset(data, described, max_image_pixels),
+                               torch.device(resolve_device(device)), batch_size, num_workers)
     for message in outputs.skipped:
         log.warning("skipped unreadable image: %s", message)
     output = Path(output)
@@ -234,35 +236,89 @@ def predict_classifier(checkpoint: str | Path, images: Sequence[str], output: st
     return output
 
 
-def predict_scene_classes(checkpoint: str | Path, scenes: Sequence[str], output: str | Path, window: int,
-                          stride: int | None = None, blend: str = "none", device: str = "auto", batch_size: int = 32,
-                          probabilities: bool = False) -> Path:
-    """A class map of every (large) scene: each ``window`` x ``window`` window, resized to the model's input,
-    gets one class; written as ``NAME.tif``, georeferenced like the scene (see :mod:`cspt.tasks.maps`).
-    With ``stride`` below ``window`` and a smooth ``blend``, overlapping windows' scores are blended."""
-    model, info, _ = load_classifier(checkpoint)
-    torch_device = torch.device(resolve_device(device))
-    model = model.to(torch_device)
-    size = info["architecture"]["img_size"]
+def scene_forward(model: nn.Module, img_size: int, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Class scores of a batch of scene windows, each resized to the model's input, spread over its pixels."""
+    model = model.to(device).eval()
 
     def forward(crops: torch.Tensor) -> torch.Tensor:
-        inputs = F.interpolate(crops.to(torch_device), size=(size, size), mode="bilinear", antialias=True)
+        inputs = F.interpolate(crops.to(device), size=(img_size, img_size), mode="bilinear", antialias=True)
         return model(inputs)[:, :, None, None].expand(-1, -1, *crops.shape[-2:])
 
+    return forward
+
+
+def check_scene_windows(window: int, stride: int | None) -> int:
+    """The stride of scene windows (default: the window); a one-line error for gaps between windows."""
+    stride = stride or window
+    if window < 1 or not 1 <= stride <= window:
+        raise CsptError(f"--stride {stride} must lie in 1..{window} (the --window): a larger step leaves pixels no "
+                        "window covers")
+    return stride
+
+
+def predict_scene_classes(checkpoint: str | Path, scenes: Sequence[str], output: str | Path, window: int,
+                          stride: int | None = None, blend: str = "none", device: str = "auto", batch_size: int = 32,
+                          probabilities: bool = False, max_image_pixels: int | None = None) -> Path:
+    """A class map of every (large) scene: each ``window`` x ``window`` window, resized to the model's input,
+    gets one class; written as ``NAME.tif``, georeferenced like the scene, nodata where it has no data (see
+    :mod:`cspt.tasks.maps`). With ``stride`` below ``window`` and a smooth ``blend``, overlapping windows'
+    scores are blended."""
+    stride = check_scene_windows(window, stride)
+    described = load_classifier(checkpoint)
+    contract = described.contract(max_image_pixels)
+    forward = scene_forward(described.model, described.info["architecture"]["img_size"],
+                            torch.device(resolve_device(device)))
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
-    colors = qualitative_colors(len(info["classes"]))
+    colors = qualitative_colors(len(described.info["classes"]))
     for path in find_images(list(scenes), exclude=[folder]):
         try:
-            shape = image_info(path)
-            strips = stream_strips(forward, normalised_windows(path, info), shape.height, shape.width, window,
-                                   stride or window, blend, batch_size)
+            shape, strips = scene_strips(forward, path, contract, window, stride, blend, batch_size)
             write_class_raster(strips, path, folder, shape, colors, probabilities)
         except ImageReadError as err:
             log.warning("skipped unreadable scene: %s", err)
             continue
         log.info("%s: class map of %d x %d px windows written to %s", path, window, window, folder)
     return folder
+
+
+def evaluate_scene_classes(checkpoint: str | Path, scenes: Sequence[str], masks: Sequence[str], window: int,
+                           stride: int | None = None, blend: str = "none", device: str = "auto",
+                           batch_size: int = 32, ignore_index: int = 255,
+                           max_image_pixels: int | None = None) -> dict[str, Any]:
+    """Per-pixel scores of the class maps :func:`predict_scene_classes` writes against label rasters (``masks``,
+    one per scene, class indices in the classifier's order, ``ignore_index`` unscored): the same windows and
+    blend, so what is scored is what is written; pixels without data are not scored, and counted."""
+    if len(scenes) != len(masks):
+        raise CsptError(f"give one label raster per scene ({len(scenes)} scenes, {len(masks)} --masks)")
+    stride = check_scene_windows(window, stride)
+    described = load_classifier(checkpoint)
+    contract = described.contract(max_image_pixels)
+    classes = described.info["classes"]
+    forward = scene_forward(described.model, described.info["architecture"]["img_size"],
+                            torch.device(resolve_device(device)))
+    confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
+    invalid = 0
+    for scene, mask in zip(map(Path, scenes), map(Path, masks), strict=True):
+        labels = read_label_raster(mask, len(classes), ignore_index)
+        shape, strips = scene_strips(forward, scene, contract, window, stride, blend, batch_size)
+        if labels.shape != (shape.height, shape.width):
+            raise CsptError(f"{mask}: {labels.shape[1]} x {labels.shape[0]} pixels, its scene {scene} is "
+                            f"{shape.width} x {shape.height}")
+        scored = score_strips(strips, labels, len(classes), ignore_index)
+        confusion += scored.confusion
+        invalid += scored.invalid
+    return {**segmentation_metrics(confusion, classes), "invalid_pixels": invalid, "scenes": len(scenes)}
+
+
+def read_label_raster(path: Path, classes: int, ignore_index: int) -> np.ndarray:
+    """A one-band raster of class indices (``ignore_index``: not scored), checked against ``classes``."""
+    labels = read_raw(path).values[..., 0].astype(np.int64)
+    bad = np.unique(labels[(labels != ignore_index) & ((labels < 0) | (labels >= classes))])
+    if bad.size:
+        raise CsptError(f"{path}: class indices {', '.join(map(str, bad[:8]))} outside 0-{classes - 1} (and "
+                        f"ignore {ignore_index})")
+    return labels
 
 
 # ---------------------------------------------------------------- fine-tuning
@@ -322,9 +378,10 @@ class ClassifyTask(FineTuneTask):
 
     def train_data(self) -> tuple[LabelledImages, Any]:
         cfg = self.config
-        check_normalisation(self.splits["train"].paths, cfg, self.dist.is_main)
-        dataset = LabelledImages(self.splits["train"], cfg.img_size, cfg.in_chans, *stage_statistics(cfg), train=True,
-                                 min_scale=cfg.min_scale, rand_augment=cfg.rand_augment, reprob=cfg.reprob)
+        contract = contract_of(cfg)
+        check_normalisation(self.splits["train"].paths, contract, self.dist.is_main)
+        dataset = LabelledImages(self.splits["train"], contract, cfg.img_size, train=True, min_scale=cfg.min_scale,
+                                 rand_augment=cfg.rand_augment, reprob=cfg.reprob)
         return dataset, collate_labelled
 
     def training_step(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
@@ -356,7 +413,7 @@ class ClassifyTask(FineTuneTask):
             return None
         done = epoch + 1
         net = self.ema_model(model)
-        val = LabelledImages(self.splits["val"], cfg.img_size, cfg.in_chans, *stage_statistics(cfg), train=False,
+        val = LabelledImages(self.splits["val"], contract_of(cfg), cfg.img_size, train=False,
                              crop_ratio=cfg.eval_crop_ratio)
         outputs = classify_outputs(net, val, next(net.parameters()).device, num_workers=cfg.num_workers,
                                    precision=cfg.precision)
@@ -384,8 +441,7 @@ class ClassifyTask(FineTuneTask):
                  "label_fraction": cfg.label_fraction, "epochs": cfg.epochs, "selected": selected,
                  "config": dataclasses.asdict(cfg)}
         return {"task": "classify", "architecture": self.arch.to_dict(), "format": "timm",
-                "classes": self.classes, "global_pool": cfg.global_pool, "mean": cfg.mean, "std": cfg.std,
-                "bands": cfg.bands, "scale_low": cfg.scale_low, "scale_high": cfg.scale_high,
+                "classes": self.classes, "global_pool": cfg.global_pool, "pixels": contract_of(cfg).to_dict(),
                 "eval_crop_ratio": cfg.eval_crop_ratio, "selected": selected, "lineage": self.parents + [stage]}
 
     def state_dict(self) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -16,9 +16,10 @@ from torch import nn
 
 from cspt.checkpoints import Checkpoint, description_of, load_checkpoint, load_into_model
 from cspt.config import EncoderConfig, PyramidConfig, TrainConfig, save_config
-from cspt.data.images import ImageReadError, image_info, set_band_selection
+from cspt.data.images import ImageReadError
 from cspt.data.normalisation import log_normalisation, resolve_normalisation
-from cspt.data.scaling import data_type, input_statistics, resolve_scaling, stage_statistics
+from cspt.data.pixels import PixelContract, write_contract
+from cspt.data.scaling import data_type, resolve_scaling
 from cspt.data.stats import normalisation_mismatch
 from cspt.engine.distributed import DistContext, all_gather_objects, setup_distributed, shutdown_distributed
 from cspt.engine.run_dir import (
@@ -46,64 +47,113 @@ SPLITS_DIR = "splits"
 
 def resolved_encoder_fields(config: EncoderConfig, init: Checkpoint | None,
                             data_files: Callable[[], list[Path]] = list) -> dict[str, Any]:
-    """Architecture (flags > preset > ``init`` shapes), mean/std and pixel scaling, as config field values.
+    """Architecture (flags > preset > ``init`` shapes) and the pixel contract's fields (bands, nodata, mean/std,
+    scaling), as config field values.
 
     ``data_files`` lists the training images, for a scaling measured on them (``--scale``).
     """
     explicit = {k: getattr(config, k, None) for k in ARCH_KEYS}
-    set_band_selection(None)
     if config.bands:
         explicit["in_chans"] = explicit["in_chans"] or len(config.bands)
-        check_band_selection(config.bands, data_files)
-        set_band_selection(config.bands)
     arch = resolve_arch(explicit, config.model, init.arch if init else {})
     names = {f.name for f in dataclasses.fields(config)}
     fields = {k: v for k, v in arch.to_dict().items() if k in names}
-    recorded = (init.normalisation, init.path) if init is not None else (None, None)
-    fields["mean"], fields["std"] = resolve_normalisation(config.mean, config.std, arch.in_chans, *recorded)
+    recorded = recorded_contract(init) if init is not None else None
+    recorded_stats = (recorded.mean, recorded.std) if recorded is not None else None
+    fields["mean"], fields["std"] = resolve_normalisation(config.mean, config.std, arch.in_chans,
+                                                          recorded_stats, init.path if init else None)
+    contract = PixelContract(tuple(fields["mean"]), tuple(fields["std"]),
+                             tuple(config.bands) if config.bands else None, nodata=config.nodata,
+                             max_image_pixels=config.max_image_pixels or None)
+    files = functools.cache(data_files)
+    check_data_bands(contract, files)
     if config.scale_low and config.scale_high:
         return fields
-    files = functools.cache(data_files)
-    scaling = resolve_scaling(config.scale, arch.in_chans, fields["mean"], fields["std"], files,
-                              init.scaling if init is not None else None, config.mean is not None)
+    scaling = resolve_scaling(config.scale, contract, files, recorded, config.mean is not None)
     if scaling is not None:
         log.info("scaling: %s", scaling.describe(data_type(files())))
         fields["scale_low"], fields["scale_high"] = scaling.low, scaling.high
     return fields
 
 
-def checkpoint_statistics(checkpoint: Checkpoint, bands: int, mean: list[float] | None = None,
-                          std: list[float] | None = None) -> tuple[tuple[list[float], list[float]],
-                                                                    tuple[list[float], list[float]]]:
-    """What a checkpoint's encoder is fed, for the tools that read one (probes, ``visualize``).
+def contract_of(config: EncoderConfig) -> PixelContract:
+    """The pixel contract a resolved stage config describes."""
+    scaled = bool(config.scale_low and config.scale_high)
+    return PixelContract(tuple(config.mean), tuple(config.std), tuple(config.bands) if config.bands else None,
+                         tuple(config.scale_low) if scaled else None, tuple(config.scale_high) if scaled else None,
+                         config.nodata, f"--scale {config.scale}" if scaled else "dtype",
+                         config.max_image_pixels or None)
 
-    Returns the model-side mean/std (``mean``/``std`` when given, else the recorded ones,
-    else the default) and the mean/std that normalise raw pixels for it: its recorded
-    scaling folded in, unless ``mean``/``std`` were given (they are then on the dtype scale,
-    as in every stage). Every reader gets the bands it was trained on; both are logged.
+
+def recorded_contract(checkpoint: Checkpoint) -> PixelContract | None:
+    """The pixel contract a checkpoint's weights were trained with: the one its cspt description records,
+    else plain dtype scaling with the normalisation a stored config gives; None when nothing records one."""
+    described = checkpoint.described
+    if isinstance(described.get("pixels"), dict) or isinstance(described.get("mean"), list):
+        return PixelContract.from_description(described, None, checkpoint.path)
+    if checkpoint.normalisation is None:
+        return None
+    mean, std = checkpoint.normalisation
+    return PixelContract(tuple(mean), tuple(std), scaling=f"dtype, recorded with {checkpoint.path}")
+
+
+def checkpoint_contract(checkpoint: Checkpoint, bands: int, mean: Sequence[float] | None = None,
+                        std: Sequence[float] | None = None, max_image_pixels: int | None = None) -> PixelContract:
+    """What a checkpoint's encoder is fed, for the tools that read one (probes, ``visualize``, ``gap``).
+
+    Its recorded contract (bands, nodata, scaling, normalisation), else the default
+    normalisation for ``bands`` bands on the dtype scale; ``mean``/``std`` when given replace the
+    normalisation and drop the recorded scaling (they are then on the dtype scale, as in every
+    stage). Logged.
     """
-    set_band_selection(checkpoint.described.get("bands"))
-    model = resolve_normalisation(mean, std, bands, checkpoint.normalisation, checkpoint.path)
-    log_normalisation(*model, checkpoint.normalisation, checkpoint.path)
-    scaling = checkpoint.scaling if mean is None else None
-    if scaling is None or not scaling.low:
-        return model, model
-    log.info("scaling: %s", scaling.describe())
-    return model, input_statistics(*model, scaling.low, scaling.high)
+    recorded = recorded_contract(checkpoint)
+    if recorded is not None and recorded.in_chans != bands:
+        log.warning("normalisation: %s records a %d-band pixel contract, the model has %d bands: not used",
+                    checkpoint.path, recorded.in_chans, bands)
+        recorded = None
+    contract = recorded or PixelContract(*map(tuple, resolve_normalisation(None, None, bands)))
+    if mean is not None or std is not None:
+        given = resolve_normalisation(mean, std, bands, (list(contract.mean), list(contract.std)))
+        contract = contract.replace(mean=tuple(given[0]), std=tuple(given[1]), low=None, high=None,
+                                    scaling="dtype")
+    if max_image_pixels is not None:
+        contract = contract.replace(max_image_pixels=max_image_pixels or None)
+    log.info("pixels: %s (%s)", contract.describe(),
+             f"recorded with {checkpoint.path}" if recorded is not None else "defaults")
+    return contract
 
 
-def check_band_selection(bands: list[int], data_files: Callable[[], list[Path]]) -> None:
-    """Refuse ``--bands`` beyond the first readable training image's bands, in one line, before any loader
-    starts."""
-    for path in data_files():
+def source_contract(target: PixelContract, files: Sequence[Path], role: str) -> PixelContract:
+    """How images of another source (replay, a probe's source set, ``gap``'s source) become inputs of a model
+    fed by ``target``: the model's mean/std, every band of the source files (grey, or the model's band count),
+    and their own scaling (``auto``: the dtype scale for 8-bit photos, else measured on them)."""
+    contract = PixelContract(target.mean, target.std, max_image_pixels=target.max_image_pixels)
+    for path in files:
         try:
-            available = image_info(path).bands
+            contract.info(path)
         except ImageReadError:
             continue
-        outside = [b for b in bands if not 1 <= b <= available]
-        if outside:
-            raise CsptError(f"{path}: --bands {outside[0]} is out of range: the file has {available} band(s), "
-                            "numbered from 1")
+        except CsptError as err:
+            raise CsptError(f"{role}: {err} (the model's own data: {target.in_chans} band(s), --bands "
+                            f"{' '.join(map(str, target.bands or [])) or 'all'})") from None
+        break
+    scaling = resolve_scaling("auto", contract, lambda: files)
+    if scaling is not None:
+        log.info("%s scaling: %s", role, scaling.describe(data_type(files)))
+        contract = contract.replace(low=tuple(scaling.low), high=tuple(scaling.high), scaling=scaling.method)
+    return contract
+
+
+def check_data_bands(contract: PixelContract, data_files: Callable[[], list[Path]]) -> None:
+    """Refuse a band selection beyond the first readable training image's bands, in one line, before any
+    loader starts."""
+    if not contract.bands:
+        return
+    for path in data_files():
+        try:
+            contract.info(path)
+        except ImageReadError:
+            continue
         return
 
 
@@ -121,11 +171,12 @@ def images_in(sources: list[str | None]) -> Callable[[], list[Path]]:
     return listed
 
 
-def check_normalisation(files: list[Path], config: EncoderConfig, is_main: bool) -> None:
-    """Say in one line, before training, when the run's scaling and mean/std do not fit its training images."""
+def check_normalisation(files: list[Path], contract: PixelContract, is_main: bool) -> None:
+    """Say in one line, before training, when the run's pixel contract does not fit its training images."""
     if not is_main or not files:
         return
-    mismatch = normalisation_mismatch(files, *stage_statistics(config))
+    log.info("pixels: %s", contract.describe())
+    mismatch = normalisation_mismatch(files, contract)
     if mismatch:
         log.warning("%s", mismatch)
 
@@ -185,8 +236,8 @@ def start_run(cls: type[C], config: C, resume: str | Path | bool | None, overrid
 @contextmanager
 def distributed_run(config: TrainConfig, run_dir: Path) -> Iterator[DistContext]:
     """Join the process group (under torchrun); the main process locks ``run_dir`` for the run's
-    lifetime (:func:`~cspt.engine.run_dir.run_lock`) and writes its ``config.yaml``."""
-    set_band_selection(getattr(config, "bands", None))
+    lifetime (:func:`~cspt.engine.run_dir.run_lock`) and writes its ``config.yaml`` (and, for a stage that
+    feeds an encoder, its pixel contract, ``pixels.json``)."""
     dist = setup_distributed(config.device, config.dist_timeout)
     try:
         with ExitStack() as stack:
@@ -201,6 +252,8 @@ def distributed_run(config: TrainConfig, run_dir: Path) -> Iterator[DistContext]
                 raise CsptError(refusal)
             if dist.is_main:
                 save_config(config, run_dir / "config.yaml")
+                if isinstance(config, EncoderConfig):
+                    write_contract(contract_of(config), run_dir)
             yield dist
     finally:
         shutdown_distributed()
@@ -223,15 +276,20 @@ class DescribedModel(NamedTuple):
     """A stage's model rebuilt from its exported weights."""
 
     model: nn.Module
-    info: dict[str, Any]  #: the JSON description: architecture, classes, normalisation, lineage
+    info: dict[str, Any]  #: the JSON description: architecture, classes, pixel contract, lineage
     path: Path  #: the weights file
+
+    def contract(self, max_image_pixels: int | None = None) -> PixelContract:
+        """The pixel contract the model was trained with (``max_image_pixels``: replace its pixel limit; 0:
+        none)."""
+        contract = PixelContract.from_description(self.info, self.info["architecture"]["in_chans"], self.path)
+        return contract if max_image_pixels is None else contract.replace(max_image_pixels=max_image_pixels or None)
 
 
 def load_described(checkpoint: str | Path, file_name: str, task: str,
                    build: Callable[[dict[str, Any]], nn.Module]) -> DescribedModel:
     """Rebuild a stage's model from its description and load its weights strictly."""
     path, info = described_weights(checkpoint, file_name, task)
-    set_band_selection(info.get("bands"))
     model = build(info)
     try:
         model.load_state_dict(load_file(str(path)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,8 +26,8 @@ from cspt.config import DetectConfig
 from cspt.data.detection import Annotations, Scene, read_annotations
 from cspt.data.files import find_images
 from cspt.data.georaster import georeference_of, write_boxes
-from cspt.data.images import ImageReadError, display_rgb, image_info, read_image, read_valid
-from cspt.data.scaling import stage_statistics, to_display
+from cspt.data.images import ImageReadError, display_rgb
+from cspt.data.pixels import PixelContract
 from cspt.data.scene_tiles import DetectionTiles, collate_tiles, make_tiles, read_window
 from cspt.engine.distributed import all_gather_objects, barrier, resolve_device, shard
 from cspt.engine.optim import param_groups_layer_decay
@@ -42,6 +43,7 @@ from cspt.tasks.common import (
     FineTuneTask,
     arch_of,
     check_normalisation,
+    contract_of,
     distributed_run,
     images_in,
     load_described,
@@ -64,8 +66,10 @@ MISSED_COLOUR = (0, 200, 255)  #: outline of a labelled object no detection foun
 # ---------------------------------------------------------------- inference and evaluation
 
 def model_from_description(info: dict[str, Any], drop_path: float = 0.0) -> nn.Module:
+    """The detector a description describes; it normalises its inputs with the pixel contract's mean/std."""
+    contract = PixelContract.from_description(info, info["architecture"]["in_chans"])
     return build_detector(ArchConfig.from_dict(info["architecture"]), len(info["classes"]),
-                          *stage_statistics(info), info["pyramid"], info["taps"], info["fpn_channels"],
+                          contract.mean, contract.std, info["pyramid"], info["taps"], info["fpn_channels"],
                           info["anchor_sizes"], info["detections_per_image"], info["score_threshold"],
                           info["roi_samples"], drop_path, info["nms_iou"], info.get("box_head", "mlp"),
                           info.get("rpn_proposals"))
@@ -79,48 +83,60 @@ def as_detections(found: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def detect_scene(model: nn.Module, image: Path, height: int, width: int, info: dict[str, Any],
-                 device: torch.device, autocast: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+                 contract: PixelContract, device: torch.device,
+                 autocast: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Boxes (scene pixels), scores and 0-based class indices of a whole scene, by sliding windows read
-    one by one (windows without data are not run)."""
-    size, in_chans = info["tile_size"], info["architecture"]["in_chans"]
+    one by one through ``contract`` (windows without data are not run; their pixels without data are
+    at the normalised zero); evaluation and prediction both run this."""
+    size = info["tile_size"]
     nothing = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
 
     def predict(offsets: list[tuple[int, int]]) -> list[dict]:
-        with_data = [read_valid(image, (top, left, min(size, height - top), min(size, width - left))).any()
-                     for top, left in offsets]
-        windows = [read_window(image, height, width, top, left, size, in_chans).to(device)
-                   for (top, left), valid in zip(offsets, with_data, strict=True) if valid]
-        if not windows:
+        windows = [read_window(contract, image, height, width, top, left, size) for top, left in offsets]
+        with_data = [bool(window.valid.any()) for window in windows]
+        inputs = [window.image.to(device) for window, valid in zip(windows, with_data, strict=True) if valid]
+        if not inputs:
             return [nothing] * len(offsets)
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-            found = iter(model(windows))
+            found = iter(model(inputs))
         return [as_detections(next(found)) if valid else nothing for valid in with_data]
 
     model.eval()
     return sliding_window_detections(predict, height, width, size, info["tile_overlap"], info["nms_iou"])
 
 
-def ground_truth(scene: Scene, classes: Sequence[str]) -> dict[str, torch.Tensor]:
+def ground_truth(scene: Scene, classes: Sequence[str],
+                 contract: PixelContract | None = None) -> dict[str, torch.Tensor]:
+    """A scene's labelled objects as metrics take them; with ``contract``, objects mostly over pixels without
+    data count as difficult (neither a hit nor a miss)."""
     index = {name: i for i, name in enumerate(classes)}
+    difficult = torch.from_numpy(scene.difficult).clone()
+    if contract is not None and len(scene.boxes) and contract.may_lack_data(scene.image):
+        for number, (x1, y1, x2, y2) in enumerate(scene.boxes.tolist()):
+            left, top = int(x1), int(y1)
+            box = (top, left, max(1, math.ceil(y2) - top), max(1, math.ceil(x2) - left))
+            difficult[number] |= bool(contract.valid(scene.image, box).mean() < 0.5)
     return {"boxes": torch.from_numpy(scene.boxes).float(),
             "labels": torch.tensor([index[label] for label in scene.labels], dtype=torch.long),
-            "difficult": torch.from_numpy(scene.difficult)}
+            "difficult": difficult}
 
 
-def evaluate_scenes(model: nn.Module, scenes: Sequence[Scene], info: dict[str, Any], device: torch.device,
-                    precision: str = "auto") -> tuple[dict[str, Any], list[dict]]:
-    """VOC mAP@0.5 (per class, difficult ignored) and COCO mAP of whole-scene detections.
+def evaluate_scenes(model: nn.Module, scenes: Sequence[Scene], info: dict[str, Any], contract: PixelContract,
+                    device: torch.device, precision: str = "auto") -> tuple[dict[str, Any], list[dict]]:
+    """VOC mAP@0.5 (per class, difficult ignored) and COCO mAP of whole-scene detections (every scene's
+    detections counted, those without objects included).
 
     In a process group every process must call it: each detects in its share of the
     scenes, and all of them get the metrics and detections of every scene.
     """
     autocast = resolve_precision(precision, device)
     model = model.to(device)
-    mine = {i: detect_scene(model, scenes[i].image, scenes[i].height, scenes[i].width, info, device, autocast)
+    mine = {i: detect_scene(model, scenes[i].image, scenes[i].height, scenes[i].width, info, contract, device,
+                            autocast)
             for i in shard(range(len(scenes)))}
     found = {i: d for part in all_gather_objects(mine) for i, d in part.items()}
     detections = [found[i] for i in range(len(scenes))]
-    truths = [ground_truth(s, info["classes"]) for s in scenes]
+    truths = [ground_truth(s, info["classes"], contract) for s in scenes]
     metrics = {**voc_map(detections, truths, info["classes"]), **coco_map(detections, truths),
                "scenes": len(scenes), "objects": int(sum(len(t["labels"]) for t in truths))}
     return metrics, detections
@@ -131,12 +147,14 @@ def load_detector(checkpoint: str | Path) -> DescribedModel:
 
 
 def evaluate_detector(checkpoint: str | Path, annotations: str | None = None, images: str | None = None,
-                      fmt: str = "auto", output: str | Path | None = None, device: str = "auto",
-                      draw: bool = False) -> tuple[dict[str, Any], Path]:
+                          fmt: str = "auto", output: str | Path | None = None, device: str = "auto",
+                      draw: bool = False, max_image_pixels: int | None = None) -> tuple[dict[str, Any], Path]:
     """Evaluate on ``annotations`` + ``images`` (default: the run's validation set, into the run's
     metrics.json with its operating point); with ``draw``, also ``drawn/NAME.png``: each scene's detections against
     its labels (:func:`draw_against_labels`)."""
-    model, info, weights = load_detector(checkpoint)
+    described = load_detector(checkpoint)
+    model, info, weights = described
+    contract = described.contract(max_image_pixels)
     run_dir = weights.parent
     own_validation = annotations is None
     if own_validation:
@@ -149,13 +167,13 @@ def evaluate_detector(checkpoint: str | Path, annotations: str | None = None, im
             raise CsptError("--annotations needs --images (the folder of the annotated images)")
         folder = Path(output) if output else run_dir / "evaluation" / Path(annotations).stem
     scenes = read_annotations(annotations, images, fmt, info["classes"], info.get("class_field", "class")).scenes
-    metrics, detections = evaluate_scenes(model, scenes, info, torch.device(resolve_device(device)))
+    metrics, detections = evaluate_scenes(model, scenes, info, contract, torch.device(resolve_device(device)))
     metrics.update(checkpoint=str(weights), annotations=str(annotations))
     if own_validation:  # which weights were kept, and the operating point chosen on training tiles, stay
         metrics.update({k: info[k] for k in ("selected", "operating_point") if k in info})
     folder.mkdir(parents=True, exist_ok=True)
     for scene, found in zip(scenes, detections, strict=True) if draw else ():
-        draw_against_labels(scene, found, info, folder / "drawn" / f"{scene.image.stem}.png")
+        draw_against_labels(scene, found, info, contract, folder / "drawn" / f"{scene.image.stem}.png")
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log.info("mAP@0.5 (VOC) %.4f, mAP@[.5:.95] (COCO) %.4f on %d scenes", metrics["map50"], metrics["map"],
              len(scenes))
@@ -163,12 +181,16 @@ def evaluate_detector(checkpoint: str | Path, annotations: str | None = None, im
 
 
 def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str | Path, draw: bool = False,
-                     device: str = "auto", draw_score: float | None = None, vector_format: str = "gpkg") -> Path:
+                     device: str = "auto", draw_score: float | None = None, vector_format: str = "gpkg",
+                     max_image_pixels: int | None = None) -> Path:
     """``detections.json`` (COCO style, with scores, pixel coordinates), ``dota/NAME.txt``, for a
     georeferenced scene ``NAME.gpkg`` (or ``vector_format``: geojson, shp) of the boxes as polygons in its
     CRS with class and score, and, with ``draw``, ``drawn/NAME.png`` (the detections scoring at least
-    ``draw_score``; default: the operating point chosen on the training scenes, else 0.5)."""
-    model, info, _ = load_detector(checkpoint)
+    ``draw_score``; default: the operating point chosen on the training scenes, else 0.5). A scene that
+    cannot be read is named in the log and skipped; the others are written."""
+    described = load_detector(checkpoint)
+    model, info, _ = described
+    contract = described.contract(max_image_pixels)
     if draw_score is None:
         draw_score = drawing_threshold(info)
     torch_device = torch.device(resolve_device(device))
@@ -180,11 +202,11 @@ def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str 
     model = model.to(torch_device)
     for image_id, path in enumerate(find_images(list(images), exclude=[folder]), 1):
         try:
-            size = image_info(path)
+            size = contract.info(path)
+            found = detect_scene(model, path, size.height, size.width, info, contract, torch_device)
         except ImageReadError as err:
             log.warning("skipped unreadable image: %s", err)
             continue
-        found = detect_scene(model, path, size.height, size.width, info, torch_device)
         coco["images"].append({"id": image_id, "file_name": str(path), "height": size.height, "width": size.width})
         lines = []
         for box, score, label in zip(found["boxes"].tolist(), found["scores"].tolist(), found["labels"].tolist(),
@@ -205,7 +227,7 @@ def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str 
         if draw:
             confident = found["scores"] >= draw_score
             draw_boxes(path, {k: v[confident] for k, v in found.items()}, classes,
-                       folder / "drawn" / f"{path.stem}.png", info)
+                       folder / "drawn" / f"{path.stem}.png", contract)
     (folder / "detections.json").write_text(json.dumps(coco) + "\n")
     log.info("%d detections in %d images", len(coco["annotations"]), len(coco["images"]))
     return folder
@@ -217,14 +239,14 @@ def drawing_threshold(info: dict[str, Any]) -> float:
 
 
 def draw_boxes(image: Path, found: dict[str, torch.Tensor], classes: Sequence[str], target: Path,
-               info: dict[str, Any], truth: dict[str, torch.Tensor] | None = None) -> None:
+               contract: PixelContract, truth: dict[str, torch.Tensor] | None = None) -> None:
     """The image (as the model's scaling shows it) with its boxes; class and score beside each (when few).
 
     Without ``truth`` every box is red. With ``truth`` (the image's labelled objects) a detection
     matching one at IoU 0.5 (VOC's rule) is green, a false alarm red, one on a difficult object grey,
     and each labelled object that no detection found is outlined in cyan.
     """
-    canvas = Image.fromarray(display_rgb(to_display(read_image(image), info.get("scale_low"), info.get("scale_high"))))
+    canvas = Image.fromarray(display_rgb(contract.read(image).image.permute(1, 2, 0).numpy()))
     pen = ImageDraw.Draw(canvas)
     colours = [OUTCOME_COLOURS[0]] * len(found["scores"])
     if truth is not None:
@@ -241,12 +263,13 @@ def draw_boxes(image: Path, found: dict[str, torch.Tensor], classes: Sequence[st
     canvas.save(target)
 
 
-def draw_against_labels(scene: Scene, found: dict[str, torch.Tensor], info: dict[str, Any], target: Path) -> Path:
+def draw_against_labels(scene: Scene, found: dict[str, torch.Tensor], info: dict[str, Any], contract: PixelContract,
+                        target: Path) -> Path:
     """``target``: the scene's detections scoring at least :func:`drawing_threshold`, hits and false alarms
     told apart against its labelled objects, the missed ones outlined."""
     confident = found["scores"] >= drawing_threshold(info)
-    draw_boxes(scene.image, {k: v[confident] for k, v in found.items()}, info["classes"], target, info,
-               ground_truth(scene, info["classes"]))
+    draw_boxes(scene.image, {k: v[confident] for k, v in found.items()}, info["classes"], target, contract,
+               ground_truth(scene, info["classes"], contract))
     return target
 
 
@@ -295,12 +318,13 @@ class DetectTask(FineTuneTask):
 
     def train_data(self) -> tuple[DetectionTiles, Any]:
         cfg = self.config
-        check_normalisation([scene.image for scene in self.train.scenes], cfg, self.dist.is_main)
+        contract = contract_of(cfg)
+        check_normalisation([scene.image for scene in self.train.scenes], contract, self.dist.is_main)
         tiles = make_tiles(self.train.scenes, cfg.tile_size, cfg.tile_overlap, cfg.min_visible, cfg.empty_tiles,
-                           cfg.seed)
+                           cfg.seed, contract)
         log.info("training tiles: %d of %d px from %d scenes (%d objects)", len(tiles), cfg.tile_size,
                  len(self.train.scenes), self.train.count_boxes())
-        return DetectionTiles(self.train.scenes, tiles, self.train.classes, cfg.tile_size, cfg.in_chans,
+        return DetectionTiles(self.train.scenes, tiles, self.train.classes, cfg.tile_size, contract,
                               cfg.min_visible, cfg.scale_range, photometric=cfg.photometric), collate_tiles
 
     def training_step(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
@@ -313,7 +337,7 @@ class DetectTask(FineTuneTask):
         if not self.evaluates_after(epoch, self.val is not None):
             return None
         done = epoch + 1
-        metrics, found = evaluate_scenes(model, self.val.scenes, self.describe(run_dir, ""),
+        metrics, found = evaluate_scenes(model, self.val.scenes, self.describe(run_dir, ""), contract_of(cfg),
                                          next(model.parameters()).device, cfg.precision)
         model.train()
         improved = self.improves(metrics["map50"], epoch)
@@ -343,8 +367,9 @@ class DetectTask(FineTuneTask):
         if self.val is not None:
             held = self.kept_detections  # computed when the kept weights were chosen (not after a resume)
             if held is None:
-                _, held = evaluate_scenes(kept, self.val.scenes, info, device, self.config.precision)
-            truths = [ground_truth(s, info["classes"]) for s in self.val.scenes]
+                _, held = evaluate_scenes(kept, self.val.scenes, info, contract_of(self.config), device,
+                                          self.config.precision)
+            truths = [ground_truth(s, info["classes"], contract_of(self.config)) for s in self.val.scenes]
             point["validation"] = precision_recall_at(held, truths, len(info["classes"]), chosen["threshold"])
         if self.dist.is_main:
             write_sidecar(weights, {**info, "operating_point": point})
@@ -363,10 +388,10 @@ class DetectTask(FineTuneTask):
         every process detecting its share."""
         cfg = self.config
         tiles = make_tiles(self.train.scenes, cfg.tile_size, cfg.tile_overlap, cfg.min_visible, cfg.empty_tiles,
-                           cfg.seed)
+                           cfg.seed, contract_of(cfg))
         if len(tiles) > OPERATING_TILES:
             tiles = [tiles[i] for i in sorted(random.Random(cfg.seed).sample(range(len(tiles)), OPERATING_TILES))]
-        dataset = DetectionTiles(self.train.scenes, tiles, info["classes"], cfg.tile_size, cfg.in_chans,
+        dataset = DetectionTiles(self.train.scenes, tiles, info["classes"], cfg.tile_size, contract_of(cfg),
                                  cfg.min_visible, augment=False)
         model = model.to(device).eval()
         mine = {}
@@ -391,11 +416,12 @@ class DetectTask(FineTuneTask):
         stage = {"stage": "fine-tuning (object detection)", "run": str(run_dir), "data": cfg.train,
                  "train_scenes": len(self.train.scenes), "epochs": cfg.epochs, "selected": selected,
                  "config": dataclasses.asdict(cfg)}
-        keys = ("mean", "std", "bands", "scale_low", "scale_high", "pyramid", "taps", "fpn_channels", "anchor_sizes",
+        keys = ("pyramid", "taps", "fpn_channels", "anchor_sizes",
                 "rpn_proposals", "roi_samples", "box_head", "detections_per_image", "score_threshold", "tile_size",
                 "tile_overlap", "nms_iou", "val", "format", "class_field")
         return {"task": "detect", "architecture": self.arch.to_dict(), "format_of_weights": "cspt detector",
-                "classes": self.train.classes, **{k: getattr(cfg, k) for k in keys},
+                "classes": self.train.classes, "pixels": contract_of(cfg).to_dict(),
+                **{k: getattr(cfg, k) for k in keys},
                 "val_images": cfg.val_images or cfg.images, "selected": selected,
                 "lineage": self.parents + [stage]}
 

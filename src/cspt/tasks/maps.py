@@ -1,21 +1,26 @@
-"""Class maps of whole scenes, shared by the dense and scene-classification predictors: the model's
-input windows read from a file, and the streamed strips written as a georeferenced class GeoTIFF."""
+"""Class maps of whole scenes, shared by the dense and scene-classification tasks: the one inference function
+over a scene (:func:`scene_strips`), what evaluation scores of it, and what prediction writes of it.
+
+Evaluation and prediction both call :func:`scene_strips`, so what is scored is what is written:
+the same windows, read through the same pixel contract, blended the same way; pixels
+without data are never predicted, never scored, and written as nodata.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from cspt.data.georaster import NO_CLASS, RasterWriter, georeference_of
+from cspt.data.georaster import NO_CLASS, PROBABILITY_NODATA, RasterWriter, georeference_of
 from cspt.data.images import ImageInfo
-from cspt.data.sampling import band_tensors, read_masked_bands
-from cspt.data.scaling import stage_statistics
-from cspt.engine.streaming import Box, Strip, Window
+from cspt.data.pixels import PixelContract
+from cspt.engine.streaming import Box, Strip, Window, stream_strips
+from cspt.metrics import segmentation_confusion
 
 
 def qualitative_colors(count: int) -> np.ndarray:
@@ -26,20 +31,28 @@ def qualitative_colors(count: int) -> np.ndarray:
     return np.array([[round(255 * c) for c in cmap(i % 20)[:3]] for i in range(count)], np.uint8)
 
 
-def normalised_windows(path: Path, info: dict[str, Any]) -> Callable[[Box], Window]:
-    """Read a window of ``path`` as the model's input: scaled, normalised, nodata pixels at the mean (0)."""
-    in_chans = info["architecture"]["in_chans"]
-    mean, std = band_tensors(*stage_statistics(info), in_chans)
+def contract_windows(path: Path, contract: PixelContract) -> Callable[[Box], Window]:
+    """Read a window of ``path`` as the model's input: through the contract, normalised, invalid pixels 0."""
 
     def read(box: Box) -> Window:
-        pixels, valid = read_masked_bands(path, in_chans, box)
-        return ((pixels - mean) / std) * valid, valid
+        pixels = contract.read(path, box)
+        return contract.normalise(pixels), pixels.valid
 
     return read
 
 
+def scene_strips(forward: Callable[[torch.Tensor], torch.Tensor], path: Path, contract: PixelContract,
+                 window: int, stride: int, blend: str = "cosine", batch_size: int = 8) -> tuple[ImageInfo,
+                                                                                              Iterator[Strip]]:
+    """The scene's size, and its per-pixel scores strip by strip (:func:`~cspt.engine.streaming.stream_strips`
+    over windows read through ``contract``): evaluation and prediction both run this."""
+    info = contract.info(path)
+    return info, stream_strips(forward, contract_windows(path, contract), info.height, info.width, window, stride,
+                               blend, batch_size)
+
+
 def strip_labels(strip: Strip) -> np.ndarray:
-    """A strip's class indices, ``NO_CLASS`` where no window predicted."""
+    """A strip's class indices, ``NO_CLASS`` where no window predicted (no data)."""
     if not len(strip.values):
         return np.full(strip.valid.shape, NO_CLASS, dtype=np.uint8)
     labels = strip.values.argmax(0).to(torch.uint8)
@@ -47,17 +60,44 @@ def strip_labels(strip: Strip) -> np.ndarray:
     return labels.numpy()
 
 
+@dataclass
+class ScoredScene:
+    """What evaluation counted on one scene."""
+
+    confusion: torch.Tensor
+    invalid: int = 0  #: pixels without data (neither predicted nor scored)
+
+
+def score_strips(strips: Iterable[Strip], labels: np.ndarray, classes: int, ignore_index: int) -> ScoredScene:
+    """The confusion matrix of a scene's strips against its ``labels`` ``(H, W)``; pixels without data are
+    not scored."""
+    confusion = torch.zeros(classes, classes, dtype=torch.long)
+    invalid = 0
+    for strip in strips:
+        rows = strip.valid.shape[0]
+        target = torch.from_numpy(labels[strip.top:strip.top + rows].astype(np.int64))
+        target[~strip.valid] = ignore_index
+        invalid += int((~strip.valid).sum())
+        predicted = torch.from_numpy(strip_labels(strip).astype(np.int64))
+        confusion += segmentation_confusion(predicted, target, classes, ignore_index)
+    return ScoredScene(confusion, invalid)
+
+
 def write_class_raster(strips: Iterable[Strip], path: Path, folder: Path, size: ImageInfo, colors: np.ndarray,
                        probabilities: bool) -> None:
-    """``NAME.tif`` (and ``NAME_probabilities.tif``), georeferenced like ``path``, strip by strip."""
+    """``NAME.tif`` (and ``NAME_probabilities.tif``), georeferenced like ``path``, strip by strip; nodata where
+    the scene has none."""
     where = georeference_of(path)
     with ExitStack() as stack:
         classes = stack.enter_context(RasterWriter(folder / f"{path.stem}.tif", size.height, size.width, 1, where,
                                                    NO_CLASS, colors))
         probs = stack.enter_context(RasterWriter(folder / f"{path.stem}_probabilities.tif", size.height,
-                                                 size.width, len(colors), where, 0)) if probabilities else None
+                                                 size.width, len(colors), where, PROBABILITY_NODATA,
+                                                 scale=1 / (PROBABILITY_NODATA - 1))) if probabilities else None
         for strip in strips:
             classes.write(strip.top, strip_labels(strip)[None])
             if probs is not None:
                 scores = strip.values.softmax(0) if len(strip.values) else torch.zeros(len(colors), *strip.valid.shape)
-                probs.write(strip.top, (scores * strip.valid * 255).round().to(torch.uint8).numpy())
+                levels = (scores * (PROBABILITY_NODATA - 1)).round().to(torch.uint8)
+                levels[:, ~strip.valid] = PROBABILITY_NODATA
+                probs.write(strip.top, levels.numpy())

@@ -19,7 +19,8 @@ from cspt.checkpoints import Checkpoint, checkpoint_file, load_checkpoint, load_
 from cspt.config import PretrainConfig
 from cspt.data.device_decode import decode_batch
 from cspt.data.files import find_images
-from cspt.data.scaling import stage_statistics
+from cspt.data.normalisation import default_normalisation
+from cspt.data.pixels import PixelContract
 from cspt.data.unlabelled import (
     ReplayMix,
     UnlabelledImages,
@@ -37,10 +38,13 @@ from cspt.models.vit import build_encoder, resolve_arch
 from cspt.tasks.common import (
     arch_of,
     check_normalisation,
+    contract_of,
     distributed_run,
     images_in,
     load_init_weights,
+    recorded_contract,
     resolved_encoder_fields,
+    source_contract,
     start_run,
 )
 from cspt.visualize import reconstruction_grid, save_grid
@@ -82,11 +86,12 @@ class PretrainTask(Task):
         self.dataset: UnlabelledImages | None = None
         self.counts = {"drawn": 0, "nodata": 0, "replayed": 0}  #: this epoch's samples: drawn, nodata, replayed
         self.teacher: VisionTransformer | None = None  #: the frozen --distill-from encoder (never saved)
+        self.teacher_contract: PixelContract | None = None  #: how the teacher's inputs are normalised
 
     def build_model(self, load_init: bool) -> nn.Module:
         cfg = self.config
         if cfg.distill_from:
-            self.teacher = load_teacher(cfg)
+            self.teacher, self.teacher_contract = load_teacher(cfg)
             model = TeacherGuidedMAE(self.arch, self.teacher.embed_dim, cfg.mask_ratio, cfg.norm_pix_loss,
                                      cfg.distill_target, cfg.distill_block, cfg.distill_loss, cfg.distill_weight)
         else:
@@ -96,6 +101,10 @@ class PretrainTask(Task):
         self.init = None
         return model
 
+    @functools.cached_property
+    def contract(self) -> PixelContract:
+        return contract_of(self.config)
+
     def train_data(self) -> tuple[UnlabelledImages, Any]:
         cfg = self.config
         files = find_images(cfg.data, exclude=[cfg.output])
@@ -104,63 +113,78 @@ class PretrainTask(Task):
             log.warning("skipped unreadable image: %s", message)
         log.info("data: %d files, %d samples per epoch%s", len(files), len(scan.entries),
                  f", {len(scan.unreadable)} unreadable files skipped" if scan.unreadable else "")
-        check_normalisation(list(dict.fromkeys(entry.path for entry in scan.entries)), cfg, self.dist.is_main)
+        check_normalisation(list(dict.fromkeys(entry.path for entry in scan.entries)), self.contract,
+                            self.dist.is_main)
         on_device = cfg.decode_on == "device"
-        self.dataset = UnlabelledImages(scan.entries, cfg.img_size, cfg.patch_size, cfg.in_chans,
-                                        *stage_statistics(cfg), cfg.tile_size, cfg.min_scale, on_device)
+        self.dataset = UnlabelledImages(scan.entries, self.contract, cfg.img_size, cfg.patch_size, cfg.tile_size,
+                                        cfg.min_scale, on_device)
         self.files = files
         dataset = self.with_replay(self.dataset) if cfg.replay else self.dataset
         if on_device and not self.dataset.decode_on_device:
-            log.info("--decode-on device: only 3-band JPEGs decode on the device; these %d-band images load as "
-                     "before", cfg.in_chans)
+            log.info("--decode-on device: only 3-band JPEGs read with every band decode on the device; these "
+                     "images load as before")
         return dataset, functools.partial(with_masking_order,
                                           collate_for_device if self.dataset.decode_on_device else collate)
 
     def with_replay(self, target: UnlabelledImages) -> ReplayMix:
-        """The target images with ``--replay-fraction`` of the samples drawn from ``--replay`` instead."""
+        """The target images with ``--replay-fraction`` of the samples drawn from ``--replay`` instead, each
+        read through its own pixel contract (:func:`~cspt.tasks.common.source_contract`)."""
         cfg = self.config
-        if target.decode_on_device and stage_statistics(cfg) != (cfg.mean, cfg.std):
-            raise CsptError("--replay with --decode-on device needs the target on the model's own scale "
-                            "(--scale dtype): the device normalises a batch with one set of statistics")
-        scan = scan_images(find_images(cfg.replay), cfg.tile_size)
+        files = find_images(cfg.replay)
+        contract = source_contract(self.contract, files, "--replay")
+        if target.decode_on_device and (contract.low, contract.high) != (self.contract.low, self.contract.high):
+            raise CsptError("--replay with --decode-on device needs the target and the replay images on the same "
+                            "scale (--scale dtype for both): the device scales a batch with one contract")
+        scan = scan_images(files, cfg.tile_size)
         for message in scan.unreadable:
             log.warning("skipped unreadable replay image: %s", message)
-        log.info("replay: %d source samples, %.0f%% of every batch on average", len(scan.entries),
-                 100 * cfg.replay_fraction)
-        source = UnlabelledImages(scan.entries, cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.mean, cfg.std,
-                                  cfg.tile_size, cfg.min_scale, target.decode_on_device)
+        log.info("replay: %d source samples, %.0f%% of every batch on average; pixels: %s", len(scan.entries),
+                 100 * cfg.replay_fraction, contract.describe())
+        source = UnlabelledImages(scan.entries, contract, cfg.img_size, cfg.patch_size, cfg.tile_size,
+                                  cfg.min_scale, target.decode_on_device)
         return ReplayMix(target, source, cfg.replay_fraction)
 
     def training_step(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
         self.counts["nodata"] += batch["nodata_windows"]
         self.counts["drawn"] += len(batch["noise"]) + batch["nodata_windows"]
         self.counts["replayed"] += batch["replayed"]
-        images = self.batch_images(batch, device)
+        images, valid = self.batch_images(batch, device)
         ids_shuffle = batch["ids_shuffle"].to(device, non_blocking=True)
         if self.teacher is None:
-            return model(images, ids_shuffle=ids_shuffle)[0]
+            return model(images, ids_shuffle=ids_shuffle, valid=valid)[0]
         self.teacher.to(device)
-        guide = teacher_tokens(self.teacher, images, self.config.distill_block)
-        return model(images, ids_shuffle=ids_shuffle, teacher_tokens=guide)[0]
+        guide = teacher_tokens(self.teacher, self.teacher_inputs(images, valid), self.config.distill_block)
+        return model(images, ids_shuffle=ids_shuffle, valid=valid, teacher_tokens=guide)[0]
+
+    def teacher_inputs(self, images: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The student's normalised batch as the teacher's contract normalises it (the same 0-1 pixels,
+        the teacher's mean/std; invalid pixels 0)."""
+        student, teacher = self.contract, self.teacher_contract
+        if (student.mean, student.std) == (teacher.mean, teacher.std):
+            return images
+        pixels = student.unnormalise(images)
+        mean, std = teacher.mean_tensor.to(images.device), teacher.std_tensor.to(images.device)
+        return (pixels - mean) / std * valid[:, None]
 
     def loss_parts(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return getattr(model, "module", model).last_parts if self.teacher is not None else {}
 
-    def batch_images(self, batch: dict, device: torch.device) -> torch.Tensor:
-        """The batch's normalised images on ``device`` (decoded there with ``--decode-on device``)."""
+    def batch_images(self, batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's normalised images and valid masks on ``device`` (decoded there with
+        ``--decode-on device``)."""
         if not isinstance(batch["image"], list):
-            return batch["image"].to(device, non_blocking=True)
-        images, failed = decode_batch(batch["image"], batch["flip"], self.arch.img_size, self.dataset.mean,
-                                      self.dataset.std, device)
+            return batch["image"].to(device, non_blocking=True), batch["valid"].to(device, non_blocking=True)
+        images, valid, failed = decode_batch(batch["image"], batch["valid"], batch["flip"], self.arch.img_size,
+                                             self.contract, device)
         for message in failed:
             log.warning("replaced an undecodable image by another of its batch: %s", message)
-        return images
+        return images, valid
 
     def _write_reconstructions(self, model: MaskedAutoencoderViT, name: str, run_dir: Path) -> None:
         images = evaluation_images(self.dataset, VIS_IMAGES)
         noise = torch.rand(len(images), self.dataset.num_patches, generator=torch.Generator().manual_seed(0))
         device = next(model.parameters()).device
-        grid = reconstruction_grid(model, images.to(device), self.config.mean, self.config.std, noise.to(device))
+        grid = reconstruction_grid(model, images.to(device), self.contract, noise.to(device))
         save_grid(grid, run_dir / "reconstructions" / f"{name}.png")
 
     def on_fit_start(self, model: nn.Module, run_dir: Path) -> None:
@@ -188,8 +212,8 @@ class PretrainTask(Task):
         from cspt.tasks.probe import ProbeMonitor
 
         cfg = self.config
-        return ProbeMonitor(cfg.probe_target, cfg.probe_source, cfg.img_size, stage_statistics(cfg),
-                            (cfg.mean, cfg.std), cfg.stop_on_plateau)
+        return ProbeMonitor(cfg.probe_target, cfg.probe_source, cfg.img_size, self.contract,
+                            cfg.stop_on_plateau)
 
     def stop_reason(self) -> str | None:
         return self.monitor.stop_reason if self.config.probe_every else None
@@ -222,10 +246,15 @@ def teacher_identity(config: PretrainConfig) -> dict[str, Any]:
     return teacher_identity_of(str(config.distill_from))
 
 
-def load_teacher(config: PretrainConfig) -> VisionTransformer:
-    """The frozen ``--distill-from`` encoder at the student's input size (same patch grid), in eval mode."""
+def load_teacher(config: PretrainConfig) -> tuple[VisionTransformer, PixelContract]:
+    """The frozen ``--distill-from`` encoder at the student's input size (same patch grid), in eval mode, and
+    the pixel contract it was trained with (its normalisation applies to the student's pixels)."""
     checkpoint = load_checkpoint(config.distill_from, config.trust_checkpoint)
     arch = resolve_arch({"img_size": config.img_size}, None, checkpoint.arch)
+    if arch.in_chans != config.in_chans:
+        raise CsptError(f"{config.distill_from}: the teacher takes {arch.in_chans} band(s), the student "
+                        f"{config.in_chans} (--bands {' '.join(map(str, config.bands or [])) or 'all'} of "
+                        f"{', '.join(map(str, config.data[:2]))}): their inputs do not correspond")
     if arch.patch_size != config.patch_size:
         raise CsptError(f"{config.distill_from}: the teacher's patches are {arch.patch_size} px, the student's "
                         f"{config.patch_size}: their tokens do not correspond")
@@ -235,7 +264,10 @@ def load_teacher(config: PretrainConfig) -> VisionTransformer:
     state = {k: v for k, v in checkpoint.state_dict.items() if not k.startswith(DECODER_PREFIXES)}
     for line in load_into_model(teacher, dataclasses.replace(checkpoint, state_dict=state)).lines():
         log.info("teacher: %s", line)
-    return teacher.eval().requires_grad_(False)
+    contract = recorded_contract(checkpoint) or PixelContract(*map(tuple, default_normalisation(arch.in_chans)))
+    log.info("teacher: normalises the student's pixels with mean %s, std %s", list(contract.mean),
+             list(contract.std))
+    return teacher.eval().requires_grad_(False), contract
 
 
 def export_encoder(model: MaskedAutoencoderViT, config: PretrainConfig, run_dir: Path, images: int,
@@ -245,8 +277,7 @@ def export_encoder(model: MaskedAutoencoderViT, config: PretrainConfig, run_dir:
              "images": images, "epochs": config.epochs, "config": dataclasses.asdict(config)}
     if config.distill_from:
         stage["teacher"] = teacher_identity(config)
-    info = {"architecture": arch_of(config).to_dict(), "format": "timm", "mean": config.mean, "std": config.std,
-            "bands": config.bands, "scale_low": config.scale_low, "scale_high": config.scale_high,
+    info = {"architecture": arch_of(config).to_dict(), "format": "timm", "pixels": contract_of(config).to_dict(),
             "lineage": parents + [stage]}
     target = write_weights(model.state_dict(), run_dir / "encoder.safetensors", info)
     log.info("exported the encoder to %s", target)

@@ -19,6 +19,7 @@ from timm.models.vision_transformer import VisionTransformer
 from cspt.checkpoints import load_checkpoint, load_into_model
 from cspt.config import ProbeConfig
 from cspt.data.classification import LabelledImages, LabelledSet, collate_labelled
+from cspt.data.pixels import PixelContract
 from cspt.engine.distributed import resolve_device
 from cspt.engine.inference import Outputs, run_inference
 from cspt.errors import CsptError
@@ -27,7 +28,7 @@ from cspt.models.classifier import NOT_FOR_CLASSIFIER, pooled_features
 from cspt.models.vit import build_encoder, resolve_arch
 from cspt.probes import knn_predict, train_linear_probe
 from cspt.tasks.classify import describe_splits, inference_workers, make_splits, write_evaluation, write_splits
-from cspt.tasks.common import checkpoint_statistics
+from cspt.tasks.common import checkpoint_contract, source_contract
 
 log = logging.getLogger("cspt")
 
@@ -40,8 +41,7 @@ class FrozenEncoder:
 
     model: VisionTransformer
     img_size: int
-    mean: list[float]
-    std: list[float]
+    contract: PixelContract
 
 
 def frozen_encoder(config: ProbeConfig) -> FrozenEncoder:
@@ -55,16 +55,15 @@ def frozen_encoder(config: ProbeConfig) -> FrozenEncoder:
     report = load_into_model(encoder, dataclasses.replace(checkpoint, state_dict=state))
     for line in report.lines():
         log.info("checkpoint: %s", line)
-    _, statistics = checkpoint_statistics(checkpoint, arch.in_chans, config.mean, config.std)
-    return FrozenEncoder(encoder, arch.img_size, *statistics)
+    contract = checkpoint_contract(checkpoint, arch.in_chans, config.mean, config.std, config.max_image_pixels)
+    return FrozenEncoder(encoder, arch.img_size, contract)
 
 
 def extract_features(encoder: FrozenEncoder, data: LabelledSet, pool: str, device: torch.device,
                      batch_size: int = 256, num_workers: int | None = None, crop_ratio: float = 0.875) -> Outputs:
     """Pooled features of every readable image in ``data`` (unreadable ones are left out and listed)."""
     model = encoder.model.to(device).eval()
-    dataset = LabelledImages(data, encoder.img_size, model.patch_embed.proj.in_channels, encoder.mean,
-                             encoder.std, train=False, crop_ratio=crop_ratio)
+    dataset = LabelledImages(data, encoder.contract, encoder.img_size, train=False, crop_ratio=crop_ratio)
     outputs = run_inference(lambda x: pooled_features(model, x, pool), dataset, collate_labelled, batch_size,
                             device, inference_workers(num_workers, device), desc="features")
     for message in outputs.skipped:
@@ -124,18 +123,21 @@ class ProbeMonitor:
     """Periodic kNN probes of an encoder during pretraining, and the plateau that ends it.
 
     ``target`` (and optionally ``source``) are labelled sets, split 50/50 per class once; each is
-    normalised with its own ``(mean, std)`` (the target's includes the run's pixel scaling).
+    read through its own pixel contract (the target's is the run's, the source's its own:
+    :func:`~cspt.tasks.common.source_contract`).
     """
 
-    def __init__(self, target: str | None, source: str | None, img_size: int,
-                 target_statistics: tuple[list[float], list[float]],
-                 source_statistics: tuple[list[float], list[float]], patience: int = 0):
+    def __init__(self, target: str | None, source: str | None, img_size: int, contract: PixelContract,
+                 patience: int = 0):
         if not target:
             raise CsptError("--probe-every needs --probe-target (a labelled ImageFolder or CSV of target images)")
         self.sets = {name: make_splits(ProbeConfig(data=data, train_fraction=0.5))
                      for name, data in (("target", target), ("source", source)) if data}
         self.img_size = img_size
-        self.statistics = {"target": target_statistics, "source": source_statistics}
+        self.contracts = {"target": contract}
+        if "source" in self.sets:
+            self.contracts["source"] = source_contract(contract, self.sets["source"]["train"].paths,
+                                                       "--probe-source")
         self.patience = patience
         self.best = {"knn_target": -1.0, "epoch": 0, "since": 0}
         self.stop_reason: str | None = None
@@ -144,7 +146,7 @@ class ProbeMonitor:
         """kNN accuracy on every set; updates the plateau count from the target's."""
         was_training = model.training
         device = next(model.parameters()).device
-        results = {f"knn_{name}": probe_encoder("knn", FrozenEncoder(model, self.img_size, *self.statistics[name]),
+        results = {f"knn_{name}": probe_encoder("knn", FrozenEncoder(model, self.img_size, self.contracts[name]),
                                                 splits, ProbeConfig(num_workers=0), device)[0]["oa"]
                    for name, splits in self.sets.items()}
         model.train(was_training)

@@ -27,16 +27,8 @@ from cspt.checkpoints import Checkpoint
 from cspt.config import SegmentConfig
 from cspt.data.files import find_images
 from cspt.data.georaster import vectorize_classes
-from cspt.data.images import (
-    TIFF_SUFFIXES,
-    ImageInfo,
-    ImageReadError,
-    display_rgb,
-    image_info,
-    read_image,
-)
-from cspt.data.sampling import band_tensors, read_masked_bands
-from cspt.data.scaling import stage_statistics, to_display
+from cspt.data.images import ImageReadError, display_rgb, image_info, is_raster
+from cspt.data.pixels import PixelContract
 from cspt.data.segmentation import (
     Pair,
     Palette,
@@ -47,15 +39,21 @@ from cspt.data.segmentation import (
     read_mask,
     split_pairs,
 )
-from cspt.data.vector_labels import read_vector_labels, scene_label_pairs, vector_classes
+from cspt.data.vector_labels import (
+    VectorLabels,
+    class_index,
+    read_vector_labels,
+    scene_label_pairs,
+    vector_classes,
+)
 from cspt.engine.distributed import all_gather_objects, barrier, launched_world_size, resolve_device, shard
 from cspt.engine.optim import param_groups_layer_decay
 from cspt.engine.run_dir import has_checkpoint
-from cspt.engine.streaming import Strip, blended_logits, stream_strips
+from cspt.engine.streaming import Strip
 from cspt.engine.trainer import Trainer, resolve_precision
 from cspt.errors import CsptError
 from cspt.export import write_weights
-from cspt.metrics import segmentation_confusion, segmentation_metrics, write_confusion_csv
+from cspt.metrics import segmentation_metrics, write_confusion_csv
 from cspt.models.segmenter import Segmenter, build_segmenter
 from cspt.models.vit import ArchConfig
 from cspt.plots import plot_confusion
@@ -65,6 +63,7 @@ from cspt.tasks.common import (
     FineTuneTask,
     arch_of,
     check_normalisation,
+    contract_of,
     distributed_run,
     images_in,
     load_described,
@@ -73,7 +72,7 @@ from cspt.tasks.common import (
     resolved_taps,
     start_run,
 )
-from cspt.tasks.maps import normalised_windows, qualitative_colors, strip_labels, write_class_raster
+from cspt.tasks.maps import qualitative_colors, scene_strips, score_strips, strip_labels, write_class_raster
 
 log = logging.getLogger("cspt")
 
@@ -167,18 +166,11 @@ def source_window(info: dict[str, Any]) -> tuple[int, int]:
     return max(1, round(info["crop_size"] / resize)), max(1, round(info["stride"] / resize))
 
 
-@torch.no_grad()
-def predict_tile(model: nn.Module, image: torch.Tensor, info: dict[str, Any], device: torch.device | None = None,
-                 autocast: torch.dtype | None = None, blend: str = "cosine") -> torch.Tensor:
-    """Class logits ``(classes, H, W)`` of a whole normalised image, by blended sliding windows."""
-    device = device or next(model.parameters()).device
-    forward = window_forward(model, info["crop_size"], info["resize"], device, autocast)
-    return blended_logits(forward, image, *source_window(info), blend)
-
-
-def evaluate_pairs(model: nn.Module, pairs: Sequence[Pair], info: dict[str, Any], device: torch.device,
-                   precision: str = "auto") -> dict[str, Any]:
-    """Sliding-window metrics (mIoU, OA, mean F1, per class, confusion) over whole tiles.
+def evaluate_pairs(model: nn.Module, pairs: Sequence[Pair], info: dict[str, Any], contract: PixelContract,
+                   device: torch.device, precision: str = "auto", blend: str = "cosine") -> dict[str, Any]:
+    """Sliding-window metrics (mIoU, OA, mean F1, per class, confusion) over whole tiles, scored on the very
+    predictions ``cspt predict segment`` writes (:func:`~cspt.tasks.maps.scene_strips`); pixels without
+    data are not scored, and counted.
 
     In a process group every process must call it: each scores its share of the tiles,
     and all of them get the metrics of every tile.
@@ -187,26 +179,23 @@ def evaluate_pairs(model: nn.Module, pairs: Sequence[Pair], info: dict[str, Any]
     classes, ignore = palette.classes, info["ignore_index"]
     confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
     model = model.to(device).eval()
-    autocast = resolve_precision(precision, device)
-    in_chans = info["architecture"]["in_chans"]
-    mean, std = band_tensors(*stage_statistics(info), in_chans)
-    skipped = 0
+    forward = window_forward(model, info["crop_size"], info["resize"], device, resolve_precision(precision, device))
+    skipped = invalid = 0
     for pair in shard(pairs):
         try:
-            pixels, valid = read_masked_bands(pair.image, in_chans)
-            image = (pixels - mean) / std
             labels = read_mask(pair.mask, palette, ignore)
-            labels[~valid.numpy()] = ignore  # no data: not scored
-            target = torch.from_numpy(labels)
+            _, strips = scene_strips(forward, pair.image, contract, *source_window(info), blend)
+            scored = score_strips(strips, labels, len(classes), ignore)
         except ImageReadError as err:
             log.warning("skipped unreadable tile: %s", err)
             skipped += 1
             continue
-        logits = predict_tile(model, image, info, device, autocast)
-        confusion += segmentation_confusion(logits.argmax(0).cpu(), target, len(classes), ignore)
-    shares = all_gather_objects((confusion, skipped))
-    metrics = segmentation_metrics(sum(c for c, _ in shares), classes)
-    metrics["skipped_tiles"] = sum(n for _, n in shares)
+        confusion += scored.confusion
+        invalid += scored.invalid
+    shares = all_gather_objects((confusion, skipped, invalid))
+    metrics = segmentation_metrics(sum(c for c, _, _ in shares), classes)
+    metrics["skipped_tiles"] = sum(n for _, n, _ in shares)
+    metrics["invalid_pixels"] = sum(n for _, _, n in shares)
     return metrics
 
 
@@ -229,9 +218,11 @@ def load_segmenter(checkpoint: str | Path) -> DescribedModel:
 
 def evaluate_segmenter(checkpoint: str | Path, images: Sequence[str] | None = None,
                        masks: Sequence[str] | None = None, output: str | Path | None = None,
-                       device: str = "auto") -> tuple[dict[str, Any], Path]:
+                       device: str = "auto", blend: str = "cosine",
+                       max_image_pixels: int | None = None) -> tuple[dict[str, Any], Path]:
     """Evaluate on ``images`` (+ ``masks``), default the run's validation tiles; returns metrics and folder."""
-    model, info, weights = load_segmenter(checkpoint)
+    described = load_segmenter(checkpoint)
+    model, info, weights = described
     run_dir = weights.parent
     palette = Palette.from_dict(info["palette"])
     if images:
@@ -242,7 +233,8 @@ def evaluate_segmenter(checkpoint: str | Path, images: Sequence[str] | None = No
         if not split:
             raise CsptError(f"{run_dir}: no validation tiles in {SPLITS_DIR}/; pass --images (and --masks)")
         pairs, folder = split, Path(output) if output else run_dir
-    metrics = evaluate_pairs(model, pairs, info, torch.device(resolve_device(device)))
+    metrics = evaluate_pairs(model, pairs, info, described.contract(max_image_pixels),
+                             torch.device(resolve_device(device)), blend=blend)
     metrics.update(checkpoint=str(weights), tiles=len(pairs))
     write_segmentation_metrics(metrics, folder, "segmentation")
     log.info("mIoU %.4f, OA %.4f, mean F1 %.4f on %d tiles", metrics["miou"], metrics["oa"], metrics["mean_f1"],
@@ -257,7 +249,8 @@ def class_colors(palette: Palette) -> np.ndarray:
 
 def predict_segmenter(checkpoint: str | Path, images: Sequence[str], output: str | Path, draw: bool = False,
                       device: str = "auto", blend: str = "cosine", probabilities: bool = False,
-                      vectorize: str | None = None, batch_size: int = 8) -> Path:
+                      vectorize: str | None = None, batch_size: int = 8,
+                      max_image_pixels: int | None = None) -> Path:
     """Class maps of every image, predicted window by window (any size; bounded memory).
 
     A TIFF gives ``NAME.tif``: class indices with the input's CRS and transform, a colour
@@ -266,7 +259,9 @@ def predict_segmenter(checkpoint: str | Path, images: Sequence[str], output: str
     per connected region. Other images give ``NAME.png`` and ``NAME_color.png`` (+ ``NAME_overlay.jpg``
     with ``draw``).
     """
-    model, info, _ = load_segmenter(checkpoint)
+    described = load_segmenter(checkpoint)
+    model, info, _ = described
+    contract = described.contract(max_image_pixels)
     palette = Palette.from_dict(info["palette"])
     colors = class_colors(palette)
     folder = Path(output)
@@ -276,17 +271,15 @@ def predict_segmenter(checkpoint: str | Path, images: Sequence[str], output: str
     written = 0
     for path in find_images(list(images), exclude=[folder]):
         try:
-            size = image_info(path)
-            strips = stream_strips(forward, normalised_windows(path, info), size.height, size.width,
-                                   *source_window(info), blend, batch_size)
-            if path.suffix.lower() in TIFF_SUFFIXES:
+            size, strips = scene_strips(forward, path, contract, *source_window(info), blend, batch_size)
+            if is_raster(path):
                 write_class_raster(strips, path, folder, size, colors, probabilities)
                 if vectorize:
                     target = folder / f"{path.stem}.{vectorize}"
                     features = vectorize_classes(folder / f"{path.stem}.tif", target, palette.classes)
                     log.info("%s: %d class regions", target, features)
             else:
-                write_class_pictures(strips, path, folder, size, colors, draw, info)
+                write_class_pictures(strips, path, folder, colors, draw, contract)
         except ImageReadError as err:
             log.warning("skipped unreadable image: %s", err)
             continue
@@ -295,15 +288,17 @@ def predict_segmenter(checkpoint: str | Path, images: Sequence[str], output: str
     return folder
 
 
-def write_class_pictures(strips: Iterable[Strip], path: Path, folder: Path, size: ImageInfo, colors: np.ndarray,
-                         draw: bool, info: dict[str, Any]) -> None:
-    """``NAME.png`` (indices), ``NAME_color.png`` and, with ``draw``, ``NAME_overlay.jpg``."""
+def write_class_pictures(strips: Iterable[Strip], path: Path, folder: Path, colors: np.ndarray, draw: bool,
+                         contract: PixelContract) -> None:
+    """``NAME.png`` (indices, 255 where the image has no data), ``NAME_color.png`` and, with ``draw``,
+    ``NAME_overlay.jpg``."""
     labels = np.concatenate([strip_labels(strip) for strip in strips])
     Image.fromarray(labels).save(folder / f"{path.stem}.png")
-    Image.fromarray(colors[labels]).save(folder / f"{path.stem}_color.png")
+    painted = np.concatenate([colors, np.zeros((256 - len(colors), 3), np.uint8)])[labels]
+    Image.fromarray(painted).save(folder / f"{path.stem}_color.png")
     if draw:
-        picture = display_rgb(to_display(read_image(path), info.get("scale_low"), info.get("scale_high")))
-        overlay = (0.5 * picture + 0.5 * colors[labels]).astype(np.uint8)
+        picture = display_rgb(contract.read(path).image.permute(1, 2, 0).numpy())
+        overlay = (0.5 * picture + 0.5 * painted).astype(np.uint8)
         Image.fromarray(overlay).save(folder / f"{path.stem}_overlay.jpg", quality=90)
 
 
@@ -314,10 +309,10 @@ def resolve_config(config: SegmentConfig, init: Checkpoint | None = None) -> Seg
     if config.crop_size is not None:
         config = dataclasses.replace(config, img_size=config.crop_size)
     if config.labels:
-        if not config.scenes or not config.class_field:
-            raise CsptError("--labels needs --scenes (the GeoTIFFs they label) and --class-field")
-        config = dataclasses.replace(config, palette=None, class_names=config.class_names or vector_classes(
-            read_vector_labels(Path(config.labels), config.class_field)))
+        config = dataclasses.replace(config, palette=None, class_names=label_classes(config))
+    elif config.background:
+        raise CsptError("--background names the class of pixels under no polygon of --labels; without --labels "
+                        "the masks say every pixel's class")
     images = list(config.scenes) if config.labels else list(config.images)
     config = dataclasses.replace(config, **resolved_encoder_fields(config, init, images_in(images)))
     stride = config.stride or max(1, round(config.img_size * 2 / 3))
@@ -328,6 +323,35 @@ def resolve_config(config: SegmentConfig, init: Checkpoint | None = None) -> Seg
     if config.resize <= 0:
         raise CsptError(f"--resize {config.resize} must be positive")
     return dataclasses.replace(config, crop_size=config.img_size, stride=stride, taps=taps)
+
+
+def vector_labels_of(config: SegmentConfig) -> VectorLabels:
+    """``--labels``, each feature classed by ``--class-field``; without one, every feature is the one class
+    ``--class-names`` gives beside ``--background`` (else named after the file)."""
+    single = None
+    if not config.class_field:
+        named = [c for c in config.class_names or [] if c != config.background]
+        if len(named) > 1:
+            raise CsptError(f"--class-names {' '.join(named)}: without --class-field every feature of "
+                            f"{config.labels} is one class; name one (beside --background)")
+        single = named[0] if named else None
+    return read_vector_labels(Path(config.labels), config.class_field, single)
+
+
+def label_classes(config: SegmentConfig) -> list[str]:
+    """The classes of vector labels: ``--background`` first, then ``--class-names`` (which must name every
+    class the labels hold) or the labels' own, sorted."""
+    if not config.scenes:
+        raise CsptError("--labels needs --scenes (the GeoTIFFs they label)")
+    labels = vector_labels_of(config)
+    found = vector_classes(labels)
+    named = [c for c in config.class_names or found if c != config.background]
+    class_index(labels, named)
+    classes = ([config.background] if config.background else []) + named
+    if len(classes) < 2:
+        raise CsptError(f"{config.labels}: its features hold one class ({', '.join(found)}); give --background "
+                        "NAME to learn it against the pixels under no polygon, or a --class-field with more")
+    return classes
 
 
 def check_batch_norm_batch(config: SegmentConfig) -> None:
@@ -368,10 +392,9 @@ class SegmentTask(FineTuneTask):
 
     def train_data(self) -> tuple[SegmentationCrops, Any]:
         cfg = self.config
-        check_normalisation([pair.image for pair in self.splits["train"]], cfg, self.dist.is_main)
-        dataset = SegmentationCrops(self.splits["train"], self.palette, cfg.crop_size, cfg.in_chans,
-                                    *stage_statistics(cfg), cfg.ignore_index, cfg.scale_range, cfg.photometric,
-                                    cfg.resize)
+        check_normalisation([pair.image for pair in self.splits["train"]], contract_of(cfg), self.dist.is_main)
+        dataset = SegmentationCrops(self.splits["train"], self.palette, cfg.crop_size, contract_of(cfg),
+                                    cfg.ignore_index, cfg.scale_range, cfg.photometric, cfg.resize)
         return dataset, collate_crops
 
     def training_step(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
@@ -390,7 +413,7 @@ class SegmentTask(FineTuneTask):
         if not self.evaluates_after(epoch, "val" in self.splits):
             return None
         done = epoch + 1
-        metrics = evaluate_pairs(model, self.splits["val"], self.describe(run_dir, ""),
+        metrics = evaluate_pairs(model, self.splits["val"], self.describe(run_dir, ""), contract_of(cfg),
                                  next(model.parameters()).device, cfg.precision)
         model.train()
         if self.improves(metrics["miou"], epoch) and self.dist.is_main:
@@ -398,7 +421,7 @@ class SegmentTask(FineTuneTask):
                           self.describe(run_dir, f"best validation mIoU {metrics['miou']:.4f} at epoch {done}"))
             write_segmentation_metrics({**metrics, "epoch": done}, run_dir, "validation tiles")
         return {"val_miou": metrics["miou"], "val_oa": metrics["oa"], "val_mean_f1": metrics["mean_f1"],
-                "best_val_miou": self.best["val_miou"]}
+                "best_val_miou": self.best["val_miou"], "val_invalid_pixels": metrics["invalid_pixels"]}
 
     def on_fit_end(self, model: nn.Module, run_dir: Path) -> None:
         if "val" not in self.splits and self.dist.is_main:
@@ -408,13 +431,12 @@ class SegmentTask(FineTuneTask):
     def describe(self, run_dir: Path, selected: str) -> dict[str, Any]:
         """``segmenter.json``: how to rebuild, feed and read the model, and where it came from."""
         cfg = self.config
-        stage = {"stage": "fine-tuning (semantic segmentation)", "run": str(run_dir), "data": cfg.images,
+        stage = {"stage": "fine-tuning (semantic segmentation)", "run": str(run_dir), "data": cfg.images or cfg.scenes,
                  "train_tiles": len(self.splits["train"]), "epochs": cfg.epochs, "selected": selected,
                  "config": dataclasses.asdict(cfg)}
         return {"task": "segment", "architecture": self.arch.to_dict(), "format": "cspt segmenter",
-                "palette": self.palette.to_dict(), "ignore_index": cfg.ignore_index, "mean": cfg.mean,
-                "std": cfg.std, "bands": cfg.bands, "scale_low": cfg.scale_low, "scale_high": cfg.scale_high,
-                "pyramid": cfg.pyramid, "taps": cfg.taps, "channels": cfg.channels, "aux_channels": cfg.aux_channels,
+                "palette": self.palette.to_dict(), "ignore_index": cfg.ignore_index,
+                "pixels": contract_of(cfg).to_dict(), "pyramid": cfg.pyramid, "taps": cfg.taps, "channels": cfg.channels, "aux_channels": cfg.aux_channels,
                 "crop_size": cfg.crop_size, "stride": cfg.stride,
                 "resize": cfg.resize, "selected": selected, "lineage": self.parents + [stage]}
 
@@ -431,9 +453,9 @@ def finetune_segment(config: SegmentConfig, resume: str | Path | bool | None = N
                 stale.unlink()
             source = config
             if config.labels:  # the polygons burnt onto each scene's grid, then pairs like any others
-                labels = read_vector_labels(Path(config.labels), config.class_field)
+                labels = vector_labels_of(config)
                 table = scene_label_pairs(config.scenes, labels, palette.classes, run_dir / "labels",
-                                          config.ignore_index)
+                                          config.ignore_index, config.background)
                 source = dataclasses.replace(config, images=[str(table)], masks=None)
             for name, pairs in make_split(source, palette).items():
                 write_pairs(pairs, splits_dir / f"{name}.csv")

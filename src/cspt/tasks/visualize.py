@@ -13,14 +13,14 @@ from cspt.data.unlabelled import UnlabelledImages, evaluation_images, scan_image
 from cspt.errors import CsptError
 from cspt.models.mae import MaskedAutoencoderViT
 from cspt.models.vit import resolve_arch
-from cspt.tasks.common import checkpoint_statistics
+from cspt.tasks.common import checkpoint_contract
 from cspt.visualize import reconstruction_grid, save_grid
 
 
 def visualize_checkpoint(checkpoint: str | Path, images: Sequence[str], output: str | Path, count: int = 8,
                          img_size: int | None = None, mask_ratio: float = 0.75,
                          mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                         trust: bool = False, seed: int = 0) -> Path:
+                         trust: bool = False, seed: int = 0, max_image_pixels: int | None = None) -> Path:
     """Write the reconstruction grid of ``count`` images (seeded masks) to ``output``."""
     ckpt = load_checkpoint(checkpoint, trust)
     if not ckpt.has_decoder:
@@ -28,10 +28,9 @@ def visualize_checkpoint(checkpoint: str | Path, images: Sequence[str], output: 
     arch = resolve_arch({"img_size": img_size}, None, ckpt.arch)
     model = MaskedAutoencoderViT(arch, mask_ratio)
     load_into_model(model, ckpt)
-    (mean, std), statistics = checkpoint_statistics(ckpt, arch.in_chans, mean, std)
+    contract = checkpoint_contract(ckpt, arch.in_chans, mean, std, max_image_pixels)
     scan = scan_images(find_images(list(images)), 4 * arch.img_size)
-    dataset = UnlabelledImages(scan.entries, arch.img_size, arch.patch_size, arch.in_chans, *statistics,
-                               4 * arch.img_size)
+    dataset = UnlabelledImages(scan.entries, contract, arch.img_size, arch.patch_size, 4 * arch.img_size)
     batch = evaluation_images(dataset, count)
     noise = torch.rand(len(batch), dataset.num_patches, generator=torch.Generator().manual_seed(seed))
-    return save_grid(reconstruction_grid(model, batch, mean, std, noise), output)
+    return save_grid(reconstruction_grid(model, batch, contract, noise), output)

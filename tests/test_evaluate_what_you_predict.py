@@ -1,0 +1,257 @@
+"""Evaluation scores what prediction writes: one inference function over scenes, nodata never scored; and the
+smaller defects of the pixel path, each with the case that showed it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from PIL import Image
+
+from cspt.data.pixels import PixelContract
+from cspt.data.segmentation import Palette
+from cspt.export import write_weights
+from cspt.models.classifier import build_classifier
+from cspt.models.pyramid import default_taps
+from cspt.tasks.classify import evaluate_scene_classes, predict_scene_classes
+from cspt.tasks.segment import evaluate_segmenter, model_from_description, predict_segmenter
+from tests.conftest import TINY_ARCH, write_geotiff
+
+CLASSES = ["field", "road", "water"]
+SIZE = 150
+BORDER = 23
+
+
+def bordered_scene(path: Path) -> Path:
+    """An 11-bit, three-band uint16 GeoTIFF with textured content and a nodata (0) border of unequal widths."""
+    rng = np.random.default_rng(3)
+    coarse = torch.from_numpy(rng.random((1, 3, 10, 10)).astype(np.float32))
+    fine = torch.nn.functional.interpolate(coarse, size=(SIZE, SIZE), mode="bicubic")[0].clamp(0, 1).numpy()
+    pixels = (fine * 2000 + 20).astype(np.uint16)
+    pixels[:, :BORDER] = 0
+    pixels[:, :, -BORDER // 2:] = 0
+    return write_geotiff(path, pixels, nodata=0)
+
+
+def label_raster(path: Path) -> np.ndarray:
+    """A label for every pixel, the border included (labels under nodata must not be scored)."""
+    labels = (np.indices((SIZE, SIZE)).sum(0) // 17 % len(CLASSES)).astype(np.uint8)
+    Image.fromarray(labels).save(path)
+    return labels
+
+
+def contract_for(scene: Path) -> PixelContract:
+    from cspt.data.scaling import resolve_scaling
+
+    plain = PixelContract((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    scaling = resolve_scaling("auto", plain, lambda: [scene])
+    return plain.replace(low=tuple(scaling.low), high=tuple(scaling.high), scaling=scaling.method)
+
+
+def confusion_of(predicted: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``confusion[true, predicted]`` of the pixels the raster predicts (255: nodata)."""
+    kept = predicted != 255
+    return np.bincount(labels[kept].astype(int) * len(CLASSES) + predicted[kept],
+                       minlength=len(CLASSES) ** 2).reshape(len(CLASSES), len(CLASSES))
+
+
+def test_segment_evaluation_scores_exactly_the_raster_prediction_writes_and_never_the_nodata(tmp_path):
+    scene = bordered_scene(tmp_path / "scene.tif")
+    labels = label_raster(tmp_path / "scene_mask.png")
+    info = {"task": "segment", "architecture": TINY_ARCH.to_dict(), "format": "cspt segmenter",
+            "palette": Palette(CLASSES).to_dict(), "ignore_index": 255, "pixels": contract_for(scene).to_dict(),
+            "pyramid": "cspt", "taps": default_taps(TINY_ARCH.depth, "cspt"), "channels": 16, "aux_channels": 0,
+            "crop_size": 32, "stride": 21, "resize": 1.0, "selected": "random weights", "lineage": []}
+    torch.manual_seed(0)
+    model = model_from_description(info)
+    torch.nn.init.normal_(model.decode_head.classifier[1].weight, std=1.0)  # random, not one class everywhere
+    run = tmp_path / "run"
+    write_weights(model.state_dict(), run / "segmenter.safetensors", info)
+    predict_segmenter(run, [str(scene)], tmp_path / "maps", device="cpu")
+    with rasterio.open(tmp_path / "maps" / "scene.tif") as src:
+        predicted = src.read(1)
+        assert src.nodata == 255
+    assert (predicted[:BORDER] == 255).all() and (predicted[:, -BORDER // 2:] == 255).all()
+    assert (predicted[BORDER:, :-BORDER // 2] != 255).all()
+    assert len(np.unique(predicted[predicted != 255])) >= 2  # the check below compares real maps
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(f"image,mask\n{scene},{tmp_path / 'scene_mask.png'}\n")
+    metrics, _ = evaluate_segmenter(run, [str(pairs)], output=tmp_path / "eval", device="cpu")
+    assert np.array_equal(np.array(metrics["confusion"]), confusion_of(predicted, labels))
+    assert metrics["invalid_pixels"] == int((predicted == 255).sum())
+
+
+def test_scene_classification_evaluation_scores_exactly_the_map_prediction_writes(tmp_path):
+    scene = bordered_scene(tmp_path / "scene.tif")
+    labels = label_raster(tmp_path / "labels.png")
+    write_geotiff(tmp_path / "labels.tif", labels[None])
+    info = {"task": "classify", "architecture": TINY_ARCH.to_dict(), "format": "timm", "classes": CLASSES,
+            "global_pool": "avg", "pixels": contract_for(scene).to_dict(), "eval_crop_ratio": 0.875,
+            "selected": "random weights", "lineage": []}
+    torch.manual_seed(1)
+    model = build_classifier(TINY_ARCH, len(CLASSES), "avg").eval()
+    torch.nn.init.normal_(model.head.weight, std=1.0)
+    contract = contract_for(scene)
+    windows = torch.stack([contract.normalise(contract.read(scene, (t, 80, 32, 32))) for t in range(30, 120, 10)])
+    with torch.no_grad():  # a random head centred on the scene, so that it does not answer one class everywhere
+        model.head.bias -= model(windows).mean(0)
+    run = tmp_path / "run"
+    write_weights(model.state_dict(), run / "classifier.safetensors", info)
+    predict_scene_classes(run, [str(scene)], tmp_path / "maps", window=40, stride=20, blend="cosine", device="cpu",
+                          probabilities=True)
+    with rasterio.open(tmp_path / "maps" / "scene.tif") as src:
+        predicted = src.read(1)
+    assert (predicted[:BORDER] == 255).all() and len(np.unique(predicted[predicted != 255])) >= 2
+    metrics = evaluate_scene_classes(run, [str(scene)], [str(tmp_path / "labels.tif")], window=40, stride=20,
+                                     blend="cosine", device="cpu")
+    assert np.array_equal(np.array(metrics["confusion"]), confusion_of(predicted, labels))
+    assert metrics["invalid_pixels"] == int((predicted == 255).sum())
+    # the probabilities: stored 0..254 (GDAL scale 1/254), 255 only where the scene has no data
+    with rasterio.open(tmp_path / "maps" / "scene_probabilities.tif") as src:
+        levels = src.read()
+        assert src.nodata == 255 and src.scales[0] == pytest.approx(1 / 254)
+    assert ((levels == 255).all(0) == (predicted == 255)).all()
+    valid = levels[:, predicted != 255].astype(float)
+    assert valid.max() <= 254 and np.allclose(valid.sum(0) / 254, 1, atol=0.02)
+    with pytest.raises(Exception, match="--stride 50 must lie in 1..40"):
+        predict_scene_classes(run, [str(scene)], tmp_path / "gaps", window=40, stride=50, device="cpu")
+
+
+def test_vector_labels_of_two_scenes_with_one_name_stay_apart_and_class_names_must_name_every_class(tmp_path):
+    import fiona
+    from rasterio.transform import xy
+
+    from cspt.config import SegmentConfig
+    from cspt.data.vector_labels import read_vector_labels, scene_label_pairs
+    from cspt.errors import CsptError
+    from cspt.tasks.segment import label_classes
+
+    scenes = []
+    for number, folder in enumerate(("a", "b")):
+        pixels = np.full((1, 40, 40), 100 + number, np.uint16)
+        scenes.append(write_geotiff(tmp_path / folder / "scene.tif", pixels))
+    with rasterio.open(scenes[0]) as src:
+        corners = [xy(src.transform, r, c) for r, c in ((5, 5), (5, 30), (30, 30), (30, 5), (5, 5))]
+    schema = {"geometry": "Polygon", "properties": {"kind": "int"}}
+    labels_file = tmp_path / "labels.gpkg"
+    with fiona.open(labels_file, "w", driver="GPKG", crs="EPSG:32640", schema=schema) as sink:
+        for code in (10, 100, 20):  # integer codes: sorted as numbers
+            sink.write({"geometry": {"type": "Polygon", "coordinates": [corners]}, "properties": {"kind": code}})
+    labels = read_vector_labels(labels_file, "kind")
+    config = SegmentConfig(scenes=[str(s) for s in scenes], labels=str(labels_file), class_field="kind")
+    assert label_classes(config) == ["10", "20", "100"]
+    with pytest.raises(CsptError, match="class\\(es\\) 100 of its kind are not among --class-names"):
+        label_classes(SegmentConfig(scenes=config.scenes, labels=config.labels, class_field="kind",
+                                    class_names=["10", "20"]))
+    table = scene_label_pairs([str(s) for s in scenes], labels, ["10", "20", "100"], tmp_path / "labels")
+    rows = [line.split(",") for line in table.read_text().splitlines()[1:]]
+    assert len({mask for _, mask in rows}) == 2 and all(Path(mask).is_absolute() for _, mask in rows)
+
+
+def test_detection_counts_false_alarms_on_scenes_without_objects(tmp_path):
+    import fiona
+    from rasterio.transform import xy
+
+    from cspt.data.detection import read_annotations
+    from cspt.metrics import voc_map
+
+    images = tmp_path / "scenes"
+    for name, crs in (("busy", "EPSG:32640"), ("empty", "EPSG:32641")):  # the second one UTM zone further east
+        write_geotiff(images / f"{name}.tif", np.full((1, 50, 50), 7, np.uint16), crs=crs)
+    with rasterio.open(images / "busy.tif") as src:
+        ring = [xy(src.transform, r, c) for r, c in ((10, 10), (10, 20), (20, 20), (20, 10), (10, 10))]
+    with fiona.open(tmp_path / "boxes.geojson", "w", driver="GeoJSON", crs="EPSG:32640",
+                    schema={"geometry": "Polygon", "properties": {"class": "str"}}) as sink:
+        sink.write({"geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": {"class": "car"}})
+    scenes = read_annotations(tmp_path / "boxes.geojson", images, "vector").scenes
+    assert [(s.image.name, len(s.boxes)) for s in scenes] == [("busy.tif", 1), ("empty.tif", 0)]
+    hit = {"boxes": torch.tensor([[10.0, 10, 20, 20]]), "scores": torch.tensor([0.6]), "labels": torch.tensor([0])}
+    alarm = {"boxes": torch.tensor([[5.0, 5, 15, 15]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([0])}
+    truths = [{"boxes": torch.from_numpy(s.boxes), "labels": torch.zeros(len(s.boxes), dtype=torch.long),
+               "difficult": torch.zeros(len(s.boxes), dtype=torch.bool)} for s in scenes]
+    with_empty = voc_map([hit, alarm], truths, ["car"])["map50"]
+    assert with_empty < voc_map([hit], truths[:1], ["car"])["map50"] == pytest.approx(1.0)
+
+
+def test_coco_map_counts_every_object_of_a_dense_scene():
+    from cspt.metrics import coco_map
+
+    boxes = torch.tensor([[float(x), float(y), x + 8.0, y + 8.0] for x in range(0, 200, 10) for y in range(0, 100, 10)])
+    truth = {"boxes": boxes, "labels": torch.zeros(len(boxes), dtype=torch.long),
+             "difficult": torch.zeros(len(boxes), dtype=torch.bool)}
+    found = {"boxes": boxes, "scores": torch.linspace(0.99, 0.5, len(boxes)), "labels": truth["labels"]}
+    assert len(boxes) == 200 and coco_map([found], [truth])["map"] == pytest.approx(1.0)
+
+
+def test_hub_checkpoints_give_their_own_normalisation(tmp_path):
+    from cspt.checkpoints import Checkpoint
+
+    timm_folder = tmp_path / "timm"
+    timm_folder.mkdir()
+    (timm_folder / "config.json").write_text(json.dumps({"architecture": "vit_base_patch16_224",
+                                                         "pretrained_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}}))
+    declared = json.loads((timm_folder / "config.json").read_text())
+    assert Checkpoint(timm_folder / "model.safetensors", "hub", {}, declared).normalisation == ([0.5] * 3, [0.5] * 3)
+    hf_folder = tmp_path / "hf"
+    hf_folder.mkdir()
+    (hf_folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.4] * 3, "image_std": [0.3] * 3}))
+    assert Checkpoint(hf_folder / "model.safetensors", "hub", {}, {}).normalisation == ([0.4] * 3, [0.3] * 3)
+
+
+def test_replay_and_probe_sources_carry_their_own_contract(tmp_path):
+    from cspt.errors import CsptError
+    from cspt.tasks.common import source_contract
+    from tests.conftest import write_rgb
+
+    photo = write_rgb(tmp_path / "photo.jpg")
+    target = PixelContract((0.5,) * 3, (0.25,) * 3, bands=(4, 3, 2), low=(0.01,) * 3, high=(0.03,) * 3)
+    replay = source_contract(target, [photo], "--replay")
+    assert replay.bands is None and replay.low is None and replay.mean == target.mean  # RGB stays RGB, 8-bit
+    expected = np.asarray(Image.open(photo).convert("RGB")).astype(np.float32) / 255
+    assert np.allclose(replay.read(photo).image.permute(1, 2, 0).numpy(), expected)
+    four = PixelContract((0.5,) * 4, (0.25,) * 4)
+    with pytest.raises(CsptError, match=r"--replay: .*photo.jpg: has 3 bands, the model takes 4.*the model's own data"):
+        source_contract(four, [photo], "--replay")
+
+
+def test_a_teacher_of_another_band_count_is_refused_in_one_line_naming_both(tmp_path):
+    from cspt.config import PretrainConfig
+    from cspt.errors import CsptError
+    from cspt.models.mae import MaskedAutoencoderViT
+    from cspt.tasks.pretrain import load_teacher
+
+    teacher = tmp_path / "rgb_mae.pth"
+    torch.save({"model": MaskedAutoencoderViT(TINY_ARCH).state_dict()}, teacher)
+    student = PretrainConfig(distill_from=str(teacher), in_chans=4, bands=[4, 3, 2, 1], patch_size=8, img_size=32,
+                             data=["s2_tiles"])
+    with pytest.raises(CsptError, match=r"rgb_mae.pth: the teacher takes 3 band\(s\), the student 4 "
+                                        r"\(--bands 4 3 2 1 of s2_tiles\)"):
+        load_teacher(student)
+    guided, contract = load_teacher(PretrainConfig(distill_from=str(teacher), in_chans=3, patch_size=8, img_size=32))
+    assert contract.in_chans == 3 and not any(p.requires_grad for p in guided.parameters())
+
+
+def test_gap_reads_the_target_through_the_checkpoint_s_contract_and_the_source_through_its_own(tmp_path):
+    from cspt.gap import domain_gap
+    from cspt.models.mae import MaskedAutoencoderViT
+    from tests.conftest import write_rgb
+
+    recorded = PixelContract((0.5,) * 3, (0.25,) * 3, bands=(3, 2, 1), low=(0.0,) * 3, high=(0.05,) * 3)
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"model": MaskedAutoencoderViT(TINY_ARCH).state_dict()}, run / "mae.pth")
+    (run / "mae.json").write_text(json.dumps({"pixels": recorded.to_dict()}))
+    photos = [write_rgb(tmp_path / "photos" / f"{i}.jpg", seed=i) for i in range(4)]
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        write_geotiff(tmp_path / "s2" / f"{i}.tif", rng.integers(1, 3000, (4, 48, 48)).astype(np.uint16))
+    result = domain_gap(run / "mae.pth", [str(tmp_path / "photos")], [str(tmp_path / "s2")], max_images=4,
+                        device="cpu")
+    target, source = result["band_statistics"]["target"], result["band_statistics"]["source"]
+    assert target["pixels"]["bands"] == [3, 2, 1] and target["pixels"]["low"] == [0.0] * 3
+    assert source["pixels"]["bands"] is None and source["pixels"]["low"] is None  # 8-bit photos: their own scale
+    assert len(target["mean"]) == 3 and max(target["mean"]) < 3000 / 65535  # the 3 selected bands, raw scale

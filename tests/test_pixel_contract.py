@@ -1,0 +1,240 @@
+"""The pixel contract: every stage reads, masks, scales, augments and normalises the kinds of rasters users bring
+the same way, and invalid pixels stay invalid through every augmentation of every default recipe."""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from timm.data.auto_augment import _RANDOM_INTERPOLATION, LEVEL_TO_ARG
+
+from cspt.data.classification import LabelledImages, LabelledSet
+from cspt.data.detection import Scene
+from cspt.data.images import ImageReadError
+from cspt.data.photometric import photometric_distortion, shift_hue
+from cspt.data.pixels import PixelContract, Pixels
+from cspt.data.rand_augment import PIXEL_OPS, brightness, color, contrast
+from cspt.data.scaling import resolve_scaling
+from cspt.data.scene_tiles import DetectionTiles, make_tiles
+from cspt.data.segmentation import Pair, Palette, SegmentationCrops
+from cspt.data.unlabelled import UnlabelledImages, scan_images
+from tests.conftest import write_geotiff
+
+SIZE = 64
+#: every magnitude step timm's level functions can tell apart
+MAGNITUDES = [m / 10 for m in range(0, 101)]
+GEOMETRIC = {"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "TranslateXRel", "TranslateYRel"}
+#: how far a normalised pixel may lie from the mean (a ViT sees about +-3)
+SIGMAS = 10.0
+
+
+def smooth_field(bands: int, seed: int) -> np.ndarray:
+    """``(bands, SIZE, SIZE)`` smooth random values in 0-1 (a stand-in for real texture)."""
+    coarse = torch.from_numpy(np.random.default_rng(seed).random((1, bands, 6, 6)).astype(np.float32))
+    fine = torch.nn.functional.interpolate(coarse, size=(SIZE, SIZE), mode="bicubic", align_corners=False)[0]
+    return fine.clamp(0, 1).numpy().astype(np.float64)
+
+
+def make_kind(kind: str, folder: Path, seed: int = 0) -> Path:
+    """A GeoTIFF of one of the kinds users bring."""
+    if kind == "float32 DN 0-2047":
+        return write_geotiff(folder / "f32.tif", (smooth_field(3, seed) * 2047).astype(np.float32))
+    if kind == "float64 DN 0-2047":
+        return write_geotiff(folder / "f64.tif", smooth_field(3, seed) * 2047)
+    if kind == "11-bit uint16":
+        return write_geotiff(folder / "u16.tif", (smooth_field(3, seed) * 2046 + 1).astype(np.uint16))
+    if kind == "int16 with -9999 borders":
+        pixels = (smooth_field(1, seed) * 3000 + 200).astype(np.int16)
+        pixels[:, :, :20] = -9999
+        pixels[:, -8:, :] = -9999
+        return write_geotiff(folder / "i16.tif", pixels, nodata=-9999)
+    if kind == "float32 with NaN, 4 bands":
+        pixels = (smooth_field(4, seed) * 40 - 25).astype(np.float32)  # decibels, say
+        pixels[:, 40:, 30:] = np.nan
+        return write_geotiff(folder / "nan.tif", pixels)
+    raise ValueError(kind)
+
+
+KINDS = ["float32 DN 0-2047", "float64 DN 0-2047", "11-bit uint16", "int16 with -9999 borders",
+         "float32 with NaN, 4 bands"]
+
+
+def stage_contract(path: Path) -> PixelContract:
+    """The contract a stage makes for these data with the default flags (--scale auto: measured)."""
+    bands = 4 if "nan" in path.name else 3
+    plain = PixelContract(*(tuple(v) for v in (([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]) if bands == 3
+                                               else ([0.5] * 4, [0.25] * 4))))
+    scaling = resolve_scaling("auto", plain, lambda: [path])
+    assert scaling is not None and scaling.method.startswith("stats")
+    return plain.replace(low=tuple(scaling.low), high=tuple(scaling.high), scaling=scaling.method)
+
+
+@pytest.fixture(scope="module")
+def kinds(tmp_path_factory) -> dict[str, tuple[Path, PixelContract]]:
+    folder = tmp_path_factory.mktemp("kinds")
+    return {kind: (path, stage_contract(path)) for kind in KINDS for path in [make_kind(kind, folder)]}
+
+
+def check_sample(image: torch.Tensor, valid: torch.Tensor, where: str, normalised: bool = True,
+                 contract: PixelContract | None = None) -> None:
+    """Finite; within +-10 sigma; invalid pixels at the normalised zero; not constant where it has data."""
+    if not normalised:
+        image = torch.where(valid, (image - contract.mean_tensor) / contract.std_tensor, image - contract.mean_tensor)
+    assert torch.isfinite(image).all(), where
+    assert image.abs().max() <= SIGMAS, f"{where}: {image.abs().max():.1f} sigma"
+    assert (image[:, ~valid] == 0).all(), f"{where}: invalid pixels are not at the normalised zero"
+    if int(valid.sum()) >= 16:  # enough data to have texture: our inputs have it everywhere
+        assert image[:, valid].std(1).max() > 1e-3, f"{where}: constant sample"
+
+
+def level_args(name: str, magnitude: float, negate: bool) -> tuple:
+    """timm's arguments for ``name`` at ``magnitude``, with its random sign forced either way."""
+    level_fn = LEVEL_TO_ARG[name]
+    if level_fn is None:
+        return ()
+    original = random.random
+    random.random = (lambda: 1.0) if negate else (lambda: 0.0)
+    try:
+        return level_fn(magnitude, {"translate_const": 28, "img_mean": (124, 116, 104)})
+    finally:
+        random.random = original
+
+
+def test_invalid_pixels_are_named_by_the_file_the_value_nan_and_the_contract(tmp_path):
+    pixels = np.arange(3 * 8 * 8, dtype=np.float32).reshape(3, 8, 8) + 100
+    pixels[0, 0, 0] = np.nan  # one band NaN: the whole pixel is invalid
+    pixels[2, 1, 1] = np.inf
+    pixels[:, 2, 2] = -1.0  # the file's own nodata
+    pixels[1, 3, 3] = 7.0  # a value the user names
+    path = write_geotiff(tmp_path / "x.tif", pixels, nodata=-1.0)
+    contract = PixelContract((0.5,) * 3, (0.25,) * 3, nodata=7.0)
+    read = contract.read(path)
+    invalid = {tuple(p) for p in torch.nonzero(~read.valid).tolist()}
+    assert invalid == {(0, 0), (1, 1), (2, 2), (3, 3)}
+    assert (read.image[:, ~read.valid] == 0.5).all() and torch.isfinite(read.image).all()
+    assert (contract.normalise(read)[:, ~read.valid] == 0).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_randaugment_op_at_every_magnitude_keeps_range_texture_and_invalid_pixels(kinds, kind):
+    path, contract = kinds[kind]
+    pixels = contract.read(path)
+    for name, op in sorted(PIXEL_OPS.items()):
+        filters = _RANDOM_INTERPOLATION if name in GEOMETRIC else _RANDOM_INTERPOLATION[:1]
+        for magnitude in MAGNITUDES:
+            for negate in (False, True):
+                args = level_args(name, magnitude, negate)
+                for resample in filters:
+                    where = f"{kind}: {name}{args} m={magnitude} filter {resample}"
+                    out = op(pixels, *args, fillcolor=contract.mean, resample=resample)
+                    check_sample(contract.normalise(out), out.valid, where)
+                    if name in GEOMETRIC:  # a pixel is valid only where the op moved a valid one
+                        moved = op(Pixels(pixels.valid[None].float(), torch.ones_like(pixels.valid)), *args,
+                                   fillcolor=(0.0,), resample=0)
+                        assert not (out.valid & (moved.image[0] < 0.5)).any(), where
+                    else:
+                        assert torch.equal(out.valid, pixels.valid), where
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_photometric_op_at_every_magnitude_keeps_range_texture_and_invalid_pixels(kinds, kind):
+    path, contract = kinds[kind]
+    pixels = contract.read(path)
+    grid = torch.linspace(0, 1, 11).tolist()
+    ops = [(f"brightness {f:.3f}", lambda p, f=0.875 + 0.25 * u: brightness(p, f)) for u in grid for f in [u]]
+    ops += [(f"contrast {u}", lambda p, f=0.5 + u: contrast(p, f)) for u in grid]
+    ops += [(f"saturation {u}", lambda p, f=0.5 + u: color(p, f)) for u in grid]
+    ops += [(f"hue {u}", lambda p, h=-0.05 + 0.1 * u: shift_hue(p, h)) for u in grid]
+    ops += [(f"distortion seed {s}", lambda p, s=s: photometric_distortion(p, torch.Generator().manual_seed(s)))
+            for s in range(20)]
+    for name, op in ops:
+        out = op(pixels)
+        check_sample(contract.normalise(out), out.valid, f"{kind}: {name}")
+        assert torch.equal(out.valid, pixels.valid), name
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_default_recipe_s_samples_on_real_kinds_of_rasters(kinds, kind, tmp_path):
+    """Pretraining, classification (RandAugment + erasing), segmentation and detection samples with their
+    default augmentation, many seeds each."""
+    path, contract = kinds[kind]
+    unlabelled = UnlabelledImages(scan_images([path], 16).entries, contract, 32, 8, 16)  # tiles of a scene
+    whole = UnlabelledImages(scan_images([path], 64).entries, contract, 32, 8, 64)  # the image itself
+    labelled = LabelledImages(LabelledSet([path, path], [0, 1], ["a", "b"]), contract, 32, train=True,
+                              rand_augment="rand-m9-mstd0.5-inc1", reprob=0.25)
+    mask = tmp_path / "mask.png"
+    from PIL import Image
+
+    Image.fromarray((np.arange(SIZE * SIZE).reshape(SIZE, SIZE) % 3).astype(np.uint8)).save(mask)
+    crops = SegmentationCrops([Pair(path, mask, SIZE, SIZE)], Palette(["a", "b", "c"]), 32, contract)
+    scene = Scene(path, SIZE, SIZE, np.array([[30, 10, 50, 30]], np.float32), ["tree"], np.zeros(1, bool))
+    tiles = DetectionTiles([scene], make_tiles([scene], 32, 8, contract=contract), ["tree"], 32, contract,
+                           photometric=True)
+    for seed in range(40):
+        for name, dataset in (("pretrain tiles", unlabelled), ("pretrain", whole)):
+            sample = dataset[(seed % len(dataset), seed)]
+            check_sample(sample["image"], sample["valid"], f"{kind}: {name} seed {seed}")
+        sample = labelled[(seed % 2, seed)]
+        check_sample(sample["image"], sample["valid"], f"{kind}: classify seed {seed}")
+        sample = crops[(seed % len(crops), seed)]
+        check_sample(sample["image"], sample["valid"], f"{kind}: segment seed {seed}")
+        assert (sample["mask"][~sample["valid"]] == 255).all()
+        tile = tiles[(seed % len(tiles), seed)]
+        check_sample(tile["image"], tile["valid"], f"{kind}: detect seed {seed}", normalised=False, contract=contract)
+
+
+def test_segmentation_never_trains_on_pixels_without_data(kinds, tmp_path):
+    path, contract = kinds["int16 with -9999 borders"]
+    from PIL import Image
+
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.ones((SIZE, SIZE), np.uint8)).save(mask)  # a label everywhere, the border included
+    crops = SegmentationCrops([Pair(path, mask, SIZE, SIZE)], Palette(["a", "b"]), 32, contract)
+    border = 0
+    for seed in range(60):
+        sample = crops[(0, seed)]
+        unlabelled = sample["mask"] == 255
+        assert (sample["image"][:, unlabelled] == 0).all()
+        border += int(unlabelled.sum())
+    assert border > 0  # the crops did reach the border, and learnt nothing there
+
+
+def test_a_complex_raster_is_refused_in_one_line_naming_it(tmp_path):
+    import rasterio
+
+    path = tmp_path / "slc.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=1, dtype="complex64") as dst:
+        dst.write((np.ones((1, 8, 8)) * (1 + 2j)).astype(np.complex64))
+    with pytest.raises(ImageReadError, match=re.escape(str(path)) + ": complex-valued pixels .*amplitude"):
+        PixelContract((0.5,), (0.25,)).read(path)
+
+
+def test_no_pixel_state_lives_in_the_environment_or_in_module_settings():
+    """The band selection, nodata and pixel limit are arguments (the contract), never process-wide settings."""
+    source = Path(__file__).resolve().parents[1] / "src" / "cspt" / "data"
+    for module in sorted(source.glob("*.py")):
+        assert "os.environ" not in module.read_text(), module.name
+    import inspect
+
+    from cspt.data import classification, scene_tiles, segmentation, unlabelled
+
+    for dataset in (unlabelled.UnlabelledImages, classification.LabelledImages, segmentation.SegmentationCrops,
+                    scene_tiles.DetectionTiles):
+        assert "contract" in inspect.signature(dataset).parameters, dataset.__name__
+
+
+def test_the_contract_round_trips_and_reads_what_older_releases_recorded():
+    contract = PixelContract((0.4, 0.5), (0.2, 0.3), bands=(4, 2), low=(0.01, 0.02), high=(0.2, 0.3),
+                             nodata=-9999.0, scaling="stats of 3 image(s)")
+    assert PixelContract.from_dict(contract.to_dict()) == contract
+    legacy = PixelContract.from_description({"mean": [0.4, 0.5], "std": [0.2, 0.3], "bands": [4, 2],
+                                             "scale_low": [0.01, 0.02], "scale_high": [0.2, 0.3]})
+    assert (legacy.bands, legacy.low, legacy.high) == (contract.bands, contract.low, contract.high)
+    with pytest.raises(Exception, match="newer than this cspt reads"):
+        PixelContract.from_dict({**contract.to_dict(), "version": 99}, "model.json")
+    with pytest.raises(Exception, match="bands of scaling for 2 bands"):
+        PixelContract((0.4, 0.5), (0.2, 0.3), low=(0.1,), high=(0.2,))
