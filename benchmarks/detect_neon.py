@@ -44,15 +44,15 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import box_area, box_iou
 
-from cspt.checkpoints import load_checkpoint
 from cspt.data.detection import Scene, read_annotations
 from cspt.data.scene_tiles import make_tiles, tile_targets
+from cspt.data.windows import window_starts
 from cspt.demo import crowns_csv, demo_spec, neon_scenes
 from cspt.engine.run_log import read_log
-from cspt.engine.sliding import window_starts
 from cspt.errors import CsptError
 from cspt.pipeline import run_pipeline
 from cspt.tasks.detect import evaluate_scenes, load_detector
+from cspt.weights.load import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 NATURAL = ROOT.parent / "shared" / "weights" / "mae_vit_tiny_p8_64_tinyimagenet.pth"

@@ -27,15 +27,15 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from cspt.checkpoints import load_checkpoint, load_into_model  # noqa: E402
 from cspt.data.classification import LabelledImages, LabelledSet  # noqa: E402
 from cspt.data.pixels import PixelContract  # noqa: E402
-from cspt.export import sha256_of  # noqa: E402
 from cspt.models.classifier import pooled_features  # noqa: E402
 from cspt.models.mae import MaskedAutoencoderViT  # noqa: E402
 from cspt.models.vit import resolve_arch  # noqa: E402
-from cspt.probes import knn_predict  # noqa: E402
-from cspt.weights import PACKAGED, packaged_file, packaged_path  # noqa: E402
+from cspt.tasks.probe import knn_predict  # noqa: E402
+from cspt.weights.export import sha256_of  # noqa: E402
+from cspt.weights.load import load_checkpoint, load_into_model  # noqa: E402
+from cspt.weights.packaged import PACKAGED, packaged_file, packaged_path  # noqa: E402
 
 KEEP_FP32 = ("pos_embed", "decoder_pos_embed")
 

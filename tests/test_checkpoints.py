@@ -8,10 +8,10 @@ import pytest
 import torch
 import torchvision
 
-from cspt.checkpoints import load_checkpoint, load_into_model
 from cspt.errors import CsptError
 from cspt.models import ArchConfig, MaskedAutoencoderViT
 from cspt.models.vit import build_encoder
+from cspt.weights.load import load_checkpoint, load_into_model
 from tests.conftest import TINY_ARCH
 
 

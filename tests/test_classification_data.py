@@ -13,7 +13,7 @@ from torchmetrics.functional.classification import multiclass_cohen_kappa
 from cspt.data.classification import LabelledImages, LabelledSet, keep_label_fraction, read_labelled, stratified_split
 from cspt.errors import CsptError
 from cspt.metrics import classification_metrics
-from cspt.probes import knn_predict, lars_or_sgd, train_linear_probe
+from cspt.tasks.probe import knn_predict, lars_or_sgd, train_linear_probe
 from tests.conftest import neutral_contract, write_rgb
 
 

@@ -25,6 +25,7 @@ ENCODER_ONLY = {k: v for k, v in TINY_ARCH.to_dict().items() if not k.startswith
 FAST = {"num_workers": 0, "device": "cpu", "log_every": 1}
 
 
+@pytest.mark.slow
 def test_tiny_model_beats_chance_on_held_out_images(rsscn7_csv, tmp_path):
     config = ClassifyConfig(data=str(rsscn7_csv(60)), output=str(tmp_path / "run"), train_fraction=0.5, epochs=8,
                             batch_size=32, lr=2e-3, warmup_epochs=1, **PLAIN_FINETUNE, **ENCODER_ONLY, **FAST)
@@ -38,6 +39,7 @@ def test_tiny_model_beats_chance_on_held_out_images(rsscn7_csv, tmp_path):
     assert len(train) == 210 and len(tested) == 210 and not train & tested
 
 
+@pytest.mark.slow
 def test_resume_with_mixup_randaugment_erasing_and_ema_is_exact(rsscn7_csv, tmp_path):
     """All the recipe's randomness (timm mixup/cutmix, RandAugment, erasing, EMA) survives a restart."""
     recipe = dict(data=str(rsscn7_csv(8)), train_fraction=0.5, val_fraction=0.25, epochs=2, batch_size=4,
@@ -138,6 +140,7 @@ def test_cli_finetune_evaluate_predict(rsscn7_csv, natural_mae, tmp_path):
         assert (block == block[0, 0]).all() and (alone == block[0, 0]).all() and block[0, 0] < 7
 
 
+@pytest.mark.slow
 def test_cli_refuses_bad_input_in_one_line(rsscn7_csv, tmp_path):
     write_rgb(tmp_path / "one" / "forest" / "a.png")
     broken_csv = tmp_path / "labels.csv"
@@ -157,6 +160,7 @@ def test_cli_refuses_bad_input_in_one_line(rsscn7_csv, tmp_path):
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+@pytest.mark.slow
 def test_knn_natural_checkpoint_beats_random_encoder(rsscn7_csv, natural_mae):
     config = ProbeConfig(checkpoint=str(natural_mae), data=str(rsscn7_csv(60)), train_fraction=0.5,
                          num_workers=0, device="cpu")
@@ -174,6 +178,7 @@ def test_knn_natural_checkpoint_beats_random_encoder(rsscn7_csv, natural_mae):
     assert natural_oa > random_oa + 0.05, (natural_oa, random_oa)
 
 
+@pytest.mark.slow
 def test_cli_probes_write_metrics(rsscn7_csv, natural_mae, tmp_path):
     for kind in ("knn", "linear"):
         out = tmp_path / kind

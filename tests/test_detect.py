@@ -100,6 +100,7 @@ def test_neon_csv_and_coco_agree_with_the_xml(neon: Path, tmp_path: Path):
     assert np.allclose(read_annotations(tmp_path / "coco.json", neon).scenes[0].boxes, xml.boxes)
 
 
+@pytest.mark.slow
 def test_tiny_detector_overfits_a_neon_scene(neon: Path, tmp_path: Path):
     """Training tiles and whole-scene sliding-window evaluation: the code full runs use."""
     config = DetectConfig(train=str(neon / "OSBS_029.xml"), images=str(neon), val=str(neon / "OSBS_029.xml"),
@@ -174,6 +175,7 @@ def test_sliding_window_merges_seams_into_one_box_per_object():
     assert got == sorted(map(tuple, objects.tolist()))  # scene coordinates, each object once
 
 
+@pytest.mark.slow
 def test_every_object_is_reported_once_wherever_it_lies_across_the_seams():
     """A perfect detector that sees each window alone, swept over every position of a 1-px grid
     (per axis, against positions across the other axis's seams): an object no larger than the
@@ -245,6 +247,7 @@ def test_voc_map_by_hand_and_against_pycocotools():
     assert voc_map(detections, truths, ["tree", "car"])["ap50_per_class"]["car"] is None  # no car: not scored
 
 
+@pytest.mark.slow
 def test_bad_annotations_give_one_line_errors_naming_file_and_line(tmp_path: Path):
     images = tmp_path / "images"
     write_rgb(images / "a.png", size=64)

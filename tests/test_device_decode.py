@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
 from cspt.data.device_decode import decode_batch
@@ -40,6 +41,7 @@ def test_device_decoding_draws_the_loader_path_s_boxes_flips_and_noise(rsscn7: P
     assert (mirrored[:12] > 2 * difference[:12]).all(), (difference, mirrored)
 
 
+@pytest.mark.slow
 def test_an_undecodable_jpeg_is_replaced_and_named_and_pretraining_runs_on_the_device_path(rsscn7: Path,
                                                                                        tmp_path: Path):
     data = tmp_path / "data"

@@ -14,11 +14,11 @@ from PIL import Image
 
 from cspt.data.pixels import PixelContract
 from cspt.data.segmentation import Palette
-from cspt.export import write_weights
 from cspt.models.classifier import build_classifier
 from cspt.models.pyramid import default_taps
 from cspt.tasks.classify import evaluate_scene_classes, predict_scene_classes
 from cspt.tasks.segment import evaluate_segmenter, model_from_description, predict_segmenter
+from cspt.weights.export import write_weights
 from tests.conftest import TINY_ARCH, write_geotiff
 
 CLASSES = ["field", "road", "water"]
@@ -188,7 +188,7 @@ def test_coco_map_counts_every_object_of_a_dense_scene():
 
 
 def test_hub_checkpoints_give_their_own_normalisation(tmp_path):
-    from cspt.checkpoints import Checkpoint
+    from cspt.weights.load import Checkpoint
 
     timm_folder = tmp_path / "timm"
     timm_folder.mkdir()
@@ -236,8 +236,8 @@ def test_a_teacher_of_another_band_count_is_refused_in_one_line_naming_both(tmp_
 
 
 def test_gap_reads_the_target_through_the_checkpoint_s_contract_and_the_source_through_its_own(tmp_path):
-    from cspt.gap import domain_gap
     from cspt.models.mae import MaskedAutoencoderViT
+    from cspt.tasks.gap import domain_gap
     from tests.conftest import write_rgb
 
     recorded = PixelContract((0.5,) * 3, (0.25,) * 3, bands=(3, 2, 1), low=(0.0,) * 3, high=(0.05,) * 3)
@@ -245,7 +245,8 @@ def test_gap_reads_the_target_through_the_checkpoint_s_contract_and_the_source_t
     run.mkdir()
     torch.save({"model": MaskedAutoencoderViT(TINY_ARCH).state_dict()}, run / "mae.pth")
     (run / "mae.json").write_text(json.dumps({"pixels": recorded.to_dict()}))
-    photos = [write_rgb(tmp_path / "photos" / f"{i}.jpg", seed=i) for i in range(4)]
+    for i in range(4):
+        write_rgb(tmp_path / "photos" / f"{i}.jpg", seed=i)
     rng = np.random.default_rng(0)
     for i in range(2):
         write_geotiff(tmp_path / "s2" / f"{i}.tif", rng.integers(1, 3000, (4, 48, 48)).astype(np.uint16))

@@ -10,10 +10,10 @@ import pytest
 import timm
 import torch
 
-from cspt.checkpoints import load_checkpoint, load_into_model
-from cspt.export import export_checkpoint
 from cspt.models import ArchConfig, MaskedAutoencoderViT
 from cspt.models.vit import resolve_arch
+from cspt.weights.export import export_checkpoint
+from cspt.weights.load import load_checkpoint, load_into_model
 from tests.conftest import run_cli
 
 transformers = pytest.importorskip("transformers")
@@ -103,6 +103,7 @@ def test_openmmlab_layout_into_cspt(tmp_path, batch):
     same_loss(loaded(path), want, *batch)
 
 
+@pytest.mark.slow
 def test_timm_export_gives_the_same_features(tmp_path):
     source = MaskedAutoencoderViT(ARCH).eval()
     torch.save({"model": source.state_dict()}, tmp_path / "run.pth")
@@ -119,6 +120,7 @@ def test_timm_export_gives_the_same_features(tmp_path):
     assert info.returncode == 0 and "decoder: no" in info.stdout and "run.pth" in info.stdout
 
 
+@pytest.mark.slow
 def test_export_errors_are_one_line(tmp_path):
     encoder_only = tmp_path / "enc.pth"
     torch.save(MaskedAutoencoderViT(ARCH).encoder_state_dict(), encoder_only)

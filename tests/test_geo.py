@@ -20,7 +20,7 @@ from cspt.data.detection import read_annotations
 from cspt.data.georaster import vector_driver
 from cspt.data.pixels import PixelContract
 from cspt.data.segmentation import Pair, SegmentationCrops, read_mask
-from cspt.engine.sliding import window_starts
+from cspt.data.windows import window_starts
 from cspt.engine.streaming import BLENDS, blended_logits, stream_strips
 from cspt.tasks.detect import detect_scene
 from cspt.tasks.segment import evaluate_pairs, finetune_segment, load_palette
@@ -49,6 +49,7 @@ def dubai_scene(path: Path, border: int = 0) -> tuple[Path, np.ndarray]:
     return write_geotiff(path, pixels, nodata=0 if border else None), rgb
 
 
+@pytest.mark.slow
 def test_predict_segment_writes_a_georeferenced_class_raster_and_polygons_on_the_map(segmenter, tmp_path):
     scene, rgb = dubai_scene(tmp_path / "scene.tif")
     Image.fromarray(rgb).save(tmp_path / "same.png")  # the same pixels without georeferencing
@@ -85,6 +86,7 @@ def test_predict_segment_writes_a_georeferenced_class_raster_and_polygons_on_the
     assert col == pytest.approx(round(col)) and row == pytest.approx(round(row)) and 300000 <= x <= 300000 + 0.5 * 797
 
 
+@pytest.mark.slow
 def test_nodata_is_not_predicted_and_stays_nodata(segmenter, tmp_path):
     scene, _ = dubai_scene(tmp_path / "framed.tif", border=40)
     out = tmp_path / "out"
@@ -144,6 +146,7 @@ def test_blending_lowers_the_seam_error_below_the_plain_mean():
     assert errors["cosine"] < errors["none"] / 2 and errors["gaussian"] < errors["none"] / 2
 
 
+@pytest.mark.slow
 def test_predict_detect_writes_boxes_in_the_scenes_crs(neon: Path, natural_mae: Path, tmp_path: Path):
     scene = neon / "OSBS_029.tif"  # a real NEON orthophoto: UTM 17N, 10 cm pixels
     run = tmp_path / "run"
@@ -187,6 +190,7 @@ def dubai_polygons(path: Path, scene: Path, mask: Path, crs: str = "EPSG:4326", 
     return path
 
 
+@pytest.mark.slow
 def test_finetune_segment_from_geotiff_scenes_and_polygons_in_another_crs(tmp_path: Path):
     parts = ["image_part_002", "image_part_003"]
     scenes = [write_geotiff(tmp_path / f"{p}.tif", np.moveaxis(np.asarray(
@@ -232,6 +236,7 @@ def test_finetune_segment_from_geotiff_scenes_and_polygons_in_another_crs(tmp_pa
     assert "nowhere.tif: cannot open the scene" in message
 
 
+@pytest.mark.slow
 def test_detection_boxes_from_a_vector_file_in_another_crs_land_on_the_scenes_pixels(neon: Path, tmp_path: Path):
     scenes = tmp_path / "scenes"
     scenes.mkdir()

@@ -11,10 +11,10 @@ import timm
 import transformers
 from safetensors.torch import save_file
 
-from cspt.checkpoints import load_checkpoint, load_into_model
 from cspt.errors import CsptError
 from cspt.models import ArchConfig, MaskedAutoencoderViT
 from cspt.models.vit import build_encoder
+from cspt.weights.load import load_checkpoint, load_into_model
 from tests.conftest import run_cli
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -72,6 +72,7 @@ def test_timm_name_loads_the_encoder_with_heads_from_its_architecture(hub_cache:
     assert "from the checkpoint's architecture 'vit_small_patch16_224'" in str(report)
 
 
+@pytest.mark.slow
 def test_pretraining_starts_from_a_hub_name(hub_cache: Path, rsscn7_list, tmp_path: Path):
     result = run_cli("pretrain", "--init", "hf:test/vit-mae-tiny", "--data", str(rsscn7_list(8)), "--epochs", "1",
                      "--batch-size", "8", "--output", str(tmp_path / "run"), "--num-workers", "0", "--device", "cpu",
@@ -82,6 +83,7 @@ def test_pretraining_starts_from_a_hub_name(hub_cache: Path, rsscn7_list, tmp_pa
     assert lineage[0]["path"].endswith("model.safetensors") and len(lineage[0]["sha256"]) == 64
 
 
+@pytest.mark.slow
 def test_without_network_a_missing_model_names_the_cache_folder(tmp_path: Path):
     empty = tmp_path / "empty"
     result = run_cli("info", "hf:facebook/vit-mae-base", env={"HF_HUB_CACHE": str(empty), "HF_HUB_OFFLINE": "1"})

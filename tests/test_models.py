@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cspt.checkpoints import load_checkpoint
 from cspt.errors import CsptError
 from cspt.models import ArchConfig, MaskedAutoencoderViT
 from cspt.models.vit import VIT_PRESETS, build_encoder, resolve_arch, sincos_pos_embed
+from cspt.weights.load import load_checkpoint
 from tests.conftest import TINY_ARCH
 
 OFFICIAL_TOP_LEVEL = {"cls_token", "pos_embed", "patch_embed", "blocks", "norm", "mask_token", "decoder_embed",

@@ -12,7 +12,6 @@ import torch
 import yaml
 from PIL import Image
 
-from cspt.checkpoints import load_checkpoint
 from cspt.config import ClassifyConfig, DetectConfig, PretrainConfig, ProbeConfig, SegmentConfig
 from cspt.data.normalisation import resolve_normalisation
 from cspt.tasks.classify import finetune_classify
@@ -20,6 +19,7 @@ from cspt.tasks.detect import finetune_detect
 from cspt.tasks.pretrain import pretrain
 from cspt.tasks.probe import frozen_encoder
 from cspt.tasks.segment import finetune_segment
+from cspt.weights.load import load_checkpoint
 from tests.conftest import PLAIN_FINETUNE
 from tests.test_recipe_semantics import dubai_crops, neon_crop, rsscn7_files
 
@@ -95,6 +95,7 @@ def test_statistics_for_another_band_count_are_not_used(tmp_path: Path, caplog: 
     assert any("records 4-band statistics" in r.message for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_eleven_bit_data_under_imagenet_statistics_is_named_before_training(rsscn7, tmp_path: Path):
     """A SpaceNet-like uint16 scene using 11 bits: on the dtype scale ImageNet's statistics make it a near-constant
     input, and the run says so before it trains; the default scaling and the statistics ``cspt stats`` measures

@@ -46,6 +46,27 @@ def test_mae_loss_falls_on_real_images(rsscn7_list, tmp_path):
     assert (run_dir / "reconstructions" / "epoch_0005.png").is_file()
 
 
+def test_a_few_scenes_give_a_fixed_number_of_crops_per_epoch_and_held_out_images_are_scored(tmp_path):
+    """--samples-per-epoch sets the step budget whatever the pool's size; --eval-data is scored before and after
+    (never trained on), beside the pool by the same rule, with its reconstructions."""
+    from tests.conftest import write_rgb
+
+    pool = [write_rgb(tmp_path / "pool" / f"{i}.png", size=96, seed=i) for i in range(2)]
+    held_out = write_rgb(tmp_path / "held_out" / "x.png", size=96, seed=9)
+    config = PretrainConfig(data=[str(tmp_path / "pool")], eval_data=[str(held_out)], output=str(tmp_path / "run"),
+                            epochs=2, batch_size=8, samples_per_epoch=40, blr=1.5e-3, warmup_epochs=0.5,
+                            num_workers=0, log_every=1, vis_every=2, device="cpu", **TINY_ARCH.to_dict())
+    run_dir = pretrain(config)
+    assert len(losses(run_dir)) == 2 * (40 // 8) and len(pool) == 2  # 5 steps an epoch from two images
+    history = json.loads((run_dir / "heldout.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 2]
+    assert all(np.isfinite([h["mae_loss"], h["pool_mae_loss"]]).all() for h in history)
+    assert history[0]["mae_loss"] != history[-1]["mae_loss"]  # the weights moved
+    assert (run_dir / "reconstructions" / "heldout_epoch_0000.png").is_file()
+    assert (run_dir / "reconstructions" / "heldout_epoch_0002.png").is_file()
+
+
+@pytest.mark.slow
 def test_init_from_natural_checkpoint_matches_every_key(rsscn7_list, natural_mae, tmp_path):
     out = tmp_path / "run"
     result = run_cli("pretrain", "--data", str(rsscn7_list(32)), "--init", str(natural_mae), "--output", str(out),
@@ -79,6 +100,7 @@ def guidance(kind: str, folder: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("kind", ["plain", "teacher", "replay"])
+@pytest.mark.slow
 def test_sigkill_at_a_random_step_then_restart_gives_identical_weights(kind, rsscn7_list, tmp_path):
     data = str(rsscn7_list(48))
     args = ["pretrain", "--data", data, "--epochs", "3", "--batch-size", "8", "--checkpoint-every", "2",
@@ -114,6 +136,7 @@ def test_sigkill_at_a_random_step_then_restart_gives_identical_weights(kind, rss
                    for r in parts)
 
 
+@pytest.mark.slow
 def test_resume_refuses_weights_only_files_and_changed_settings(rsscn7_list, natural_mae, tmp_path):
     result = run_cli("pretrain", "--resume", str(natural_mae))
     assert result.returncode == 2 and "weights-only checkpoint cannot be resumed" in result.stderr
@@ -130,6 +153,7 @@ def test_resume_refuses_weights_only_files_and_changed_settings(rsscn7_list, nat
 
 
 @pytest.mark.parametrize("kind", ["plain", "teacher", "replay"])
+@pytest.mark.slow
 def test_two_process_gloo_matches_one_process(kind, rsscn7_list, tmp_path):
     data = str(rsscn7_list(48))
     common = ["pretrain", "--data", data, "--epochs", "1", "--seed", "3", *TINY_FLAGS, *FAST, *guidance(kind, tmp_path)]
@@ -146,6 +170,7 @@ def test_two_process_gloo_matches_one_process(kind, rsscn7_list, tmp_path):
     assert np.allclose(one, two, atol=1e-4), (one, two)
 
 
+@pytest.mark.slow
 def test_bad_input_gives_one_line_errors_or_logged_skips(rsscn7, natural_mae, tmp_path):
     def cli(*args):
         result = run_cli("pretrain", *args, "--epochs", "1", "--batch-size", "4", *TINY_FLAGS, *FAST)
@@ -177,6 +202,7 @@ def test_bad_input_gives_one_line_errors_or_logged_skips(rsscn7, natural_mae, tm
     assert epoch_end["skipped_images"] == 1
 
 
+@pytest.mark.slow
 def test_visualize_and_stats_commands(rsscn7_list, natural_mae, tmp_path):
     png = tmp_path / "recon.png"
     result = run_cli("visualize", "--checkpoint", str(natural_mae), "--images", str(rsscn7_list(4)),
@@ -211,6 +237,7 @@ def test_knn_probes_during_pretraining_and_stop_on_plateau(rsscn7_list, rsscn7_c
     assert (run_dir / "encoder.safetensors").is_file()  # an early stop still exports the encoder
 
 
+@pytest.mark.slow
 def test_a_second_process_is_refused_a_run_directory_in_use(rsscn7_list, tmp_path):
     """A double launch: the second start is refused in one line naming the holder, and nothing of it is
     written; once the first ends, the same command resumes."""
@@ -233,6 +260,7 @@ def test_a_second_process_is_refused_a_run_directory_in_use(rsscn7_list, tmp_pat
     assert run_cli(*args).returncode == 0  # the kernel released the killed holder's lock
 
 
+@pytest.mark.slow
 def test_a_run_directory_inside_the_data_is_not_read_as_data(rsscn7, tmp_path):
     data = tmp_path / "images"
     for i in range(16):

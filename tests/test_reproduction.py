@@ -41,6 +41,7 @@ def quick_run(reproduce, tmp_path_factory) -> Path:
     return output
 
 
+@pytest.mark.slow
 def test_quick_run_is_one_pipeline_config_and_writes_every_arm_table_and_plots(quick_run, reproduce):
     spec = read_pipeline(quick_run / "pipeline.yaml")  # the whole experiment, as `cspt pipeline` reads it
     assert spec["arms"] == list(reproduce.ARMS) and spec["seeds"] == [0] and spec["budgets"] == [1, 2]

@@ -12,13 +12,13 @@ import torch
 import yaml
 from PIL import Image
 
-from cspt.checkpoints import Checkpoint
 from cspt.data.files import find_images
 from cspt.data.images import image_info
 from cspt.data.pixels import PixelContract, read_unit
 from cspt.data.scaling import measure_scaling, resolve_scaling, sampled_pixels
 from cspt.data.unlabelled import UnlabelledImages, scan_images
 from cspt.tasks.common import checkpoint_contract
+from cspt.weights.load import Checkpoint
 from tests.conftest import SHARED, TINY_FLAGS, eleven_bit_scene, needs, run_cli, write_geotiff
 
 DUBAI_IMAGE = SHARED / "data" / "dubai" / "tile_1" / "images" / "image_part_001.jpg"
@@ -46,6 +46,7 @@ def normalised_samples(config: dict, data: Path, count: int = 9) -> torch.Tensor
     return torch.stack([dataset[(i, i)]["image"] for i in range(count)])
 
 
+@pytest.mark.slow
 def test_an_11_bit_scene_is_pretrained_on_its_own_range_not_the_dtype_maximum(scene, natural_mae, tmp_path):
     assert image_info(scene).dtype == "uint16" and read_image(scene).max() < 2048 / 65535
     out = tmp_path / "run"
@@ -118,6 +119,7 @@ def test_nodata_pixels_are_left_out_of_the_measurement(tmp_path):
     assert measure_scaling([plain], "percentile", grey).low[0] > 0
 
 
+@pytest.mark.slow
 def test_pretraining_windows_that_are_mostly_nodata_are_drawn_again_and_counted(natural_mae, tmp_path):
     source = needs(DUBAI_IMAGE)
     scene = eleven_bit_scene(source, tmp_path / "scene.tif")
@@ -143,6 +145,7 @@ def test_pretraining_windows_that_are_mostly_nodata_are_drawn_again_and_counted(
     assert "scene windows drawn this epoch were mostly nodata and skipped" in result.stderr
 
 
+@pytest.mark.slow
 def test_bands_are_selected_recorded_and_reused(tmp_path):
     rng = np.random.default_rng(0)
     scenes = [write_geotiff(tmp_path / "data" / f"{i}.tif", rng.integers(0, 255, (4, 64, 64), dtype=np.uint8))

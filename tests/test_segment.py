@@ -79,6 +79,7 @@ def test_sliding_window_keeps_the_image_size_and_equals_one_pass_when_it_covers(
     assert not torch.allclose(logits[:, :36, 11:20], corner[:, :36, 11:20], atol=1e-6)  # averaged with (0, 11)
 
 
+@pytest.mark.slow
 def test_tiny_model_beats_the_majority_class_on_held_out_dubai_tiles(dubai: Path, tmp_path: Path):
     config = SegmentConfig(images=[str(dubai / f"tile_{i}") for i in range(1, 7)], val_images=[str(dubai / "tile_7")],
                            palette="dubai", output=str(tmp_path / "run"), epochs=3, batch_size=8, lr=1e-3,
@@ -107,6 +108,7 @@ def _write_pair(root: Path, name: str, size: tuple[int, int], colors: list[tuple
     Image.fromarray(mask).save(root / "masks" / f"{name}.png")
 
 
+@pytest.mark.slow
 def test_bad_pairs_give_one_line_errors_naming_the_file(tmp_path: Path):
     road, land = (110, 193, 228), (132, 41, 246)
     _write_pair(tmp_path / "wrong_size", "a", (48, 40), [road])  # mask 48x40, image 48x48

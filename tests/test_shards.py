@@ -7,6 +7,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tifffile
 import torch
 
@@ -63,6 +64,7 @@ def test_shard_order_keeps_each_shard_together_and_global_batches_for_any_world_
     assert merged == batches
 
 
+@pytest.mark.slow
 def test_pretraining_on_shards_resumes_exactly(rsscn7_list, tmp_path):
     files = pool(rsscn7_list, tmp_path)[:24]
     shards = make_shards(files, tmp_path / "shards", max_bytes=150_000)

@@ -25,7 +25,13 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[
             continue
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": f.metadata.get("help")}
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        text = f.metadata.get("help") or ""
+        if default not in (None, [], False) and "default" not in text:
+            shown = " ".join(map(str, default)) if isinstance(default, list) else default
+            text = f"{text} (default: {shown})"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": text.replace("%", "%%")
+                                  if "%%" not in text else text}
         if hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
@@ -343,7 +349,8 @@ def run_pipeline(args: argparse.Namespace) -> None:
 
 
 def run_gap(args: argparse.Namespace) -> None:
-    from cspt.gap import domain_gap, gap_summary, write_gap
+    from cspt.metrics import gap_summary
+    from cspt.tasks.gap import domain_gap, write_gap
 
     result = domain_gap(args.checkpoint, args.source, args.target, args.max_images, device=args.device,
                         trust=args.trust_checkpoint, max_image_pixels=args.max_image_pixels)
@@ -410,13 +417,13 @@ def run_demo(args: argparse.Namespace) -> None:
 
 
 def run_export(args: argparse.Namespace) -> None:
-    from cspt.export import export_checkpoint
+    from cspt.weights.export import export_checkpoint
 
     print(f"wrote {export_checkpoint(args.source, args.to, args.output, args.trust_checkpoint)}")
 
 
 def run_info(args: argparse.Namespace) -> None:
-    from cspt.export import checkpoint_info
+    from cspt.weights.export import checkpoint_info
 
     info = checkpoint_info(args.checkpoint, args.trust_checkpoint)
     if args.json:

@@ -110,6 +110,11 @@ class PretrainConfig(TrainConfig, EncoderConfig):
     min_scale: float = option(0.2, "RandomResizedCrop minimum area fraction")
     tile_size: int | None = option(None, "images larger than twice this are sampled as random "
                                    "tiles of this size (default: 4 x img_size)")
+    samples_per_epoch: int | None = option(None, "random crops an epoch draws from the pool (default: one per image, "
+                                           "or per tile of a large scene); for a few large scenes")
+    eval_data: list[str] | None = option(None, "held-out unlabelled images (never trained on): their MAE loss, on "
+                                         "fixed crops and masks, before training and at every --vis-every epoch, "
+                                         "with their reconstructions", nargs="+")
     decode_on: str = option("loader", "where JPEGs are decoded, cropped and resized: loader (its processes, "
                             "PIL) or device (torchvision.io.decode_jpeg in batches on the training device: nvJPEG "
                             "on a GPU, for loaders that cannot keep up)", choices=["loader", "device"])

@@ -1,11 +1,12 @@
 """``cspt demo``: the whole CSPT chain on real NEON aerial scenes, on a laptop CPU, in two arms.
 
 ``direct``: source checkpoint -> tree-crown detection fine-tuning on the two Yellowstone
-scenes; ``cspt``: source checkpoint -> consecutive MAE pretraining of the tiny ViT on
-random crops of the Yellowstone scenes and a California one -> the same fine-tuning.
-Both are scored (mAP@0.5, and precision/recall at the score threshold with the best F1
-on training tiles) on two scenes of other sites (Florida, California) that no
-stage reads before evaluation -> the pipeline report, arms side by side.
+scenes; ``cspt``: source checkpoint -> consecutive MAE pretraining of the tiny ViT (912
+steps of the reproduction's recipe) on random crops of the Yellowstone scenes and a
+California one -> the same fine-tuning. Both are scored (mAP@0.5, and precision/recall
+at the score threshold with the best F1 on training tiles) on two scenes of other sites
+(Florida, California) that no stage trains on; stage 2 also reports its MAE loss on
+them before and after (no gradient) -> the pipeline report, arms side by side.
 
 The imagery and its boxes ship inside the ``deepforest`` wheel on PyPI (MIT licence).
 The README's set-up line downloads the wheel into ``.cache/wheels``; otherwise the demo
@@ -29,7 +30,7 @@ import yaml
 from cspt.config import read_yaml
 from cspt.data.detection import read_annotations
 from cspt.errors import CsptError
-from cspt.weights import PACKAGED, is_packaged_name, packaged_path
+from cspt.weights.packaged import PACKAGED, is_packaged_name, packaged_path
 
 log = logging.getLogger("cspt")
 
@@ -42,7 +43,9 @@ TRAIN_SCENES = ("2019_YELL_2_541000_4977000_image_crop",  #: 279 tree crowns, Ye
 HELD_OUT = ("OSBS_029", "SOAP_061")  #: 61 + 37 crowns from Florida and California
 #: the unlabelled imagery of consecutive pretraining: the training scenes and SOAP_031 (no held-out scene)
 PRETRAIN_SCENES = tuple(f"{stem}.png" for stem in TRAIN_SCENES) + ("SOAP_031.png",)
-PRETRAIN_EPOCHS = 20
+#: stage 2, the reproduction's recipe (docs/reproduction.md: blr 1.5e-3 at batch 32, 24 epochs of 38 steps, the
+#: warm-up 5% of the steps) on random crops of the three unlabelled scenes: 912 steps
+PRETRAIN = {"epochs": 24, "samples_per_epoch": 38 * 32, "batch_size": 32, "blr": 1.5e-3, "warmup_epochs": 1.2}
 #: what a source checkpoint decides when there is one (the tiny recipes spell out the shared tiny MAE's)
 SHAPE_FIELDS = ("model", "embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "decoder_dim", "decoder_depth",
                 "decoder_num_heads")
@@ -136,14 +139,15 @@ def shaped_like(options: dict, patch: int | None, grid: int) -> dict:
 
 def demo_spec(output: str, init: str | None) -> dict:
     """The embedded pipeline: both arms; pretraining and detection training never read a held-out scene."""
-    from cspt.checkpoints import load_checkpoint
+    from cspt.weights.load import load_checkpoint
 
     scenes = neon_scenes()
     data = Path(output) / "data"
     patch = load_checkpoint(init).arch["patch_size"] if init else None
-    pretrain = {**shaped_like(recipe("pretrain_tiny_cpu.yaml"), patch, 8),
+    pretrain = {**shaped_like(recipe("pretrain_tiny_cpu.yaml"), patch, 8), **PRETRAIN,
                 "data": [str(scenes / name) for name in PRETRAIN_SCENES],
-                "epochs": PRETRAIN_EPOCHS, "vis_every": PRETRAIN_EPOCHS, "device": "auto"}
+                "eval_data": [str(scenes / f"{stem}.png") for stem in HELD_OUT],  # scored, never trained on
+                "vis_every": PRETRAIN["epochs"], "device": "auto"}
     detect = {**shaped_like(recipe("detect_tiny_cpu.yaml"), patch, 16), "task": "detect",
               "train": str(crowns_csv(scenes, TRAIN_SCENES, data / "train.csv")), "images": str(scenes),
               "val": str(crowns_csv(scenes, HELD_OUT, data / "held_out.csv")), "classes": ["Tree"],

@@ -251,3 +251,48 @@ def coco_map(detections: Sequence[dict], ground_truths: Sequence[dict]) -> dict[
         return float(kept.mean()) if kept.size else -1.0
 
     return {"map": mean(precision), "map_50": mean(precision[0]), "map_75": mean(precision[5])}
+
+
+# ---------------------------------------------------------------- domain gap (cspt gap)
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2)`` of two feature sets."""
+    a, b = a.double(), b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    root_a = _psd_sqrt(cov_a)
+    cross = _psd_sqrt(root_a @ cov_b @ root_a)
+    return float((mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * cross.trace())
+
+
+def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
+    values, vectors = torch.linalg.eigh((matrix + matrix.T) / 2)
+    return vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
+
+
+def mmd(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Squared maximum mean discrepancy with an RBF kernel (bandwidth: median pairwise distance)."""
+    joint = torch.cat([a, b]).double()
+    distances = torch.cdist(joint, joint).pow(2)
+    bandwidth = distances[distances > 0].median()
+    kernel = (-distances / bandwidth).exp()
+    n = len(a)
+    return float(kernel[:n, :n].mean() + kernel[n:, n:].mean() - 2 * kernel[:n, n:].mean())
+
+
+def gap_summary(result: dict[str, Any]) -> list[str]:
+    """Human-readable lines: each measure on held-out source vs target."""
+    lines = []
+    for key, name in (("reconstruction_loss", "MAE reconstruction loss"), ("frechet_distance", "Fréchet distance"),
+                      ("mmd", "MMD")):
+        values = result[key]
+        if values.get("target") is not None:
+            lines.append(f"{name}: source {values['source']:.4f}, target {values['target']:.4f}")
+    return lines
+
+
+def gap_closed(before: dict[str, Any], after: dict[str, Any], key: str = "frechet_distance") -> float | None:
+    """Percent of the target's excess distance over the held-out source removed between two reports."""
+    excess = [r[key]["target"] - r[key]["source"] for r in (before, after)]
+    return 100 * (excess[0] - excess[1]) / excess[0] if excess[0] > 0 else None
+

@@ -45,11 +45,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cspt.checkpoints import checkpoint_file
 from cspt.config import ClassifyConfig, DetectConfig, PretrainConfig, ProbeConfig, SegmentConfig, make_config, read_yaml
 from cspt.errors import CsptError
-from cspt.export import sha256_of
-from cspt.hub import is_hub_name
+from cspt.weights.export import sha256_of
+from cspt.weights.hub import is_hub_name
+from cspt.weights.load import checkpoint_file
+from cspt.weights.packaged import is_packaged_name
 
 log = logging.getLogger("cspt")
 
@@ -61,7 +62,8 @@ TEACHER_ARMS = ("cspt_teacher", "fresh_teacher")
 RANDOM_START_ARMS = ("random", "scratch", "fresh_teacher")
 TASKS = {"classify": ClassifyConfig, "detect": DetectConfig, "segment": SegmentConfig}
 STAGE_FILE = "stage.json"
-PIPELINE_KEYS = {"output", "source", "arms", "pretrain", "replay", "finetune", "probes", "gap", "seeds", "budgets"}
+PIPELINE_KEYS = {"output", "source", "arms", "pretrain", "replay", "finetune", "probes", "gap", "seeds", "budgets",
+                 "evidence"}
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,10 @@ def read_pipeline(path: str | Path) -> dict[str, Any]:
     for name, options in (spec.get("probes") or {}).items():
         if not isinstance(options, dict) or options.get("probe", "knn") not in PROBES:
             raise CsptError(f"{path}: probe '{name}' needs probe: {' | '.join(PROBES)}")
+    for name, record in (spec.get("evidence") or {}).items():
+        if not isinstance(record, dict) or not isinstance(record.get("spread"), (int, float)) \
+                or not record.get("metric") or not record.get("measured_by"):
+            raise CsptError(f"{path}: evidence '{name}' needs metric, spread (a number) and measured_by")
     for key in ("seeds", "budgets"):
         values = spec.get(key)
         if values is not None and (not isinstance(values, list) or not values
@@ -205,7 +211,7 @@ def file_identity(path: str | None) -> str:
     """A cheap identity of an input checkpoint: resolved path, size and modification time."""
     if not path:
         return "random"
-    target = checkpoint_file(Path(path)) if is_hub_name(path) else Path(path)
+    target = checkpoint_file(Path(path)) if is_hub_name(path) or is_packaged_name(path) else Path(path)
     if not target.exists():
         raise CsptError(f"{target}: source checkpoint not found")
     stat = target.stat()
@@ -273,7 +279,8 @@ def run_probe_stage(stage: Stage, encoder: str | None) -> None:
 
 def run_gap_stage(stage: Stage, source: str | None, pretrained_run: Path | None) -> None:
     """The domain gap of the source checkpoint and, when there is one, of the pretrained encoder."""
-    from cspt.gap import domain_gap, gap_closed, write_gap
+    from cspt.metrics import gap_closed
+    from cspt.tasks.gap import domain_gap, write_gap
 
     options = dict(stage.options)
     if not source:

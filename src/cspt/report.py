@@ -50,7 +50,17 @@ def headline(run_dir: Path, kind: str) -> dict[str, float]:
     """The task's headline metrics from ``metrics.json`` (pretraining: the last logged loss)."""
     if kind == "pretrain":
         losses = [r["loss"] for r in read_log(run_dir) if "loss" in r]
-        return {"final MAE loss": losses[-1]} if losses else {}
+        values = {"final MAE loss": losses[-1]} if losses else {}
+        heldout = run_dir / "heldout.json"
+        if heldout.is_file():  # data the stage never trained on, same crops and masks each time
+            history = json.loads(heldout.read_text())
+            first, last = history[0], history[-1]
+            values.update({f"held-out MAE loss, epoch {first['epoch']}": first["mae_loss"],
+                           f"held-out MAE loss, epoch {last['epoch']}": last["mae_loss"],
+                           "held-out MAE loss change": last["mae_loss"] - first["mae_loss"]})
+            if "pool_mae_loss" in first:  # the same measure on crops of the images it trained on
+                values["pool MAE loss change"] = last["pool_mae_loss"] - first["pool_mae_loss"]
+        return values
     path = run_dir / "metrics.json"
     if not path.is_file():
         return {}
@@ -92,10 +102,13 @@ def plot_curves(run_dir: Path, target: Path) -> Path | None:
 def example_figures(run_dir: Path, kind: str) -> list[tuple[Path, str]]:
     """Pictures of the model at work: reconstructions before/after, confusion matrix, boxes, an overlay."""
     if kind == "pretrain":
-        grids = sorted((run_dir / "reconstructions").glob("epoch_*.png"))
-        chosen = [grids[0], grids[-1]] if len(grids) > 1 else grids
-        return [(g, f"MAE reconstructions at {g.stem.replace('_', ' ')} (original | masked | reconstruction | "
-                    "reconstruction with the visible patches)") for g in chosen]
+        figures = []
+        for prefix, what in (("epoch_", "training images"), ("heldout_epoch_", "held-out images (never trained on)")):
+            grids = sorted((run_dir / "reconstructions").glob(f"{prefix}*.png"))
+            chosen = [grids[0], grids[-1]] if len(grids) > 1 else grids
+            figures += [(g, f"MAE reconstructions of {what} at epoch {int(g.stem.rsplit('_', 1)[1])} (original | "
+                            "masked | reconstruction | reconstruction with the visible patches)") for g in chosen]
+        return figures
     if kind == "classify" and (run_dir / "confusion.png").is_file():
         return [(run_dir / "confusion.png", "confusion matrix on the test split")]
     example = _detection_example(run_dir) if kind == "detect" else (
@@ -104,45 +117,28 @@ def example_figures(run_dir: Path, kind: str) -> list[tuple[Path, str]]:
 
 
 def _detection_example(run_dir: Path) -> tuple[Path, str] | None:
-    import torch
-
-    from cspt.data.detection import read_annotations
-    from cspt.tasks.common import described_weights
-    from cspt.tasks.detect import DETECTOR, detect_scene, draw_against_labels, drawing_threshold, load_detector
-
-    _, info = described_weights(run_dir, DETECTOR, "detect")
-    if not info.get("val"):
+    """The drawing the detection run made of its first validation scene (``examples/labelled/``)."""
+    drawn = sorted((run_dir / "examples" / "labelled").glob("*.png"))
+    if not drawn:
         return None
-    scene = read_annotations(info["val"], info["val_images"], info.get("format", "auto"), info["classes"],
-                             info.get("class_field", "class")).scenes[0]
-    drawn = run_dir / "examples" / "labelled" / f"{scene.image.stem}.png"
-    if not drawn.is_file():
-        described = load_detector(run_dir)
-        contract = described.contract()
-        found = detect_scene(described.model, scene.image, scene.height, scene.width, info, contract,
-                             torch.device("cpu"))
-        draw_against_labels(scene, found, info, contract, drawn)
+    info = json.loads((run_dir / WEIGHTS["detect"]).read_text())
     point = info.get("operating_point")
-    chosen = ""
+    threshold, chosen = (point or {}).get("threshold", 0.5), ""
     if point:
         held_out = point.get("validation", {})
         chosen = (f": the threshold of the best F1 on the {point['chosen_on']} (held-out precision "
                   f"{held_out.get('precision', 0):.2f}, recall {held_out.get('recall', 0):.2f})")
-    return drawn, (f"detections scoring {drawing_threshold(info):.2f} or more on the held-out scene "
-                   f"{scene.image.name}{chosen}; green: they match a labelled object (IoU 0.5 or more), red: "
-                   "false alarms, cyan outline: labelled objects missed")
+    return drawn[0], (f"detections scoring {threshold:.2f} or more on the held-out scene {drawn[0].stem}{chosen}; "
+                      "green: they match a labelled object (IoU 0.5 or more), red: false alarms, cyan outline: "
+                      "labelled objects missed")
 
 
 def _segmentation_example(run_dir: Path) -> tuple[Path, str] | None:
-    from cspt.tasks.segment import SPLITS_DIR, predict_segmenter, read_split
-
-    val = read_split(run_dir / SPLITS_DIR).get("val")
-    if not val:
+    """The overlay the segmentation run made of its first validation tile (``examples/``)."""
+    overlays = sorted((run_dir / "examples").glob("*_overlay.jpg"))
+    if not overlays:
         return None
-    overlay = run_dir / "examples" / f"{val[0].image.stem}_overlay.jpg"
-    if not overlay.is_file():
-        predict_segmenter(run_dir, [str(val[0].image)], run_dir / "examples", draw=True, device="cpu")
-    return overlay, f"predicted classes over the held-out tile {val[0].image.name}"
+    return overlays[0], f"predicted classes over the held-out tile {overlays[0].stem.removesuffix('_overlay')}"
 
 
 def lineage_lines(run_dir: Path, kind: str) -> list[str]:
@@ -250,7 +246,7 @@ def write_run_report(run_dir: str | Path) -> Path:
 
 
 def gap_blocks(folder: Path) -> list[Block]:
-    from cspt.gap import gap_summary
+    from cspt.metrics import gap_summary
 
     blocks: list[Block] = [("h", 2, "Domain gap")]
     for name, caption in (("source", "source checkpoint"), ("pretrained", "after consecutive pretraining")):
@@ -270,40 +266,70 @@ def gap_blocks(folder: Path) -> list[Block]:
 ARM_WORDS = {"cspt": "consecutive pretraining", "random": "random initialisation instead of the source"}
 
 
-def arm_comparison(stages: Sequence[Any]) -> list[Block]:
+def arm_comparison(stages: Sequence[Any], evidence: dict[str, dict[str, Any]] | None = None) -> list[Block]:
     """Each fine-tune and probe of every arm beside the direct arm's, averaged over the seeds: the difference, and
-    its sign in words."""
-    from cspt.pipeline import Chain
-
-    groups: dict[tuple[Chain, str], list[dict[str, float]]] = {}  #: an arm at a budget, every seed
+    a verdict only as strong as the evidence (:func:`verdict`)."""
+    groups: dict[tuple[Any, str], dict[int | None, dict[str, float]]] = {}  #: an arm at a budget, per seed
     for stage in stages:
         if stage.chain and stage.kind != "pretrain" and stage.run_dir.is_dir():
             task = stage.name.split("/", 1)[-1]
             group = dataclasses.replace(stage.chain, seed=None)
-            groups.setdefault((group, task), []).append(headline(stage.run_dir, stage.kind))
+            groups.setdefault((group, task), {})[stage.chain.seed] = headline(stage.run_dir, stage.kind)
     blocks: list[Block] = []
     for (group, task), ours in groups.items():
-        direct = groups.get((Chain("direct"), task))
+        direct = next((seeds for (other, name), seeds in groups.items()
+                       if name == task and other.arm == "direct"), None)
         label = group.label
         if group.arm == "direct" or direct is None:
             continue
-        metrics = [metric for metric in ours[0] if all(metric in h for h in ours + direct)]
+        metrics = [metric for metric in next(iter(ours.values()))
+                   if all(metric in h for h in [*ours.values(), *direct.values()])]
         if not metrics:
             continue
-        rows = [[metric, mean_and_spread([h[metric] for h in direct]), mean_and_spread([h[metric] for h in ours]),
-                 f"{statistics.mean(h[metric] for h in ours) - statistics.mean(h[metric] for h in direct):+.4f}"]
-                for metric in metrics]
-        main = rows[0]
-        change = float(main[3])
+        rows = []
+        for metric in metrics:
+            arm_values, direct_values = [h[metric] for h in ours.values()], [h[metric] for h in direct.values()]
+            rows.append([metric, mean_and_spread(direct_values), mean_and_spread(arm_values),
+                         f"{statistics.mean(arm_values) - statistics.mean(direct_values):+.4f}"])
         what = ARM_WORDS.get(group.arm, f"pretraining as {group.arm}")
-        verdict = f"{what} helped" if change > 0 else f"{what} hurt" if change < 0 else f"{what} made no difference"
-        runs = ("one run per arm: a difference within a run's seed-to-seed spread is no evidence"
-                if len(ours) == 1 and len(direct) == 1 else
-                f"means over {len(ours)} and {len(direct)} seeds, ± their standard deviation")
+        paired = [ours[seed][metrics[0]] - direct[seed][metrics[0]] for seed in ours if seed in direct]
+        record = (evidence or {}).get(task)
         blocks += [("h", 2, f"{task}: direct against {label}"),
-                   ("p", f"{main[0]}: direct {main[1]}, {label} {main[2]}, difference {main[3]}: {verdict} ({runs})."),
+                   ("p", f"{rows[0][0]}: direct {rows[0][1]}, {label} {rows[0][2]}, difference {rows[0][3]}: "
+                         f"{verdict(what, paired, record if record and record['metric'] == rows[0][0] else None)}."),
                    ("table", ["metric", "direct", label, f"{label} - direct"], rows)]
     return blocks
+
+
+def verdict(what: str, paired: Sequence[float], evidence: dict[str, Any] | None) -> str:
+    """Words for the paired differences (arm minus direct, one per seed), no stronger than the evidence.
+
+    Several seeds: "helped"/"hurt" when the 95% interval of the mean paired difference
+    (Student's t) leaves out zero. One seed: when the difference goes beyond the spread a
+    benchmark measured for this budget (``evidence``: ``spread``, the 95% half-width of one
+    paired difference, and ``measured_by``). Otherwise the arms cannot be told apart.
+    """
+    mean = statistics.mean(paired)
+    word = "helped" if mean > 0 else "hurt"
+    if len(paired) > 1:
+        half = T_95[min(len(paired) - 1, len(T_95)) - 1] * statistics.stdev(paired) / len(paired) ** 0.5
+        interval = f"95% interval of the paired difference over {len(paired)} seeds: {mean - half:+.4f} to " \
+                   f"{mean + half:+.4f}"
+        return f"{what} {word} ({interval})" if abs(mean) > half else \
+            f"the arms cannot be told apart ({interval}, which holds zero)"
+    if evidence is None:
+        return ("the arms cannot be told apart from one run each: no seed-to-seed spread is recorded for this "
+                "budget (run the pipeline with seeds)")
+    spread = float(evidence["spread"])
+    source = f"{evidence['measured_by']}"
+    if abs(mean) > spread:
+        return f"{what} {word}, beyond the ±{spread:.4f} seed-to-seed spread of one run measured by {source}"
+    return (f"the arms cannot be told apart at this budget: the difference lies within the ±{spread:.4f} "
+            f"seed-to-seed spread of one run measured by {source}")
+
+
+#: two-sided 95% Student's t quantiles for 1, 2, ... 10 degrees of freedom (beyond: about 2)
+T_95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 
 
 def mean_and_spread(values: Sequence[float], digits: int = 4) -> str:
@@ -329,7 +355,7 @@ def write_pipeline_report(output: Path, stages: Sequence[Any], spec: dict[str, A
              f"ViT and a pretraining arm is MAE from scratch; arms: {', '.join(spec['arms'])}.")
     blocks: list[Block] = [("p", first),
                            ("h", 2, "Results"), ("table", ["stage", "task", "arm", "metrics"], rows)]
-    blocks += arm_comparison(stages)
+    blocks += arm_comparison(stages, spec.get("evidence"))
     for stage in stages:
         if stage.kind == "gap":
             blocks += gap_blocks(stage.run_dir)

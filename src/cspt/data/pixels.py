@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
+from cspt.atomic import atomic_write
 from cspt.data.images import (
     DEFAULT_MAX_IMAGE_PIXELS,
     ImageInfo,
@@ -70,7 +70,8 @@ class Pixels:
         return Pixels(self.image.rot90(turns, (-2, -1)), self.valid.rot90(turns, (-2, -1)))
 
     def crop(self, top: int, left: int, height: int, width: int) -> Pixels:
-        return Pixels(self.image[:, top:top + height, left:left + width], self.valid[top:top + height, left:left + width])
+        rows, cols = slice(top, top + height), slice(left, left + width)
+        return Pixels(self.image[:, rows, cols], self.valid[rows, cols])
 
     def resized(self, size: Sequence[int], interpolation: InterpolationMode = InterpolationMode.BICUBIC) -> Pixels:
         """Resized to ``size`` (antialiased; the mask by nearest neighbour)."""
@@ -271,10 +272,7 @@ CONTRACT_FILE = "pixels.json"
 def write_contract(contract: PixelContract, folder: Path) -> Path:
     """``folder/pixels.json``, written atomically (a temporary file renamed into place)."""
     target = Path(folder) / CONTRACT_FILE
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp")
-    temporary.write_text(json.dumps(contract.to_dict(), indent=2) + "\n")
-    os.replace(temporary, target)
+    atomic_write(target, lambda tmp: tmp.write_text(json.dumps(contract.to_dict(), indent=2) + "\n"))
     return target
 
 

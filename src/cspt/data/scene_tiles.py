@@ -21,7 +21,7 @@ from cspt.data.detection import Scene
 from cspt.data.photometric import photometric_distortion
 from cspt.data.pixels import PixelContract, Pixels, pad_to
 from cspt.data.sampling import load_or_replace, seeded_rngs
-from cspt.engine.sliding import window_starts
+from cspt.data.windows import window_starts
 
 
 @dataclass(frozen=True)

@@ -93,10 +93,13 @@ class UnlabelledImages(Dataset):
     thread_safe = True
 
     def __init__(self, entries: Sequence[Entry], contract: PixelContract, img_size: int, patch_size: int,
-                 tile_size: int, min_scale: float = 0.2, decode_on_device: bool = False):
+                 tile_size: int, min_scale: float = 0.2, decode_on_device: bool = False,
+                 samples_per_epoch: int | None = None):
         if not entries:
             raise CsptError("no readable images in the data given")
         self.entries = list(entries)
+        #: samples an epoch draws: sample ``i`` is a random crop of entry ``i % len(entries)`` (default: one each)
+        self.length = samples_per_epoch or len(self.entries)
         self.contract = contract
         self.img_size = img_size
         self.num_patches = (img_size // patch_size) ** 2
@@ -105,7 +108,7 @@ class UnlabelledImages(Dataset):
         self.decode_on_device = decode_on_device and contract.in_chans == 3 and contract.bands is None
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return self.length
 
     @property
     def groups(self) -> list[list[int]] | None:
@@ -113,12 +116,13 @@ class UnlabelledImages(Dataset):
         if not any(is_member(e.path) for e in self.entries):
             return None
         by_shard: dict[str, list[int]] = {}
-        for index, entry in enumerate(self.entries):
-            by_shard.setdefault(shard_of(entry.path), []).append(index)
+        for index in range(self.length):
+            by_shard.setdefault(shard_of(self.entries[index % len(self.entries)].path), []).append(index)
         return list(by_shard.values())
 
     def __getitem__(self, item: tuple[int, int]) -> dict:
         index, seed = item
+        index %= len(self.entries)
         generator = torch.Generator().manual_seed(seed)
         (pixels, redrawn), _, skipped = load_or_replace(lambda i: self.random_crop(self.entries[i], generator),
                                                         index, len(self.entries), generator)
@@ -228,21 +232,24 @@ def collate_for_device(samples: list[dict]) -> dict:
     }
 
 
-def evaluation_images(dataset: UnlabelledImages, count: int) -> torch.Tensor:
-    """``count`` readable images spread over the dataset, resized and centre-cropped, normalised."""
-    images, last_error = [], None
-    step = max(1, len(dataset) // max(1, count))
-    for index in range(0, len(dataset), step):
-        entry = dataset.entries[index]
+def evaluation_images(dataset: UnlabelledImages, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` readable images spread over the dataset's files and tiles (a seeded tile of a large scene),
+    resized and centre-cropped: normalised ``(N, bands, H, W)`` and their valid masks ``(N, H, W)``."""
+    images, masks, last_error = [], [], None
+    entries = dataset.entries
+    step = max(1, len(entries) // max(1, count))
+    for index in range(0, len(entries), step):
         generator = torch.Generator().manual_seed(index)
         try:
-            pixels, _ = dataset.load(entry, generator)
+            pixels, _ = dataset.load(entries[index], generator)
         except ImageReadError as err:
             last_error = err
             continue
-        images.append(dataset.contract.normalise(resize_centre_crop(pixels, dataset.img_size)))
+        pixels = resize_centre_crop(pixels, dataset.img_size)
+        images.append(dataset.contract.normalise(pixels))
+        masks.append(pixels.valid)
         if len(images) == count:
             break
     if not images:
-        raise CsptError(f"no readable image among the {len(range(0, len(dataset), step))} tried; last: {last_error}")
-    return torch.stack(images)
+        raise CsptError(f"no readable image among the {len(range(0, len(entries), step))} tried; last: {last_error}")
+    return torch.stack(images), torch.stack(masks)

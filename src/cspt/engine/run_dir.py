@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import torch
 
 from cspt.config import TrainConfig, config_to_dict, make_config, read_yaml
-from cspt.engine.checkpointing import CheckpointManager
+from cspt.engine.train_states import CheckpointManager
 from cspt.errors import CsptError
 
 C = TypeVar("C", bound=TrainConfig)

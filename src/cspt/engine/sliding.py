@@ -6,13 +6,7 @@ from typing import Callable
 
 import torch
 
-
-def window_starts(length: int, window: int, stride: int) -> list[int]:
-    """Window offsets covering ``length``; the last window ends at the edge (none when it fits)."""
-    if length <= window:
-        return [0]
-    starts = list(range(0, length - window, stride))
-    return starts + [length - window]
+from cspt.data.windows import window_starts
 
 
 def window_cores(starts: list[int], window: int, length: int) -> list[tuple[float, float]]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cspt.engine.sliding import window_starts
+from cspt.data.windows import window_starts
 
 BLENDS = ("cosine", "gaussian", "none")
 

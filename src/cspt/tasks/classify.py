@@ -23,7 +23,6 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from cspt.checkpoints import Checkpoint
 from cspt.config import ClassifyConfig, LabelledDataConfig
 from cspt.data.classification import (
     LabelledImages,
@@ -44,7 +43,6 @@ from cspt.engine.optim import param_groups_layer_decay
 from cspt.engine.run_dir import has_checkpoint
 from cspt.engine.trainer import Trainer, resolve_precision
 from cspt.errors import CsptError
-from cspt.export import write_weights
 from cspt.metrics import classification_metrics, segmentation_metrics, write_confusion_csv
 from cspt.models.classifier import NOT_FOR_CLASSIFIER, build_classifier
 from cspt.models.vit import ArchConfig
@@ -64,6 +62,8 @@ from cspt.tasks.common import (
     start_run,
 )
 from cspt.tasks.maps import qualitative_colors, scene_strips, score_strips, write_class_raster
+from cspt.weights.export import write_weights
+from cspt.weights.load import Checkpoint
 
 log = logging.getLogger("cspt")
 

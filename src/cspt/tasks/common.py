@@ -14,7 +14,6 @@ from typing import Any, NamedTuple, TypeVar
 from safetensors.torch import load_file
 from torch import nn
 
-from cspt.checkpoints import Checkpoint, description_of, load_checkpoint, load_into_model
 from cspt.config import EncoderConfig, PyramidConfig, TrainConfig, save_config
 from cspt.data.images import ImageReadError
 from cspt.data.normalisation import log_normalisation, resolve_normalisation
@@ -32,9 +31,10 @@ from cspt.engine.run_dir import (
 )
 from cspt.engine.trainer import Task
 from cspt.errors import CsptError
-from cspt.export import lineage_of
 from cspt.models.pyramid import default_taps
 from cspt.models.vit import ArchConfig, resolve_arch
+from cspt.weights.export import lineage_of
+from cspt.weights.load import Checkpoint, description_of, load_checkpoint, load_into_model
 
 C = TypeVar("C", bound=TrainConfig)
 

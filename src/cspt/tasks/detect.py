@@ -21,7 +21,6 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
-from cspt.checkpoints import Checkpoint
 from cspt.config import DetectConfig
 from cspt.data.detection import Annotations, Scene, read_annotations
 from cspt.data.files import find_images
@@ -34,7 +33,6 @@ from cspt.engine.optim import param_groups_layer_decay
 from cspt.engine.sliding import sliding_window_detections
 from cspt.engine.trainer import Trainer, resolve_precision
 from cspt.errors import CsptError
-from cspt.export import write_sidecar, write_weights
 from cspt.metrics import best_f1_threshold, coco_map, image_outcomes, precision_recall_at, voc_map
 from cspt.models.detector import build_detector, detector_encoder
 from cspt.models.vit import ArchConfig
@@ -52,6 +50,8 @@ from cspt.tasks.common import (
     resolved_taps,
     start_run,
 )
+from cspt.weights.export import write_sidecar, write_weights
+from cspt.weights.load import Checkpoint
 
 log = logging.getLogger("cspt")
 
@@ -358,7 +358,8 @@ class DetectTask(FineTuneTask):
 
     def choose_operating_point(self, run_dir: Path) -> None:
         """The score threshold with the best F1 on (up to 256 seeded) training tiles, recorded in
-        ``detector.json`` for drawing; with validation scenes, their precision and recall at it too."""
+        ``detector.json`` for drawing; with validation scenes, their precision and recall at it too, and the
+        first one drawn against its labels at it (``examples/labelled/``, for the report)."""
         kept, info, weights = load_detector(run_dir)
         device = torch.device(resolve_device(self.config.device))
         found, truths = self.training_tile_detections(kept, info, device)
@@ -373,6 +374,10 @@ class DetectTask(FineTuneTask):
             point["validation"] = precision_recall_at(held, truths, len(info["classes"]), chosen["threshold"])
         if self.dist.is_main:
             write_sidecar(weights, {**info, "operating_point": point})
+            if self.val is not None:  # the report's example: the first validation scene against its labels
+                scene = self.val.scenes[0]
+                draw_against_labels(scene, held[0], {**info, "operating_point": point}, contract_of(self.config),
+                                    run_dir / "examples" / "labelled" / f"{scene.image.stem}.png")
             metrics_path = run_dir / "metrics.json"
             if metrics_path.is_file():
                 metrics = json.loads(metrics_path.read_text())

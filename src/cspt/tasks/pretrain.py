@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -15,7 +16,6 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from cspt.checkpoints import Checkpoint, checkpoint_file, load_checkpoint, load_into_model
 from cspt.config import PretrainConfig
 from cspt.data.device_decode import decode_batch
 from cspt.data.files import find_images
@@ -29,12 +29,13 @@ from cspt.data.unlabelled import (
     evaluation_images,
     scan_images,
 )
+from cspt.data.windows import window_starts
 from cspt.engine.trainer import Task, Trainer
 from cspt.errors import CsptError
-from cspt.export import lineage_of, sha256_of, write_weights
 from cspt.models.distill import TeacherGuidedMAE, teacher_tokens
 from cspt.models.mae import DECODER_PREFIXES, MaskedAutoencoderViT, masking_order
 from cspt.models.vit import build_encoder, resolve_arch
+from cspt.plots import reconstruction_grid, save_grid
 from cspt.tasks.common import (
     arch_of,
     check_normalisation,
@@ -47,7 +48,8 @@ from cspt.tasks.common import (
     source_contract,
     start_run,
 )
-from cspt.visualize import reconstruction_grid, save_grid
+from cspt.weights.export import lineage_of, sha256_of, write_weights
+from cspt.weights.load import Checkpoint, checkpoint_file, load_checkpoint, load_into_model
 
 if TYPE_CHECKING:
     from cspt.tasks.probe import ProbeMonitor
@@ -55,6 +57,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("cspt")
 
 VIS_IMAGES = 8
+#: fixed crops of --eval-data the held-out MAE loss is measured on
+HELDOUT_IMAGES = 32
+#: the held-out MAE loss per epoch (0: before training), in a pretraining run
+HELDOUT_FILE = "heldout.json"
 
 
 def resolve_config(config: PretrainConfig, init: Checkpoint | None = None) -> PretrainConfig:
@@ -111,13 +117,13 @@ class PretrainTask(Task):
         scan = scan_images(files, cfg.tile_size)
         for message in scan.unreadable:
             log.warning("skipped unreadable image: %s", message)
-        log.info("data: %d files, %d samples per epoch%s", len(files), len(scan.entries),
+        log.info("data: %d files, %d samples per epoch%s", len(files), cfg.samples_per_epoch or len(scan.entries),
                  f", {len(scan.unreadable)} unreadable files skipped" if scan.unreadable else "")
         check_normalisation(list(dict.fromkeys(entry.path for entry in scan.entries)), self.contract,
                             self.dist.is_main)
         on_device = cfg.decode_on == "device"
         self.dataset = UnlabelledImages(scan.entries, self.contract, cfg.img_size, cfg.patch_size, cfg.tile_size,
-                                        cfg.min_scale, on_device)
+                                        cfg.min_scale, on_device, cfg.samples_per_epoch)
         self.files = files
         dataset = self.with_replay(self.dataset) if cfg.replay else self.dataset
         if on_device and not self.dataset.decode_on_device:
@@ -181,15 +187,65 @@ class PretrainTask(Task):
         return images, valid
 
     def _write_reconstructions(self, model: MaskedAutoencoderViT, name: str, run_dir: Path) -> None:
-        images = evaluation_images(self.dataset, VIS_IMAGES)
+        images, _ = evaluation_images(self.dataset, VIS_IMAGES)
         noise = torch.rand(len(images), self.dataset.num_patches, generator=torch.Generator().manual_seed(0))
         device = next(model.parameters()).device
         grid = reconstruction_grid(model, images.to(device), self.contract, noise.to(device))
         save_grid(grid, run_dir / "reconstructions" / f"{name}.png")
 
+    def fixed_crops(self, sources: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Fixed crops of ``sources`` (normalised images, valid masks) and their fixed mask noise: a regular
+        grid of windows half a tile wide (the scale of a training crop) over every image, at most
+        ``HELDOUT_IMAGES`` of them spread evenly, each resized to the input size."""
+        cfg = self.config
+        side = cfg.tile_size // 2
+        boxes = []
+        for path in find_images(sources):
+            info = self.contract.info(path)
+            tops, lefts = window_starts(info.height, side, side), window_starts(info.width, side, side)
+            size = (min(side, info.height), min(side, info.width))
+            boxes += [(path, (top, left, *size)) for top in tops for left in lefts]
+        chosen = [boxes[round(i * len(boxes) / min(len(boxes), HELDOUT_IMAGES))]
+                  for i in range(min(len(boxes), HELDOUT_IMAGES))]
+        crops = [self.contract.read(path, box).resized([cfg.img_size, cfg.img_size]) for path, box in chosen]
+        images = torch.stack([self.contract.normalise(crop) for crop in crops])
+        noise = torch.rand(len(images), self.arch.grid_size**2, generator=torch.Generator().manual_seed(0))
+        return images, torch.stack([crop.valid for crop in crops]), noise
+
+    @functools.cached_property
+    def measured_crops(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The held-out crops (``--eval-data``), and crops of the pool by the same rule for comparison."""
+        return {"heldout": self.fixed_crops(self.config.eval_data), "pool": self.fixed_crops(self.config.data)}
+
+    @torch.no_grad()
+    def evaluate_heldout(self, model: nn.Module, epoch: int, run_dir: Path) -> float:
+        """The MAE loss on the held-out crops and on the pool's (same crops and masks every time), appended to
+        ``heldout.json``; the held-out reconstructions as ``reconstructions/heldout_epoch_NNNN.png``."""
+        net = getattr(model, "module", model)
+        device = next(net.parameters()).device
+        was_training = net.training
+        net.eval()
+        losses = {}
+        for name, crops in self.measured_crops.items():
+            images, valid, noise = (t.to(device) for t in crops)
+            losses[name] = float(net(images, noise=noise, valid=valid)[0])
+            if name == "heldout":
+                save_grid(reconstruction_grid(net, images[:VIS_IMAGES // 2], self.contract, noise[:VIS_IMAGES // 2]),
+                          run_dir / "reconstructions" / f"heldout_epoch_{epoch:04d}.png")
+        net.train(was_training)
+        record = run_dir / HELDOUT_FILE
+        history = json.loads(record.read_text()) if record.is_file() else []
+        entry = {"epoch": epoch, "mae_loss": losses["heldout"], "pool_mae_loss": losses["pool"]}
+        record.write_text(json.dumps([h for h in history if h["epoch"] < epoch] + [entry], indent=2) + "\n")
+        log.info("MAE loss at epoch %d: held-out %.4f (%s), pool %.4f (the same crops and masks every time)", epoch,
+                 losses["heldout"], ", ".join(self.config.eval_data), losses["pool"])
+        return losses["heldout"]
+
     def on_fit_start(self, model: nn.Module, run_dir: Path) -> None:
         if self.config.vis_every:
             self._write_reconstructions(model, "epoch_0000", run_dir)
+        if self.config.eval_data:
+            self.evaluate_heldout(model, 0, run_dir)
 
     def on_epoch_end(self, model: nn.Module, epoch: int, run_dir: Path) -> dict[str, Any] | None:
         cfg = self.config
@@ -201,11 +257,15 @@ class PretrainTask(Task):
             log.info("replay: %d of this process's samples this epoch were source images",
                      self.counts["replayed"])
         self.counts = {"drawn": 0, "nodata": 0, "replayed": 0}
-        if self.dist.is_main and cfg.vis_every and ((epoch + 1) % cfg.vis_every == 0 or epoch + 1 == cfg.epochs):
+        shown = cfg.vis_every and ((epoch + 1) % cfg.vis_every == 0 or epoch + 1 == cfg.epochs)
+        metrics = {}
+        if self.dist.is_main and shown:
             self._write_reconstructions(model, f"epoch_{epoch + 1:04d}", run_dir)
+        if self.dist.is_main and cfg.eval_data and (shown or epoch + 1 == cfg.epochs):
+            metrics["val_mae_loss"] = self.evaluate_heldout(model, epoch + 1, run_dir)
         if cfg.probe_every and ((epoch + 1) % cfg.probe_every == 0 or epoch + 1 == cfg.epochs):
-            return self.monitor.probe(model, epoch)  # every process extracts its share of the features
-        return None
+            metrics.update(self.monitor.probe(model, epoch))  # every process extracts its share of the features
+        return metrics or None
 
     @functools.cached_property
     def monitor(self) -> ProbeMonitor:

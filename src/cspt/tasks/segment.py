@@ -23,11 +23,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from cspt.checkpoints import Checkpoint
 from cspt.config import SegmentConfig
 from cspt.data.files import find_images
 from cspt.data.georaster import vectorize_classes
-from cspt.data.images import ImageReadError, display_rgb, image_info, is_raster
+from cspt.data.images import ImageReadError, display_rgb, image_info, is_raster, open_raster
 from cspt.data.pixels import PixelContract
 from cspt.data.segmentation import (
     Pair,
@@ -52,7 +51,6 @@ from cspt.engine.run_dir import has_checkpoint
 from cspt.engine.streaming import Strip
 from cspt.engine.trainer import Trainer, resolve_precision
 from cspt.errors import CsptError
-from cspt.export import write_weights
 from cspt.metrics import segmentation_metrics, write_confusion_csv
 from cspt.models.segmenter import Segmenter, build_segmenter
 from cspt.models.vit import ArchConfig
@@ -73,6 +71,8 @@ from cspt.tasks.common import (
     start_run,
 )
 from cspt.tasks.maps import qualitative_colors, scene_strips, score_strips, strip_labels, write_class_raster
+from cspt.weights.export import write_weights
+from cspt.weights.load import Checkpoint
 
 log = logging.getLogger("cspt")
 
@@ -256,8 +256,8 @@ def predict_segmenter(checkpoint: str | Path, images: Sequence[str], output: str
     A TIFF gives ``NAME.tif``: class indices with the input's CRS and transform, a colour
     table and 255 where the input has no data (with ``probabilities``, ``NAME_probabilities.tif``:
     one uint8 band per class); ``vectorize`` (``gpkg``, ``geojson`` or ``shp``) adds one polygon
-    per connected region. Other images give ``NAME.png`` and ``NAME_color.png`` (+ ``NAME_overlay.jpg``
-    with ``draw``).
+    per connected region. Other images give ``NAME.png`` and ``NAME_color.png``. With ``draw``, every image
+    also gives ``NAME_overlay.jpg``.
     """
     described = load_segmenter(checkpoint)
     model, info, _ = described
@@ -278,8 +278,13 @@ def predict_segmenter(checkpoint: str | Path, images: Sequence[str], output: str
                     target = folder / f"{path.stem}.{vectorize}"
                     features = vectorize_classes(folder / f"{path.stem}.tif", target, palette.classes)
                     log.info("%s: %d class regions", target, features)
+                if draw:
+                    with open_raster(folder / f"{path.stem}.tif") as written_map:
+                        write_overlay(path, written_map.read(1), colors, folder, contract)
             else:
-                write_class_pictures(strips, path, folder, colors, draw, contract)
+                labels = write_class_pictures(strips, path, folder, colors)
+                if draw:
+                    write_overlay(path, labels, colors, folder, contract)
         except ImageReadError as err:
             log.warning("skipped unreadable image: %s", err)
             continue
@@ -288,18 +293,25 @@ def predict_segmenter(checkpoint: str | Path, images: Sequence[str], output: str
     return folder
 
 
-def write_class_pictures(strips: Iterable[Strip], path: Path, folder: Path, colors: np.ndarray, draw: bool,
-                         contract: PixelContract) -> None:
-    """``NAME.png`` (indices, 255 where the image has no data), ``NAME_color.png`` and, with ``draw``,
-    ``NAME_overlay.jpg``."""
+def painted(labels: np.ndarray, colors: np.ndarray) -> np.ndarray:
+    """Class indices as RGB (black where 255: no data)."""
+    return np.concatenate([colors, np.zeros((256 - len(colors), 3), np.uint8)])[labels]
+
+
+def write_class_pictures(strips: Iterable[Strip], path: Path, folder: Path, colors: np.ndarray) -> np.ndarray:
+    """``NAME.png`` (indices, 255 where the image has no data) and ``NAME_color.png``; returns the indices."""
     labels = np.concatenate([strip_labels(strip) for strip in strips])
     Image.fromarray(labels).save(folder / f"{path.stem}.png")
-    painted = np.concatenate([colors, np.zeros((256 - len(colors), 3), np.uint8)])[labels]
-    Image.fromarray(painted).save(folder / f"{path.stem}_color.png")
-    if draw:
-        picture = display_rgb(contract.read(path).image.permute(1, 2, 0).numpy())
-        overlay = (0.5 * picture + 0.5 * painted).astype(np.uint8)
-        Image.fromarray(overlay).save(folder / f"{path.stem}_overlay.jpg", quality=90)
+    Image.fromarray(painted(labels, colors)).save(folder / f"{path.stem}_color.png")
+    return labels
+
+
+def write_overlay(path: Path, labels: np.ndarray, colors: np.ndarray, folder: Path, contract: PixelContract) -> Path:
+    """``NAME_overlay.jpg``: the class colours blended over the image as its contract scales it."""
+    picture = display_rgb(contract.read(path).image.permute(1, 2, 0).numpy())
+    target = folder / f"{path.stem}_overlay.jpg"
+    Image.fromarray((0.5 * picture + 0.5 * painted(labels, colors)).astype(np.uint8)).save(target, quality=90)
+    return target
 
 
 # ---------------------------------------------------------------- fine-tuning
@@ -427,6 +439,9 @@ class SegmentTask(FineTuneTask):
         if "val" not in self.splits and self.dist.is_main:
             write_weights(model.state_dict(), run_dir / SEGMENTER, self.describe(run_dir, "last epoch"))
             log.info("no validation tiles: kept the last epoch; evaluate it with cspt evaluate segment")
+        if "val" in self.splits and self.dist.is_main:  # the report's example: the first validation tile drawn
+            predict_segmenter(run_dir, [str(self.splits["val"][0].image)], run_dir / "examples", draw=True,
+                              device=str(next(model.parameters()).device.type))
 
     def describe(self, run_dir: Path, selected: str) -> dict[str, Any]:
         """``segmenter.json``: how to rebuild, feed and read the model, and where it came from."""
@@ -436,7 +451,8 @@ class SegmentTask(FineTuneTask):
                  "config": dataclasses.asdict(cfg)}
         return {"task": "segment", "architecture": self.arch.to_dict(), "format": "cspt segmenter",
                 "palette": self.palette.to_dict(), "ignore_index": cfg.ignore_index,
-                "pixels": contract_of(cfg).to_dict(), "pyramid": cfg.pyramid, "taps": cfg.taps, "channels": cfg.channels, "aux_channels": cfg.aux_channels,
+                "pixels": contract_of(cfg).to_dict(), "pyramid": cfg.pyramid, "taps": cfg.taps,
+                "channels": cfg.channels, "aux_channels": cfg.aux_channels,
                 "crop_size": cfg.crop_size, "stride": cfg.stride,
                 "resize": cfg.resize, "selected": selected, "lineage": self.parents + [stage]}
 

@@ -7,14 +7,14 @@ from typing import Sequence
 
 import torch
 
-from cspt.checkpoints import load_checkpoint, load_into_model
 from cspt.data.files import find_images
 from cspt.data.unlabelled import UnlabelledImages, evaluation_images, scan_images
 from cspt.errors import CsptError
 from cspt.models.mae import MaskedAutoencoderViT
 from cspt.models.vit import resolve_arch
+from cspt.plots import reconstruction_grid, save_grid
 from cspt.tasks.common import checkpoint_contract
-from cspt.visualize import reconstruction_grid, save_grid
+from cspt.weights.load import load_checkpoint, load_into_model
 
 
 def visualize_checkpoint(checkpoint: str | Path, images: Sequence[str], output: str | Path, count: int = 8,
@@ -31,6 +31,6 @@ def visualize_checkpoint(checkpoint: str | Path, images: Sequence[str], output: 
     contract = checkpoint_contract(ckpt, arch.in_chans, mean, std, max_image_pixels)
     scan = scan_images(find_images(list(images)), 4 * arch.img_size)
     dataset = UnlabelledImages(scan.entries, contract, arch.img_size, arch.patch_size, 4 * arch.img_size)
-    batch = evaluation_images(dataset, count)
+    batch, _ = evaluation_images(dataset, count)
     noise = torch.rand(len(batch), dataset.num_patches, generator=torch.Generator().manual_seed(seed))
     return save_grid(reconstruction_grid(model, batch, contract, noise), output)

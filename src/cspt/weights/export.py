@@ -15,14 +15,14 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from cspt.checkpoint_formats import mae_to_hugging_face
-from cspt.checkpoints import Checkpoint, checkpoint_file, description_of, load_checkpoint, sidecar_of
+from cspt.atomic import atomic_torch_save, atomic_write
 from cspt.data.pixels import PixelContract
-from cspt.engine.checkpointing import atomic_torch_save, atomic_write
 from cspt.errors import CsptError
 from cspt.models.distill import DISTILL_PREFIX
 from cspt.models.mae import DECODER_PREFIXES
 from cspt.models.vit import ArchConfig, resolve_arch
+from cspt.weights.formats import mae_to_hugging_face
+from cspt.weights.load import Checkpoint, checkpoint_file, description_of, load_checkpoint, sidecar_of
 
 EXPORT_TARGETS = ("timm", "hf", "mae")
 
@@ -57,7 +57,7 @@ def write_weights(state: dict[str, torch.Tensor], target: Path, info: dict[str, 
 
 def write_sidecar(weights: Path, info: dict[str, Any]) -> None:
     """The JSON description beside a weights file, where :func:`description_of` finds it."""
-    sidecar_of(weights).write_text(json.dumps(info, indent=2) + "\n")
+    atomic_write(sidecar_of(weights), lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
 
 
 def export_checkpoint(source: str | Path, to: str, output: str | Path, trust: bool = False) -> Path:

@@ -25,12 +25,12 @@ from timm.layers import resample_abs_pos_embed
 from timm.models._manipulate import adapt_input_conv
 from torch import nn
 
-from cspt.checkpoint_formats import hugging_face_to_mae, is_hugging_face, is_openmmlab, openmmlab_to_mae
 from cspt.errors import CsptError
-from cspt.hub import hub_weights, is_hub_name
 from cspt.models.mae import DECODER_PREFIXES
 from cspt.models.vit import VIT_PRESETS, sincos_pos_embed
-from cspt.weights import is_packaged_name, packaged_file
+from cspt.weights.formats import hugging_face_to_mae, is_hugging_face, is_openmmlab, openmmlab_to_mae
+from cspt.weights.hub import hub_weights, is_hub_name
+from cspt.weights.packaged import is_packaged_name, packaged_file
 
 POS_EMBED_KEYS = ("pos_embed", "decoder_pos_embed")
 HF_SIDECAR = "lineage.json"
