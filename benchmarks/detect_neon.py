@@ -179,7 +179,7 @@ def localisation(run_dir: Path, scenes: list[Scene]) -> tuple[float, list[str]]:
     at IoU 0.5, the match mAP@0.5 counts, and at 0.3 (found, but too loosely placed to count), with the size
     of the best detection against the crown's (sqrt area; below 1: drawn tighter than the label)."""
     model, info, _ = load_detector(run_dir)
-    metrics, found = evaluate_scenes(model, scenes, info, torch.device("cpu"))
+    metrics, found = evaluate_scenes(model, scenes, info, info.contract, torch.device("cpu"))
     lines = []
     for scene, detections in zip(scenes, found, strict=True):
         truth, boxes = torch.from_numpy(scene.boxes).float(), detections["boxes"]
@@ -199,7 +199,8 @@ def nms_sweep(run_dir: Path, scenes: list[Scene]) -> dict[float, float]:
     result = {}
     for nms in NMS_SWEEP:
         model.roi_heads.nms_thresh = nms
-        result[nms] = evaluate_scenes(model, scenes, {**info, "nms_iou": nms}, torch.device("cpu"))[0]["map50"]
+        result[nms] = evaluate_scenes(model, scenes, info.replace(nms_iou=nms), info.contract,
+                                      torch.device("cpu"))[0]["map50"]
     return result
 
 

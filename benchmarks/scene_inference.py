@@ -41,7 +41,7 @@ described = load_segmenter(sys.argv[1])
 model, info, _ = described
 contract = described.contract()
 image = contract.normalise(contract.read(sys.argv[2]))
-forward = window_forward(model, info["crop_size"], info["resize"], torch.device("cpu"))
+forward = window_forward(model, info.crop_size, info.resize, torch.device("cpu"))
 labels = blended_logits(forward, image, *source_window(info)).argmax(0).to(torch.uint8)
 np.save(sys.argv[3], labels.numpy())
 """

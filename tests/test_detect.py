@@ -151,7 +151,7 @@ def test_the_nms_threshold_is_the_detector_s_own_and_the_merge_s(tmp_path: Path)
     config = resolve_config(DetectConfig(train="t.csv", images=str(tmp_path), nms_iou=0.3, embed_dim=64, depth=2,
                                          num_heads=2, patch_size=8, tile_size=64, tile_overlap=16))
     info = DetectTask(config, Annotations([], ["Tree"]), None).describe(tmp_path, "")
-    assert model_from_description(info).roi_heads.nms_thresh == 0.3 and info["nms_iou"] == 0.3
+    assert model_from_description(info).roi_heads.nms_thresh == 0.3 and info.nms_iou == 0.3
 
 
 def test_sliding_window_merges_seams_into_one_box_per_object():

@@ -18,6 +18,7 @@ from cspt.models.classifier import build_classifier
 from cspt.models.pyramid import default_taps
 from cspt.tasks.classify import evaluate_scene_classes, predict_scene_classes
 from cspt.tasks.segment import evaluate_segmenter, model_from_description, predict_segmenter
+from cspt.weights.descriptions import ClassifierDescription, SegmenterDescription
 from cspt.weights.export import write_weights
 from tests.conftest import TINY_ARCH, write_geotiff
 
@@ -62,10 +63,9 @@ def confusion_of(predicted: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def test_segment_evaluation_scores_exactly_the_raster_prediction_writes_and_never_the_nodata(tmp_path):
     scene = bordered_scene(tmp_path / "scene.tif")
     labels = label_raster(tmp_path / "scene_mask.png")
-    info = {"task": "segment", "architecture": TINY_ARCH.to_dict(), "format": "cspt segmenter",
-            "palette": Palette(CLASSES).to_dict(), "ignore_index": 255, "pixels": contract_for(scene).to_dict(),
-            "pyramid": "cspt", "taps": default_taps(TINY_ARCH.depth, "cspt"), "channels": 16, "aux_channels": 0,
-            "crop_size": 32, "stride": 21, "resize": 1.0, "selected": "random weights", "lineage": []}
+    info = SegmenterDescription(architecture=TINY_ARCH.to_dict(), pixels=contract_for(scene).to_dict(),
+                                palette=Palette(CLASSES).to_dict(), taps=default_taps(TINY_ARCH.depth, "cspt"),
+                                channels=16, aux_channels=0, crop_size=32, stride=21, selected="random weights")
     torch.manual_seed(0)
     model = model_from_description(info)
     torch.nn.init.normal_(model.decode_head.classifier[1].weight, std=1.0)  # random, not one class everywhere
@@ -89,9 +89,8 @@ def test_scene_classification_evaluation_scores_exactly_the_map_prediction_write
     scene = bordered_scene(tmp_path / "scene.tif")
     labels = label_raster(tmp_path / "labels.png")
     write_geotiff(tmp_path / "labels.tif", labels[None])
-    info = {"task": "classify", "architecture": TINY_ARCH.to_dict(), "format": "timm", "classes": CLASSES,
-            "global_pool": "avg", "pixels": contract_for(scene).to_dict(), "eval_crop_ratio": 0.875,
-            "selected": "random weights", "lineage": []}
+    info = ClassifierDescription(architecture=TINY_ARCH.to_dict(), pixels=contract_for(scene).to_dict(),
+                                 classes=CLASSES, selected="random weights")
     torch.manual_seed(1)
     model = build_classifier(TINY_ARCH, len(CLASSES), "avg").eval()
     torch.nn.init.normal_(model.head.weight, std=1.0)

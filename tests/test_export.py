@@ -127,3 +127,36 @@ def test_export_errors_are_one_line(tmp_path):
     result = run_cli("export", str(encoder_only), "--to", "hf", "--output", str(tmp_path / "hf"))
     assert result.returncode == 2 and "has no MAE decoder" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_lineage_keeps_no_machine_s_absolute_paths(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from cspt.weights.export import portable
+
+    monkeypatch.chdir(tmp_path)
+    home = Path.home()
+    lineage = [{"stage": "source", "path": str(home / ".cache" / "cspt" / "neon" / "x.png"),
+                "config": {"data": [str(tmp_path / "data"), "relative/one"], "output": str(tmp_path / "runs" / "a"),
+                           "epochs": 3, "init": "/data/elsewhere.pth"}}]
+    assert portable(lineage) == [{"stage": "source", "path": "~/.cache/cspt/neon/x.png",
+                                  "config": {"data": ["data", "relative/one"], "output": "runs/a", "epochs": 3,
+                                             "init": "/data/elsewhere.pth"}}]
+
+
+def test_model_descriptions_are_typed_versioned_and_read_older_releases_files():
+    from cspt.errors import CsptError
+    from cspt.weights.descriptions import ClassifierDescription, description_from_dict
+
+    older = {"task": "classify", "architecture": {"in_chans": 3, "img_size": 32}, "classes": ["a", "b"],
+             "global_pool": "avg", "mean": [0.4] * 3, "std": [0.2] * 3, "bands": [3, 2, 1], "scale_low": [0.01] * 3,
+             "scale_high": [0.05] * 3, "eval_crop_ratio": 0.875, "selected": "last epoch", "lineage": []}
+    described = description_from_dict(older, "old/classifier.json")
+    assert isinstance(described, ClassifierDescription) and described.contract.bands == (3, 2, 1)
+    assert described.contract.low == (0.01,) * 3 and described.classes == ["a", "b"]
+    again = description_from_dict(described.to_dict())
+    assert again == described and again.to_dict()["version"] == 1
+    with pytest.raises(CsptError, match="newer than this cspt reads"):
+        description_from_dict({**described.to_dict(), "version": 7}, "new.json")
+    with pytest.raises(CsptError, match="incomplete classify description"):
+        description_from_dict({"task": "classify", "architecture": {}, "pixels": described.pixels}, "x.json")

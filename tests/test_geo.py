@@ -24,6 +24,7 @@ from cspt.data.windows import window_starts
 from cspt.engine.streaming import BLENDS, blended_logits, stream_strips
 from cspt.tasks.detect import detect_scene
 from cspt.tasks.segment import evaluate_pairs, finetune_segment, load_palette
+from cspt.weights.descriptions import DetectorDescription, SegmenterDescription
 from tests.conftest import SHARED, TEST_CRS, needs, run_cli, write_geotiff
 
 DUBAI = SHARED / "data" / "dubai"
@@ -278,8 +279,8 @@ def test_nodata_pixels_are_neither_trained_on_nor_scored(tmp_path: Path):
     crops = SegmentationCrops([pair], palette, 64, contract)
     _, labels = crops.load(0)
     assert (labels[:40] == 255).all() and (labels[:, -40:] == 255).all() and (labels[40:-40, 40:-40] == 2).all()
-    info = {"palette": palette.to_dict(), "ignore_index": 255, "architecture": {"in_chans": 3},
-            "crop_size": 64, "stride": 48, "resize": 1.0}
+    info = SegmenterDescription(architecture={"in_chans": 3}, pixels=contract.to_dict(), palette=palette.to_dict(),
+                                taps=[0], channels=8, aux_channels=0, crop_size=64, stride=48)
 
     class Building(torch.nn.Module):
         def forward(self, crops: torch.Tensor) -> torch.Tensor:
@@ -302,10 +303,10 @@ def test_detection_does_not_run_windows_without_data(tmp_path: Path):
             return [{"boxes": torch.tensor([[60.0, 60.0, 70.0, 70.0]]), "scores": torch.tensor([0.9]),
                      "labels": torch.tensor([1])} for _ in windows]
 
-    info = {"tile_size": 128, "tile_overlap": 32, "architecture": {"in_chans": 3}, "nms_iou": 0.5,
-            "detections_per_image": 100}
-    found = detect_scene(Recorder(), scene, 300, 500, info, PixelContract((0.5,) * 3, (0.25,) * 3),
-                         torch.device("cpu"))
+    contract = PixelContract((0.5,) * 3, (0.25,) * 3)
+    info = DetectorDescription(architecture={"in_chans": 3}, pixels=contract.to_dict(), classes=["tree"], taps=[0],
+                               fpn_channels=8, anchor_sizes=[8], tile_size=128, tile_overlap=32)
+    found = detect_scene(Recorder(), scene, 300, 500, info, contract, torch.device("cpu"))
     lefts = window_starts(500, 128, 96)
     with_data = [left for left in lefts if left + 128 > 300]
     assert len(seen) == len(window_starts(300, 128, 96)) * len(with_data) and len(with_data) < len(lefts)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import re
 import shutil
@@ -90,12 +88,14 @@ def test_pipeline_runs_both_arms_then_skips_finished_stages(natural_mae, rsscn7_
 
 
 def check_html(path: Path, tmp_path: Path) -> None:
-    """Every image is embedded and decodes; in headless Chromium when it is installed."""
+    """Every image is linked relative to the page (no run embedded: the report stays small) and decodes; in
+    headless Chromium when it is installed."""
     text = path.read_text()
     sources = re.findall(r"<img src='([^']*)'", text)
-    assert len(sources) >= 4 and all(s.startswith("data:image/") for s in sources)
+    assert len(sources) >= 4 and not any(s.startswith(("data:", "/")) for s in sources)
     for source in sources:
-        Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))).verify()
+        Image.open(path.parent / source).verify()
+    assert path.stat().st_size < 100_000
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if browser is None:
         return
@@ -169,7 +169,7 @@ def test_seeds_and_budgets_make_one_chain_each_with_probes_and_a_report_averaged
         assert stages[name].init_from is None  # scratch: random initialisation
     assert stages["random_s3/rs"].init_from is None and stages["direct_s4/rs"].init_from == "source"
     assert stages["scratch_e2_s4/rs"].init_from == "pretrain_scratch_e2_s4"
-    assert stages["scratch_e2_s4/rs"].options["seed"] == 4 and "seed" not in stages["direct_s4/knn"].options
+    assert stages["scratch_e2_s4/rs"].options["seed"] == 4 and stages["direct_s4/knn"].options["seed"] == 4
     probes = sorted(name for name, stage in stages.items() if stage.kind == "probe")
     assert probes == ["direct_s3/knn", "direct_s4/knn", "scratch_e1_s3/knn", "scratch_e1_s4/knn",
                       "scratch_e2_s3/knn", "scratch_e2_s4/knn"]  # the random arm has no encoder before fine-tuning

@@ -111,7 +111,9 @@ def test_sigkill_at_a_random_step_then_restart_gives_identical_weights(kind, rss
     assert total == 18
 
     interrupted = tmp_path / "interrupted"
-    kill_at = random.Random().randint(3, total - 3)
+    seed = int(os.environ.get("CSPT_KILL_SEED", random.SystemRandom().randrange(2**32)))
+    kill_at = random.Random(seed).randint(3, total - 3)
+    print(f"kill step {kill_at}, from seed {seed}: replay with CSPT_KILL_SEED={seed}")
     process = subprocess.Popen([sys.executable, "-m", "cspt", *args, "--output", str(interrupted)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -121,14 +123,15 @@ def test_sigkill_at_a_random_step_then_restart_gives_identical_weights(kind, rss
             break
         time.sleep(0.02)
     process.wait()
-    assert process.returncode == -signal.SIGKILL, f"the run ended before step {kill_at}"
+    assert process.returncode == -signal.SIGKILL, f"the run ended before step {kill_at} (CSPT_KILL_SEED={seed})"
     resumed = run_cli(*args, "--output", str(interrupted))
-    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.returncode == 0, f"CSPT_KILL_SEED={seed}: {resumed.stderr}"
     assert "resuming from" in resumed.stderr
     want, got = final_weights(reference), final_weights(interrupted)
     assert want.keys() == got.keys()
-    assert all(torch.equal(want[k], got[k]) for k in want), f"weights differ after a kill at step {kill_at}"
-    assert losses(interrupted) == losses(reference)
+    assert all(torch.equal(want[k], got[k]) for k in want), \
+        f"weights differ after a kill at step {kill_at} (CSPT_KILL_SEED={seed})"
+    assert losses(interrupted) == losses(reference), f"CSPT_KILL_SEED={seed}"
     if kind == "teacher":  # the projector trains and resumes with the student; the teacher is not saved
         assert any(k.startswith("distill_head.") for k in want) and not any("teacher" in k for k in want)
         parts = [r for r in read_log(reference) if "loss" in r]

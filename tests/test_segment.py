@@ -64,8 +64,8 @@ def test_sliding_window_keeps_the_image_size_and_equals_one_pass_when_it_covers(
     torch.manual_seed(0)
     model = build_segmenter(TINY, num_classes=5, channels=16, aux_channels=None).eval()
     image = torch.randn(3, 50, 70)
-    tiny80 = build_segmenter(ArchConfig(embed_dim=64, depth=2, num_heads=2, patch_size=8, img_size=80), 5, 16,
-                             None).eval()
+    tiny80 = build_segmenter(ArchConfig(embed_dim=64, depth=2, num_heads=2, patch_size=8, img_size=80), 5,
+                             channels=16, aux_channels=None).eval()
     covering = blended_logits(tiny80, image, window=80, stride=53, blend="none")
     with torch.no_grad():
         whole = tiny80(F.pad(image, (0, 10, 0, 30))[None])[0, :, :50, :70]

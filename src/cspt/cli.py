@@ -57,14 +57,8 @@ def add_inference_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, help="data loader workers (default: by CPU count)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cspt", description="Consecutive pretraining of ViTs for remote sensing")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
-                        help="decode JPEG/PNG images of at most N pixels (default: what a model records, else "
-                        "2**31; 0: no limit)")
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def add_training_commands(commands: argparse._SubParsersAction) -> None:
+    """``pretrain``, ``finetune classify|segment|detect`` and ``probe``: one flag per config field."""
     pre = commands.add_parser("pretrain", help="consecutive MAE pretraining on unlabelled images")
     add_training_flags(pre, PretrainConfig)
 
@@ -79,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--config", help="YAML file of options (flags override it)")
     add_config_flags(probe, ProbeConfig, skip=("max_image_pixels",))
 
+
+def add_evaluate_commands(commands: argparse._SubParsersAction) -> None:
+    """``evaluate classify|segment|detect``."""
     evaluate = commands.add_parser("evaluate", help="metrics of a fine-tuned model")
     tasks = evaluate.add_subparsers(dest="task", required=True)
     ev = tasks.add_parser("classify", help="OA, AA, kappa, per-class scores and confusion matrix")
@@ -111,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "the run's operating point, green where they match a labelled object, red where not, and "
                     "the labelled objects missed in cyan")
 
+
+def add_predict_commands(commands: argparse._SubParsersAction) -> None:
+    """``predict classify|segment|detect``."""
     predict = commands.add_parser("predict", help="predictions of a fine-tuned model on new images")
     tasks = predict.add_subparsers(dest="task", required=True)
     pr = tasks.add_parser("classify", help="a path,label,score CSV of images, or a class GeoTIFF of large scenes")
@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--images", required=True, nargs="+", help="image folders, files or .txt lists")
     ps.add_argument("--output", required=True, help="folder for NAME.tif (TIFF inputs) or NAME.png and "
                                                     "NAME_color.png (and NAME_overlay.jpg)")
-    ps.add_argument("--draw", action="store_true", help="also write the mask blended over the image (PNG outputs)")
+    ps.add_argument("--draw", action="store_true", help="also write NAME_overlay.jpg: the classes over the image")
     ps.add_argument("--blend", default="cosine", choices=["cosine", "gaussian", "none"],
                     help="how overlapping windows are weighted (none: a plain mean)")
     ps.add_argument("--probabilities", action="store_true",
@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="file type of the map-coordinate boxes written for georeferenced scenes")
     pd.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
+
+def add_run_commands(commands: argparse._SubParsersAction) -> None:
+    """``pipeline``, ``gap``, ``report`` and ``demo``."""
     pipe = commands.add_parser("pipeline", help="run a chain of stages from a YAML config (skips finished ones)")
     pipe.add_argument("config", help="pipeline YAML (output, source, arms, pretrain, finetune, gap)")
     pipe.add_argument("--from", dest="start", metavar="STAGE", help="re-run this stage and every later one")
@@ -173,9 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the CSPT chain on real NEON aerial scenes: pretraining, tree-crown "
                                             "detection, held-out mAP, report (CPU, minutes)")
     demo.add_argument("--output", default="runs/demo", help="pipeline folder")
-    demo.add_argument("--init", help="source MAE checkpoint (default: $CSPT_SOURCE_CHECKPOINT, else the shared "
-                      "natural-image tiny MAE at $CSPT_SHARED/weights (default ../shared), else random init)")
+    demo.add_argument("--init", help="source MAE checkpoint (default: $CSPT_SOURCE_CHECKPOINT, else the natural-image "
+                      "tiny MAE that ships with cspt, cspt:mae-tiny-tinyimagenet; 'random': no source)")
 
+
+def add_weights_commands(commands: argparse._SubParsersAction) -> None:
+    """``export`` and ``info``."""
     export = commands.add_parser("export", help="export weights for timm, Hugging Face or the MAE code")
     export.add_argument("source", help="a run directory or any checkpoint the loader accepts")
     export.add_argument("--to", required=True, choices=["timm", "hf", "mae"])
@@ -187,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
     info.add_argument("--trust-checkpoint", action="store_true", help="allow unsafe unpickling")
 
+
+def add_data_commands(commands: argparse._SubParsersAction) -> None:
+    """``shards``, ``stats`` and ``visualize``."""
     shards = commands.add_parser("shards", help="pack an image pool into tar shards for streaming")
     shards_kind = shards.add_subparsers(dest="kind", required=True)
     make = shards_kind.add_parser("make", help="write shard-NNNNNN.tar files (members byte for byte)")
@@ -210,6 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
     vis.add_argument("--mean", type=float, nargs="+", help="per-band mean (default: ImageNet for RGB)")
     vis.add_argument("--std", type=float, nargs="+", help="per-band std")
     vis.add_argument("--trust-checkpoint", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cspt", description="Consecutive pretraining of ViTs for remote sensing")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
+                        help="decode JPEG/PNG images of at most N pixels (default: what a model records, else "
+                        "2**31; 0: no limit)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    for add in (add_training_commands, add_evaluate_commands, add_predict_commands, add_run_commands,
+                add_weights_commands, add_data_commands):
+        add(commands)
     return parser
 
 
@@ -295,7 +317,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
         if not args.masks:
             raise CsptError("--scene needs --masks: one label raster per scene")
-        window = args.window or load_classifier(args.checkpoint).info["architecture"]["img_size"]
+        window = args.window or load_classifier(args.checkpoint).info.arch.img_size
         metrics = evaluate_scene_classes(args.checkpoint, args.scene, args.masks, window, args.stride, args.blend,
                                          args.device, args.batch_size, max_image_pixels=args.max_image_pixels)
         print(f"mIoU {metrics['miou']:.4f}  OA {metrics['oa']:.4f}  mean F1 {metrics['mean_f1']:.4f}  "
@@ -329,7 +351,7 @@ def run_predict(args: argparse.Namespace) -> None:
     if args.scene:
         from cspt.tasks.classify import load_classifier, predict_scene_classes
 
-        window = args.window or load_classifier(args.checkpoint).info["architecture"]["img_size"]
+        window = args.window or load_classifier(args.checkpoint).info.arch.img_size
         folder = predict_scene_classes(args.checkpoint, args.scene, args.output or "maps", window, args.stride,
                                        args.blend, args.device, args.batch_size, args.probabilities,
                                        args.max_image_pixels)

@@ -138,7 +138,7 @@ def shaped_like(options: dict, patch: int | None, grid: int) -> dict:
 
 
 def demo_spec(output: str, init: str | None) -> dict:
-    """The embedded pipeline: both arms; pretraining and detection training never read a held-out scene."""
+    """The embedded pipeline: both arms; no stage trains on a held-out scene (stage 2 only scores them)."""
     from cspt.weights.load import load_checkpoint
 
     scenes = neon_scenes()

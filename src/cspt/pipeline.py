@@ -165,7 +165,7 @@ def plan(spec: dict[str, Any]) -> list[Stage]:
         if chain_input(chain) is None:
             continue  # the random arm: no encoder to probe before its fine-tuning
         for name, options in (spec.get("probes") or {}).items():
-            stages.append(Stage(f"{chain.label}/{name}", "probe", dict(options), output / chain.label / name,
+            stages.append(Stage(f"{chain.label}/{name}", "probe", seeded(options, chain), output / chain.label / name,
                                 chain_input(chain), chain))
     if spec.get("gap"):  # measured for the source, and after the (first) cspt pretraining when there is one
         cspt = [stage.name for stage in stages if stage.kind == "pretrain" and stage.arm == "cspt"]

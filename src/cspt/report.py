@@ -1,13 +1,12 @@
-"""Run and pipeline reports: ``report.md`` and a self-contained ``report.html`` (images embedded).
+"""Run and pipeline reports: ``report.md`` and ``report.html`` (figures linked beside them).
 
-A report is a list of blocks (headings, paragraphs, tables, figures) rendered twice:
-Markdown with relative image links, HTML with the images inlined as data URIs, so
-the HTML file can be mailed or archived alone.
+A report is a list of blocks (headings, paragraphs, tables, figures) rendered twice,
+Markdown and HTML, both linking the figures relative to the report (a report of 64 runs
+stays a small page; copy its folder to share it).
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import html
 import json
@@ -198,7 +197,8 @@ def render_markdown(blocks: Sequence[Block], folder: Path) -> str:
     return "\n".join(out)
 
 
-def render_html(blocks: Sequence[Block], title: str) -> str:
+def render_html(blocks: Sequence[Block], title: str, folder: Path) -> str:
+    """The report as HTML, its figures linked relative to ``folder`` (where the page is written)."""
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
            "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}"
            "td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:100%}</style></head><body>"]
@@ -215,9 +215,7 @@ def render_html(blocks: Sequence[Block], title: str) -> str:
             head = "".join(f"<th>{html.escape(h)}</th>" for h in block[1])
             out.append(f"<table><tr>{head}</tr>{rows}</table>")
         elif block[0] == "img":
-            mime = "image/jpeg" if block[1].suffix.lower() in (".jpg", ".jpeg") else "image/png"
-            data = base64.b64encode(block[1].read_bytes()).decode()
-            out.append(f"<figure><img src='data:{mime};base64,{data}' alt='{html.escape(block[2])}'>"
+            out.append(f"<figure><img src='{html.escape(_relative(block[1], folder))}' alt='{html.escape(block[2])}'>"
                        f"<figcaption>{html.escape(block[2])}</figcaption></figure>")
     return "\n".join(out) + "</body></html>\n"
 
@@ -233,7 +231,7 @@ def write_report(blocks: Sequence[Block], folder: Path, title: str) -> Path:
     """``report.md`` and ``report.html`` in ``folder``; returns the HTML path."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.md").write_text(f"# {title}\n\n" + render_markdown(blocks, folder))
-    (folder / "report.html").write_text(render_html([("h", 1, title), *blocks], title))
+    (folder / "report.html").write_text(render_html([("h", 1, title), *blocks], title, folder))
     return folder / "report.html"
 
 

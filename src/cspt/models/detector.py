@@ -63,7 +63,7 @@ class PyramidFPN(nn.Module):
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(self.pyramid(images))))
 
 
-def build_detector(arch: ArchConfig, num_classes: int, mean: Sequence[float], std: Sequence[float],
+def build_detector(arch: ArchConfig, num_classes: int, mean: Sequence[float], std: Sequence[float], *,
                    style: str = "cspt", taps: Sequence[int] | None = None, fpn_channels: int = 256,
                    anchor_sizes: Sequence[int] = SMALL_OBJECT_ANCHORS, detections_per_image: int = 300,
                    score_threshold: float = 0.05, roi_samples: int = 512, drop_path: float = 0.0,

@@ -96,7 +96,7 @@ class Segmenter(nn.Module):
         return logits
 
 
-def build_segmenter(arch: ArchConfig, num_classes: int, channels: int = 768, aux_channels: int | None = 256,
+def build_segmenter(arch: ArchConfig, num_classes: int, *, channels: int = 768, aux_channels: int | None = 256,
                     style: str = "cspt", taps: Sequence[int] | None = None, drop_path: float = 0.0) -> Segmenter:
     """The full segmentation model for ``arch`` (input size ``arch.img_size``)."""
     encoder = build_encoder(arch, learn_pos_embed=True, drop_path_rate=drop_path)

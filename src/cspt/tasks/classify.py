@@ -45,7 +45,6 @@ from cspt.engine.trainer import Trainer, resolve_precision
 from cspt.errors import CsptError
 from cspt.metrics import classification_metrics, segmentation_metrics, write_confusion_csv
 from cspt.models.classifier import NOT_FOR_CLASSIFIER, build_classifier
-from cspt.models.vit import ArchConfig
 from cspt.plots import plot_confusion
 from cspt.tasks.common import (
     SPLITS_DIR,
@@ -62,6 +61,7 @@ from cspt.tasks.common import (
     start_run,
 )
 from cspt.tasks.maps import qualitative_colors, scene_strips, score_strips, write_class_raster
+from cspt.weights.descriptions import ClassifierDescription
 from cspt.weights.export import write_weights
 from cspt.weights.load import Checkpoint
 
@@ -125,7 +125,7 @@ def describe_splits(splits: dict[str, LabelledSet]) -> str:
 
 # ---------------------------------------------------------------- saving and loading classifiers
 
-def write_classifier(model: nn.Module, path: Path, info: dict[str, Any]) -> Path:
+def write_classifier(model: nn.Module, path: Path, info: ClassifierDescription) -> Path:
     """``classifier.safetensors`` (timm keys, head included) with its ``classifier.json``."""
     return write_weights(model.state_dict(), path, info)
 
@@ -133,15 +133,15 @@ def write_classifier(model: nn.Module, path: Path, info: dict[str, Any]) -> Path
 def load_classifier(checkpoint: str | Path) -> DescribedModel:
     """A fine-tuned classifier and its description (classes, architecture, normalisation)."""
     return load_described(checkpoint, CLASSIFIER, "classify", lambda info: build_classifier(
-        ArchConfig.from_dict(info["architecture"]), len(info["classes"]), info["global_pool"]))
+        info.arch, len(info.classes), info.global_pool))
 
 
 # ---------------------------------------------------------------- evaluation
 
 def eval_dataset(data: LabelledSet, described: DescribedModel, max_image_pixels: int | None = None) -> LabelledImages:
     """``data`` as a classifier's evaluation reads it: its pixel contract, resize and centre crop."""
-    return LabelledImages(data, described.contract(max_image_pixels), described.info["architecture"]["img_size"],
-                          train=False, crop_ratio=described.info["eval_crop_ratio"])
+    return LabelledImages(data, described.contract(max_image_pixels), described.info.arch.img_size,
+                          train=False, crop_ratio=described.info.eval_crop_ratio)
 
 
 def inference_workers(requested: int | None, device: torch.device) -> int:
@@ -192,7 +192,7 @@ def evaluate_classifier(checkpoint: str | Path, data: str | Path | None = None, 
     model, info, weights = described
     run_dir = weights.parent
     if data is not None:
-        labelled = read_labelled(data, info["classes"])
+        labelled = read_labelled(data, info.classes)
         folder = Path(output) if output else run_dir / "evaluation" / Path(data).stem
         source = str(data)
     else:
@@ -200,7 +200,7 @@ def evaluate_classifier(checkpoint: str | Path, data: str | Path | None = None, 
                       if (run_dir / SPLITS_DIR / f"{name}.csv").is_file()), None)
         if split is None:
             raise CsptError(f"{run_dir}: no {SPLITS_DIR}/test.csv; pass --data to evaluate on")
-        labelled = read_label_csv(split, info["classes"])
+        labelled = read_label_csv(split, info.classes)
         folder, source = Path(output) if output else run_dir, str(split)
     outputs = classify_outputs(model, eval_dataset(labelled, described, max_image_pixels),
                                torch.device(resolve_device(device)), batch_size, num_workers)
@@ -208,7 +208,7 @@ def evaluate_classifier(checkpoint: str | Path, data: str | Path | None = None, 
         log.warning("skipped unreadable image: %s", message)
     if len(outputs.labels) == 0:
         raise CsptError(f"{source}: no readable image to evaluate")
-    metrics = classification_metrics(outputs.values.argmax(1), outputs.labels, info["classes"])
+    metrics = classification_metrics(outputs.values.argmax(1), outputs.labels, info.classes)
     metrics.update(checkpoint=str(weights), data=source, skipped_images=len(outputs.skipped))
     if is_main_process():
         write_evaluation(metrics, outputs, labelled, folder, Path(source).stem)
@@ -224,14 +224,14 @@ def predict_classifier(checkpoint: str | Path, images: Sequence[str], output: st
     described = load_classifier(checkpoint)
     model, info, _ = described
     files = find_images(list(images))
-    data = LabelledSet(files, [0] * len(files), info["classes"])
+    data = LabelledSet(files, [0] * len(files), info.classes)
     outputs = classify_outputs(model, eval_dataset(data, described, max_image_pixels),
                                torch.device(resolve_device(device)), batch_size, num_workers)
     for message in outputs.skipped:
         log.warning("skipped unreadable image: %s", message)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    write_predictions(outputs, files, info["classes"], output)
+    write_predictions(outputs, files, info.classes, output)
     log.info("predicted %d images (%d unreadable skipped)", len(outputs.indices), len(outputs.skipped))
     return output
 
@@ -266,11 +266,11 @@ def predict_scene_classes(checkpoint: str | Path, scenes: Sequence[str], output:
     stride = check_scene_windows(window, stride)
     described = load_classifier(checkpoint)
     contract = described.contract(max_image_pixels)
-    forward = scene_forward(described.model, described.info["architecture"]["img_size"],
+    forward = scene_forward(described.model, described.info.arch.img_size,
                             torch.device(resolve_device(device)))
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
-    colors = qualitative_colors(len(described.info["classes"]))
+    colors = qualitative_colors(len(described.info.classes))
     for path in find_images(list(scenes), exclude=[folder]):
         try:
             shape, strips = scene_strips(forward, path, contract, window, stride, blend, batch_size)
@@ -294,8 +294,8 @@ def evaluate_scene_classes(checkpoint: str | Path, scenes: Sequence[str], masks:
     stride = check_scene_windows(window, stride)
     described = load_classifier(checkpoint)
     contract = described.contract(max_image_pixels)
-    classes = described.info["classes"]
-    forward = scene_forward(described.model, described.info["architecture"]["img_size"],
+    classes = described.info.classes
+    forward = scene_forward(described.model, described.info.arch.img_size,
                             torch.device(resolve_device(device)))
     confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
     invalid = 0
@@ -433,16 +433,17 @@ class ClassifyTask(FineTuneTask):
         evaluate_classifier(run_dir, device=str(next(model.parameters()).device.type),
                             num_workers=cfg.num_workers)
 
-    def describe(self, run_dir: Path, selected: str) -> dict[str, Any]:
+    def describe(self, run_dir: Path, selected: str) -> ClassifierDescription:
         """``classifier.json``: what the weights are, how to feed them, where they came from."""
         cfg = self.config
         stage = {"stage": "fine-tuning (scene classification)", "run": str(run_dir),
                  "data": cfg.data or cfg.train, "train_images": len(self.splits["train"]),
                  "label_fraction": cfg.label_fraction, "epochs": cfg.epochs, "selected": selected,
                  "config": dataclasses.asdict(cfg)}
-        return {"task": "classify", "architecture": self.arch.to_dict(), "format": "timm",
-                "classes": self.classes, "global_pool": cfg.global_pool, "pixels": contract_of(cfg).to_dict(),
-                "eval_crop_ratio": cfg.eval_crop_ratio, "selected": selected, "lineage": self.parents + [stage]}
+        return ClassifierDescription(architecture=self.arch.to_dict(), pixels=contract_of(cfg).to_dict(),
+                                     classes=self.classes, global_pool=cfg.global_pool,
+                                     eval_crop_ratio=cfg.eval_crop_ratio, selected=selected,
+                                     lineage=self.parents + [stage])
 
     def state_dict(self) -> dict[str, Any]:
         ema = self.ema.state_dict() if self.ema is not None else self.ema_state

@@ -33,8 +33,9 @@ from cspt.engine.trainer import Task
 from cspt.errors import CsptError
 from cspt.models.pyramid import default_taps
 from cspt.models.vit import ArchConfig, resolve_arch
+from cspt.weights.descriptions import ModelDescription, description_from_dict
 from cspt.weights.export import lineage_of
-from cspt.weights.load import Checkpoint, description_of, load_checkpoint, load_into_model
+from cspt.weights.load import Checkpoint, description_of, load_checkpoint, load_into_model, sidecar_of
 
 C = TypeVar("C", bound=TrainConfig)
 
@@ -259,35 +260,35 @@ def distributed_run(config: TrainConfig, run_dir: Path) -> Iterator[DistContext]
         shutdown_distributed()
 
 
-def described_weights(checkpoint: str | Path, file_name: str, task: str) -> tuple[Path, dict[str, Any]]:
-    """A stage's exported weights (the file, or ``RUN_DIR/file_name``) and their JSON description."""
+def described_weights(checkpoint: str | Path, file_name: str, task: str) -> tuple[Path, ModelDescription]:
+    """A stage's exported weights (the file, or ``RUN_DIR/file_name``) and their description."""
     path = Path(checkpoint)
     if path.is_dir():
         path = path / file_name
     if not path.is_file():
         raise CsptError(f"{path}: no such {task} model (a {task} run directory or its {file_name})")
-    info = description_of(path)
-    if info.get("task") != task:
+    values = description_of(path)
+    if values.get("task") != task:
         raise CsptError(f"{path}: not a cspt {task} model (no {task} description beside it)")
-    return path, info
+    return path, description_from_dict(values, sidecar_of(path))
 
 
 class DescribedModel(NamedTuple):
     """A stage's model rebuilt from its exported weights."""
 
     model: nn.Module
-    info: dict[str, Any]  #: the JSON description: architecture, classes, pixel contract, lineage
+    info: ModelDescription  #: architecture, classes, pixel contract, lineage, ...
     path: Path  #: the weights file
 
     def contract(self, max_image_pixels: int | None = None) -> PixelContract:
         """The pixel contract the model was trained with (``max_image_pixels``: replace its pixel limit; 0:
         none)."""
-        contract = PixelContract.from_description(self.info, self.info["architecture"]["in_chans"], self.path)
+        contract = self.info.contract
         return contract if max_image_pixels is None else contract.replace(max_image_pixels=max_image_pixels or None)
 
 
 def load_described(checkpoint: str | Path, file_name: str, task: str,
-                   build: Callable[[dict[str, Any]], nn.Module]) -> DescribedModel:
+                   build: Callable[[Any], nn.Module]) -> DescribedModel:
     """Rebuild a stage's model from its description and load its weights strictly."""
     path, info = described_weights(checkpoint, file_name, task)
     model = build(info)

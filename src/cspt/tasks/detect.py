@@ -35,7 +35,6 @@ from cspt.engine.trainer import Trainer, resolve_precision
 from cspt.errors import CsptError
 from cspt.metrics import best_f1_threshold, coco_map, image_outcomes, precision_recall_at, voc_map
 from cspt.models.detector import build_detector, detector_encoder
-from cspt.models.vit import ArchConfig
 from cspt.tasks.common import (
     DescribedModel,
     FineTuneTask,
@@ -50,6 +49,7 @@ from cspt.tasks.common import (
     resolved_taps,
     start_run,
 )
+from cspt.weights.descriptions import DetectorDescription
 from cspt.weights.export import write_sidecar, write_weights
 from cspt.weights.load import Checkpoint
 
@@ -65,14 +65,14 @@ MISSED_COLOUR = (0, 200, 255)  #: outline of a labelled object no detection foun
 
 # ---------------------------------------------------------------- inference and evaluation
 
-def model_from_description(info: dict[str, Any], drop_path: float = 0.0) -> nn.Module:
+def model_from_description(info: DetectorDescription, drop_path: float = 0.0) -> nn.Module:
     """The detector a description describes; it normalises its inputs with the pixel contract's mean/std."""
-    contract = PixelContract.from_description(info, info["architecture"]["in_chans"])
-    return build_detector(ArchConfig.from_dict(info["architecture"]), len(info["classes"]),
-                          contract.mean, contract.std, info["pyramid"], info["taps"], info["fpn_channels"],
-                          info["anchor_sizes"], info["detections_per_image"], info["score_threshold"],
-                          info["roi_samples"], drop_path, info["nms_iou"], info.get("box_head", "mlp"),
-                          info.get("rpn_proposals"))
+    contract = info.contract
+    return build_detector(info.arch, len(info.classes), contract.mean, contract.std, style=info.pyramid,
+                          taps=info.taps, fpn_channels=info.fpn_channels, anchor_sizes=info.anchor_sizes,
+                          detections_per_image=info.detections_per_image, score_threshold=info.score_threshold,
+                          roi_samples=info.roi_samples, drop_path=drop_path, nms_iou=info.nms_iou,
+                          box_head=info.box_head, rpn_proposals=info.rpn_proposals)
 
 
 def as_detections(found: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -82,13 +82,13 @@ def as_detections(found: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def detect_scene(model: nn.Module, image: Path, height: int, width: int, info: dict[str, Any],
+def detect_scene(model: nn.Module, image: Path, height: int, width: int, info: DetectorDescription,
                  contract: PixelContract, device: torch.device,
                  autocast: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Boxes (scene pixels), scores and 0-based class indices of a whole scene, by sliding windows read
     one by one through ``contract`` (windows without data are not run; their pixels without data are
     at the normalised zero); evaluation and prediction both run this."""
-    size = info["tile_size"]
+    size = info.tile_size
     nothing = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
 
     def predict(offsets: list[tuple[int, int]]) -> list[dict]:
@@ -102,7 +102,7 @@ def detect_scene(model: nn.Module, image: Path, height: int, width: int, info: d
         return [as_detections(next(found)) if valid else nothing for valid in with_data]
 
     model.eval()
-    return sliding_window_detections(predict, height, width, size, info["tile_overlap"], info["nms_iou"])
+    return sliding_window_detections(predict, height, width, size, info.tile_overlap, info.nms_iou)
 
 
 def ground_truth(scene: Scene, classes: Sequence[str],
@@ -121,7 +121,7 @@ def ground_truth(scene: Scene, classes: Sequence[str],
             "difficult": difficult}
 
 
-def evaluate_scenes(model: nn.Module, scenes: Sequence[Scene], info: dict[str, Any], contract: PixelContract,
+def evaluate_scenes(model: nn.Module, scenes: Sequence[Scene], info: DetectorDescription, contract: PixelContract,
                     device: torch.device, precision: str = "auto") -> tuple[dict[str, Any], list[dict]]:
     """VOC mAP@0.5 (per class, difficult ignored) and COCO mAP of whole-scene detections (every scene's
     detections counted, those without objects included).
@@ -136,8 +136,8 @@ def evaluate_scenes(model: nn.Module, scenes: Sequence[Scene], info: dict[str, A
             for i in shard(range(len(scenes)))}
     found = {i: d for part in all_gather_objects(mine) for i, d in part.items()}
     detections = [found[i] for i in range(len(scenes))]
-    truths = [ground_truth(s, info["classes"], contract) for s in scenes]
-    metrics = {**voc_map(detections, truths, info["classes"]), **coco_map(detections, truths),
+    truths = [ground_truth(s, info.classes, contract) for s in scenes]
+    metrics = {**voc_map(detections, truths, info.classes), **coco_map(detections, truths),
                "scenes": len(scenes), "objects": int(sum(len(t["labels"]) for t in truths))}
     return metrics, detections
 
@@ -158,7 +158,7 @@ def evaluate_detector(checkpoint: str | Path, annotations: str | None = None, im
     run_dir = weights.parent
     own_validation = annotations is None
     if own_validation:
-        annotations, images, fmt = info.get("val"), info.get("val_images"), info.get("format", "auto")
+        annotations, images, fmt = info.val, info.val_images, info.format
         if not annotations:
             raise CsptError(f"{run_dir}: trained without --val; pass --annotations and --images")
         folder = Path(output) if output else run_dir
@@ -166,11 +166,12 @@ def evaluate_detector(checkpoint: str | Path, annotations: str | None = None, im
         if not images:
             raise CsptError("--annotations needs --images (the folder of the annotated images)")
         folder = Path(output) if output else run_dir / "evaluation" / Path(annotations).stem
-    scenes = read_annotations(annotations, images, fmt, info["classes"], info.get("class_field", "class")).scenes
+    scenes = read_annotations(annotations, images, fmt, info.classes, info.class_field).scenes
     metrics, detections = evaluate_scenes(model, scenes, info, contract, torch.device(resolve_device(device)))
     metrics.update(checkpoint=str(weights), annotations=str(annotations))
     if own_validation:  # which weights were kept, and the operating point chosen on training tiles, stay
-        metrics.update({k: info[k] for k in ("selected", "operating_point") if k in info})
+        metrics.update(selected=info.selected, **({"operating_point": info.operating_point}
+                                                  if info.operating_point else {}))
     folder.mkdir(parents=True, exist_ok=True)
     for scene, found in zip(scenes, detections, strict=True) if draw else ():
         draw_against_labels(scene, found, info, contract, folder / "drawn" / f"{scene.image.stem}.png")
@@ -194,7 +195,7 @@ def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str 
     if draw_score is None:
         draw_score = drawing_threshold(info)
     torch_device = torch.device(resolve_device(device))
-    classes = info["classes"]
+    classes = info.classes
     folder = Path(output)
     (folder / "dota").mkdir(parents=True, exist_ok=True)
     coco: dict[str, Any] = {"images": [], "annotations": [],
@@ -233,9 +234,9 @@ def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str 
     return folder
 
 
-def drawing_threshold(info: dict[str, Any]) -> float:
+def drawing_threshold(info: DetectorDescription) -> float:
     """The score from which detections are drawn: the operating point chosen on the training scenes, else 0.5."""
-    return info.get("operating_point", {}).get("threshold", 0.5)
+    return (info.operating_point or {}).get("threshold", 0.5)
 
 
 def draw_boxes(image: Path, found: dict[str, torch.Tensor], classes: Sequence[str], target: Path,
@@ -263,13 +264,13 @@ def draw_boxes(image: Path, found: dict[str, torch.Tensor], classes: Sequence[st
     canvas.save(target)
 
 
-def draw_against_labels(scene: Scene, found: dict[str, torch.Tensor], info: dict[str, Any], contract: PixelContract,
-                        target: Path) -> Path:
+def draw_against_labels(scene: Scene, found: dict[str, torch.Tensor], info: DetectorDescription,
+                        contract: PixelContract, target: Path) -> Path:
     """``target``: the scene's detections scoring at least :func:`drawing_threshold`, hits and false alarms
     told apart against its labelled objects, the missed ones outlined."""
     confident = found["scores"] >= drawing_threshold(info)
-    draw_boxes(scene.image, {k: v[confident] for k, v in found.items()}, info["classes"], target, contract,
-               ground_truth(scene, info["classes"], contract))
+    draw_boxes(scene.image, {k: v[confident] for k, v in found.items()}, info.classes, target, contract,
+               ground_truth(scene, info.classes, contract))
     return target
 
 
@@ -363,20 +364,21 @@ class DetectTask(FineTuneTask):
         kept, info, weights = load_detector(run_dir)
         device = torch.device(resolve_device(self.config.device))
         found, truths = self.training_tile_detections(kept, info, device)
-        chosen = best_f1_threshold(found, truths, len(info["classes"]))
+        chosen = best_f1_threshold(found, truths, len(info.classes))
         point = {"threshold": chosen["threshold"], "chosen_on": f"{len(found)} training tiles", "train": chosen}
         if self.val is not None:
             held = self.kept_detections  # computed when the kept weights were chosen (not after a resume)
             if held is None:
                 _, held = evaluate_scenes(kept, self.val.scenes, info, contract_of(self.config), device,
                                           self.config.precision)
-            truths = [ground_truth(s, info["classes"], contract_of(self.config)) for s in self.val.scenes]
-            point["validation"] = precision_recall_at(held, truths, len(info["classes"]), chosen["threshold"])
+            truths = [ground_truth(s, info.classes, contract_of(self.config)) for s in self.val.scenes]
+            point["validation"] = precision_recall_at(held, truths, len(info.classes), chosen["threshold"])
         if self.dist.is_main:
-            write_sidecar(weights, {**info, "operating_point": point})
+            info = info.replace(operating_point=point)
+            write_sidecar(weights, info)
             if self.val is not None:  # the report's example: the first validation scene against its labels
                 scene = self.val.scenes[0]
-                draw_against_labels(scene, held[0], {**info, "operating_point": point}, contract_of(self.config),
+                draw_against_labels(scene, held[0], info, contract_of(self.config),
                                     run_dir / "examples" / "labelled" / f"{scene.image.stem}.png")
             metrics_path = run_dir / "metrics.json"
             if metrics_path.is_file():
@@ -387,7 +389,7 @@ class DetectTask(FineTuneTask):
                      point["chosen_on"], f"; validation precision {held_out['precision']:.3f}, recall "
                      f"{held_out['recall']:.3f}" if held_out else "")
 
-    def training_tile_detections(self, model: nn.Module, info: dict[str, Any],
+    def training_tile_detections(self, model: nn.Module, info: DetectorDescription,
                                  device: torch.device) -> tuple[list[dict], list[dict]]:
         """Detections and targets of up to 256 seeded training tiles (those training samples), unaugmented,
         every process detecting its share."""
@@ -396,7 +398,7 @@ class DetectTask(FineTuneTask):
                            cfg.seed, contract_of(cfg))
         if len(tiles) > OPERATING_TILES:
             tiles = [tiles[i] for i in sorted(random.Random(cfg.seed).sample(range(len(tiles)), OPERATING_TILES))]
-        dataset = DetectionTiles(self.train.scenes, tiles, info["classes"], cfg.tile_size, contract_of(cfg),
+        dataset = DetectionTiles(self.train.scenes, tiles, info.classes, cfg.tile_size, contract_of(cfg),
                                  cfg.min_visible, augment=False)
         model = model.to(device).eval()
         mine = {}
@@ -415,20 +417,20 @@ class DetectTask(FineTuneTask):
         pairs = {i: pair for part in all_gather_objects(mine) for i, pair in part.items()}
         return [pairs[i][0] for i in range(len(tiles))], [pairs[i][1] for i in range(len(tiles))]
 
-    def describe(self, run_dir: Path, selected: str) -> dict[str, Any]:
+    def describe(self, run_dir: Path, selected: str) -> DetectorDescription:
         """``detector.json``: how to rebuild and feed the model, its classes and its lineage."""
         cfg = self.config
         stage = {"stage": "fine-tuning (object detection)", "run": str(run_dir), "data": cfg.train,
                  "train_scenes": len(self.train.scenes), "epochs": cfg.epochs, "selected": selected,
                  "config": dataclasses.asdict(cfg)}
-        keys = ("pyramid", "taps", "fpn_channels", "anchor_sizes",
-                "rpn_proposals", "roi_samples", "box_head", "detections_per_image", "score_threshold", "tile_size",
-                "tile_overlap", "nms_iou", "val", "format", "class_field")
-        return {"task": "detect", "architecture": self.arch.to_dict(), "format_of_weights": "cspt detector",
-                "classes": self.train.classes, "pixels": contract_of(cfg).to_dict(),
-                **{k: getattr(cfg, k) for k in keys},
-                "val_images": cfg.val_images or cfg.images, "selected": selected,
-                "lineage": self.parents + [stage]}
+        return DetectorDescription(
+            architecture=self.arch.to_dict(), pixels=contract_of(cfg).to_dict(), classes=self.train.classes,
+            pyramid=cfg.pyramid, taps=cfg.taps, fpn_channels=cfg.fpn_channels, anchor_sizes=cfg.anchor_sizes,
+            rpn_proposals=cfg.rpn_proposals, roi_samples=cfg.roi_samples, box_head=cfg.box_head,
+            detections_per_image=cfg.detections_per_image, score_threshold=cfg.score_threshold,
+            tile_size=cfg.tile_size, tile_overlap=cfg.tile_overlap, nms_iou=cfg.nms_iou, val=cfg.val,
+            val_images=cfg.val_images or cfg.images, format=cfg.format, class_field=cfg.class_field,
+            selected=selected, lineage=self.parents + [stage])
 
 
 def finetune_detect(config: DetectConfig, resume: str | Path | bool | None = None,

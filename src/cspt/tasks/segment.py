@@ -53,7 +53,6 @@ from cspt.engine.trainer import Trainer, resolve_precision
 from cspt.errors import CsptError
 from cspt.metrics import segmentation_metrics, write_confusion_csv
 from cspt.models.segmenter import Segmenter, build_segmenter
-from cspt.models.vit import ArchConfig
 from cspt.plots import plot_confusion
 from cspt.tasks.common import (
     SPLITS_DIR,
@@ -71,6 +70,7 @@ from cspt.tasks.common import (
     start_run,
 )
 from cspt.tasks.maps import qualitative_colors, scene_strips, score_strips, strip_labels, write_class_raster
+from cspt.weights.descriptions import SegmenterDescription
 from cspt.weights.export import write_weights
 from cspt.weights.load import Checkpoint
 
@@ -160,13 +160,12 @@ def window_forward(model: nn.Module, crop_size: int, resize: float, device: torc
     return forward
 
 
-def source_window(info: dict[str, Any]) -> tuple[int, int]:
+def source_window(info: SegmenterDescription) -> tuple[int, int]:
     """The sliding window and stride in image pixels (the network's crop seen at ``resize``)."""
-    resize = info["resize"]
-    return max(1, round(info["crop_size"] / resize)), max(1, round(info["stride"] / resize))
+    return max(1, round(info.crop_size / info.resize)), max(1, round(info.stride / info.resize))
 
 
-def evaluate_pairs(model: nn.Module, pairs: Sequence[Pair], info: dict[str, Any], contract: PixelContract,
+def evaluate_pairs(model: nn.Module, pairs: Sequence[Pair], info: SegmenterDescription, contract: PixelContract,
                    device: torch.device, precision: str = "auto", blend: str = "cosine") -> dict[str, Any]:
     """Sliding-window metrics (mIoU, OA, mean F1, per class, confusion) over whole tiles, scored on the very
     predictions ``cspt predict segment`` writes (:func:`~cspt.tasks.maps.scene_strips`); pixels without
@@ -175,11 +174,11 @@ def evaluate_pairs(model: nn.Module, pairs: Sequence[Pair], info: dict[str, Any]
     In a process group every process must call it: each scores its share of the tiles,
     and all of them get the metrics of every tile.
     """
-    palette = Palette.from_dict(info["palette"])
-    classes, ignore = palette.classes, info["ignore_index"]
+    palette = Palette.from_dict(info.palette)
+    classes, ignore = palette.classes, info.ignore_index
     confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
     model = model.to(device).eval()
-    forward = window_forward(model, info["crop_size"], info["resize"], device, resolve_precision(precision, device))
+    forward = window_forward(model, info.crop_size, info.resize, device, resolve_precision(precision, device))
     skipped = invalid = 0
     for pair in shard(pairs):
         try:
@@ -207,9 +206,10 @@ def write_segmentation_metrics(metrics: dict[str, Any], folder: Path, title: str
                    f"{title}: mIoU {metrics['miou']:.3f}, OA {metrics['oa']:.3f}")
 
 
-def model_from_description(info: dict[str, Any], drop_path: float = 0.0) -> Segmenter:
-    return build_segmenter(ArchConfig.from_dict(info["architecture"]), len(info["palette"]["classes"]),
-                           info["channels"], info["aux_channels"] or None, info["pyramid"], info["taps"], drop_path)
+def model_from_description(info: SegmenterDescription, drop_path: float = 0.0) -> Segmenter:
+    return build_segmenter(info.arch, len(info.palette["classes"]), channels=info.channels,
+                           aux_channels=info.aux_channels or None, style=info.pyramid, taps=info.taps,
+                           drop_path=drop_path)
 
 
 def load_segmenter(checkpoint: str | Path) -> DescribedModel:
@@ -224,9 +224,9 @@ def evaluate_segmenter(checkpoint: str | Path, images: Sequence[str] | None = No
     described = load_segmenter(checkpoint)
     model, info, weights = described
     run_dir = weights.parent
-    palette = Palette.from_dict(info["palette"])
+    palette = Palette.from_dict(info.palette)
     if images:
-        pairs, _ = check_pairs(pair_images(images, masks), palette, info["ignore_index"])
+        pairs, _ = check_pairs(pair_images(images, masks), palette, info.ignore_index)
         folder = Path(output) if output else run_dir / "evaluation" / Path(images[0]).name
     else:
         split = read_split(run_dir / SPLITS_DIR).get("val")
@@ -262,12 +262,12 @@ def predict_segmenter(checkpoint: str | Path, images: Sequence[str], output: str
     described = load_segmenter(checkpoint)
     model, info, _ = described
     contract = described.contract(max_image_pixels)
-    palette = Palette.from_dict(info["palette"])
+    palette = Palette.from_dict(info.palette)
     colors = class_colors(palette)
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
     torch_device = torch.device(resolve_device(device))
-    forward = window_forward(model.to(torch_device), info["crop_size"], info["resize"], torch_device)
+    forward = window_forward(model.to(torch_device), info.crop_size, info.resize, torch_device)
     written = 0
     for path in find_images(list(images), exclude=[folder]):
         try:
@@ -443,18 +443,17 @@ class SegmentTask(FineTuneTask):
             predict_segmenter(run_dir, [str(self.splits["val"][0].image)], run_dir / "examples", draw=True,
                               device=str(next(model.parameters()).device.type))
 
-    def describe(self, run_dir: Path, selected: str) -> dict[str, Any]:
+    def describe(self, run_dir: Path, selected: str) -> SegmenterDescription:
         """``segmenter.json``: how to rebuild, feed and read the model, and where it came from."""
         cfg = self.config
-        stage = {"stage": "fine-tuning (semantic segmentation)", "run": str(run_dir), "data": cfg.images or cfg.scenes,
-                 "train_tiles": len(self.splits["train"]), "epochs": cfg.epochs, "selected": selected,
-                 "config": dataclasses.asdict(cfg)}
-        return {"task": "segment", "architecture": self.arch.to_dict(), "format": "cspt segmenter",
-                "palette": self.palette.to_dict(), "ignore_index": cfg.ignore_index,
-                "pixels": contract_of(cfg).to_dict(), "pyramid": cfg.pyramid, "taps": cfg.taps,
-                "channels": cfg.channels, "aux_channels": cfg.aux_channels,
-                "crop_size": cfg.crop_size, "stride": cfg.stride,
-                "resize": cfg.resize, "selected": selected, "lineage": self.parents + [stage]}
+        stage = {"stage": "fine-tuning (semantic segmentation)", "run": str(run_dir),
+                 "data": cfg.images or cfg.scenes, "train_tiles": len(self.splits["train"]), "epochs": cfg.epochs,
+                 "selected": selected, "config": dataclasses.asdict(cfg)}
+        return SegmenterDescription(architecture=self.arch.to_dict(), pixels=contract_of(cfg).to_dict(),
+                                    palette=self.palette.to_dict(), ignore_index=cfg.ignore_index,
+                                    pyramid=cfg.pyramid, taps=cfg.taps, channels=cfg.channels,
+                                    aux_channels=cfg.aux_channels, crop_size=cfg.crop_size, stride=cfg.stride,
+                                    resize=cfg.resize, selected=selected, lineage=self.parents + [stage])
 
 
 def finetune_segment(config: SegmentConfig, resume: str | Path | bool | None = None,

@@ -21,6 +21,7 @@ from cspt.errors import CsptError
 from cspt.models.distill import DISTILL_PREFIX
 from cspt.models.mae import DECODER_PREFIXES
 from cspt.models.vit import ArchConfig, resolve_arch
+from cspt.weights.descriptions import ModelDescription
 from cspt.weights.formats import mae_to_hugging_face
 from cspt.weights.load import Checkpoint, checkpoint_file, description_of, load_checkpoint, sidecar_of
 
@@ -46,17 +47,38 @@ def lineage_of(path: str | Path, fmt: str | None = None) -> list[dict[str, Any]]
     return [stage]
 
 
-def write_weights(state: dict[str, torch.Tensor], target: Path, info: dict[str, Any]) -> Path:
-    """Weights (plain timm ViT keys, no MAE decoder) as safetensors with ``info`` in metadata and a sidecar."""
+def portable(value: Any) -> Any:
+    """``value`` with every absolute path in it (at any depth) made machine-independent: relative to the working
+    directory when inside it, ``~/...`` when inside the home directory, else as it is."""
+    if isinstance(value, dict):
+        return {key: portable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(item) for item in value]
+    if not (isinstance(value, str) and value.startswith("/")):
+        return value
+    path = Path(value)
+    for base, shown in ((Path.cwd(), None), (Path.home(), Path("~"))):
+        if path.is_relative_to(base) and base != Path("/"):
+            relative = path.relative_to(base)
+            return str(shown / relative if shown else relative)
+    return value
+
+
+def write_weights(state: dict[str, torch.Tensor], target: Path, info: dict[str, Any] | ModelDescription) -> Path:
+    """Weights (plain timm ViT keys, no MAE decoder) as safetensors with their description (``info``) in metadata
+    and a sidecar; the lineage keeps no machine's absolute paths (:func:`portable`)."""
     weights = {k: v.detach().cpu().contiguous() for k, v in state.items()
                if not k.startswith((*DECODER_PREFIXES, DISTILL_PREFIX))}
+    info = info.to_dict() if isinstance(info, ModelDescription) else info
+    info = {**info, "lineage": portable(info.get("lineage", []))}
     atomic_write(target, lambda tmp: save_file(weights, str(tmp), metadata={"cspt": json.dumps(info)}))
     write_sidecar(target, info)
     return target
 
 
-def write_sidecar(weights: Path, info: dict[str, Any]) -> None:
+def write_sidecar(weights: Path, info: dict[str, Any] | ModelDescription) -> None:
     """The JSON description beside a weights file, where :func:`description_of` finds it."""
+    info = info.to_dict() if isinstance(info, ModelDescription) else info
     atomic_write(sidecar_of(weights), lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
 
 
