@@ -15,9 +15,7 @@ Usage: python benchmarks/demo_spread.py [--seeds 4] [--output runs/demo_spread] 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import statistics
 import sys
 from pathlib import Path
 
@@ -25,10 +23,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from paired import arm_scores, print_paired  # noqa: E402
 
 from cspt.demo import demo_source, demo_spec  # noqa: E402
 from cspt.pipeline import run_pipeline  # noqa: E402
-from cspt.report import T_95  # noqa: E402
 
 TASK = "neon_trees"
 
@@ -47,25 +47,7 @@ def main() -> None:
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     run_pipeline(path)
 
-    rows, differences = [], []
-    for seed in spec["seeds"]:
-        scores = {arm: json.loads((Path(args.output) / f"{arm}_s{seed}" / TASK / "metrics.json").read_text())["map50"]
-                  for arm in ("direct", "cspt")}
-        heldout = json.loads((Path(args.output) / f"pretrain_cspt_s{seed}" / "heldout.json").read_text())
-        differences.append(scores["cspt"] - scores["direct"])
-        rows.append((seed, scores["direct"], scores["cspt"], differences[-1], heldout[0]["mae_loss"],
-                     heldout[-1]["mae_loss"]))
-    print("| seed | direct mAP@0.5 | CSPT mAP@0.5 | CSPT - direct | held-out MAE loss before | after |")
-    print("|---|---|---|---|---|---|")
-    for seed, direct, cspt, difference, before, after in rows:
-        print(f"| {seed} | {direct:.4f} | {cspt:.4f} | {difference:+.4f} | {before:.4f} | {after:.4f} |")
-    mean, spread = statistics.mean(differences), statistics.stdev(differences)
-    half = T_95[min(len(differences) - 1, len(T_95)) - 1] * spread / len(differences) ** 0.5
-    print(f"\npaired difference: mean {mean:+.4f}, std {spread:.4f}, 95% interval {mean - half:+.4f} to "
-          f"{mean + half:+.4f} over {len(differences)} seeds")
-    print(f"spread of one run's difference (2 x std): {2 * spread:.4f}")
-    print(f"held-out MAE loss: before {statistics.mean(r[4] for r in rows):.4f}, after "
-          f"{statistics.mean(r[5] for r in rows):.4f} (means over seeds)")
+    print_paired(arm_scores(Path(args.output), spec["seeds"], TASK, "map50"), "mAP@0.5")
 
 
 if __name__ == "__main__":

@@ -23,8 +23,10 @@ from cspt.data.scene_tiles import DetectionTiles, make_tiles
 from cspt.data.segmentation import Pair, Palette, SegmentationCrops
 from cspt.data.unlabelled import UnlabelledImages, scan_images
 from tests.conftest import write_geotiff
+from tests.data.generate import FOLDER as DATA
+from tests.data.generate import KINDS as RASTERS
 
-SIZE = 64
+SIZE = 64  #: the test rasters' side
 #: every magnitude step timm's level functions can tell apart
 MAGNITUDES = [m / 10 for m in range(0, 101)]
 GEOMETRIC = {"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "TranslateXRel", "TranslateYRel"}
@@ -32,35 +34,7 @@ GEOMETRIC = {"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "Translat
 SIGMAS = 10.0
 
 
-def smooth_field(bands: int, seed: int) -> np.ndarray:
-    """``(bands, SIZE, SIZE)`` smooth random values in 0-1 (a stand-in for real texture)."""
-    coarse = torch.from_numpy(np.random.default_rng(seed).random((1, bands, 6, 6)).astype(np.float32))
-    fine = torch.nn.functional.interpolate(coarse, size=(SIZE, SIZE), mode="bicubic", align_corners=False)[0]
-    return fine.clamp(0, 1).numpy().astype(np.float64)
-
-
-def make_kind(kind: str, folder: Path, seed: int = 0) -> Path:
-    """A GeoTIFF of one of the kinds users bring."""
-    if kind == "float32 DN 0-2047":
-        return write_geotiff(folder / "f32.tif", (smooth_field(3, seed) * 2047).astype(np.float32))
-    if kind == "float64 DN 0-2047":
-        return write_geotiff(folder / "f64.tif", smooth_field(3, seed) * 2047)
-    if kind == "11-bit uint16":
-        return write_geotiff(folder / "u16.tif", (smooth_field(3, seed) * 2046 + 1).astype(np.uint16))
-    if kind == "int16 with -9999 borders":
-        pixels = (smooth_field(1, seed) * 3000 + 200).astype(np.int16)
-        pixels[:, :, :20] = -9999
-        pixels[:, -8:, :] = -9999
-        return write_geotiff(folder / "i16.tif", pixels, nodata=-9999)
-    if kind == "float32 with NaN, 4 bands":
-        pixels = (smooth_field(4, seed) * 40 - 25).astype(np.float32)  # decibels, say
-        pixels[:, 40:, 30:] = np.nan
-        return write_geotiff(folder / "nan.tif", pixels)
-    raise ValueError(kind)
-
-
-KINDS = ["float32 DN 0-2047", "float64 DN 0-2047", "11-bit uint16", "int16 with -9999 borders",
-         "float32 with NaN, 4 bands"]
+KINDS = list(RASTERS)
 
 
 def stage_contract(path: Path) -> PixelContract:
@@ -74,9 +48,9 @@ def stage_contract(path: Path) -> PixelContract:
 
 
 @pytest.fixture(scope="module")
-def kinds(tmp_path_factory) -> dict[str, tuple[Path, PixelContract]]:
-    folder = tmp_path_factory.mktemp("kinds")
-    return {kind: (path, stage_contract(path)) for kind in KINDS for path in [make_kind(kind, folder)]}
+def kinds() -> dict[str, tuple[Path, PixelContract]]:
+    """The kinds of rasters users bring (``tests/data/generate.py``), with the contract a stage makes for each."""
+    return {kind: (path, stage_contract(path)) for kind, (name, _) in RASTERS.items() for path in [DATA / name]}
 
 
 def check_sample(image: torch.Tensor, valid: torch.Tensor, where: str, normalised: bool = True,

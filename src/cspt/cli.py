@@ -45,6 +45,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[
 
 
 def add_training_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """``--config``, ``--resume`` and one flag per field of the config class ``cls``."""
     parser.add_argument("--config", help="YAML file of options (flags override it)")
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
                         help="continue a run exactly (default: the --output directory)")
@@ -52,6 +53,7 @@ def add_training_flags(parser: argparse.ArgumentParser, cls: type) -> None:
 
 
 def add_inference_flags(parser: argparse.ArgumentParser) -> None:
+    """``--batch-size``, ``--device`` and ``--num-workers``, for evaluating and predicting."""
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--num-workers", type=int, help="data loader workers (default: by CPU count)")
@@ -222,6 +224,7 @@ def add_data_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``cspt`` parser: global flags and every command."""
     parser = argparse.ArgumentParser(prog="cspt", description="Consecutive pretraining of ViTs for remote sensing")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
@@ -262,12 +265,14 @@ def run_training(args: argparse.Namespace, cls: type, train: Any) -> None:
 
 
 def run_pretrain(args: argparse.Namespace) -> None:
+    """``cspt pretrain``: start or continue consecutive MAE pretraining."""
     from cspt.tasks.pretrain import pretrain
 
     run_training(args, PretrainConfig, pretrain)
 
 
 def run_finetune(args: argparse.Namespace) -> None:
+    """``cspt finetune classify|segment|detect``: start or continue a fine-tune."""
     if args.task == "detect":
         from cspt.tasks.detect import finetune_detect
 
@@ -284,11 +289,13 @@ def run_finetune(args: argparse.Namespace) -> None:
 
 
 def print_metrics(metrics: dict[str, Any], where: str) -> None:
+    """Print a classification's OA, AA, kappa and image count, then ``where`` (e.g. the output folder)."""
     print(f"OA {metrics['oa']:.4f}  AA {metrics['aa']:.4f}  kappa {metrics['kappa']:.4f}  "
           f"({metrics['images']} images){where}")
 
 
 def run_probe(args: argparse.Namespace) -> None:
+    """``cspt probe``: a kNN or linear probe of frozen encoder features; prints its metrics."""
     from cspt.tasks.probe import run_probe as probe
 
     config = build_config(ProbeConfig, args.config, config_overrides(args))
@@ -296,6 +303,7 @@ def run_probe(args: argparse.Namespace) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
+    """``cspt evaluate classify|segment|detect``: score a fine-tuned model and print its headline metrics."""
     if args.task == "detect":
         from cspt.tasks.detect import evaluate_detector
 
@@ -334,6 +342,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> None:
+    """``cspt predict classify|segment|detect``: write a model's predictions and print where."""
     if args.task == "detect":
         from cspt.tasks.detect import predict_detector
 
@@ -365,12 +374,14 @@ def run_predict(args: argparse.Namespace) -> None:
 
 
 def run_pipeline(args: argparse.Namespace) -> None:
+    """``cspt pipeline``: run a pipeline config's stages and print the report path."""
     from cspt.pipeline import run_pipeline as pipeline
 
     print(f"report: {pipeline(args.config, args.start, args.only)}")
 
 
 def run_gap(args: argparse.Namespace) -> None:
+    """``cspt gap``: print a checkpoint's domain gap between source and target images (and write it)."""
     from cspt.metrics import gap_summary
     from cspt.tasks.gap import domain_gap, write_gap
 
@@ -383,12 +394,14 @@ def run_gap(args: argparse.Namespace) -> None:
 
 
 def run_report(args: argparse.Namespace) -> None:
+    """``cspt report``: write a run directory's report and print its path."""
     from cspt.report import write_run_report
 
     print(f"report: {write_run_report(args.run_dir)}")
 
 
 def run_shards(args: argparse.Namespace) -> None:
+    """``cspt shards``: pack images into tar shards of at most ``--max-size`` megabytes each."""
     from cspt.data.files import find_images
     from cspt.data.shards import make_shards
 
@@ -398,6 +411,7 @@ def run_shards(args: argparse.Namespace) -> None:
 
 
 def run_stats(args: argparse.Namespace) -> None:
+    """``cspt stats``: print the per-band mean/std and 2nd/98th percentiles of a set of images."""
     from cspt.data.files import find_images
     from cspt.data.pixels import PixelContract
     from cspt.data.scaling import EIGHT_BIT, data_type, measure_scaling
@@ -424,6 +438,7 @@ def run_stats(args: argparse.Namespace) -> None:
 
 
 def run_visualize(args: argparse.Namespace) -> None:
+    """``cspt visualize``: write a grid of a checkpoint's MAE reconstructions."""
     from cspt.tasks.visualize import visualize_checkpoint
 
     path = visualize_checkpoint(args.checkpoint, args.images, args.output, count=args.count,
@@ -433,18 +448,21 @@ def run_visualize(args: argparse.Namespace) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> None:
+    """``cspt demo``: run the embedded NEON pipeline and print the report path."""
     from cspt.demo import run_demo as demo
 
     print(f"report: {demo(args.output, args.init)}")
 
 
 def run_export(args: argparse.Namespace) -> None:
+    """``cspt export``: write a checkpoint's weights for timm, hf or mae."""
     from cspt.weights.export import export_checkpoint
 
     print(f"wrote {export_checkpoint(args.source, args.to, args.output, args.trust_checkpoint)}")
 
 
 def run_info(args: argparse.Namespace) -> None:
+    """``cspt info``: print a checkpoint's format, architecture, pixels and lineage (or all of it as JSON)."""
     from cspt.weights.export import checkpoint_info
 
     info = checkpoint_info(args.checkpoint, args.trust_checkpoint)
@@ -475,6 +493,7 @@ COMMANDS = {"demo": run_demo, "evaluate": run_evaluate, "export": run_export, "f
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``cspt`` command line; returns the exit status (2: a cspt error, 130: interrupted)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     for library in ("rasterio", "fiona"):  # GDAL's complaints come back as exceptions cspt words in one line

@@ -308,6 +308,7 @@ class ProbeConfig(LabelledDataConfig):
 
 
 def config_fields(cls: type) -> dict[str, dataclasses.Field]:
+    """The fields of a config class by name."""
     return {f.name: f for f in dataclasses.fields(cls)}
 
 
@@ -397,8 +398,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
+    """A config as a plain dict (nested dataclasses included)."""
     return dataclasses.asdict(config)
 
 
 def save_config(config: Any, path: str | Path) -> None:
+    """Write a config to ``path`` as YAML, its fields in declaration order."""
     Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))

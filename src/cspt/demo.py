@@ -68,6 +68,7 @@ def demo_source(init: str | None) -> str | None:
 
 
 def cache_dir() -> Path:
+    """The cspt cache: ``$CSPT_CACHE``, else ``~/.cache/cspt``."""
     return Path(os.environ.get("CSPT_CACHE", Path.home() / ".cache" / "cspt"))
 
 
@@ -124,6 +125,7 @@ def crowns_csv(scenes: Path, stems: tuple[str, ...], target: Path) -> Path:
 
 
 def recipe(name: str) -> dict:
+    """A recipe YAML that ships with cspt (``cspt/recipes/NAME``), as a dict."""
     with resources.as_file(resources.files("cspt") / "recipes" / name) as path:
         return read_yaml(path)
 

@@ -99,6 +99,7 @@ class Stage:
 
 
 def read_pipeline(path: str | Path) -> dict[str, Any]:
+    """A pipeline spec from YAML, with its arms defaulted and every section checked; one-line errors naming the file."""
     from cspt.tasks.probe import PROBES
 
     spec = read_yaml(path)
@@ -237,6 +238,7 @@ def stage_key(stage: Stage, input_key: str) -> str:
 
 
 def stage_state(stage: Stage) -> dict[str, Any]:
+    """What a stage's ``stage.json`` records (its key, whether it is done); empty before it first ran."""
     path = stage.run_dir / STAGE_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
 

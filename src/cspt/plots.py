@@ -74,6 +74,7 @@ def reconstruction_grid(model: MaskedAutoencoderViT, images: torch.Tensor, contr
 
 
 def save_grid(image: Image.Image, path: str | Path) -> Path:
+    """Save a figure at ``path`` (its folder created); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)

@@ -141,6 +141,7 @@ def _segmentation_example(run_dir: Path) -> tuple[Path, str] | None:
 
 
 def lineage_lines(run_dir: Path, kind: str) -> list[str]:
+    """The numbered stages of the lineage of a run's exported weights (none when it exported none)."""
     path = run_dir / WEIGHTS.get(kind, "")
     if not path.is_file():
         return []
@@ -180,6 +181,7 @@ def run_blocks(run_dir: Path, name: str, figures: Path) -> list[Block]:
 
 
 def render_markdown(blocks: Sequence[Block], folder: Path) -> str:
+    """The report as Markdown, its figures linked relative to ``folder`` (where the file is written)."""
     out = []
     for block in blocks:
         if block[0] == "h":
@@ -244,6 +246,7 @@ def write_run_report(run_dir: str | Path) -> Path:
 
 
 def gap_blocks(folder: Path) -> list[Block]:
+    """The domain-gap section of a pipeline report: the source's and the pretrained encoder's gap, the share closed."""
     from cspt.metrics import gap_summary
 
     blocks: list[Block] = [("h", 2, "Domain gap")]

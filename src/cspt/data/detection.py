@@ -120,6 +120,7 @@ def read_text(path: Path, what: str) -> str:
 
 
 def polygon_box(points: Sequence[float]) -> list[float]:
+    """The horizontal box ``[xmin, ymin, xmax, ymax]`` around polygon corners ``x1 y1 x2 y2 ...``."""
     xs, ys = points[0::2], points[1::2]
     return [min(xs), min(ys), max(xs), max(ys)]
 

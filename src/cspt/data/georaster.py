@@ -93,6 +93,7 @@ class RasterWriter:
 
 
 def vector_driver(path: Path) -> str:
+    """The vector driver (GPKG, GeoJSON or ESRI Shapefile) of a file, by its suffix; a one-line error for others."""
     driver = VECTOR_DRIVERS.get(path.suffix.lower())
     if driver is None:
         raise CsptError(f"{path}: unknown vector format; use {', '.join(VECTOR_DRIVERS)}")

@@ -50,6 +50,8 @@ class BandSelectionError(CsptError):
 
 @dataclass(frozen=True)
 class ImageInfo:
+    """What an image's header says: size, spectral band count, stored pixel type and alpha band."""
+
     height: int
     width: int
     bands: int  #: spectral bands (an alpha band is a mask, not counted)

@@ -87,26 +87,32 @@ def affine(pixels: Pixels, matrix: Sequence[float], fill: Sequence[float], resam
 
 
 def shear_x(pixels: Pixels, factor: float, fillcolor: Sequence[float], resample: object) -> Pixels:
+    """Shear along x: output pixel ``(x, y)`` shows input pixel ``(x + factor y, y)``."""
     return affine(pixels, (1, factor, 0, 0, 1, 0), fillcolor, resample)
 
 
 def shear_y(pixels: Pixels, factor: float, fillcolor: Sequence[float], resample: object) -> Pixels:
+    """Shear along y: output pixel ``(x, y)`` shows input pixel ``(x, y + factor x)``."""
     return affine(pixels, (1, 0, 0, factor, 1, 0), fillcolor, resample)
 
 
 def translate_x(pixels: Pixels, offset: float, fillcolor: Sequence[float], resample: object) -> Pixels:
+    """Translate along x: output pixel ``x`` shows input pixel ``x + offset``."""
     return affine(pixels, (1, 0, offset, 0, 1, 0), fillcolor, resample)
 
 
 def translate_y(pixels: Pixels, offset: float, fillcolor: Sequence[float], resample: object) -> Pixels:
+    """Translate along y: output pixel ``y`` shows input pixel ``y + offset``."""
     return affine(pixels, (1, 0, 0, 0, 1, offset), fillcolor, resample)
 
 
 def translate_x_rel(pixels: Pixels, pct: float, fillcolor: Sequence[float], resample: object) -> Pixels:
+    """Translate along x by ``pct`` of the image width."""
     return translate_x(pixels, pct * pixels.image.shape[-1], fillcolor, resample)
 
 
 def translate_y_rel(pixels: Pixels, pct: float, fillcolor: Sequence[float], resample: object) -> Pixels:
+    """Translate along y by ``pct`` of the image height."""
     return translate_y(pixels, pct * pixels.image.shape[-2], fillcolor, resample)
 
 
@@ -154,6 +160,7 @@ def equalize(pixels: Pixels, **_: object) -> Pixels:
 
 
 def invert(pixels: Pixels, **_: object) -> Pixels:
+    """Each value ``v`` becomes ``1 - v`` (the mask unchanged)."""
     return _photometric(pixels, 1.0 - pixels.image)
 
 
@@ -211,6 +218,7 @@ def sharpness(pixels: Pixels, factor: float, **_: object) -> Pixels:
 
 
 def desaturate(pixels: Pixels, factor: float, **_: object) -> Pixels:
+    """Saturation lowered by ``factor`` (0: unchanged, 1 or more: grey)."""
     return color(pixels, min(1.0, max(0.0, 1.0 - factor)))
 
 
@@ -225,6 +233,7 @@ def gaussian_blur(pixels: Pixels, factor: float, **_: object) -> Pixels:
 
 
 def gaussian_blur_rand(pixels: Pixels, factor: float, **_: object) -> Pixels:
+    """Gaussian blur of a random standard deviation between 0.1 and ``2 * factor``."""
     return gaussian_blur(pixels, random.uniform(0.1, 2.0 * factor))
 
 

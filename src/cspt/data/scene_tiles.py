@@ -26,6 +26,8 @@ from cspt.data.windows import window_starts
 
 @dataclass(frozen=True)
 class Tile:
+    """A training tile: its scene and its top-left corner in scene pixels."""
+
     scene: int  #: index into the scene list
     top: int
     left: int

@@ -108,6 +108,8 @@ def read_mask(path: Path, palette: Palette, ignore_index: int) -> np.ndarray:
 
 @dataclass
 class Pair:
+    """An image, its mask and the image's size in pixels."""
+
     image: Path
     mask: Path
     height: int
@@ -291,5 +293,6 @@ class SegmentationCrops(Dataset):
 
 
 def collate_crops(samples: list[dict]) -> dict:
+    """A batch of training crops: images and masks stacked, the skipped-file messages gathered."""
     return {"image": torch.stack([s["image"] for s in samples]), "mask": torch.stack([s["mask"] for s in samples]),
             "skipped": [m for s in samples for m in s["skipped"]]}

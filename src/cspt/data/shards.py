@@ -81,6 +81,7 @@ def member_bytes(path: str | Path) -> bytes:
 
 
 def open_member(path: str | Path) -> io.BytesIO:
+    """The stored bytes of ``SHARD.tar::NAME`` as an in-memory file."""
     return io.BytesIO(member_bytes(path))
 
 

@@ -16,6 +16,8 @@ from cspt.errors import CsptError
 
 @dataclass
 class BandStatistics:
+    """Per-band mean and std of a sample of images: images used, files skipped (and why), pixels left out as no data."""
+
     mean: list[float]
     std: list[float]
     images: int

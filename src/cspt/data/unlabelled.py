@@ -47,6 +47,8 @@ class Entry:
 
 @dataclass
 class ScanResult:
+    """The samples :func:`scan_images` found (images, tiles of large scenes) and the files it could not read."""
+
     entries: list[Entry]
     unreadable: list[str]  #: "path: reason" for files whose header could not be read
 

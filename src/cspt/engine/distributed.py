@@ -18,6 +18,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class DistContext:
+    """This process's place in the run: its rank, the number of processes, its local rank and device."""
+
     rank: int
     world_size: int
     local_rank: int
@@ -66,6 +68,7 @@ def setup_distributed(device: str = "auto", timeout_minutes: float = 60.0) -> Di
 
 
 def shutdown_distributed() -> None:
+    """Leave the process group, if one was joined."""
     if dist.is_initialized():
         dist.destroy_process_group()
 

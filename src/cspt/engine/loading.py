@@ -12,6 +12,7 @@ from cspt.engine.distributed import DistContext
 
 
 def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS reports one, else the CPU count)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 

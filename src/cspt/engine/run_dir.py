@@ -45,6 +45,7 @@ def run_dir_of(resume: str | Path) -> Path:
 
 
 def has_checkpoint(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a checkpoint to resume from."""
     return bool(CheckpointManager(run_dir / "checkpoints", 0).candidates())
 
 
@@ -73,6 +74,7 @@ def check_same_run(saved: dict[str, Any], config: TrainConfig, run_dir: Path) ->
 
 
 def saved_config(run_dir: Path) -> dict[str, Any] | None:
+    """The config a run saved in its directory, as a dict; None when it has none."""
     path = run_dir / CONFIG_NAME
     return read_yaml(path) if path.is_file() else None
 

@@ -126,6 +126,7 @@ def cpu_has_native_bf16() -> bool:
 
 @functools.cache
 def warn_emulated_bf16() -> None:
+    """Warn (once per process) that bf16 on this CPU is emulated and likely slower than fp32."""
     log.warning("--precision bf16 on a CPU without bf16 instructions (AVX512-BF16 or AMX): emulated, likely "
                 "slower than fp32")
 
@@ -178,6 +179,7 @@ class Training:
 
 
 def nonfinite_message(step: int, count: int) -> str:
+    """The error for a loss that is not finite at ``step``, after ``count`` skipped updates."""
     return (f"the loss is not finite at step {step} (on at least one process; {count} update(s) skipped, none "
             "applied); lower the learning rate")
 

@@ -18,6 +18,7 @@ from cspt.models.vit import ArchConfig, build_encoder
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel: int) -> nn.Sequential:
+    """A ``kernel`` x ``kernel`` convolution (padded to keep the size, no bias), BatchNorm and ReLU."""
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=False),
                          nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 

@@ -8,6 +8,7 @@ timm names, so weights move between the three without renaming.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
@@ -95,7 +96,7 @@ def sincos_pos_embed(dim: int, grid_h: int, grid_w: int, cls_token: bool = True,
     return embed.unsqueeze(0)
 
 
-def build_encoder(arch: ArchConfig, learn_pos_embed: bool = False, **kwargs) -> VisionTransformer:
+def build_encoder(arch: ArchConfig, learn_pos_embed: bool = False, **kwargs: Any) -> VisionTransformer:
     """A timm ViT encoder with the given architecture, position embeddings set to 2-D sin-cos.
 
     ``learn_pos_embed``: the positions train (fine-tuning, as MAE's own fine-tuning does,
@@ -109,7 +110,7 @@ def build_encoder(arch: ArchConfig, learn_pos_embed: bool = False, **kwargs) -> 
     return encoder
 
 
-def vit_kwargs(arch: ArchConfig, **overrides) -> dict:
+def vit_kwargs(arch: ArchConfig, **overrides: Any) -> dict:
     """timm ``VisionTransformer`` arguments for ``arch`` (no classifier head by default)."""
     return {
         "img_size": arch.img_size,

@@ -109,16 +109,19 @@ def write_splits(splits: dict[str, LabelledSet], folder: Path) -> None:
 
 
 def read_splits(folder: Path) -> dict[str, LabelledSet]:
+    """The train / val / test sets :func:`write_splits` wrote to ``folder`` (those present)."""
     classes = (folder / "classes.txt").read_text().split("\n")[:-1]
     return {name: read_label_csv(folder / f"{name}.csv", classes)
             for name in ("train", "val", "test") if (folder / f"{name}.csv").is_file()}
 
 
 def has_splits(run_dir: Path) -> bool:
+    """Whether a run directory holds its complete splits (``classes.txt`` is written last)."""
     return (run_dir / SPLITS_DIR / "classes.txt").is_file()
 
 
 def describe_splits(splits: dict[str, LabelledSet]) -> str:
+    """One line: the number of classes and the images of each split."""
     sizes = ", ".join(f"{name} {len(data)}" for name, data in splits.items())
     return f"{len(splits['train'].classes)} classes; images: {sizes}"
 
@@ -145,6 +148,7 @@ def eval_dataset(data: LabelledSet, described: DescribedModel, max_image_pixels:
 
 
 def inference_workers(requested: int | None, device: torch.device) -> int:
+    """Loader processes for inference: ``requested``, else the default for one process on ``device``."""
     return requested if requested is not None else default_num_workers(DistContext(0, 1, 0, device))
 
 

@@ -143,6 +143,7 @@ def evaluate_scenes(model: nn.Module, scenes: Sequence[Scene], info: DetectorDes
 
 
 def load_detector(checkpoint: str | Path) -> DescribedModel:
+    """A fine-tuned detector and its description (classes, architecture, tiling, normalisation)."""
     return load_described(checkpoint, DETECTOR, "detect", model_from_description)
 
 

@@ -37,6 +37,7 @@ log = logging.getLogger("cspt")
 
 
 def sample_files(sources: Sequence[str | Path], count: int, seed: int) -> list[Path]:
+    """A seeded sample of at most ``count`` of the images in ``sources``, sorted."""
     files = find_images(list(sources))
     return sorted(random.Random(seed).sample(files, min(count, len(files))))
 
@@ -110,6 +111,7 @@ def encode(model: MaskedAutoencoderViT, data: LabelledImages, device: torch.devi
 
 
 def write_gap(result: dict[str, Any], folder: Path) -> Path:
+    """``gap.json`` and ``gap.md`` (its summary) in ``folder``; returns the JSON path."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "gap.json").write_text(json.dumps(result, indent=2) + "\n")
     (folder / "gap.md").write_text("# Domain gap\n\n" + "".join(f"- {line}\n" for line in gap_summary(result)))

@@ -298,6 +298,7 @@ class PretrainTask(Task):
 
 @functools.cache
 def teacher_identity_of(path: str) -> dict[str, Any]:
+    """The path of a teacher and the sha256 of its weights file (hashed once per process)."""
     return {"path": path, "sha256": sha256_of(checkpoint_file(Path(path)))}
 
 

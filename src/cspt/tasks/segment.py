@@ -98,6 +98,7 @@ def load_palette(palette: str | None, class_names: Sequence[str] | None) -> Pale
 
 
 def write_pairs(pairs: Sequence[Pair], path: Path) -> None:
+    """``image,mask`` rows (absolute paths) of ``pairs`` to the CSV ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -136,6 +137,7 @@ def read_split(folder: Path) -> dict[str, list[Pair]]:
 
 
 def pair_of(image: Path, mask: Path) -> Pair:
+    """An image and its mask, with the image's size read from its header."""
     info = image_info(image)
     return Pair(image, mask, info.height, info.width)
 
@@ -199,6 +201,7 @@ def evaluate_pairs(model: nn.Module, pairs: Sequence[Pair], info: SegmenterDescr
 
 
 def write_segmentation_metrics(metrics: dict[str, Any], folder: Path, title: str) -> None:
+    """``metrics.json``, ``confusion.csv`` and ``confusion.png`` (titled ``title``) in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_confusion_csv(metrics["confusion"], metrics["classes"], folder / "confusion.csv")
@@ -207,12 +210,14 @@ def write_segmentation_metrics(metrics: dict[str, Any], folder: Path, title: str
 
 
 def model_from_description(info: SegmenterDescription, drop_path: float = 0.0) -> Segmenter:
+    """The segmenter a description describes, without its weights."""
     return build_segmenter(info.arch, len(info.palette["classes"]), channels=info.channels,
                            aux_channels=info.aux_channels or None, style=info.pyramid, taps=info.taps,
                            drop_path=drop_path)
 
 
 def load_segmenter(checkpoint: str | Path) -> DescribedModel:
+    """A fine-tuned segmenter and its description (palette, architecture, windows, normalisation)."""
     return load_described(checkpoint, SEGMENTER, "segment", model_from_description)
 
 

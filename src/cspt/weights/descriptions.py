@@ -48,6 +48,8 @@ class ModelDescription:
 
 @dataclass(frozen=True, kw_only=True)
 class ClassifierDescription(ModelDescription):
+    """The sidecar of a fine-tuned classifier: its classes, pooling and evaluation crop."""
+
     task: ClassVar[str] = "classify"
     classes: list[str]
     global_pool: str = "avg"
@@ -57,6 +59,8 @@ class ClassifierDescription(ModelDescription):
 
 @dataclass(frozen=True, kw_only=True)
 class SegmenterDescription(ModelDescription):
+    """The sidecar of a fine-tuned segmenter: palette, pyramid and heads, and its sliding window."""
+
     task: ClassVar[str] = "segment"
     palette: dict[str, Any]  #: :class:`~cspt.data.segmentation.Palette` as a dict
     ignore_index: int = 255
@@ -72,6 +76,8 @@ class SegmenterDescription(ModelDescription):
 
 @dataclass(frozen=True, kw_only=True)
 class DetectorDescription(ModelDescription):
+    """The sidecar of a fine-tuned detector: classes, pyramid and Faster R-CNN settings, tiling, validation set."""
+
     task: ClassVar[str] = "detect"
     classes: list[str]
     pyramid: str = "cspt"

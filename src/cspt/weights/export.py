@@ -29,6 +29,7 @@ EXPORT_TARGETS = ("timm", "hf", "mae")
 
 
 def sha256_of(path: str | Path) -> str:
+    """The sha256 of a file's bytes, in hex."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

@@ -40,6 +40,7 @@ HF_LAYER = re.compile(r"^(vit\.layers|vit\.encoder\.layer|decoder\.decoder_layer
 
 
 def is_hugging_face(state: dict[str, torch.Tensor]) -> bool:
+    """Whether a state dict has Hugging Face ViT-MAE names (``vit.embeddings.*``)."""
     return any(k.startswith("vit.embeddings.") for k in state)
 
 
@@ -104,6 +105,7 @@ OPENMMLAB_LAYER_RENAMES = [(".ln1.", ".norm1."), (".ln2.", ".norm2."), (".ffn.la
 
 
 def is_openmmlab(state: dict[str, torch.Tensor]) -> bool:
+    """Whether a state dict has OpenMMLab names (``backbone.*``)."""
     return any(k.startswith("backbone.") for k in state)
 
 

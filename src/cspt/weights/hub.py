@@ -21,6 +21,7 @@ WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def is_hub_name(value: str | Path | None) -> bool:
+    """Whether ``value`` names a hub model (``hf:ORG/NAME`` or ``timm:NAME``) rather than a file."""
     return isinstance(value, (str, Path)) and str(value).startswith(tuple(HUB_PREFIXES))
 
 
