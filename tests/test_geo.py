@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import fiona
@@ -14,6 +15,7 @@ from PIL import Image
 from rasterio.crs import CRS
 from rasterio.features import rasterize, shapes
 from rasterio.warp import transform_geom
+from rio_cogeo.cogeo import cog_validate
 
 from cspt.config import SegmentConfig
 from cspt.data.detection import read_annotations
@@ -63,6 +65,7 @@ def test_predict_segment_writes_a_georeferenced_class_raster_and_polygons_on_the
         assert dst.crs == src.crs == TEST_CRS and dst.transform == src.transform
         assert (dst.width, dst.height, dst.count, dst.dtypes[0], dst.nodata) == (src.width, src.height, 1, "uint8", 255)
         assert dst.profile["tiled"] and dst.compression.name == "deflate"
+        assert cog_validate(str(out / "scene.tif"))[0] and cog_validate(str(out / "scene_probabilities.tif"))[0]
         palette = json.loads((segmenter / "segmenter.json").read_text())["palette"]
         assert [dst.colormap(1)[i][:3] for i in range(5)] == [tuple(c) for c in palette["colors"]]
         labels = dst.read(1)
@@ -81,6 +84,8 @@ def test_predict_segment_writes_a_georeferenced_class_raster_and_polygons_on_the
                               transform=dst.transform, fill=255, dtype="uint8")
     assert np.array_equal(burnt, labels)
     assert {f.properties["class"] for f in features} <= set(palette["classes"])
+    labelled = [e.get("label") for e in ElementTree.parse(out / "scene.qml").getroot().iter("paletteEntry")]
+    assert labelled == palette["classes"]  # QGIS shows the classes by name
     # a corner of the first region lies on the pixel grid of the scene, in metres of UTM 40N
     x, y = features[0].geometry.coordinates[0][0]
     col, row = ~rasterio.open(scene).transform @ (x, y)

@@ -1,13 +1,17 @@
 """Georeferenced outputs a GIS opens directly: class and probability GeoTIFFs, vector polygons and boxes.
 
-Rasters are tiled, deflate-compressed GeoTIFFs with the input's CRS and transform and
-internal overviews, written strip by strip (a scene never sits in memory whole). Vectors
-go through fiona: GeoPackage (``.gpkg``), GeoJSON (``.geojson``) or a shapefile (``.shp``).
+Rasters are Cloud-Optimised GeoTIFFs (GDAL's COG driver: 256 px tiles, deflate, overviews
+ahead of the full resolution) with the input's CRS and transform, written strip by strip (a
+scene never sits in memory whole). Class maps carry their class names where GIS software
+looks for them: a raster attribute table and category names in ``NAME.tif.aux.xml`` and a
+QGIS style (``NAME.qml``, loaded with the layer). Vectors go through fiona: GeoPackage
+(``.gpkg``), GeoJSON (``.geojson``) or a shapefile (``.shp``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +20,9 @@ from typing import Any
 import fiona
 import numpy as np
 import rasterio
+import rasterio.shutil
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
 from rasterio.features import shapes
 from rasterio.transform import xy
 from rasterio.windows import Window
@@ -58,16 +62,23 @@ def georeference_of(path: Path) -> Georeference:
 
 
 class RasterWriter:
-    """A tiled, compressed GeoTIFF written in strips of full-width rows (``with`` closes it and builds
-    overviews)."""
+    """A Cloud-Optimised GeoTIFF of uint8 bands written in strips of full-width rows.
+
+    The rows go to a hidden tiled GeoTIFF beside ``path``; leaving the ``with`` block cleanly
+    turns it into a COG (overviews resampled with ``overviews``) and moves that into place in one
+    step. Leaving it with an error removes the partial file and whatever ``path`` held, so a
+    scene that failed leaves no output that looks like a result.
+    """
 
     def __init__(self, path: Path, height: int, width: int, bands: int, where: Georeference,
-                 nodata: int | None = None, colors: np.ndarray | None = None, scale: float | None = None):
+                 nodata: int | None = None, colors: np.ndarray | None = None, scale: float | None = None,
+                 names: Sequence[str] | None = None, overviews: str = "NEAREST"):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
+        self.path, self.overviews = path, overviews
+        self.partial = path.with_name(f".{path.name}.partial")
         self.env = gdal_env()
         self.env.__enter__()
-        self.dataset = rasterio.open(path, "w", driver="GTiff", height=height, width=width, count=bands,
+        self.dataset = rasterio.open(self.partial, "w", driver="GTiff", height=height, width=width, count=bands,
                                      dtype="uint8", crs=where.crs, transform=where.transform, nodata=nodata,
                                      tiled=True, blockxsize=256, blockysize=256, compress="deflate",
                                      BIGTIFF="IF_SAFER")
@@ -75,6 +86,8 @@ class RasterWriter:
             self.dataset.write_colormap(1, {i: (*map(int, rgb), 255) for i, rgb in enumerate(colors)})
         if scale is not None:  # a GIS shows the stored levels times the scale
             self.dataset.scales = [scale] * bands
+        if names is not None:
+            self.dataset.descriptions = tuple(names)
 
     def write(self, top: int, values: np.ndarray) -> None:
         """``(bands, rows, width)`` uint8 rows starting at row ``top``."""
@@ -84,12 +97,57 @@ class RasterWriter:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if exc[0] is None:
-            factors = [f for f in (2, 4, 8, 16, 32) if min(self.dataset.height, self.dataset.width) // f >= 256]
-            if factors:
-                self.dataset.build_overviews(factors, Resampling.nearest)
         self.dataset.close()
-        self.env.__exit__(*exc)
+        cog = self.path.with_name(f".{self.path.name}.cog")
+        try:
+            if exc[0] is None:
+                rasterio.shutil.copy(self.partial, cog, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=256,
+                                     OVERVIEW_RESAMPLING=self.overviews, BIGTIFF="IF_SAFER")
+                os.replace(cog, self.path)
+            else:
+                remove_outputs(self.path)
+        finally:
+            for leftover in (self.partial, cog):
+                leftover.unlink(missing_ok=True)
+            self.env.__exit__(*exc)
+
+
+def class_sidecars(path: Path) -> tuple[Path, Path]:
+    """The files beside a class raster that name its classes: GDAL's ``NAME.tif.aux.xml`` and QGIS's
+    ``NAME.qml``."""
+    return path.with_name(f"{path.name}.aux.xml"), path.with_suffix(".qml")
+
+
+def remove_outputs(path: Path) -> None:
+    """Remove a raster output and its sidecars (a scene that failed leaves none behind)."""
+    for target in (path, *class_sidecars(path)):
+        target.unlink(missing_ok=True)
+
+
+def write_class_sidecars(path: Path, classes: Sequence[str], colors: np.ndarray) -> tuple[Path, Path]:
+    """Name the classes of the class raster ``path`` (values 0..N-1) for GIS software: a thematic raster
+    attribute table and category names in ``NAME.tif.aux.xml`` (GDAL, ArcGIS, QGIS's attribute-table panel)
+    and a paletted QGIS style ``NAME.qml`` (loaded with the layer: each class in its colour, with its name)."""
+    from xml.sax.saxutils import escape, quoteattr
+
+    aux, qml = class_sidecars(path)
+    columns = [("value", 0, 5), ("class", 2, 2), ("red", 0, 6), ("green", 0, 7), ("blue", 0, 8)]  # type, usage
+    fields = "".join(f'<FieldDefn index="{i}"><Name>{name}</Name><Type>{kind}</Type><Usage>{usage}</Usage>'
+                     f"</FieldDefn>" for i, (name, kind, usage) in enumerate(columns))
+    rows = "".join(f'<Row index="{i}"><F>{i}</F><F>{escape(name)}</F>{"".join(f"<F>{int(c)}</F>" for c in rgb)}'
+                   f"</Row>" for i, (name, rgb) in enumerate(zip(classes, colors, strict=True)))
+    categories = "".join(f"<Category>{escape(name)}</Category>" for name in classes)
+    aux.write_text(f'<PAMDataset><PAMRasterBand band="1"><CategoryNames>{categories}</CategoryNames>'
+                   f'<GDALRasterAttributeTable tableType="thematic">{fields}{rows}</GDALRasterAttributeTable>'
+                   f"</PAMRasterBand></PAMDataset>\n")
+    entries = "".join(f'<paletteEntry value="{i}" color="#{int(r):02x}{int(g):02x}{int(b):02x}" alpha="255" '
+                      f"label={quoteattr(name)}/>" for i, (name, (r, g, b)) in enumerate(zip(classes, colors,
+                                                                                           strict=True)))
+    qml.write_text("<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+                   '<qgis version="3.28" styleCategories="Symbology"><pipe>'
+                   '<rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1">'
+                   f"<colorPalette>{entries}</colorPalette></rasterrenderer></pipe></qgis>\n")
+    return aux, qml
 
 
 def vector_driver(path: Path) -> str:

@@ -278,7 +278,7 @@ def predict_scene_classes(checkpoint: str | Path, scenes: Sequence[str], output:
     for path in find_images(list(scenes), exclude=[folder]):
         try:
             shape, strips = scene_strips(forward, path, contract, window, stride, blend, batch_size)
-            write_class_raster(strips, path, folder, shape, colors, probabilities)
+            write_class_raster(strips, path, folder, shape, described.info.classes, colors, probabilities)
         except ImageReadError as err:
             log.warning("skipped unreadable scene: %s", err)
             continue

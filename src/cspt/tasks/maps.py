@@ -8,7 +8,7 @@ without data are never predicted, never scored, and written as nodata.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cspt.data.georaster import NO_CLASS, PROBABILITY_NODATA, RasterWriter, georeference_of
+from cspt.data.georaster import NO_CLASS, PROBABILITY_NODATA, RasterWriter, georeference_of, write_class_sidecars
 from cspt.data.images import ImageInfo
 from cspt.data.pixels import PixelContract
 from cspt.engine.streaming import Box, Strip, Window, stream_strips
@@ -83,21 +83,26 @@ def score_strips(strips: Iterable[Strip], labels: np.ndarray, classes: int, igno
     return ScoredScene(confusion, invalid)
 
 
-def write_class_raster(strips: Iterable[Strip], path: Path, folder: Path, size: ImageInfo, colors: np.ndarray,
-                       probabilities: bool) -> None:
-    """``NAME.tif`` (and ``NAME_probabilities.tif``), georeferenced like ``path``, strip by strip; nodata where
-    the scene has none."""
+def write_class_raster(strips: Iterable[Strip], path: Path, folder: Path, size: ImageInfo, classes: Sequence[str],
+                       colors: np.ndarray, probabilities: bool) -> None:
+    """``NAME.tif`` (and ``NAME_probabilities.tif``, one band per class), Cloud-Optimised GeoTIFFs georeferenced
+    like ``path``, written strip by strip with nodata where the scene has none; the class names go into
+    ``NAME.tif.aux.xml`` and ``NAME.qml``. A scene that fails part-way leaves none of these."""
     where = georeference_of(path)
+    target = folder / f"{path.stem}.tif"
     with ExitStack() as stack:
-        classes = stack.enter_context(RasterWriter(folder / f"{path.stem}.tif", size.height, size.width, 1, where,
-                                                   NO_CLASS, colors))
+        labels = stack.enter_context(RasterWriter(target, size.height, size.width, 1, where, NO_CLASS, colors,
+                                                  names=["class"]))
         probs = stack.enter_context(RasterWriter(folder / f"{path.stem}_probabilities.tif", size.height,
-                                                 size.width, len(colors), where, PROBABILITY_NODATA,
-                                                 scale=1 / (PROBABILITY_NODATA - 1))) if probabilities else None
+                                                 size.width, len(classes), where, PROBABILITY_NODATA,
+                                                 scale=1 / (PROBABILITY_NODATA - 1), names=classes,
+                                                 overviews="AVERAGE")) if probabilities else None
         for strip in strips:
-            classes.write(strip.top, strip_labels(strip)[None])
+            labels.write(strip.top, strip_labels(strip)[None])
             if probs is not None:
-                scores = strip.values.softmax(0) if len(strip.values) else torch.zeros(len(colors), *strip.valid.shape)
+                scores = strip.values.softmax(0) if len(strip.values) else torch.zeros(len(classes),
+                                                                                       *strip.valid.shape)
                 levels = (scores * (PROBABILITY_NODATA - 1)).round().to(torch.uint8)
                 levels[:, ~strip.valid] = PROBABILITY_NODATA
                 probs.write(strip.top, levels.numpy())
+    write_class_sidecars(target, classes, colors)

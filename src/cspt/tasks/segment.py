@@ -258,8 +258,9 @@ def predict_segmenter(checkpoint: str | Path, images: Sequence[str], output: str
                       max_image_pixels: int | None = None) -> Path:
     """Class maps of every image, predicted window by window (any size; bounded memory).
 
-    A TIFF gives ``NAME.tif``: class indices with the input's CRS and transform, a colour
-    table and 255 where the input has no data (with ``probabilities``, ``NAME_probabilities.tif``:
+    A TIFF gives ``NAME.tif``: a Cloud-Optimised GeoTIFF of class indices with the input's CRS and
+    transform, a colour table and 255 where the input has no data, its class names in
+    ``NAME.tif.aux.xml`` and ``NAME.qml`` (with ``probabilities``, ``NAME_probabilities.tif``:
     one uint8 band per class); ``vectorize`` (``gpkg``, ``geojson`` or ``shp``) adds one polygon
     per connected region. Other images give ``NAME.png`` and ``NAME_color.png``. With ``draw``, every image
     also gives ``NAME_overlay.jpg``.
@@ -278,7 +279,7 @@ def predict_segmenter(checkpoint: str | Path, images: Sequence[str], output: str
         try:
             size, strips = scene_strips(forward, path, contract, *source_window(info), blend, batch_size)
             if is_raster(path):
-                write_class_raster(strips, path, folder, size, colors, probabilities)
+                write_class_raster(strips, path, folder, size, palette.classes, colors, probabilities)
                 if vectorize:
                     target = folder / f"{path.stem}.{vectorize}"
                     features = vectorize_classes(folder / f"{path.stem}.tif", target, palette.classes)
