@@ -3,6 +3,7 @@ QGIS style beside it, nodata kept, and nothing left behind by a scene that fails
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +15,10 @@ import torch
 from rio_cogeo.cogeo import cog_validate
 
 from cspt.data.images import ImageInfo, ImageReadError
+from cspt.data.pixels import PixelContract
 from cspt.engine.streaming import Strip
 from cspt.tasks.maps import qualitative_colors, write_class_raster
-from tests.conftest import TEST_CRS, write_geotiff
+from tests.conftest import TEST_CRS, run_cli, write_geotiff
 
 CLASSES = ["water", "built-up & roads", "trees <5 m"]  # names that need escaping in XML
 HEIGHT, WIDTH, ROWS = 700, 600, 128  # large enough for overviews; strips of 128 rows
@@ -92,3 +94,79 @@ def test_a_scene_that_fails_part_way_leaves_no_output(scene, tmp_path):
         write_class_raster(strips_of(labels, valid, fail_after=2), path, out, info, CLASSES, colors,
                            probabilities=True)
     assert sorted(p.name for p in out.iterdir()) == []
+
+
+def scene_folder(folder: Path, good: int, broken: int) -> Path:
+    """``good`` readable uint8 RGB GeoTIFFs and ``broken`` files that only claim to be TIFFs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for index in range(good):
+        write_geotiff(folder / f"good{index}.tif", rng.integers(0, 255, (3, 48, 48), dtype=np.uint8))
+    for index in range(broken):
+        (folder / f"broken{index}.tif").write_bytes(b"II*\x00not a tiff at all")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def random_segmenter(tmp_path_factory) -> Path:
+    """A run folder with an untrained tiny segmenter of 8-bit RGB (what it predicts does not matter here)."""
+    from cspt.data.segmentation import Palette
+    from cspt.models.pyramid import default_taps
+    from cspt.tasks.segment import model_from_description
+    from cspt.weights.descriptions import SegmenterDescription
+    from cspt.weights.export import write_weights
+    from tests.conftest import TINY_ARCH
+
+    info = SegmenterDescription(architecture=TINY_ARCH.to_dict(), pixels=PixelContract((0.5,) * 3, (0.25,) * 3)
+                                .to_dict(), palette=Palette(CLASSES).to_dict(),
+                                taps=default_taps(TINY_ARCH.depth, "cspt"), channels=16, aux_channels=0, crop_size=32,
+                                stride=21, selected="random weights")
+    run = tmp_path_factory.mktemp("segmenter")
+    write_weights(model_from_description(info).state_dict(), run / "segmenter.safetensors", info)
+    return run
+
+
+def test_a_batch_with_bad_scenes_writes_the_good_ones_names_the_bad_and_says_so_in_its_exit_status(
+        random_segmenter, tmp_path):
+    scenes = scene_folder(tmp_path / "scenes", good=2, broken=1)
+    out = tmp_path / "maps"
+    result = run_cli("predict", "segment", "--checkpoint", str(random_segmenter), "--images", str(scenes),
+                     "--output", str(out), "--device", "cpu")
+    assert result.returncode == 3, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("cspt: error:")]
+    assert len(errors) == 1 and "1 of 3 images could not be read" in errors[0] and "broken0.tif" in errors[0]
+    assert any("broken0.tif" in line and "skipped" in line for line in result.stderr.splitlines())
+    assert sorted(p.name for p in out.iterdir()) == ["good0.qml", "good0.tif", "good0.tif.aux.xml", "good1.qml",
+                                                     "good1.tif", "good1.tif.aux.xml"]
+
+    nothing = run_cli("predict", "segment", "--checkpoint", str(random_segmenter), "--images",
+                      str(scene_folder(tmp_path / "bad", good=0, broken=2)), "--output", str(tmp_path / "none"),
+                      "--device", "cpu")
+    assert nothing.returncode == 2 and "none of the 2 images could be read" in nothing.stderr, nothing.stderr
+    assert not list((tmp_path / "none").iterdir())
+
+
+def test_detection_of_a_batch_with_a_bad_scene_writes_only_the_good_ones(tmp_path):
+    from cspt.errors import CsptError, SomeInputsFailed
+    from cspt.models.pyramid import default_taps
+    from cspt.models.vit import ArchConfig
+    from cspt.tasks.detect import model_from_description, predict_detector
+    from cspt.weights.descriptions import DetectorDescription
+    from cspt.weights.export import write_weights
+
+    arch = ArchConfig(embed_dim=64, depth=2, num_heads=2, patch_size=8, img_size=64)
+    info = DetectorDescription(architecture=arch.to_dict(), pixels=PixelContract((0.5,) * 3, (0.25,) * 3).to_dict(),
+                               classes=["tree"], taps=default_taps(arch.depth, "cspt"), fpn_channels=16,
+                               anchor_sizes=[8, 16, 32, 64, 128], tile_size=64, tile_overlap=16, score_threshold=0.0)
+    torch.manual_seed(0)
+    write_weights(model_from_description(info).state_dict(), tmp_path / "run" / "detector.safetensors", info)
+    scenes = scene_folder(tmp_path / "scenes", good=1, broken=1)
+    with pytest.raises(SomeInputsFailed, match="1 of 2 images could not be read.*broken0.tif"):
+        predict_detector(tmp_path / "run", [str(scenes)], tmp_path / "out", device="cpu")
+    written = json.loads((tmp_path / "out" / "detections.json").read_text())
+    assert [Path(image["file_name"]).name for image in written["images"]] == ["good0.tif"]
+    assert sorted(p.name for p in (tmp_path / "out" / "dota").iterdir()) == ["good0.txt"]
+    with pytest.raises(CsptError, match="none of the 1 images could be read"):
+        predict_detector(tmp_path / "run", [str(scene_folder(tmp_path / "bad", 0, 1))], tmp_path / "none",
+                         device="cpu")
+    assert not (tmp_path / "none" / "detections.json").exists()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cspt.config import ClassifyConfig, DetectConfig, PretrainConfig, ProbeConfig, SegmentConfig, build_config
-from cspt.errors import CsptError, user_message
+from cspt.errors import CsptError, SomeInputsFailed, user_message
 
 log = logging.getLogger("cspt")
 
@@ -493,7 +493,8 @@ COMMANDS = {"demo": run_demo, "evaluate": run_evaluate, "export": run_export, "f
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``cspt`` command line; returns the exit status (2: a cspt error, 130: interrupted)."""
+    """Run the ``cspt`` command line; returns the exit status (2: a cspt error, 3: a prediction wrote what it
+    could read but some inputs failed, 130: interrupted)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     for library in ("rasterio", "fiona"):  # GDAL's complaints come back as exceptions cspt words in one line
@@ -504,7 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"cspt: error: {user_message(err)}", file=sys.stderr)
-        return 2
+        return 3 if isinstance(err, SomeInputsFailed) else 2
     except KeyboardInterrupt:
         print("cspt: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130

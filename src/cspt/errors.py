@@ -5,6 +5,10 @@ class CsptError(Exception):
     """A problem with the user's input (a file, a folder, a config value)."""
 
 
+class SomeInputsFailed(CsptError):
+    """A prediction wrote every input it could read; the others (each named in the log) failed."""
+
+
 def user_message(err: BaseException) -> str:
     """The one-line message of ``err``, also when a data loader worker raised it.
 

@@ -54,6 +54,7 @@ from cspt.tasks.common import (
     check_normalisation,
     contract_of,
     distributed_run,
+    finish_prediction,
     images_in,
     load_described,
     load_init_weights,
@@ -234,10 +235,11 @@ def predict_classifier(checkpoint: str | Path, images: Sequence[str], output: st
     for message in outputs.skipped:
         log.warning("skipped unreadable image: %s", message)
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    write_predictions(outputs, files, info.classes, output)
+    if len(outputs.indices):
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_predictions(outputs, files, info.classes, output)
     log.info("predicted %d images (%d unreadable skipped)", len(outputs.indices), len(outputs.skipped))
-    return output
+    return finish_prediction(output, outputs.skipped, len(files), "images")
 
 
 def scene_forward(model: nn.Module, img_size: int, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -275,15 +277,17 @@ def predict_scene_classes(checkpoint: str | Path, scenes: Sequence[str], output:
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
     colors = qualitative_colors(len(described.info.classes))
-    for path in find_images(list(scenes), exclude=[folder]):
+    paths, failed = find_images(list(scenes), exclude=[folder]), []
+    for path in paths:
         try:
             shape, strips = scene_strips(forward, path, contract, window, stride, blend, batch_size)
             write_class_raster(strips, path, folder, shape, described.info.classes, colors, probabilities)
         except ImageReadError as err:
             log.warning("skipped unreadable scene: %s", err)
+            failed.append(path.name)
             continue
         log.info("%s: class map of %d x %d px windows written to %s", path, window, window, folder)
-    return folder
+    return finish_prediction(folder, failed, len(paths), "scenes")
 
 
 def evaluate_scene_classes(checkpoint: str | Path, scenes: Sequence[str], masks: Sequence[str], window: int,

@@ -30,7 +30,7 @@ from cspt.engine.run_dir import (
     saved_config,
 )
 from cspt.engine.trainer import Task
-from cspt.errors import CsptError
+from cspt.errors import CsptError, SomeInputsFailed
 from cspt.models.pyramid import default_taps
 from cspt.models.vit import ArchConfig, resolve_arch
 from cspt.weights.descriptions import ModelDescription, description_from_dict
@@ -329,3 +329,16 @@ class FineTuneTask(Task):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best = state.get("best", self.best)
+
+
+def finish_prediction(output: Path, failed: Sequence[str], total: int, what: str = "inputs") -> Path:
+    """``output`` when every one of ``total`` inputs was predicted; otherwise the failure in one line: nothing
+    readable (:class:`CsptError`), or some inputs failed while the others are written (:class:`SomeInputsFailed`,
+    the command line's exit status 3)."""
+    if failed and len(failed) == total:
+        raise CsptError(f"none of the {total} {what} could be read (each named above); nothing written to {output}")
+    if failed:
+        raise SomeInputsFailed(f"{len(failed)} of {total} {what} could not be read (each named above): "
+                               f"{', '.join(failed[:3])}{', ...' if len(failed) > 3 else ''}; the other "
+                               f"{total - len(failed)} are written to {output}")
+    return output

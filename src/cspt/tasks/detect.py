@@ -42,6 +42,7 @@ from cspt.tasks.common import (
     check_normalisation,
     contract_of,
     distributed_run,
+    finish_prediction,
     images_in,
     load_described,
     load_init_weights,
@@ -189,7 +190,8 @@ def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str 
     georeferenced scene ``NAME.gpkg`` (or ``vector_format``: geojson, shp) of the boxes as polygons in its
     CRS with class and score, and, with ``draw``, ``drawn/NAME.png`` (the detections scoring at least
     ``draw_score``; default: the operating point chosen on the training scenes, else 0.5). A scene that
-    cannot be read is named in the log and skipped; the others are written."""
+    cannot be read is named in the log and skipped; the others are written, and then
+    :func:`~cspt.tasks.common.finish_prediction` says what failed."""
     described = load_detector(checkpoint)
     model, info, _ = described
     contract = described.contract(max_image_pixels)
@@ -202,12 +204,14 @@ def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str 
     coco: dict[str, Any] = {"images": [], "annotations": [],
                             "categories": [{"id": i + 1, "name": n} for i, n in enumerate(classes)]}
     model = model.to(torch_device)
-    for image_id, path in enumerate(find_images(list(images), exclude=[folder]), 1):
+    paths, failed = find_images(list(images), exclude=[folder]), []
+    for image_id, path in enumerate(paths, 1):
         try:
             size = contract.info(path)
             found = detect_scene(model, path, size.height, size.width, info, contract, torch_device)
         except ImageReadError as err:
             log.warning("skipped unreadable image: %s", err)
+            failed.append(path.name)
             continue
         coco["images"].append({"id": image_id, "file_name": str(path), "height": size.height, "width": size.width})
         lines = []
@@ -230,9 +234,10 @@ def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str 
             confident = found["scores"] >= draw_score
             draw_boxes(path, {k: v[confident] for k, v in found.items()}, classes,
                        folder / "drawn" / f"{path.stem}.png", contract)
-    (folder / "detections.json").write_text(json.dumps(coco) + "\n")
-    log.info("%d detections in %d images", len(coco["annotations"]), len(coco["images"]))
-    return folder
+    if coco["images"]:
+        (folder / "detections.json").write_text(json.dumps(coco) + "\n")
+        log.info("%d detections in %d images", len(coco["annotations"]), len(coco["images"]))
+    return finish_prediction(folder, failed, len(paths), "images")
 
 
 def drawing_threshold(info: DetectorDescription) -> float:

@@ -62,6 +62,7 @@ from cspt.tasks.common import (
     check_normalisation,
     contract_of,
     distributed_run,
+    finish_prediction,
     images_in,
     load_described,
     load_init_weights,
@@ -274,8 +275,8 @@ def predict_segmenter(checkpoint: str | Path, images: Sequence[str], output: str
     folder.mkdir(parents=True, exist_ok=True)
     torch_device = torch.device(resolve_device(device))
     forward = window_forward(model.to(torch_device), info.crop_size, info.resize, torch_device)
-    written = 0
-    for path in find_images(list(images), exclude=[folder]):
+    paths, failed = find_images(list(images), exclude=[folder]), []
+    for path in paths:
         try:
             size, strips = scene_strips(forward, path, contract, *source_window(info), blend, batch_size)
             if is_raster(path):
@@ -293,10 +294,10 @@ def predict_segmenter(checkpoint: str | Path, images: Sequence[str], output: str
                     write_overlay(path, labels, colors, folder, contract)
         except ImageReadError as err:
             log.warning("skipped unreadable image: %s", err)
+            failed.append(path.name)
             continue
-        written += 1
-    log.info("wrote class maps of %d images to %s", written, folder)
-    return folder
+    log.info("wrote class maps of %d images to %s", len(paths) - len(failed), folder)
+    return finish_prediction(folder, failed, len(paths), "images")
 
 
 def painted(labels: np.ndarray, colors: np.ndarray) -> np.ndarray:
