@@ -37,6 +37,16 @@ def test_find_images_recursive_and_lists(tmp_path):
     assert find_images([listing]) == [tmp_path / "set" / "sub" / "b.png"]
 
 
+def test_find_images_follows_symlinked_folders_once(tmp_path):
+    """A folder of links to where the imagery lives (a common way to assemble a dataset) is searched; a link
+    back up the tree does not loop."""
+    store = write_rgb(tmp_path / "store" / "tile.png").parent
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "site_a").symlink_to(store, target_is_directory=True)
+    (tmp_path / "store" / "back").symlink_to(tmp_path / "dataset", target_is_directory=True)
+    assert find_images([tmp_path / "dataset"]) == [tmp_path / "dataset" / "site_a" / "tile.png"]
+
+
 @pytest.mark.parametrize("case,message", [("missing", "no such file or folder"),
                                           ("empty", "folder contains no images"),
                                           ("badlist", "no such image")])

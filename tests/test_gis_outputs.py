@@ -170,3 +170,35 @@ def test_detection_of_a_batch_with_a_bad_scene_writes_only_the_good_ones(tmp_pat
         predict_detector(tmp_path / "run", [str(scene_folder(tmp_path / "bad", 0, 1))], tmp_path / "none",
                          device="cpu")
     assert not (tmp_path / "none" / "detections.json").exists()
+
+
+def test_two_scenes_of_one_name_are_refused_before_either_overwrites_the_other(random_segmenter, tmp_path):
+    first = scene_folder(tmp_path / "a", good=1, broken=0) / "good0.tif"
+    second = scene_folder(tmp_path / "b", good=1, broken=0) / "good0.tif"
+    result = run_cli("predict", "segment", "--checkpoint", str(random_segmenter), "--images", str(tmp_path / "a"),
+                     str(tmp_path / "b"), "--output", str(tmp_path / "maps"), "--device", "cpu")
+    assert result.returncode == 2 and str(first) in result.stderr and str(second) in result.stderr, result.stderr
+    assert not (tmp_path / "maps").exists() or not list((tmp_path / "maps").iterdir())
+
+
+def test_a_scene_without_a_crs_is_said_to_give_pixel_coordinates(random_segmenter, tmp_path):
+    import logging
+
+    from cspt.tasks.segment import predict_segmenter
+
+    pixels = np.random.default_rng(1).integers(0, 255, (3, 48, 48), dtype=np.uint8)
+    with rasterio.open(tmp_path / "plain.tif", "w", driver="GTiff", height=48, width=48, count=3,
+                       dtype="uint8") as dst:
+        dst.write(pixels)
+    logger = logging.getLogger("cspt")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        predict_segmenter(random_segmenter, [str(tmp_path / "plain.tif")], tmp_path / "maps", device="cpu",
+                          vectorize="gpkg")
+    finally:
+        logger.removeHandler(handler)
+    warned = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert any("plain.tif has no CRS" in m and "pixel coordinates" in m for m in warned), warned

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from cspt.data.images import IMAGE_SUFFIXES
@@ -12,10 +13,23 @@ from cspt.errors import CsptError
 LIST_SUFFIXES = {".txt", ".lst", ".list"}
 
 
+def files_under(folder: Path) -> Iterator[Path]:
+    """Every file under ``folder``, following symlinked folders (each real folder visited once, so a link back
+    up the tree ends there)."""
+    seen: set[str] = set()
+    for root, folders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            folders[:] = []
+            continue
+        seen.add(real)
+        yield from (Path(root) / name for name in names)
+
+
 def find_images(sources: list[str | Path], exclude: Sequence[str | Path | None] = ()) -> list[Path]:
     """All image files named by ``sources``, sorted within each source.
 
-    A source is a folder (searched recursively), an image file, a text file with one
+    A source is a folder (searched recursively, symlinked folders followed), an image file, a text file with one
     image path per line (relative paths are relative to the list's folder), or a tar
     shard (its members; ``DIR/shard-{000000..000099}.tar`` names a hundred). Folder
     searches skip everything under ``exclude`` (a run's own output directory: its
@@ -30,7 +44,7 @@ def find_images(sources: list[str | Path], exclude: Sequence[str | Path | None] 
             files += shard_members(source)
         elif source.is_dir():
             found = sorted(
-                p for p in source.rglob("*")
+                p for p in files_under(source)
                 if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not inside_any(p, skipped)
             )
             if not found:

@@ -164,6 +164,9 @@ def vectorize_classes(raster: Path, output: Path, classes: Sequence[str]) -> int
     count = 0
     with rasterio.open(raster) as src:
         schema = {"geometry": "Polygon", "properties": {"class": "str", "class_index": "int"}}
+        if src.crs is None:
+            log.warning("vectorize: %s has no CRS; its polygons in %s are in pixel coordinates (column, row)",
+                        raster, output)
         if src.height > VECTOR_STRIP_ROWS:
             log.info("vectorize: %s is vectorised in strips of %d rows; regions crossing a strip edge are cut "
                      "there", raster, VECTOR_STRIP_ROWS)

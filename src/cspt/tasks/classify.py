@@ -51,6 +51,7 @@ from cspt.tasks.common import (
     DescribedModel,
     FineTuneTask,
     arch_of,
+    check_distinct_names,
     check_normalisation,
     contract_of,
     distributed_run,
@@ -278,6 +279,7 @@ def predict_scene_classes(checkpoint: str | Path, scenes: Sequence[str], output:
     folder.mkdir(parents=True, exist_ok=True)
     colors = qualitative_colors(len(described.info.classes))
     paths, failed = find_images(list(scenes), exclude=[folder]), []
+    check_distinct_names(paths)
     for path in paths:
         try:
             shape, strips = scene_strips(forward, path, contract, window, stride, blend, batch_size)

@@ -331,6 +331,17 @@ class FineTuneTask(Task):
         self.best = state.get("best", self.best)
 
 
+def check_distinct_names(paths: Sequence[Path]) -> None:
+    """Refuse, in one line, inputs whose outputs would overwrite each other: one file name (stem) from two
+    folders."""
+    first: dict[str, Path] = {}
+    for path in paths:
+        other = first.setdefault(path.stem, path)
+        if other != path:
+            raise CsptError(f"{other} and {path} would both be written as {path.stem}.*; predict them into "
+                            "separate --output folders, or rename one")
+
+
 def finish_prediction(output: Path, failed: Sequence[str], total: int, what: str = "inputs") -> Path:
     """``output`` when every one of ``total`` inputs was predicted; otherwise the failure in one line: nothing
     readable (:class:`CsptError`), or some inputs failed while the others are written (:class:`SomeInputsFailed`,

@@ -25,7 +25,7 @@ from cspt.config import DetectConfig
 from cspt.data.detection import Annotations, Scene, read_annotations
 from cspt.data.files import find_images
 from cspt.data.georaster import georeference_of, write_boxes
-from cspt.data.images import ImageReadError, display_rgb
+from cspt.data.images import ImageReadError, display_rgb, is_raster
 from cspt.data.pixels import PixelContract
 from cspt.data.scene_tiles import DetectionTiles, collate_tiles, make_tiles, read_window
 from cspt.engine.distributed import all_gather_objects, barrier, resolve_device, shard
@@ -39,6 +39,7 @@ from cspt.tasks.common import (
     DescribedModel,
     FineTuneTask,
     arch_of,
+    check_distinct_names,
     check_normalisation,
     contract_of,
     distributed_run,
@@ -205,6 +206,7 @@ def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str 
                             "categories": [{"id": i + 1, "name": n} for i, n in enumerate(classes)]}
     model = model.to(torch_device)
     paths, failed = find_images(list(images), exclude=[folder]), []
+    check_distinct_names(paths)
     for image_id, path in enumerate(paths, 1):
         try:
             size = contract.info(path)
@@ -230,6 +232,9 @@ def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str 
             write_boxes(target, found["boxes"].numpy(), found["labels"].numpy(), found["scores"].numpy(), classes,
                         where)
             log.info("%s: %d boxes in %s", target, len(found["boxes"]), where.crs)
+        elif is_raster(path):
+            log.warning("%s has no CRS: its boxes are in detections.json and dota/ in pixel coordinates only, "
+                        "with no %s on the map", path, vector_format)
         if draw:
             confident = found["scores"] >= draw_score
             draw_boxes(path, {k: v[confident] for k, v in found.items()}, classes,

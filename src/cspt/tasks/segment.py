@@ -59,6 +59,7 @@ from cspt.tasks.common import (
     DescribedModel,
     FineTuneTask,
     arch_of,
+    check_distinct_names,
     check_normalisation,
     contract_of,
     distributed_run,
@@ -276,6 +277,7 @@ def predict_segmenter(checkpoint: str | Path, images: Sequence[str], output: str
     torch_device = torch.device(resolve_device(device))
     forward = window_forward(model.to(torch_device), info.crop_size, info.resize, torch_device)
     paths, failed = find_images(list(images), exclude=[folder]), []
+    check_distinct_names(paths)
     for path in paths:
         try:
             size, strips = scene_strips(forward, path, contract, *source_window(info), blend, batch_size)
