@@ -202,3 +202,17 @@ def test_a_scene_without_a_crs_is_said_to_give_pixel_coordinates(random_segmente
         logger.removeHandler(handler)
     warned = [r.getMessage() for r in records if r.levelno == logging.WARNING]
     assert any("plain.tif has no CRS" in m and "pixel coordinates" in m for m in warned), warned
+
+
+def test_a_truncated_geotiff_is_named_with_gdal_s_reason_and_leaves_no_map(random_segmenter, tmp_path):
+    scenes = scene_folder(tmp_path / "scenes", good=1, broken=0)
+    whole = write_geotiff(tmp_path / "whole.tif", np.random.default_rng(2).integers(0, 255, (3, 600, 600),
+                                                                                    dtype=np.uint8))
+    data = whole.read_bytes()
+    (scenes / "cut.tif").write_bytes(data[:len(data) // 2])  # the header is whole: the map starts, then fails
+    result = run_cli("predict", "segment", "--checkpoint", str(random_segmenter), "--images", str(scenes),
+                     "--output", str(tmp_path / "maps"), "--device", "cpu")
+    assert result.returncode == 3, result.stderr
+    skipped = [line for line in result.stderr.splitlines() if "cut.tif" in line and "skipped" in line]
+    assert len(skipped) == 1 and "Read error" in skipped[0] and "previous exception" not in skipped[0], skipped
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["good0.qml", "good0.tif", "good0.tif.aux.xml"]

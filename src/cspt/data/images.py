@@ -258,7 +258,12 @@ def display_rgb(pixels: np.ndarray) -> np.ndarray:
     return (np.nan_to_num(bands).clip(0, 1) * 255).round().astype(np.uint8)
 
 
-def _reason(err: Exception) -> str:
+def _reason(err: BaseException) -> str:
+    """The first line of what went wrong; for GDAL's "see previous exception", the deepest exception it chained
+    (a truncated TIFF: "TIFFFillTile:Read error at row 512 ...")."""
+    if "previous exception" in str(err):
+        while (err.__cause__ or err.__context__) is not None:
+            err = err.__cause__ or err.__context__
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
 
