@@ -138,6 +138,26 @@ def test_samples_depend_only_on_their_seed(tmp_path):
     assert batch["image"].shape == (2, 3, 32, 32) and batch["noise"].shape == (2, 16)
 
 
+def test_an_epoch_shorter_than_the_pool_reaches_every_image_over_the_epochs(tmp_path):
+    """``--samples-per-epoch`` below the number of images: each sample draws its image with its own seed, so
+    the images past the first N are trained on too (they once never were)."""
+    from cspt.engine.sampler import SeededBatchSampler
+
+    files = [write_rgb(tmp_path / f"{i:02d}.png", size=40, seed=i) for i in range(20)]
+    scan = scan_images(files, 128)
+    dataset = UnlabelledImages(scan.entries, neutral_contract(), 32, 8, 128, samples_per_epoch=5)
+    reached = set()
+    for epoch in range(12):
+        sampler = SeededBatchSampler(len(dataset), 5, seed=0)
+        sampler.set_epoch(epoch)
+        for batch in sampler:
+            reached.update(dataset.entry_of(index, torch.Generator().manual_seed(seed)) for index, seed in batch)
+    assert len(dataset) == 5 and len(reached) >= 18, sorted(reached)
+    full = UnlabelledImages(scan.entries, neutral_contract(), 32, 8, 128, samples_per_epoch=45)
+    drawn = [full.entry_of(index, torch.Generator()) for index in range(45)]
+    assert sorted(set(drawn)) == list(range(20)) and max(map(drawn.count, set(drawn))) == 3  # balanced
+
+
 def test_threaded_loading_gives_the_batches_of_loader_processes(tmp_path):
     from cspt.engine.distributed import DistContext
     from cspt.engine.loading import ThreadedBatches, training_batches

@@ -151,29 +151,75 @@ def test_vector_labels_of_two_scenes_with_one_name_stay_apart_and_class_names_mu
     assert len({mask for _, mask in rows}) == 2 and all(Path(mask).is_absolute() for _, mask in rows)
 
 
-def test_detection_counts_false_alarms_on_scenes_without_objects(tmp_path):
+def grid_scene(path: Path, left: float, crs: str = "EPSG:32640") -> Path:
+    """A 50 x 50 px, 0.5 m GeoTIFF whose left edge lies at easting ``left``."""
+    from affine import Affine
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", driver="GTiff", height=50, width=50, count=1, dtype="uint16", crs=crs,
+                       transform=Affine(0.5, 0, left, 0, -0.5, 2800000.0)) as dst:
+        dst.write(np.full((1, 50, 50), 7, np.uint16))
+    return path
+
+
+def write_boxes_file(path: Path, scene: Path, boxes: list[tuple[int, int, int, int]]) -> Path:
+    """Pixel boxes (row0, col0, row1, col1) of ``scene`` as map polygons in a GeoJSON file."""
     import fiona
     from rasterio.transform import xy
+
+    schema = {"geometry": "Polygon", "properties": {"class": "str"}}
+    with rasterio.open(scene) as src, fiona.open(path, "w", driver="GeoJSON", crs=src.crs.to_wkt(),
+                                                 schema=schema) as sink:
+        for r0, c0, r1, c1 in boxes:
+            ring = [xy(src.transform, r, c) for r, c in ((r0, c0), (r0, c1), (r1, c1), (r1, c0), (r0, c0))]
+            sink.write({"geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": {"class": "car"}})
+    return path
+
+
+def test_detection_counts_false_alarms_on_scenes_without_objects(tmp_path):
+    """A scene inside the labels' extent without a feature holds no objects: its detections are false alarms.
+    A scene outside the extent (another UTM zone) is not labelled by the file at all and is left out."""
+    import fiona
 
     from cspt.data.detection import read_annotations
     from cspt.metrics import voc_map
 
     images = tmp_path / "scenes"
-    for name, crs in (("busy", "EPSG:32640"), ("empty", "EPSG:32641")):  # the second one UTM zone further east
-        write_geotiff(images / f"{name}.tif", np.full((1, 50, 50), 7, np.uint16), crs=crs)
-    with rasterio.open(images / "busy.tif") as src:
-        ring = [xy(src.transform, r, c) for r, c in ((10, 10), (10, 20), (20, 20), (20, 10), (10, 10))]
-    with fiona.open(tmp_path / "boxes.geojson", "w", driver="GeoJSON", crs="EPSG:32640",
-                    schema={"geometry": "Polygon", "properties": {"class": "str"}}) as sink:
-        sink.write({"geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": {"class": "car"}})
+    west, _, east = (grid_scene(images / f"{name}.tif", 300000.0 + 25 * i)
+                         for i, name in enumerate(("a_west", "b_empty", "c_east")))
+    grid_scene(images / "d_elsewhere.tif", 300000.0, crs="EPSG:32641")
+    write_boxes_file(tmp_path / "west.geojson", west, [(10, 10, 20, 20)])
+    write_boxes_file(tmp_path / "east.geojson", east, [(30, 30, 40, 40)])
+    with fiona.open(tmp_path / "west.geojson") as one, fiona.open(tmp_path / "east.geojson") as other, \
+            fiona.open(tmp_path / "boxes.geojson", "w", driver="GeoJSON", crs=one.crs_wkt, schema=one.schema) as both:
+        both.writerecords([*one, *other])
     scenes = read_annotations(tmp_path / "boxes.geojson", images, "vector").scenes
-    assert [(s.image.name, len(s.boxes)) for s in scenes] == [("busy.tif", 1), ("empty.tif", 0)]
+    assert [(s.image.name, len(s.boxes)) for s in scenes] == [("a_west.tif", 1), ("b_empty.tif", 0),
+                                                              ("c_east.tif", 1)]
     hit = {"boxes": torch.tensor([[10.0, 10, 20, 20]]), "scores": torch.tensor([0.6]), "labels": torch.tensor([0])}
+    other = {"boxes": torch.tensor([[30.0, 30, 40, 40]]), "scores": torch.tensor([0.7]), "labels": torch.tensor([0])}
     alarm = {"boxes": torch.tensor([[5.0, 5, 15, 15]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([0])}
     truths = [{"boxes": torch.from_numpy(s.boxes), "labels": torch.zeros(len(s.boxes), dtype=torch.long),
                "difficult": torch.zeros(len(s.boxes), dtype=torch.bool)} for s in scenes]
-    with_empty = voc_map([hit, alarm], truths, ["car"])["map50"]
-    assert with_empty < voc_map([hit], truths[:1], ["car"])["map50"] == pytest.approx(1.0)
+    with_empty = voc_map([hit, alarm, other], truths, ["car"])["map50"]
+    assert with_empty < voc_map([hit, other], truths[::2], ["car"])["map50"] == pytest.approx(1.0)
+
+
+def test_training_and_validation_label_files_over_one_folder_keep_their_own_scenes(tmp_path):
+    """``--train west.geojson --val east.geojson`` over one ``--images`` folder: neither split takes the other's
+    scenes as scenes without objects (the validation objects would be trained on as background, and every
+    training scene scored as false alarms)."""
+    from cspt.data.detection import read_annotations
+
+    images = tmp_path / "scenes"
+    west = grid_scene(images / "west.tif", 300000.0)
+    east = grid_scene(images / "east.tif", 300500.0)
+    train = read_annotations(write_boxes_file(tmp_path / "train.geojson", west, [(10, 10, 20, 20)]), images,
+                             "vector").scenes
+    val = read_annotations(write_boxes_file(tmp_path / "val.geojson", east, [(5, 5, 25, 25)]), images,
+                           "vector").scenes
+    assert [(s.image.name, len(s.boxes)) for s in train] == [("west.tif", 1)]
+    assert [(s.image.name, len(s.boxes)) for s in val] == [("east.tif", 1)]
 
 
 def test_coco_map_counts_every_object_of_a_dense_scene():

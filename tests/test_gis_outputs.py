@@ -216,3 +216,62 @@ def test_a_truncated_geotiff_is_named_with_gdal_s_reason_and_leaves_no_map(rando
     skipped = [line for line in result.stderr.splitlines() if "cut.tif" in line and "skipped" in line]
     assert len(skipped) == 1 and "Read error" in skipped[0] and "previous exception" not in skipped[0], skipped
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["good0.qml", "good0.tif", "good0.tif.aux.xml"]
+
+
+def test_a_scene_located_by_control_points_is_said_to_give_pixel_coordinates(tmp_path, caplog):
+    import logging
+
+    from rasterio.control import GroundControlPoint
+    from rasterio.crs import CRS
+
+    from cspt.data.georaster import georeference_of
+
+    points = [GroundControlPoint(row, col, 57.0 + col / 1e4, 25.0 - row / 1e4) for row, col in
+              ((0, 0), (0, 47), (47, 0))]
+    with rasterio.open(tmp_path / "gcps.tif", "w", driver="GTiff", height=48, width=48, count=1, dtype="uint8",
+                       gcps=points, crs=CRS.from_epsg(4326)) as dst:
+        dst.write(np.zeros((1, 48, 48), np.uint8))
+    with caplog.at_level(logging.WARNING, logger="cspt"):
+        where = georeference_of(tmp_path / "gcps.tif")
+    assert not where.is_georeferenced
+    assert any("gcps.tif" in r.getMessage() and "control points" in r.getMessage() for r in caplog.records)
+
+
+def test_a_scene_the_model_cannot_read_is_skipped_and_its_earlier_outputs_go(random_segmenter, tmp_path):
+    """A file with the wrong band count no longer stops the batch half-way; and a scene that fails in this run
+    keeps nothing an earlier run wrote for it."""
+    scenes = scene_folder(tmp_path / "scenes", good=2, broken=0)
+    out = tmp_path / "maps"
+    first = run_cli("predict", "segment", "--checkpoint", str(random_segmenter), "--images", str(scenes), "--output",
+                    str(out), "--device", "cpu", "--vectorize", "geojson", "--draw")
+    assert first.returncode == 0, first.stderr
+    assert {"good1.tif", "good1.geojson", "good1_overlay.jpg", "good1.qml"} <= {p.name for p in out.iterdir()}
+    write_geotiff(scenes / "good1.tif", np.zeros((5, 48, 48), np.uint8))  # now five bands: not what it reads
+    write_geotiff(scenes / "another.tif", np.zeros((3, 48, 48), np.uint8) + 90)
+    second = run_cli("predict", "segment", "--checkpoint", str(random_segmenter), "--images", str(scenes),
+                     "--output", str(out), "--device", "cpu", "--vectorize", "geojson", "--draw")
+    assert second.returncode == 3 and "1 of 3 images" in second.stderr, second.stderr
+    assert any("good1.tif" in line and "5 bands" in line for line in second.stderr.splitlines())
+    assert not [p.name for p in out.iterdir() if p.name.startswith("good1")]
+    assert {"good0.tif", "another.tif", "another.geojson"} <= {p.name for p in out.iterdir()}
+
+
+def test_geojson_outputs_are_wgs84_as_rfc_7946_requires_and_geopackages_keep_the_scene_crs(scene, tmp_path):
+    import fiona
+    from rasterio.warp import transform_bounds
+
+    from cspt.data.georaster import vectorize_classes
+
+    path, labels, valid = scene
+    out = tmp_path / "out"
+    write_class_raster(strips_of(labels, valid), path, out, ImageInfo(HEIGHT, WIDTH, 1, "int16"), CLASSES,
+                       qualitative_colors(len(CLASSES)), probabilities=False)
+    counts = {suffix: vectorize_classes(out / "scene.tif", out / f"scene.{suffix}", CLASSES)
+              for suffix in ("gpkg", "geojson")}
+    assert counts["gpkg"] == counts["geojson"] > 3
+    with fiona.open(out / "scene.gpkg") as native, fiona.open(out / "scene.geojson") as web:
+        assert rasterio.crs.CRS.from_wkt(native.crs_wkt) == TEST_CRS
+        assert web.crs.to_epsg() == 4326
+        expected = transform_bounds(TEST_CRS, "EPSG:4326", *native.bounds)
+        assert np.allclose(web.bounds, expected, atol=1e-6)
+        assert [f.properties["class"] for f in web] == [f.properties["class"] for f in native]

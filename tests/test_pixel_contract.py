@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from timm.data.auto_augment import _RANDOM_INTERPOLATION, LEVEL_TO_ARG
 
 from cspt.data.classification import LabelledImages, LabelledSet
@@ -91,6 +92,25 @@ def test_invalid_pixels_are_named_by_the_file_the_value_nan_and_the_contract(tmp
     assert invalid == {(0, 0), (1, 1), (2, 2), (3, 3)}
     assert (read.image[:, ~read.valid] == 0.5).all() and torch.isfinite(read.image).all()
     assert (contract.normalise(read)[:, ~read.valid] == 0).all()
+
+
+def test_nodata_named_by_the_user_is_masked_by_every_reader_of_8_bit_pictures(tmp_path):
+    """A black-bordered RGB JPEG/PNG under ``--nodata 0``: the fast reduced-decode crop (pretraining,
+    classification training) masks the border as evaluation's full read does, and device decoding stands aside."""
+    from cspt.data.unlabelled import UnlabelledImages, scan_images
+
+    picture = np.full((64, 64, 3), 120, np.uint8)
+    picture[:, :32] = 0
+    for name in ("black.png", "black.jpg"):
+        Image.fromarray(picture).save(tmp_path / name, quality=100)
+        contract = PixelContract((0.5,) * 3, (0.25,) * 3, nodata=0.0)
+        whole = contract.read(tmp_path / name)
+        crop = contract.read_resized_crop(tmp_path / name, (0, 0, 64, 64), 32)
+        assert whole.valid.float().mean() == pytest.approx(0.5, abs=0.05), name
+        assert crop.valid.float().mean() == pytest.approx(0.5, abs=0.1), name
+    pool = UnlabelledImages(scan_images([tmp_path / "black.jpg"], 128).entries, contract, 32, 8, 128,
+                            decode_on_device=True)
+    assert not pool.decode_on_device
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -212,3 +232,68 @@ def test_the_contract_round_trips_and_reads_what_older_releases_recorded():
         PixelContract.from_dict({**contract.to_dict(), "version": 99}, "model.json")
     with pytest.raises(Exception, match="bands of scaling for 2 bands"):
         PixelContract((0.4, 0.5), (0.2, 0.3), low=(0.1,), high=(0.2,))
+
+
+def test_automatic_scaling_measures_the_images_a_labelled_csv_names(tmp_path):
+    """``--data labels.csv`` (classification) and ``--images pairs.csv`` (segmentation) of 11-bit data: the scaling
+    is measured on the images the CSV names, as it is for a folder (it once fell back to the dtype scale)."""
+    from cspt.config import ClassifyConfig, SegmentConfig
+    from cspt.tasks.classify import resolve_config as resolve_classify
+    from cspt.tasks.segment import resolve_config as resolve_segment
+
+    eleven = DATA / RASTERS["11-bit uint16"][0]
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"path,label\n{eleven},field\n{eleven},road\n")
+    tiny = {"embed_dim": 64, "depth": 2, "num_heads": 2, "patch_size": 8, "img_size": 32}
+    classify = resolve_classify(ClassifyConfig(data=str(labels), output=str(tmp_path / "c"), **tiny))
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.zeros((SIZE, SIZE), np.uint8)).save(mask)
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(f"image,mask\n{eleven},{mask}\n")
+    segment = resolve_segment(SegmentConfig(images=[str(pairs)], class_names=["a", "b"], crop_size=32,
+                                            output=str(tmp_path / "s"), **{k: v for k, v in tiny.items()
+                                                                          if k != "img_size"}))
+    for config in (classify, segment):
+        assert config.scale_low and config.scale_high, config.scale
+        assert max(config.scale_high) < 0.05  # 11-bit data: its top is about 2047 / 65535 on the dtype scale
+
+
+def test_an_alpha_band_is_said_once_per_folder_with_how_to_read_it_as_data(tmp_path, caplog):
+    """GDAL marks the fourth band of a 4-band byte TIFF alpha unless told otherwise; RGB + near-infrared tiles
+    would lose their NIR band without a word."""
+    import logging
+
+    import rasterio
+    from affine import Affine
+
+    from cspt.data.images import image_info
+
+    for name in ("a.tif", "b.tif"):
+        with rasterio.open(tmp_path / name, "w", driver="GTiff", height=16, width=16, count=4, dtype="uint8",
+                           crs="EPSG:32640", transform=Affine(1, 0, 0, 0, -1, 16), photometric="RGB",
+                           alpha="YES") as dst:
+            dst.write(np.full((4, 16, 16), 9, np.uint8))
+    with caplog.at_level(logging.WARNING, logger="cspt"):
+        infos = [image_info(tmp_path / name) for name in ("a.tif", "b.tif", "a.tif")]
+    assert all(info.bands == 3 and info.alpha for info in infos)
+    said = [r.getMessage() for r in caplog.records if "alpha" in r.getMessage()]
+    assert len(said) == 1 and str(tmp_path) in said[0] and "--bands 1 2 3 4" in said[0], said
+
+
+def test_fine_tuning_reads_the_bands_and_nodata_its_encoder_was_pretrained_with_unless_told(tmp_path):
+    import dataclasses
+
+    from cspt.config import SegmentConfig
+    from cspt.models.vit import build_encoder
+    from cspt.tasks.common import resolved_encoder_fields
+    from cspt.weights.load import Checkpoint
+    from tests.conftest import TINY_ARCH
+
+    pretrained = PixelContract((0.5,) * 3, (0.25,) * 3, bands=(3, 2, 1), nodata=0.0)
+    init = Checkpoint(tmp_path / "encoder.safetensors", "cspt", build_encoder(TINY_ARCH).state_dict(),
+                      described={"pixels": pretrained.to_dict()})
+    config = SegmentConfig(images=[str(tmp_path)], class_names=["a", "b"], output=str(tmp_path / "run"))
+    inherited = resolved_encoder_fields(config, init)
+    assert inherited["bands"] == [3, 2, 1] and inherited["nodata"] == 0.0
+    told = resolved_encoder_fields(dataclasses.replace(config, bands=[1, 2, 3], nodata=-1.0), init)
+    assert "bands" not in told and "nodata" not in told  # the flags given stay as given

@@ -271,13 +271,15 @@ FORMAT_OF_SUFFIX = {".json": "coco", ".csv": "csv", ".xml": "voc", ".txt": "dota
 
 
 def read_vector_boxes(labels: Path, images: Path, class_field: str) -> list[Scene]:
-    """One scene per GeoTIFF in ``images``, with the labels' features over it as boxes; a scene without any
-    is a scene without objects (its detections are false alarms), as an empty DOTA label file. Unreadable
-    TIFFs are skipped and named in the log."""
-    from cspt.data.vector_labels import read_vector_labels, scene_boxes, scene_grid
+    """One scene per GeoTIFF in ``images`` within the labels' extent, with the labels' features over it as
+    boxes; a scene inside the extent without any is a scene without objects (its detections are false alarms),
+    as an empty DOTA label file. Scenes outside the extent are not labelled by this file (in a folder shared by
+    a training and a validation file, they are the other file's) and are left out, counted in the log.
+    Unreadable TIFFs are skipped and named in the log."""
+    from cspt.data.vector_labels import covers, read_vector_labels, scene_boxes, scene_grid
 
     features = read_vector_labels(labels, class_field)
-    scenes = []
+    scenes, outside = [], 0
     for image in sorted(p for p in images.iterdir() if p.suffix.lower() in TIFF_SUFFIXES):
         try:
             grid = scene_grid(image)
@@ -285,10 +287,16 @@ def read_vector_boxes(labels: Path, images: Path, class_field: str) -> list[Scen
             log.warning("skipped unreadable scene: %s", err)
             continue
         boxes, names, clipped = scene_boxes(features, image, grid)
+        if not len(boxes) and not covers(features, image, grid):
+            outside += 1
+            continue
         scenes.append(Scene(image, grid.height, grid.width, boxes, names, np.zeros(len(boxes), bool),
                             source=str(labels), clipped=clipped))
     if not any(len(scene.boxes) for scene in scenes):
         raise CsptError(f"{labels}: no feature lies over any GeoTIFF scene in {images}")
+    if outside:
+        log.info("%s: %d GeoTIFF(s) of %s lie outside its extent: not labelled by it, left out", labels, outside,
+                 images)
     return scenes
 
 

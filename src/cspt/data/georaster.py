@@ -5,7 +5,8 @@ ahead of the full resolution) with the input's CRS and transform, written strip 
 scene never sits in memory whole). Class maps carry their class names where GIS software
 looks for them: a raster attribute table and category names in ``NAME.tif.aux.xml`` and a
 QGIS style (``NAME.qml``, loaded with the layer). Vectors go through fiona: GeoPackage
-(``.gpkg``), GeoJSON (``.geojson``) or a shapefile (``.shp``).
+(``.gpkg``) or a shapefile (``.shp``) in the scene's CRS, or GeoJSON (``.geojson``) in WGS84 as RFC 7946
+requires.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def georeference_of(path: Path) -> Georeference:
     if not is_raster(path):
         return Georeference(None, Affine.identity())
     with open_raster(path) as src:
+        if src.crs is None and (src.gcps[0] or src.rpcs):
+            log.warning("%s is located by ground control points or RPCs, which cspt does not carry to its outputs: "
+                        "they are in pixel coordinates; orthorectify it first (gdalwarp) for outputs on the map", path)
         return Georeference(src.crs, src.transform)
 
 
@@ -158,6 +162,12 @@ def vector_driver(path: Path) -> str:
     return driver
 
 
+def layer_options(path: Path, crs: CRS | None) -> dict[str, str]:
+    """GDAL layer options of a vector output: GeoJSON of a georeferenced scene follows RFC 7946 (WGS84
+    longitude/latitude, as web maps and QGIS expect); GeoPackage and shapefiles keep the scene's CRS."""
+    return {"RFC7946": "YES"} if vector_driver(path) == "GeoJSON" and crs is not None else {}
+
+
 def vectorize_classes(raster: Path, output: Path, classes: Sequence[str]) -> int:
     """One polygon feature per connected region of one class in a class raster (``NO_CLASS`` left out),
     in the raster's CRS; returns the number of features."""
@@ -171,7 +181,7 @@ def vectorize_classes(raster: Path, output: Path, classes: Sequence[str]) -> int
             log.info("vectorize: %s is vectorised in strips of %d rows; regions crossing a strip edge are cut "
                      "there", raster, VECTOR_STRIP_ROWS)
         with fiona.open(output, "w", driver=vector_driver(output), crs=src.crs.to_wkt() if src.crs else None,
-                        schema=schema) as sink:
+                        schema=schema, **layer_options(output, src.crs)) as sink:
             for top in range(0, src.height, VECTOR_STRIP_ROWS):
                 window = Window(0, top, src.width, min(VECTOR_STRIP_ROWS, src.height - top))
                 labels = src.read(1, window=window)
@@ -189,7 +199,7 @@ def write_boxes(output: Path, boxes: np.ndarray, labels: np.ndarray, scores: np.
     """Pixel boxes ``(N, 4)`` (x1, y1, x2, y2) as map-coordinate polygons with class and score."""
     schema = {"geometry": "Polygon", "properties": {"class": "str", "score": "float"}}
     with fiona.open(output, "w", driver=vector_driver(output), crs=where.crs.to_wkt() if where.crs else None,
-                    schema=schema) as sink:
+                    schema=schema, **layer_options(output, where.crs)) as sink:
         for (x1, y1, x2, y2), label, score in zip(boxes.tolist(), labels.tolist(), scores.tolist(), strict=True):
             xs, ys = [x1, x2, x2, x1, x1], [y1, y1, y2, y2, y1]
             ring = list(zip(*xy(where.transform, ys, xs, offset="ul")))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
 import struct
 import warnings
 from collections.abc import Iterator, Sequence
@@ -30,6 +31,8 @@ from rasterio.windows import Window
 from cspt.data.formats import IMAGE_SUFFIXES, RASTER_SUFFIXES, TIFF_SUFFIXES  # noqa: F401 (re-exported)
 from cspt.data.shards import is_member, member_bytes
 from cspt.errors import CsptError
+
+log = logging.getLogger("cspt")
 
 #: the most pixels cspt decodes from one JPEG/PNG by default (remote-sensing scenes are large; PIL's own
 #: process-wide guard, ``PIL.Image.MAX_IMAGE_PIXELS``, stays as the host program set it)
@@ -103,9 +106,20 @@ def open_raster(path: Path) -> Iterator[rasterio.io.DatasetReader]:
 
 
 def spectral_bands(src: rasterio.io.DatasetReader) -> list[int]:
-    """The 1-based bands of a raster that are not alpha."""
+    """The 1-based bands of a raster that are not alpha (an alpha band is said once per folder: GDAL marks the
+    fourth band of a 4-band byte TIFF alpha by default, and that may be a near-infrared band)."""
     bands = [i + 1 for i, interp in enumerate(src.colorinterp) if interp != ColorInterp.alpha]
+    if bands and len(bands) < src.count:
+        alpha = next(i + 1 for i in range(src.count) if i + 1 not in bands)
+        _say_alpha(str(Path(src.name).parent), src.count, alpha)
     return bands or list(range(1, src.count + 1))
+
+
+@functools.lru_cache(maxsize=256)
+def _say_alpha(folder: str, count: int, alpha: int) -> None:
+    log.warning("%s: in its %d-band rasters band %d is marked alpha and read as the valid mask, not as data; if "
+                "it is a spectral band (near-infrared), pass --bands %s", folder, count, alpha,
+                " ".join(map(str, range(1, count + 1))))
 
 
 def image_info(path: str | Path) -> ImageInfo:

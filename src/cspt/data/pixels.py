@@ -220,10 +220,11 @@ class PixelContract:
     def read_resized_crop(self, path: str | Path, box: WindowBox, size: int, info: ImageInfo | None = None) -> Pixels:
         """The ``box`` of an image resized to ``size`` x ``size`` (bicubic, antialiased).
 
-        8-bit RGB or grey JPEG/PNG read with every band take PIL's reduced decode
-        (:func:`~cspt.data.images.read_resized`); other images are read as a window and resized here.
+        8-bit RGB or grey JPEG/PNG read with every band and no ``--nodata`` take PIL's reduced decode
+        (:func:`~cspt.data.images.read_resized`, every pixel valid); other images are read as a window, masked
+        and resized here.
         """
-        if self.bands is None:
+        if self.bands is None and self.nodata is None:
             small = read_resized(path, box, size, self.max_image_pixels)
             if small is not None:
                 return self.from_unit(to_unit_float(small), np.ones(small.shape[:2], dtype=bool), path)

@@ -135,7 +135,7 @@ def pair_images(images: Sequence[str | Path], masks: Sequence[str | Path] | None
     dataset root can be given as it is. A single ``image,mask`` CSV works too.
     """
     if len(images) == 1 and Path(images[0]).suffix.lower() == ".csv" and not masks:
-        return _pairs_from_csv(Path(images[0]))
+        return pairs_from_csv(Path(images[0]))
     if masks and len(masks) != len(images):
         raise CsptError(f"give one --masks folder per --images folder ({len(images)} vs {len(masks)})")
     pairs = []
@@ -161,7 +161,8 @@ def pair_images(images: Sequence[str | Path], masks: Sequence[str | Path] | None
     return pairs
 
 
-def _pairs_from_csv(path: Path) -> list[tuple[Path, Path]]:
+def pairs_from_csv(path: Path) -> list[tuple[Path, Path]]:
+    """The ``image,mask`` rows of a CSV (a header row is optional; relative paths are relative to the CSV)."""
     rows = list(csv.reader(path.read_text().splitlines()))
     start = 1 if rows and [c.strip().lower() for c in rows[0][:2]] == ["image", "mask"] else 0
     pairs = []

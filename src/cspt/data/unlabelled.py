@@ -100,22 +100,32 @@ class UnlabelledImages(Dataset):
         if not entries:
             raise CsptError("no readable images in the data given")
         self.entries = list(entries)
-        #: samples an epoch draws: sample ``i`` is a random crop of entry ``i % len(entries)`` (default: one each)
+        #: samples an epoch draws (default: one per entry); see :meth:`entry_of`
         self.length = samples_per_epoch or len(self.entries)
         self.contract = contract
         self.img_size = img_size
         self.num_patches = (img_size // patch_size) ** 2
         self.tile_size = tile_size
         self.min_scale = min_scale
-        self.decode_on_device = decode_on_device and contract.in_chans == 3 and contract.bands is None
+        self.decode_on_device = (decode_on_device and contract.in_chans == 3 and contract.bands is None
+                                 and contract.nodata is None)  # the device decoder has no valid mask
 
     def __len__(self) -> int:
         return self.length
 
+    def entry_of(self, index: int, generator: torch.Generator) -> int:
+        """The entry sample ``index`` crops: ``index % len(entries)`` when an epoch covers every entry, else a
+        draw from the sample's own seeded generator (an epoch shorter than the entries reaches all of them over
+        the epochs, not only the first ``samples_per_epoch``)."""
+        if self.length >= len(self.entries):
+            return index % len(self.entries)
+        return int(torch.randint(len(self.entries), (1,), generator=generator))
+
     @property
     def groups(self) -> list[list[int]] | None:
-        """The samples of each tar shard, for a shard-at-a-time order (None: no shards)."""
-        if not any(is_member(e.path) for e in self.entries):
+        """The samples of each tar shard, for a shard-at-a-time order (None: no shards, or epochs shorter than
+        the entries, whose samples draw their entries at random)."""
+        if not any(is_member(e.path) for e in self.entries) or self.length < len(self.entries):
             return None
         by_shard: dict[str, list[int]] = {}
         for index in range(self.length):
@@ -124,8 +134,8 @@ class UnlabelledImages(Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> dict:
         index, seed = item
-        index %= len(self.entries)
         generator = torch.Generator().manual_seed(seed)
+        index = self.entry_of(index, generator)
         (pixels, redrawn), _, skipped = load_or_replace(lambda i: self.random_crop(self.entries[i], generator),
                                                         index, len(self.entries), generator)
         flip = bool(torch.rand(1, generator=generator) < 0.5)

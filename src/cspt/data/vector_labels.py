@@ -151,6 +151,20 @@ def scene_boxes(labels: VectorLabels, scene: Path, grid: SceneGrid) -> tuple[np.
     return np.array(boxes, np.float32).reshape(-1, 4), names, clipped
 
 
+def covers(labels: VectorLabels, scene: Path, grid: SceneGrid) -> bool:
+    """Whether the labels' extent (the bounding box of all their features, in the scene's CRS) overlaps the
+    scene: a scene outside it is not labelled by this file at all, rather than labelled as holding nothing."""
+    points = [p for geometry, _ in in_scene_crs(labels, scene, grid.crs) for p in all_points(geometry["coordinates"])]
+    if not points:
+        return False
+    xs, ys = np.array(points, dtype=np.float64).T
+    corners = [grid.transform @ corner for corner in ((0, 0), (grid.width, 0), (0, grid.height),
+                                                      (grid.width, grid.height))]
+    left, right = min(x for x, _ in corners), max(x for x, _ in corners)
+    bottom, top = min(y for _, y in corners), max(y for _, y in corners)
+    return xs.min() < right and xs.max() > left and ys.min() < top and ys.max() > bottom
+
+
 def all_points(coordinates: Any) -> list[tuple[float, float]]:
     """Every vertex of a GeoJSON coordinate array (point, ring, polygon or multi-polygon)."""
     if coordinates and isinstance(coordinates[0], (int, float)):

@@ -35,14 +35,14 @@ from cspt.data.classification import (
     write_label_csv,
 )
 from cspt.data.files import find_images
-from cspt.data.images import ImageReadError, read_raw
+from cspt.data.images import read_raw
 from cspt.engine.distributed import DistContext, barrier, is_main_process, resolve_device
 from cspt.engine.inference import Outputs, run_inference
 from cspt.engine.loading import default_num_workers
 from cspt.engine.optim import param_groups_layer_decay
 from cspt.engine.run_dir import has_checkpoint
 from cspt.engine.trainer import Trainer, resolve_precision
-from cspt.errors import CsptError
+from cspt.errors import CsptError, user_message
 from cspt.metrics import classification_metrics, segmentation_metrics, write_confusion_csv
 from cspt.models.classifier import NOT_FOR_CLASSIFIER, build_classifier
 from cspt.plots import plot_confusion
@@ -59,10 +59,11 @@ from cspt.tasks.common import (
     images_in,
     load_described,
     load_init_weights,
+    remove_stale_outputs,
     resolved_encoder_fields,
     start_run,
 )
-from cspt.tasks.maps import qualitative_colors, scene_strips, score_strips, write_class_raster
+from cspt.tasks.maps import MAP_OUTPUTS, qualitative_colors, scene_strips, score_strips, write_class_raster
 from cspt.weights.descriptions import ClassifierDescription
 from cspt.weights.export import write_weights
 from cspt.weights.load import Checkpoint
@@ -239,6 +240,8 @@ def predict_classifier(checkpoint: str | Path, images: Sequence[str], output: st
     if len(outputs.indices):
         output.parent.mkdir(parents=True, exist_ok=True)
         write_predictions(outputs, files, info.classes, output)
+    else:
+        output.unlink(missing_ok=True)  # an earlier run's predictions are not this run's
     log.info("predicted %d images (%d unreadable skipped)", len(outputs.indices), len(outputs.skipped))
     return finish_prediction(output, outputs.skipped, len(files), "images")
 
@@ -284,9 +287,10 @@ def predict_scene_classes(checkpoint: str | Path, scenes: Sequence[str], output:
         try:
             shape, strips = scene_strips(forward, path, contract, window, stride, blend, batch_size)
             write_class_raster(strips, path, folder, shape, described.info.classes, colors, probabilities)
-        except ImageReadError as err:
-            log.warning("skipped unreadable scene: %s", err)
+        except CsptError as err:  # unreadable, or not what the model reads: the next scene still runs
+            log.warning("skipped scene: %s", user_message(err))
             failed.append(path.name)
+            remove_stale_outputs(folder, path.stem, MAP_OUTPUTS)
             continue
         log.info("%s: class map of %d x %d px windows written to %s", path, window, window, folder)
     return finish_prediction(folder, failed, len(paths), "scenes")
@@ -340,8 +344,8 @@ def mixes(config: ClassifyConfig) -> bool:
 
 def resolve_config(config: ClassifyConfig, init: Checkpoint | None = None) -> ClassifyConfig:
     """Architecture and normalisation from flags, preset and ``--init``; checks that need them."""
-    config = dataclasses.replace(config, **resolved_encoder_fields(config, init,
-                                                                   images_in([config.train or config.data])))
+    listed = images_in([config.train or config.data], lambda table: read_label_csv(table).paths)
+    config = dataclasses.replace(config, **resolved_encoder_fields(config, init, listed))
     if mixes(config) and config.batch_size % 2:
         raise CsptError(f"mixup/cutmix need an even --batch-size, got {config.batch_size}")
     if not 0 < config.eval_crop_ratio <= 1:

@@ -63,9 +63,15 @@ def resolved_encoder_fields(config: EncoderConfig, init: Checkpoint | None,
     recorded_stats = (recorded.mean, recorded.std) if recorded is not None else None
     fields["mean"], fields["std"] = resolve_normalisation(config.mean, config.std, arch.in_chans,
                                                           recorded_stats, init.path if init else None)
-    contract = PixelContract(tuple(fields["mean"]), tuple(fields["std"]),
-                             tuple(config.bands) if config.bands else None, nodata=config.nodata,
-                             max_image_pixels=config.max_image_pixels or None)
+    bands, nodata = config.bands, config.nodata
+    if recorded is not None and not bands and recorded.bands:  # the bands the encoder learned, unless told
+        bands = fields["bands"] = list(recorded.bands)
+        log.info("bands: %s, as %s recorded (--bands to choose others)", " ".join(map(str, bands)), init.path)
+    if recorded is not None and nodata is None and recorded.nodata is not None:
+        nodata = fields["nodata"] = recorded.nodata
+        log.info("nodata: %g, as %s recorded (--nodata to name another value)", nodata, init.path)
+    contract = PixelContract(tuple(fields["mean"]), tuple(fields["std"]), tuple(bands) if bands else None,
+                             nodata=nodata, max_image_pixels=config.max_image_pixels or None)
     files = functools.cache(data_files)
     check_data_bands(contract, files)
     if config.scale_low and config.scale_high:
@@ -158,14 +164,18 @@ def check_data_bands(contract: PixelContract, data_files: Callable[[], list[Path
         return
 
 
-def images_in(sources: list[str | None]) -> Callable[[], list[Path]]:
-    """The images ``sources`` name (folders, images, lists, shards; labelled CSVs left out), listed when called."""
+def images_in(sources: list[str | None],
+              csv_images: Callable[[Path], list[Path]] | None = None) -> Callable[[], list[Path]]:
+    """The images ``sources`` name (folders, images, lists, shards; labelled CSVs through the task's own reader
+    ``csv_images``), listed when called: what automatic scaling measures."""
     from cspt.data.files import find_images
 
     def listed() -> list[Path]:
+        csvs = [Path(s) for s in sources if s and Path(s).suffix.lower() == ".csv"]
         kept = [s for s in sources if s and Path(s).suffix.lower() != ".csv"]
         try:
-            return find_images(kept) if kept else []
+            files = find_images(kept) if kept else []
+            return files + [image for table in csvs if csv_images for image in csv_images(table)]
         except CsptError:  # the stage's own data checks say what is wrong
             return []
 
@@ -340,6 +350,24 @@ def check_distinct_names(paths: Sequence[Path]) -> None:
         if other != path:
             raise CsptError(f"{other} and {path} would both be written as {path.stem}.*; predict them into "
                             "separate --output folders, or rename one")
+
+
+#: the files beside a vector output ``NAME.shp`` that belong to it
+SHAPEFILE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg")
+
+
+def vector_outputs(vector_format: str | None) -> list[str]:
+    """The output name patterns (``{}`` for the input's stem) of a vector file in ``vector_format``."""
+    if not vector_format:
+        return []
+    return ["{}" + part for part in SHAPEFILE_PARTS] if vector_format == "shp" else ["{}." + vector_format]
+
+
+def remove_stale_outputs(folder: Path, stem: str, patterns: Sequence[str]) -> None:
+    """Remove what an earlier run wrote in ``folder`` for an input that failed in this one (``patterns`` such as
+    ``"{}.tif"`` or ``"dota/{}.txt"``), so that nothing there looks like a result of this run."""
+    for pattern in patterns:
+        (folder / pattern.format(stem)).unlink(missing_ok=True)
 
 
 def finish_prediction(output: Path, failed: Sequence[str], total: int, what: str = "inputs") -> Path:

@@ -25,14 +25,14 @@ from cspt.config import DetectConfig
 from cspt.data.detection import Annotations, Scene, read_annotations
 from cspt.data.files import find_images
 from cspt.data.georaster import georeference_of, write_boxes
-from cspt.data.images import ImageReadError, display_rgb, is_raster
+from cspt.data.images import display_rgb, is_raster
 from cspt.data.pixels import PixelContract
 from cspt.data.scene_tiles import DetectionTiles, collate_tiles, make_tiles, read_window
 from cspt.engine.distributed import all_gather_objects, barrier, resolve_device, shard
 from cspt.engine.optim import param_groups_layer_decay
 from cspt.engine.sliding import sliding_window_detections
 from cspt.engine.trainer import Trainer, resolve_precision
-from cspt.errors import CsptError
+from cspt.errors import CsptError, user_message
 from cspt.metrics import best_f1_threshold, coco_map, image_outcomes, precision_recall_at, voc_map
 from cspt.models.detector import build_detector, detector_encoder
 from cspt.tasks.common import (
@@ -47,9 +47,11 @@ from cspt.tasks.common import (
     images_in,
     load_described,
     load_init_weights,
+    remove_stale_outputs,
     resolved_encoder_fields,
     resolved_taps,
     start_run,
+    vector_outputs,
 )
 from cspt.weights.descriptions import DetectorDescription
 from cspt.weights.export import write_sidecar, write_weights
@@ -211,9 +213,10 @@ def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str 
         try:
             size = contract.info(path)
             found = detect_scene(model, path, size.height, size.width, info, contract, torch_device)
-        except ImageReadError as err:
-            log.warning("skipped unreadable image: %s", err)
+        except CsptError as err:  # unreadable, or not what the model reads: the next image still runs
+            log.warning("skipped image: %s", user_message(err))
             failed.append(path.name)
+            remove_stale_outputs(folder, path.stem, ["dota/{}.txt", "drawn/{}.png", *vector_outputs(vector_format)])
             continue
         coco["images"].append({"id": image_id, "file_name": str(path), "height": size.height, "width": size.width})
         lines = []

@@ -83,6 +83,12 @@ def score_strips(strips: Iterable[Strip], labels: np.ndarray, classes: int, igno
     return ScoredScene(confusion, invalid)
 
 
+#: what a class map of one input may consist of (``{}``: the input's stem): the GeoTIFF and its sidecars, the
+#: probabilities, or the pictures of a plain image, and the overlay
+MAP_OUTPUTS = ("{}.tif", "{}.tif.aux.xml", "{}.qml", "{}_probabilities.tif", "{}.png", "{}_color.png",
+               "{}_overlay.jpg")
+
+
 def write_class_raster(strips: Iterable[Strip], path: Path, folder: Path, size: ImageInfo, classes: Sequence[str],
                        colors: np.ndarray, probabilities: bool) -> None:
     """``NAME.tif`` (and ``NAME_probabilities.tif``, one band per class), Cloud-Optimised GeoTIFFs georeferenced

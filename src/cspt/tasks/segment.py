@@ -35,6 +35,7 @@ from cspt.data.segmentation import (
     check_pairs,
     collate_crops,
     pair_images,
+    pairs_from_csv,
     read_mask,
     split_pairs,
 )
@@ -50,7 +51,7 @@ from cspt.engine.optim import param_groups_layer_decay
 from cspt.engine.run_dir import has_checkpoint
 from cspt.engine.streaming import Strip
 from cspt.engine.trainer import Trainer, resolve_precision
-from cspt.errors import CsptError
+from cspt.errors import CsptError, user_message
 from cspt.metrics import segmentation_metrics, write_confusion_csv
 from cspt.models.segmenter import Segmenter, build_segmenter
 from cspt.plots import plot_confusion
@@ -67,11 +68,20 @@ from cspt.tasks.common import (
     images_in,
     load_described,
     load_init_weights,
+    remove_stale_outputs,
     resolved_encoder_fields,
     resolved_taps,
     start_run,
+    vector_outputs,
 )
-from cspt.tasks.maps import qualitative_colors, scene_strips, score_strips, strip_labels, write_class_raster
+from cspt.tasks.maps import (
+    MAP_OUTPUTS,
+    qualitative_colors,
+    scene_strips,
+    score_strips,
+    strip_labels,
+    write_class_raster,
+)
 from cspt.weights.descriptions import SegmenterDescription
 from cspt.weights.export import write_weights
 from cspt.weights.load import Checkpoint
@@ -294,10 +304,10 @@ def predict_segmenter(checkpoint: str | Path, images: Sequence[str], output: str
                 labels = write_class_pictures(strips, path, folder, colors)
                 if draw:
                     write_overlay(path, labels, colors, folder, contract)
-        except ImageReadError as err:
-            log.warning("skipped unreadable image: %s", err)
+        except CsptError as err:  # unreadable, or not what the model reads: the next image still runs
+            log.warning("skipped image: %s", user_message(err))
             failed.append(path.name)
-            continue
+            remove_stale_outputs(folder, path.stem, [*MAP_OUTPUTS, *vector_outputs(vectorize)])
     log.info("wrote class maps of %d images to %s", len(paths) - len(failed), folder)
     return finish_prediction(folder, failed, len(paths), "images")
 
@@ -335,7 +345,8 @@ def resolve_config(config: SegmentConfig, init: Checkpoint | None = None) -> Seg
         raise CsptError("--background names the class of pixels under no polygon of --labels; without --labels "
                         "the masks say every pixel's class")
     images = list(config.scenes) if config.labels else list(config.images)
-    config = dataclasses.replace(config, **resolved_encoder_fields(config, init, images_in(images)))
+    listed = images_in(images, lambda table: [image for image, _ in pairs_from_csv(table)])
+    config = dataclasses.replace(config, **resolved_encoder_fields(config, init, listed))
     stride = config.stride or max(1, round(config.img_size * 2 / 3))
     taps = resolved_taps(config)
     check_batch_norm_batch(config)
