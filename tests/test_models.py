@@ -72,6 +72,26 @@ def test_loss_is_mse_on_masked_normalised_patches():
     assert torch.allclose(loss, expected, atol=1e-6)
 
 
+def test_pixels_without_data_never_reach_the_mae_loss():
+    """A patch mostly with data is scored on its valid pixels only: whatever fills the others (the contract's 0,
+    or anything else) changes neither the error nor the patch's norm_pix statistics; mostly-invalid patches are
+    not scored."""
+    torch.manual_seed(0)
+    model = MaskedAutoencoderViT(TINY_ARCH, norm_pix_loss=True).eval()
+    images = torch.randn(2, 3, 32, 32)
+    valid = torch.ones(2, 32, 32, dtype=torch.bool)
+    valid[:, :, :5] = False  # the first patch column is 5/8 invalid: not scored
+    valid[:, :3, 8:] = False  # the first patch row (right of it) is 3/8 invalid: scored on its valid pixels
+    _, pred, mask = model(images, noise=torch.rand(2, 16))
+    losses = []
+    for fill in (0.0, 100.0, -7.0):  # the target's pixels without data, for one prediction
+        filled = images.clone()
+        filled[:, :, ~valid[0]] = fill
+        losses.append(model.forward_loss(filled, pred, mask, valid))
+    assert torch.allclose(losses[0], losses[1], atol=1e-5) and torch.allclose(losses[0], losses[2], atol=1e-5)
+    assert not torch.allclose(losses[0], model.forward_loss(images, pred, mask))  # they are really left out
+
+
 def test_reconstruct_undoes_norm_pix_with_each_patch_statistics():
     torch.manual_seed(0)
     model = MaskedAutoencoderViT(TINY_ARCH, norm_pix_loss=True).eval()

@@ -97,6 +97,8 @@ def add_evaluate_commands(commands: argparse._SubParsersAction) -> None:
     es.add_argument("--checkpoint", required=True, help="segmentation run directory or its segmenter.safetensors")
     es.add_argument("--images", nargs="+", help="image folders (default: the run's validation tiles)")
     es.add_argument("--masks", nargs="+", help="mask folders mirroring --images (default: 'masks' beside 'images')")
+    es.add_argument("--blend", default="cosine", choices=["cosine", "gaussian", "none"],
+                    help="how overlapping windows' scores are weighted (as predict segment --blend)")
     es.add_argument("--output", help="folder for metrics.json etc. (default: the run, or RUN/evaluation/NAME)")
     es.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ed = tasks.add_parser("detect", help="VOC mAP@0.5 (per class) and COCO mAP@[.5:.95] on whole scenes")
@@ -316,7 +318,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
         from cspt.tasks.segment import evaluate_segmenter
 
         metrics, folder = evaluate_segmenter(args.checkpoint, args.images, args.masks, args.output, args.device,
-                                             max_image_pixels=args.max_image_pixels)
+                                             args.blend, max_image_pixels=args.max_image_pixels)
         print(f"mIoU {metrics['miou']:.4f}  OA {metrics['oa']:.4f}  mean F1 {metrics['mean_f1']:.4f}  "
               f"({metrics['tiles']} tiles); written to {folder}")
         return

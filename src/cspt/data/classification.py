@@ -241,10 +241,12 @@ def _random_erasing(probability: float):
 
 
 def collate_labelled(samples: list[dict]) -> dict:
-    """Stack the readable samples; keep their dataset indices and the skipped-file messages."""
+    """Stack the readable samples and their valid masks; keep their dataset indices and the skipped-file
+    messages."""
     kept = [s for s in samples if s["image"] is not None]
     return {
         "image": torch.stack([s["image"] for s in kept]) if kept else torch.empty(0),
+        "valid": torch.stack([s["valid"] for s in kept]) if kept else torch.empty(0, dtype=torch.bool),
         "label": torch.tensor([s["label"] for s in kept], dtype=torch.long),
         "index": torch.tensor([s["index"] for s in kept], dtype=torch.long),
         "skipped": [msg for s in samples for msg in s["skipped"]],

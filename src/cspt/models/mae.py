@@ -185,11 +185,20 @@ class MaskedAutoencoderViT(VisionTransformer):
 
     def forward_loss(self, images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
                      valid: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean squared error over the masked patches (with ``valid`` ``(B, H, W)``: those mostly with data)."""
-        target, mean, std = self.patch_statistics(images)
+        """Mean squared error over the masked patches. With ``valid`` ``(B, H, W)``: only the patches mostly
+        with data are scored, and within them only the pixels with data (in the error and in the per-patch
+        mean and std of ``norm_pix_loss``), so what fills the pixels without data never reaches the loss."""
+        target = self.patchify(images).float()
+        if valid is None:
+            weights = torch.ones_like(target)
+        else:
+            weights = self.patchify(valid[:, None].expand_as(images).to(target.dtype)).float()
+        count = weights.sum(dim=-1, keepdim=True).clamp(min=1)
         if self.norm_pix_loss:
-            target = (target - mean) / std
-        per_patch = (pred.float() - target.float()).pow(2).mean(dim=-1)
+            mean = (target * weights).sum(dim=-1, keepdim=True) / count
+            var = ((target - mean).pow(2) * weights).sum(dim=-1, keepdim=True) / (count - 1).clamp(min=1)
+            target = (target - mean) / (var + 1e-6).sqrt()
+        per_patch = ((pred.float() - target).pow(2) * weights).sum(dim=-1) / count.squeeze(-1)
         scored = mask if valid is None else mask * self.scored_patches(valid)
         return (per_patch * scored).sum() / scored.sum().clamp(min=1)
 

@@ -172,7 +172,8 @@ def evaluate_detector(checkpoint: str | Path, annotations: str | None = None, im
             raise CsptError("--annotations needs --images (the folder of the annotated images)")
         folder = Path(output) if output else run_dir / "evaluation" / Path(annotations).stem
     scenes = read_annotations(annotations, images, fmt, info.classes, info.class_field).scenes
-    metrics, detections = evaluate_scenes(model, scenes, info, contract, torch.device(resolve_device(device)))
+    metrics, detections = evaluate_scenes(model, scenes, info, contract, torch.device(resolve_device(device)),
+                                          precision="fp32")  # in the precision predict_detector writes
     metrics.update(checkpoint=str(weights), annotations=str(annotations))
     if own_validation:  # which weights were kept, and the operating point chosen on training tiles, stay
         metrics.update(selected=info.selected, **({"operating_point": info.operating_point}

@@ -105,7 +105,8 @@ def encode(model: MaskedAutoencoderViT, data: LabelledImages, device: torch.devi
         features.append(pooled_features(model, images).float().cpu())
         if with_loss:
             noise = torch.rand(len(images), model.patch_embed.num_patches, generator=generator)
-            total += float(model(images, noise=noise.to(device))[0]) * len(images)
+            valid = batch["valid"].to(device)  # pixels without data are not scored, as in pretraining
+            total += float(model(images, noise=noise.to(device), valid=valid)[0]) * len(images)
             count += len(images)
     return torch.cat(features), (total / count if with_loss else None)
 

@@ -251,7 +251,7 @@ def evaluate_segmenter(checkpoint: str | Path, images: Sequence[str] | None = No
             raise CsptError(f"{run_dir}: no validation tiles in {SPLITS_DIR}/; pass --images (and --masks)")
         pairs, folder = split, Path(output) if output else run_dir
     metrics = evaluate_pairs(model, pairs, info, described.contract(max_image_pixels),
-                             torch.device(resolve_device(device)), blend=blend)
+                             torch.device(resolve_device(device)), precision="fp32", blend=blend)  # as predicted
     metrics.update(checkpoint=str(weights), tiles=len(pairs))
     write_segmentation_metrics(metrics, folder, "segmentation")
     log.info("mIoU %.4f, OA %.4f, mean F1 %.4f on %d tiles", metrics["miou"], metrics["oa"], metrics["mean_f1"],
