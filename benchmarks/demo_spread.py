@@ -19,16 +19,13 @@ import logging
 import sys
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from paired import arm_scores, print_paired  # noqa: E402
+from paired import run_and_compare  # noqa: E402
 
 from cspt.demo import demo_source, demo_spec  # noqa: E402
-from cspt.pipeline import run_pipeline  # noqa: E402
 
 TASK = "neon_trees"
 
@@ -42,12 +39,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     spec = {**demo_spec(args.output, demo_source(args.init)), "seeds": list(range(args.seeds))}
     spec.pop("evidence", None)  # this benchmark measures the evidence; it does not judge by it
-    path = Path(args.output) / "pipeline.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    run_pipeline(path)
-
-    print_paired(arm_scores(Path(args.output), spec["seeds"], TASK, "map50"), "mAP@0.5")
+    run_and_compare(spec, TASK, "map50", "mAP@0.5")
 
 
 if __name__ == "__main__":

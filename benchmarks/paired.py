@@ -5,8 +5,22 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
+from typing import Any
 
+import yaml
+
+from cspt.pipeline import run_pipeline
 from cspt.report import T_95
+
+
+def run_and_compare(spec: dict[str, Any], task: str, metric: str, label: str) -> None:
+    """Write ``spec`` (with its ``seeds``) to ``OUTPUT/pipeline.yaml``, run it with ``cspt pipeline`` (finished
+    stages are skipped), and print the paired comparison of its arms on ``task``'s ``metric``."""
+    output = Path(spec["output"])
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "pipeline.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    run_pipeline(output / "pipeline.yaml")
+    print_paired(arm_scores(output, spec["seeds"], task, metric), label)
 
 
 def arm_scores(output: Path, seeds: list[int], task: str, metric: str) -> list[tuple[int, float, float, float,

@@ -19,16 +19,13 @@ import logging
 import sys
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from paired import arm_scores, print_paired  # noqa: E402
+from paired import run_and_compare  # noqa: E402
 
 from cspt.demo import PRETRAIN, recipe  # noqa: E402
-from cspt.pipeline import run_pipeline  # noqa: E402
 from cspt.weights.packaged import PACKAGED  # noqa: E402
 
 TRAIN_TILES, VAL_TILES = range(1, 6), range(6, 8)
@@ -53,12 +50,7 @@ def main() -> None:
     parser.add_argument("--shared", default=str(ROOT.parent / "shared"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    spec = spec_of(args.output, Path(args.shared) / "data" / "dubai", args.seeds)
-    path = Path(args.output) / "pipeline.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    run_pipeline(path)
-    print_paired(arm_scores(Path(args.output), spec["seeds"], TASK, "miou"), "mIoU")
+    run_and_compare(spec_of(args.output, Path(args.shared) / "data" / "dubai", args.seeds), TASK, "miou", "mIoU")
 
 
 if __name__ == "__main__":

@@ -41,18 +41,23 @@ SOLARIS_WHEEL = Path(os.environ.get("CSPT_SOLARIS_WHEEL",
                                     ROOT / ".cache" / "wheels" / "solaris-0.4.0-py3-none-any.whl"))
 
 
-@pytest.fixture(scope="session")
-def solaris(tmp_path_factory) -> Path:
-    """The ``solaris/data`` folder of the wheel (its rasters and vectors, read without importing solaris)."""
-    wheel = needs(SOLARIS_WHEEL)
-    target = tmp_path_factory.mktemp("solaris")
-    with zipfile.ZipFile(wheel) as archive:
+def unpack_wheel_data(wheel: Path, folder: str, suffixes: tuple[str, ...], target: Path, flat: bool) -> Path:
+    """The files of ``folder`` in a wheel ending in ``suffixes``, written under ``target`` (``flat``: without
+    their sub-folders), read without importing the package."""
+    with zipfile.ZipFile(needs(wheel)) as archive:
         for name in archive.namelist():
-            if name.startswith("solaris/data/") and name.endswith((".tif", ".geojson", ".json")):
-                path = target / name.removeprefix("solaris/data/")
+            if name.startswith(folder) and name.endswith(suffixes):
+                path = target / (Path(name).name if flat else name.removeprefix(folder))
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(archive.read(name))
     return target
+
+
+@pytest.fixture(scope="session")
+def solaris(tmp_path_factory) -> Path:
+    """The ``solaris/data`` folder of the wheel (its rasters and vectors, read without importing solaris)."""
+    return unpack_wheel_data(SOLARIS_WHEEL, "solaris/data/", (".tif", ".geojson", ".json"),
+                             tmp_path_factory.mktemp("solaris"), flat=False)
 
 
 def neutral_contract(bands: int = 3, **fields) -> PixelContract:
@@ -74,13 +79,8 @@ def rsscn7() -> Path:
 @pytest.fixture(scope="session")
 def neon(tmp_path_factory) -> Path:
     """The ``deepforest/data`` folder of the wheel: NEON PNG/TIF scenes with VOC XML and CSV boxes."""
-    wheel = needs(DEEPFOREST_WHEEL)
-    target = tmp_path_factory.mktemp("neon")
-    with zipfile.ZipFile(wheel) as archive:
-        for name in archive.namelist():
-            if name.startswith("deepforest/data/") and name.endswith((".png", ".tif", ".xml", ".csv")):
-                (target / Path(name).name).write_bytes(archive.read(name))
-    return target
+    return unpack_wheel_data(DEEPFOREST_WHEEL, "deepforest/data/", (".png", ".tif", ".xml", ".csv"),
+                             tmp_path_factory.mktemp("neon"), flat=True)
 
 
 @pytest.fixture

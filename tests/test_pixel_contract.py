@@ -3,7 +3,6 @@ the same way, and invalid pixels stay invalid through every augmentation of ever
 
 from __future__ import annotations
 
-import random
 import re
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from timm.data.auto_augment import _RANDOM_INTERPOLATION, LEVEL_TO_ARG
+from timm.data.auto_augment import _RANDOM_INTERPOLATION
 
 from cspt.data.classification import LabelledImages, LabelledSet
 from cspt.data.detection import Scene
@@ -26,6 +25,7 @@ from cspt.data.unlabelled import UnlabelledImages, scan_images
 from tests.conftest import write_geotiff
 from tests.data.generate import FOLDER as DATA
 from tests.data.generate import KINDS as RASTERS
+from tests.test_rand_augment import level_args
 
 SIZE = 64  #: the test rasters' side
 #: every magnitude step timm's level functions can tell apart
@@ -64,19 +64,6 @@ def check_sample(image: torch.Tensor, valid: torch.Tensor, where: str, normalise
     assert (image[:, ~valid] == 0).all(), f"{where}: invalid pixels are not at the normalised zero"
     if int(valid.sum()) >= 16:  # enough data to have texture: our inputs have it everywhere
         assert image[:, valid].std(1).max() > 1e-3, f"{where}: constant sample"
-
-
-def level_args(name: str, magnitude: float, negate: bool) -> tuple:
-    """timm's arguments for ``name`` at ``magnitude``, with its random sign forced either way."""
-    level_fn = LEVEL_TO_ARG[name]
-    if level_fn is None:
-        return ()
-    original = random.random
-    random.random = (lambda: 1.0) if negate else (lambda: 0.0)
-    try:
-        return level_fn(magnitude, {"translate_const": 28, "img_mean": (124, 116, 104)})
-    finally:
-        random.random = original
 
 
 def test_invalid_pixels_are_named_by_the_file_the_value_nan_and_the_contract(tmp_path):
@@ -121,7 +108,7 @@ def test_every_randaugment_op_at_every_magnitude_keeps_range_texture_and_invalid
         filters = _RANDOM_INTERPOLATION if name in GEOMETRIC else _RANDOM_INTERPOLATION[:1]
         for magnitude in MAGNITUDES:
             for negate in (False, True):
-                args = level_args(name, magnitude, negate)
+                args = level_args(name, magnitude, negate, translate_const=28)
                 for resample in filters:
                     where = f"{kind}: {name}{args} m={magnitude} filter {resample}"
                     out = op(pixels, *args, fillcolor=contract.mean, resample=resample)

@@ -40,8 +40,9 @@ def whole(image: torch.Tensor) -> Pixels:
     return Pixels(image, torch.ones(image.shape[-2:], dtype=torch.bool))
 
 
-def level_args(name: str, magnitude: float, negate: bool) -> tuple:
-    """timm's arguments for ``name`` at ``magnitude``, with its random sign forced either way."""
+def level_args(name: str, magnitude: float, negate: bool, translate_const: int = 21) -> tuple:
+    """timm's arguments for ``name`` at ``magnitude``, with its random sign forced either way (``translate_const``:
+    timm's translation in pixels at full magnitude, 0.45 x the image side by its recipe)."""
     level_fn = LEVEL_TO_ARG[name]
     if level_fn is None:
         return ()
@@ -50,7 +51,7 @@ def level_args(name: str, magnitude: float, negate: bool) -> tuple:
     original = random.random
     random.random = (lambda: 1.0) if negate else (lambda: 0.0)
     try:
-        return level_fn(magnitude, {"translate_const": 21, "img_mean": (124, 116, 104)})
+        return level_fn(magnitude, {"translate_const": translate_const, "img_mean": (124, 116, 104)})
     finally:
         random.random = original
         random.setstate(state)
