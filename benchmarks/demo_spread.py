@@ -5,7 +5,7 @@ Writes the demo's embedded pipeline (``cspt.demo.demo_spec``: the same stages, d
 its pretraining, fine-tuning and evaluation all seeded). Then prints, per seed, the held-out mAP@0.5 of
 each arm, the paired difference (CSPT minus direct) and its mean, standard deviation and 95% interval
 (Student's t), and the spread of one run's difference (2 x the standard deviation of the paired
-differences): the number the demo records in ``src/cspt/recipes/demo_evidence.yaml`` so that its
+differences): the number the demo records in ``src/cspt/recipes/evidence/demo.yaml`` so that its
 verdict on a single run is only as strong as this evidence. Also the held-out MAE loss of stage 2
 before and after, per seed.
 

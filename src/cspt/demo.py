@@ -156,7 +156,7 @@ def demo_spec(output: str, init: str | None) -> dict:
               "epochs": DETECT_EPOCHS, "warmup_epochs": DETECT_EPOCHS / 8, "eval_every": DETECT_EPOCHS,
               "device": "auto"}
     return {"output": output, "source": init, "arms": ["direct", "cspt"], "pretrain": pretrain,
-            "finetune": {"neon_trees": detect}, "evidence": recipe("demo_evidence.yaml")}
+            "finetune": {"neon_trees": detect}, "evidence": recipe("evidence/demo.yaml")}
 
 
 def run_demo(output: str = "runs/demo", init: str | None = None) -> Path:
