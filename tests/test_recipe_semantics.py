@@ -246,7 +246,7 @@ def test_every_recipe_trains_two_steps_with_its_own_augmentation_and_schedule(re
         assert json.loads((run / "metrics.json").read_text())["images"] == 7
     if kind == "detect":  # the box head the recipe names is the one trained and saved
         model, info, _ = detect.load_detector(run)
-        assert info["box_head"] == original.box_head
+        assert info.box_head == original.box_head
         assert isinstance(model.roi_heads.box_head, FastRCNNConvFCHead) == (original.box_head == "conv")
         kept = {mode: (model.train(mode == "train").rpn.pre_nms_top_n(), model.rpn.post_nms_top_n())
                 for mode in ("train", "test")}
