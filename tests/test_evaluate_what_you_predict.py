@@ -176,6 +176,25 @@ def write_boxes_file(path: Path, scene: Path, boxes: list[tuple[int, int, int, i
     return path
 
 
+def test_labels_of_another_place_are_named_as_such_and_empty_geometries_are_left_out(tmp_path):
+    import fiona
+
+    from cspt.config import SegmentConfig
+    from cspt.errors import CsptError
+    from cspt.tasks.segment import label_classes
+
+    scenes = [str(grid_scene(tmp_path / f"s{i}.tif", 300000.0 + 100 * i)) for i in range(2)]
+    elsewhere = write_boxes_file(tmp_path / "far.geojson", grid_scene(tmp_path / "far" / "x.tif", 900000.0),
+                                 [(5, 5, 20, 20)])
+    with pytest.raises(CsptError, match="far.geojson: no feature lies over any of the 2 scene\\(s\\) .*s0.tif"):
+        label_classes(SegmentConfig(scenes=scenes, labels=str(elsewhere), class_field="class"))  # one class, too
+    here = write_boxes_file(tmp_path / "here.gpkg", Path(scenes[0]), [(5, 5, 20, 20)])
+    with fiona.open(here, "a") as sink:
+        sink.write({"geometry": {"type": "Polygon", "coordinates": []}, "properties": {"class": "ghost"}})
+    assert label_classes(SegmentConfig(scenes=scenes, labels=str(here), class_field="class",
+                                       background="ground")) == ["ground", "car"]
+
+
 def test_detection_counts_false_alarms_on_scenes_without_objects(tmp_path):
     """A scene inside the labels' extent without a feature holds no objects: its detections are false alarms.
     A scene outside the extent (another UTM zone) is not labelled by the file at all and is left out."""

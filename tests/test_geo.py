@@ -80,7 +80,7 @@ def test_predict_segment_writes_a_georeferenced_class_raster_and_polygons_on_the
         assert CRS.from_wkt(layer.crs_wkt) == TEST_CRS
         features = list(layer)
         with rasterio.open(out / "scene.tif") as dst:
-            burnt = rasterize(((f.geometry, f.properties["class_index"]) for f in features), out_shape=labels.shape,
+            burnt = rasterize(((f.geometry, f.properties["value"]) for f in features), out_shape=labels.shape,
                               transform=dst.transform, fill=255, dtype="uint8")
     assert np.array_equal(burnt, labels)
     assert {f.properties["class"] for f in features} <= set(palette["classes"])

@@ -4,14 +4,17 @@ QGIS style beside it, nodata kept, and nothing left behind by a scene that fails
 from __future__ import annotations
 
 import json
+import logging
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 import torch
+from rasterio.crs import CRS
 from rio_cogeo.cogeo import cog_validate
 
 from cspt.data.images import ImageInfo, ImageReadError
@@ -83,6 +86,34 @@ def test_class_maps_are_valid_cogs_that_name_their_classes(scene, tmp_path):
     assert [e.get("color") for e in entries] == ["#%02x%02x%02x" % tuple(map(int, c)) for c in colors]
 
 
+@pytest.mark.parametrize("codes", [["10", "20", "100"], ["10", "20", "300"]])
+def test_integer_class_codes_are_written_as_the_user_s_codes(scene, tmp_path, codes):
+    import fiona
+
+    from cspt.data.georaster import vectorize_classes
+
+    path, labels, valid = scene
+    out = tmp_path / "out"
+    colors = qualitative_colors(len(codes))
+    write_class_raster(strips_of(labels, valid), path, out, ImageInfo(HEIGHT, WIDTH, 1, "int16"), codes, colors,
+                       probabilities=False)
+    assert cog_validate(str(out / "scene.tif"))[0]
+    nodata = 255 if codes[-1] == "100" else 65535
+    with rasterio.open(out / "scene.tif") as written:
+        assert written.nodata == nodata and written.dtypes[0] == ("uint8" if nodata == 255 else "uint16")
+        expected = np.where(valid, np.array([int(c) for c in codes])[labels], nodata)
+        assert np.array_equal(written.read(1), expected)
+        assert [written.colormap(1)[int(c)][:3] for c in codes] == [tuple(map(int, rgb)) for rgb in colors]
+    categories = [c.text or "" for c in ElementTree.parse(out / "scene.tif.aux.xml").getroot().iter("Category")]
+    assert len(categories) == int(codes[-1]) + 1 and [categories[int(c)] for c in codes] == codes
+    entries = ElementTree.parse(out / "scene.qml").getroot().iter("paletteEntry")
+    assert [(int(e.get("value")), e.get("label")) for e in entries] == [(int(c), c) for c in codes]
+    assert vectorize_classes(out / "scene.tif", out / "scene.gpkg", codes) > 0
+    with fiona.open(out / "scene.gpkg") as layer:
+        assert layer.schema["properties"]["class"].startswith("int")
+        assert {f.properties["class"] for f in layer} == {int(c) for c in codes}
+
+
 def test_a_scene_that_fails_part_way_leaves_no_output(scene, tmp_path):
     path, labels, valid = scene
     out = tmp_path / "out"
@@ -96,6 +127,20 @@ def test_a_scene_that_fails_part_way_leaves_no_output(scene, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == []
 
 
+@contextmanager
+def cspt_warnings() -> Iterator[list[str]]:
+    """The warnings cspt logs inside the block."""
+    logger = logging.getLogger("cspt")
+    warned: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warned.append(record.getMessage())
+    logger.addHandler(handler)
+    try:
+        yield warned
+    finally:
+        logger.removeHandler(handler)
+
+
 def scene_folder(folder: Path, good: int, broken: int) -> Path:
     """``good`` readable uint8 RGB GeoTIFFs and ``broken`` files that only claim to be TIFFs."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -107,9 +152,9 @@ def scene_folder(folder: Path, good: int, broken: int) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def random_segmenter(tmp_path_factory) -> Path:
-    """A run folder with an untrained tiny segmenter of 8-bit RGB (what it predicts does not matter here)."""
+def untrained_segmenter(run: Path, classes: list[str]) -> Path:
+    """A run folder with an untrained tiny segmenter of 8-bit RGB into ``classes`` (what it predicts does not
+    matter here)."""
     from cspt.data.segmentation import Palette
     from cspt.models.pyramid import default_taps
     from cspt.tasks.segment import model_from_description
@@ -118,12 +163,17 @@ def random_segmenter(tmp_path_factory) -> Path:
     from tests.conftest import TINY_ARCH
 
     info = SegmenterDescription(architecture=TINY_ARCH.to_dict(), pixels=PixelContract((0.5,) * 3, (0.25,) * 3)
-                                .to_dict(), palette=Palette(CLASSES).to_dict(),
+                                .to_dict(), palette=Palette(classes).to_dict(),
                                 taps=default_taps(TINY_ARCH.depth, "cspt"), channels=16, aux_channels=0, crop_size=32,
                                 stride=21, selected="random weights")
-    run = tmp_path_factory.mktemp("segmenter")
+    torch.manual_seed(0)
     write_weights(model_from_description(info).state_dict(), run / "segmenter.safetensors", info)
     return run
+
+
+@pytest.fixture(scope="module")
+def random_segmenter(tmp_path_factory) -> Path:
+    return untrained_segmenter(tmp_path_factory.mktemp("segmenter"), CLASSES)
 
 
 def test_a_batch_with_bad_scenes_writes_the_good_ones_names_the_bad_and_says_so_in_its_exit_status(
@@ -146,20 +196,29 @@ def test_a_batch_with_bad_scenes_writes_the_good_ones_names_the_bad_and_says_so_
     assert not list((tmp_path / "none").iterdir())
 
 
-def test_detection_of_a_batch_with_a_bad_scene_writes_only_the_good_ones(tmp_path):
-    from cspt.errors import CsptError, SomeInputsFailed
+def random_detector(run: Path, operating_point: dict | None = None) -> Path:
+    """A run folder with an untrained tiny one-class detector that keeps every box (score threshold 0)."""
     from cspt.models.pyramid import default_taps
     from cspt.models.vit import ArchConfig
-    from cspt.tasks.detect import model_from_description, predict_detector
+    from cspt.tasks.detect import model_from_description
     from cspt.weights.descriptions import DetectorDescription
     from cspt.weights.export import write_weights
 
     arch = ArchConfig(embed_dim=64, depth=2, num_heads=2, patch_size=8, img_size=64)
     info = DetectorDescription(architecture=arch.to_dict(), pixels=PixelContract((0.5,) * 3, (0.25,) * 3).to_dict(),
                                classes=["tree"], taps=default_taps(arch.depth, "cspt"), fpn_channels=16,
-                               anchor_sizes=[8, 16, 32, 64, 128], tile_size=64, tile_overlap=16, score_threshold=0.0)
+                               anchor_sizes=[8, 16, 32, 64, 128], tile_size=64, tile_overlap=16, score_threshold=0.0,
+                               operating_point=operating_point)
     torch.manual_seed(0)
-    write_weights(model_from_description(info).state_dict(), tmp_path / "run" / "detector.safetensors", info)
+    write_weights(model_from_description(info).state_dict(), run / "detector.safetensors", info)
+    return run
+
+
+def test_detection_of_a_batch_with_a_bad_scene_writes_only_the_good_ones(tmp_path):
+    from cspt.errors import CsptError, SomeInputsFailed
+    from cspt.tasks.detect import predict_detector
+
+    random_detector(tmp_path / "run")
     scenes = scene_folder(tmp_path / "scenes", good=1, broken=1)
     with pytest.raises(SomeInputsFailed, match="1 of 2 images could not be read.*broken0.tif"):
         predict_detector(tmp_path / "run", [str(scenes)], tmp_path / "out", device="cpu")
@@ -182,25 +241,15 @@ def test_two_scenes_of_one_name_are_refused_before_either_overwrites_the_other(r
 
 
 def test_a_scene_without_a_crs_is_said_to_give_pixel_coordinates(random_segmenter, tmp_path):
-    import logging
-
     from cspt.tasks.segment import predict_segmenter
 
     pixels = np.random.default_rng(1).integers(0, 255, (3, 48, 48), dtype=np.uint8)
     with rasterio.open(tmp_path / "plain.tif", "w", driver="GTiff", height=48, width=48, count=3,
                        dtype="uint8") as dst:
         dst.write(pixels)
-    logger = logging.getLogger("cspt")
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger.addHandler(handler)
-    try:
+    with cspt_warnings() as warned:
         predict_segmenter(random_segmenter, [str(tmp_path / "plain.tif")], tmp_path / "maps", device="cpu",
                           vectorize="gpkg")
-    finally:
-        logger.removeHandler(handler)
-    warned = [r.getMessage() for r in records if r.levelno == logging.WARNING]
     assert any("plain.tif has no CRS" in m and "pixel coordinates" in m for m in warned), warned
 
 
@@ -275,3 +324,157 @@ def test_geojson_outputs_are_wgs84_as_rfc_7946_requires_and_geopackages_keep_the
         expected = transform_bounds(TEST_CRS, "EPSG:4326", *native.bounds)
         assert np.allclose(web.bounds, expected, atol=1e-6)
         assert [f.properties["class"] for f in web] == [f.properties["class"] for f in native]
+
+
+def test_predicted_detections_are_those_at_the_operating_point_unless_min_score_says_otherwise(tmp_path):
+    import fiona
+
+    from cspt.tasks.detect import predict_detector
+
+    scenes = scene_folder(tmp_path / "scenes", good=1, broken=0)
+
+    def written(run: Path, output: str, **options) -> tuple[list[float], list[float], int]:
+        predict_detector(run, [str(scenes)], tmp_path / output, device="cpu", **options)
+        coco = [a["score"] for a in json.loads((tmp_path / output / "detections.json").read_text())["annotations"]]
+        with fiona.open(tmp_path / output / "good0.gpkg") as layer:
+            mapped = [feature["properties"]["score"] for feature in layer]
+        return coco, mapped, len((tmp_path / output / "dota" / "good0.txt").read_text().splitlines())
+
+    every, _, _ = written(random_detector(tmp_path / "plain"), "every")
+    threshold = float(np.median(every))
+    run = random_detector(tmp_path / "chosen", {"threshold": threshold, "chosen_on": "64 training tiles"})
+    coco, mapped, lines = written(run, "default")
+    assert 0 < len(coco) < len(every) and min(coco) >= threshold
+    assert sorted(mapped) == pytest.approx(sorted(coco)) and lines == len(coco)
+    assert sorted(written(run, "all", min_score=0.0)[0]) == pytest.approx(sorted(every))
+
+
+def test_images_unlike_the_model_s_training_data_are_warned_about_and_still_predicted(random_segmenter, tmp_path):
+    from cspt.tasks.segment import predict_segmenter
+
+    eleven_bit = np.random.default_rng(2).integers(200, 2047, (1, 48, 48), dtype=np.uint16)
+    grey = write_geotiff(tmp_path / "grey" / "pan.tif", eleven_bit)
+    with cspt_warnings() as warned:
+        predict_segmenter(random_segmenter, [str(grey)], tmp_path / "maps", device="cpu")
+    assert any("pan.tif" in m and "has one band: it is repeated to the model's 3 bands" in m for m in warned), warned
+    assert any("normalisation does not fit the data" in m and "bands all; scaling the dtype scale" in m
+               for m in warned), warned
+    assert (tmp_path / "maps" / "pan.tif").is_file()
+    rgb = write_geotiff(tmp_path / "rgb" / "rgb.tif", np.random.default_rng(3).integers(0, 255, (3, 48, 48),
+                                                                                         dtype=np.uint8))
+    with cspt_warnings() as warned:
+        predict_segmenter(random_segmenter, [str(rgb)], tmp_path / "rgb_maps", device="cpu")
+    assert not warned
+
+
+def test_prediction_shows_scenes_and_windows_on_a_terminal_and_nothing_in_a_log(random_segmenter, tmp_path,
+                                                                               monkeypatch):
+    import io
+    import sys
+
+    from cspt.tasks.segment import predict_segmenter
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    scenes = scene_folder(tmp_path / "scenes", good=2, broken=0)
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    predict_segmenter(random_segmenter, [str(scenes)], tmp_path / "maps", device="cpu")
+    monkeypatch.undo()
+    shown = terminal.getvalue()
+    assert "scenes: 100%" in shown and "2/2" in shown and "windows" in shown, shown
+    logged = run_cli("predict", "segment", "--checkpoint", str(random_segmenter), "--images", str(scenes),
+                     "--output", str(tmp_path / "logged"), "--device", "cpu")
+    assert logged.returncode == 0 and "windows" not in logged.stderr and "scenes:" not in logged.stderr
+
+
+def vrt_of_two_tiles(scene: Path, folder: Path) -> Path:
+    """``scene`` cut into a left and a right GeoTIFF tile and put back together as a VRT mosaic."""
+    from rasterio.windows import Window
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = []
+    with rasterio.open(scene) as src:
+        half = src.width // 2
+        for name, window in (("left", Window(0, 0, half, src.height)),
+                             ("right", Window(half, 0, src.width - half, src.height))):
+            profile = {**src.profile, "driver": "GTiff", "width": window.width, "height": window.height,
+                       "transform": src.window_transform(window)}
+            with rasterio.open(folder / f"{name}.tif", "w", **profile) as tile:
+                tile.write(src.read(window=window))
+            sources.append((name, window))
+        bands = "".join(
+            f'<VRTRasterBand dataType="Byte" band="{b}">' + "".join(
+                f'<SimpleSource><SourceFilename relativeToVRT="1">{name}.tif</SourceFilename>'
+                f"<SourceBand>{b}</SourceBand><SrcRect xOff=\"0\" yOff=\"0\" xSize=\"{w.width}\" "
+                f'ySize="{w.height}"/><DstRect xOff="{w.col_off}" yOff="0" xSize="{w.width}" ySize="{w.height}"/>'
+                f"</SimpleSource>" for name, w in sources) + "</VRTRasterBand>" for b in range(1, src.count + 1))
+        geo = ", ".join(str(v) for v in src.transform.to_gdal())
+        (folder / "mosaic.vrt").write_text(f'<VRTDataset rasterXSize="{src.width}" rasterYSize="{src.height}">'
+                                          f"<SRS>{src.crs.to_wkt()}</SRS><GeoTransform>{geo}</GeoTransform>"
+                                          f"{bands}</VRTDataset>")
+    return folder / "mosaic.vrt"
+
+
+def test_a_vrt_mosaic_inside_an_aoi_in_wgs84_is_written_in_the_requested_crs_with_the_user_s_codes(neon, tmp_path):
+    import fiona
+    from rasterio.warp import transform_bounds, transform_geom
+
+    from cspt.data.aoi import read_aoi
+    from cspt.tasks.segment import predict_segmenter
+
+    segmenter = untrained_segmenter(tmp_path / "run", ["10", "20", "30"])
+    mosaic = vrt_of_two_tiles(neon / "OSBS_029.tif", tmp_path / "tiles")  # real NEON RGB, UTM 17N, 10 cm
+    with rasterio.open(mosaic) as src:
+        native, scene_crs, transform = src.read(), src.crs, src.transform
+    rows, cols = (100, 300), (150, 330)  # the AOI straddles the two tiles
+    ring = [transform @ (c, r) for r, c in ((rows[0], cols[0]), (rows[0], cols[1]), (rows[1], cols[1]),
+                                             (rows[1], cols[0]), (rows[0], cols[0]))]
+    polygon = transform_geom(scene_crs, "EPSG:4326", {"type": "Polygon", "coordinates": [ring]})
+    schema = {"geometry": "Polygon", "properties": {"name": "str"}}
+    with fiona.open(tmp_path / "aoi.geojson", "w", driver="GeoJSON", crs="EPSG:4326", schema=schema) as sink:
+        sink.write({"geometry": polygon, "properties": {"name": "plot"}})
+    far = write_geotiff(tmp_path / "tiles" / "elsewhere.tif", native)  # another CRS and place: outside the AOI
+    out = tmp_path / "maps"
+    predict_segmenter(segmenter, [str(mosaic), str(far)], out, device="cpu", vectorize="gpkg", probabilities=True,
+                      aoi=read_aoi(tmp_path / "aoi.geojson"), dst_crs="EPSG:3857")
+    assert sorted(p.name for p in out.iterdir()) == ["mosaic.gpkg", "mosaic.qml", "mosaic.tif",
+                                                     "mosaic.tif.aux.xml", "mosaic_probabilities.tif"]
+    for raster in ("mosaic.tif", "mosaic_probabilities.tif"):
+        assert cog_validate(str(out / raster))[0], raster
+    with rasterio.open(out / "mosaic_probabilities.tif") as probabilities:
+        assert probabilities.crs.to_epsg() == 3857 and probabilities.descriptions == ("10", "20", "30")
+    with rasterio.open(out / "mosaic.tif") as written:
+        assert written.crs.to_epsg() == 3857 and written.nodata == 255
+        values = written.read(1)
+        assert set(np.unique(values)) <= {10, 20, 30, 255} and set(np.unique(values)) & {10, 20, 30}
+        left, bottom, right, top = transform_bounds(written.crs, scene_crs, *written.bounds)
+    aoi_left, aoi_top = transform @ (cols[0], rows[0])
+    aoi_right, aoi_bottom = transform @ (cols[1], rows[1])
+    pixel = transform.a
+    assert abs(left - aoi_left) < 3 * pixel and abs(right - aoi_right) < 3 * pixel  # the AOI, not the scene
+    assert abs(top - aoi_top) < 3 * pixel and abs(bottom - aoi_bottom) < 3 * pixel
+    names = [c.text for c in ElementTree.parse(out / "mosaic.tif.aux.xml").getroot().iter("Category")]
+    assert [names[code] for code in (10, 20, 30)] == ["10", "20", "30"]
+    with fiona.open(out / "mosaic.gpkg") as layer:
+        assert CRS.from_wkt(layer.crs_wkt).to_epsg() == 3857
+        assert {f.properties["class"] for f in layer} <= {10, 20, 30}
+
+
+def test_a_scene_inside_a_zip_is_read_through_its_gdal_virtual_path(random_segmenter, tmp_path):
+    import zipfile
+
+    from cspt.data.images import gdal_name
+    from cspt.tasks.segment import predict_segmenter
+
+    scene = scene_folder(tmp_path / "scenes", good=1, broken=0) / "good0.tif"
+    with zipfile.ZipFile(tmp_path / "delivery.zip", "w") as archive:
+        archive.write(scene, "imagery/good0.tif")
+    predict_segmenter(random_segmenter, [f"/vsizip/{tmp_path}/delivery.zip/imagery/good0.tif"], tmp_path / "maps",
+                      device="cpu")
+    with rasterio.open(tmp_path / "maps" / "good0.tif") as written, rasterio.open(scene) as source:
+        assert written.transform == source.transform and written.crs == source.crs
+    url = "/vsicurl/https://example.com/scenes/a.tif"  # pathlib folds the URL's "//"; GDAL is given it back
+    assert gdal_name(Path(url)) == url and gdal_name(Path("/data/a.tif")) == "/data/a.tif"

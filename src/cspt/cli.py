@@ -144,15 +144,23 @@ def add_predict_commands(commands: argparse._SubParsersAction) -> None:
     ps.add_argument("--vectorize", nargs="?", const="gpkg", choices=["gpkg", "geojson", "shp"],
                     help="also write one polygon per connected class region in the scene's CRS (default gpkg)")
     ps.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    area = ps.add_mutually_exclusive_group()
+    area.add_argument("--aoi", help="vector file (GeoPackage, GeoJSON, shapefile; any CRS): predict only inside "
+                                    "its polygons; scenes outside it are not written")
+    area.add_argument("--bbox", nargs=4, type=float, metavar=("MINX", "MINY", "MAXX", "MAXY"),
+                      help="predict only inside this box, in each scene's CRS or --aoi-crs")
+    ps.add_argument("--aoi-crs", help="CRS of --bbox, e.g. EPSG:4326 (default: each scene's own)")
+    ps.add_argument("--dst-crs", help="warp the written rasters and polygons to this CRS, e.g. EPSG:3857 "
+                                      "(nearest neighbour; default: each scene's own)")
     ps.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     pd = tasks.add_parser("detect", help="COCO JSON and DOTA-style txt of whole-scene detections")
     pd.add_argument("--checkpoint", required=True, help="detection run directory or its detector.safetensors")
     pd.add_argument("--images", required=True, nargs="+", help="image folders, files or .txt lists")
     pd.add_argument("--output", required=True, help="folder for detections.json, dota/NAME.txt (and drawn/)")
     pd.add_argument("--draw", action="store_true", help="also write the images with their boxes drawn")
-    pd.add_argument("--draw-score", type=float, default=None,
-                    help="draw the detections scoring at least this (default: the operating point chosen on "
-                         "training tiles, else 0.5)")
+    pd.add_argument("--min-score", type=float, default=None,
+                    help="write (and draw) the detections scoring at least this (default: the operating point "
+                         "chosen on training tiles; 0 keeps every detection the model keeps)")
     pd.add_argument("--vector-format", default="gpkg", choices=["gpkg", "geojson", "shp"],
                     help="file type of the map-coordinate boxes written for georeferenced scenes")
     pd.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -349,14 +357,16 @@ def run_predict(args: argparse.Namespace) -> None:
         from cspt.tasks.detect import predict_detector
 
         folder = predict_detector(args.checkpoint, args.images, args.output, args.draw, args.device,
-                                  args.draw_score, args.vector_format, args.max_image_pixels)
+                                  args.min_score, args.vector_format, args.max_image_pixels)
         print(f"wrote {folder}")
         return
     if args.task == "segment":
+        from cspt.data.aoi import area_from_options
         from cspt.tasks.segment import predict_segmenter
 
         folder = predict_segmenter(args.checkpoint, args.images, args.output, args.draw, args.device, args.blend,
-                                   args.probabilities, args.vectorize, args.batch_size, args.max_image_pixels)
+                                   args.probabilities, args.vectorize, args.batch_size, args.max_image_pixels,
+                                   area_from_options(args.aoi, args.bbox, args.aoi_crs), args.dst_crs)
         print(f"wrote {folder}")
         return
     if args.scene:

@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from cspt.data.images import IMAGE_SUFFIXES
+from cspt.data.images import IMAGE_SUFFIXES, virtual_path
 from cspt.data.shards import expand_braces, shard_members
 from cspt.errors import CsptError
 
@@ -29,7 +29,8 @@ def files_under(folder: Path) -> Iterator[Path]:
 def find_images(sources: list[str | Path], exclude: Sequence[str | Path | None] = ()) -> list[Path]:
     """All image files named by ``sources``, sorted within each source.
 
-    A source is a folder (searched recursively, symlinked folders followed), an image file, a text file with one
+    A source is a folder (searched recursively, symlinked folders followed), an image file, a GDAL virtual path
+    (``/vsizip/A.zip/scene.tif``, ``/vsicurl/https://...``), a text file with one
     image path per line (relative paths are relative to the list's folder), or a tar
     shard (its members; ``DIR/shard-{000000..000099}.tar`` names a hundred). Folder
     searches skip everything under ``exclude`` (a run's own output directory: its
@@ -39,7 +40,11 @@ def find_images(sources: list[str | Path], exclude: Sequence[str | Path | None] 
         raise CsptError("no data given: pass one or more image folders or file lists")
     skipped = [Path(e).resolve() for e in exclude if e]
     files: list[Path] = []
-    for source in (Path(name) for pattern in sources for name in expand_braces(str(pattern))):
+    for name in (name for pattern in sources for name in expand_braces(str(pattern))):
+        if name.startswith("/vsi"):  # a GDAL virtual path (/vsizip/, /vsicurl/, /vsis3/...) is GDAL's to find
+            files.append(virtual_path(name))
+            continue
+        source = Path(name)
         if source.suffix.lower() == ".tar":
             files += shard_members(source)
         elif source.is_dir():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import re
 import struct
 import warnings
 from collections.abc import Iterator, Sequence
@@ -101,8 +102,26 @@ def open_raster(path: Path) -> Iterator[rasterio.io.DatasetReader]:
             with MemoryFile(member_bytes(path)) as memory, memory.open() as src:
                 yield src
         else:
-            with rasterio.open(path) as src:
+            with rasterio.open(gdal_name(path)) as src:
                 yield src
+
+
+#: an archive handler given an absolute archive path (``/vsizip//data/a.zip/inner.tif``)
+ABSOLUTE_ARCHIVE = re.compile(r"^(/vsi(?:zip|tar|7z|rar)/)/(.+?\.(?:zip|tar|tgz|tar\.gz|7z|rar))(/.*)?$", re.I)
+
+
+def virtual_path(text: str) -> Path:
+    """A GDAL virtual path as a :class:`~pathlib.Path` that keeps its meaning: an absolute archive path is put
+    in GDAL's braces (``/vsizip/{/data/a.zip}/inner.tif``), since pathlib folds the ``//`` that marks it."""
+    found = ABSOLUTE_ARCHIVE.match(text)
+    return Path(f"{found[1]}{{/{found[2]}}}{found[3] or ''}" if found else text)
+
+
+def gdal_name(path: Path) -> str:
+    """The name GDAL opens: a virtual path keeps the ``//`` of its URL (``/vsicurl/https://...``), which
+    :class:`~pathlib.Path` folds into one slash."""
+    text = str(path)
+    return re.sub(r"^(/vsi\w+/)(\w+):/(?!/)", r"\1\2://", text) if text.startswith("/vsi") else text
 
 
 def spectral_bands(src: rasterio.io.DatasetReader) -> list[int]:

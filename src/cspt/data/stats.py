@@ -88,8 +88,12 @@ def central_box(path: Path, side: int) -> WindowBox:
     return (info.height - height) // 2, (info.width - width) // 2, height, width
 
 
+TRAINING_ADVICE = ("for data of more than 8 bits use --scale percentile (or stats), or pass them as "
+                   "--mean/--std")
+
+
 def normalisation_mismatch(files: Sequence[Path], contract: PixelContract, sample: int = 16,
-                           window: int = 1024) -> str | None:
+                           window: int = 1024, advice: str = TRAINING_ADVICE) -> str | None:
     """One line when ``contract`` does not fit the data, else None.
 
     Measures a seeded sample of ``files`` (:func:`band_statistics` on a central window)
@@ -115,5 +119,4 @@ def normalisation_mismatch(files: Sequence[Path], contract: PixelContract, sampl
     measured = ", ".join(f"{m:.4f}/{s:.4f}" for m, s in zip(data.mean, data.std))
     return (f"normalisation does not fit the data: after it, {'; '.join(bad)} (a ViT expects about 0 and 1); "
             f"the data's own mean/std on the 0-1 scale of their type are {measured} (measured on {data.images} "
-            "image(s)): for data of more than 8 bits use --scale percentile (or stats), or pass them as "
-            "--mean/--std")
+            f"image(s)): {advice}")

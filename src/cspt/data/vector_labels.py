@@ -9,7 +9,6 @@ from typing import Any
 
 import fiona
 import numpy as np
-import rasterio
 from affine import Affine
 from PIL import Image
 from rasterio.coords import BoundingBox
@@ -17,7 +16,7 @@ from rasterio.crs import CRS
 from rasterio.features import rasterize
 from rasterio.warp import transform_geom
 
-from cspt.data.images import ImageReadError
+from cspt.data.images import ImageReadError, open_raster
 from cspt.errors import CsptError
 
 
@@ -125,7 +124,7 @@ class SceneGrid:
 def scene_grid(scene: Path) -> SceneGrid:
     """The grid of ``scene``; an :class:`ImageReadError` naming it when it cannot be opened."""
     try:
-        with rasterio.open(scene) as src:
+        with open_raster(scene) as src:
             return SceneGrid(src.crs, src.transform, src.height, src.width, src.bounds)
     except Exception as err:  # GDAL: missing, not a raster, corrupt
         raise ImageReadError(f"{scene}: cannot open the scene ({str(err).splitlines()[0] if str(err) else err})") \
@@ -163,6 +162,15 @@ def covers(labels: VectorLabels, scene: Path, grid: SceneGrid) -> bool:
     left, right = min(x for x, _ in corners), max(x for x, _ in corners)
     bottom, top = min(y for _, y in corners), max(y for _, y in corners)
     return xs.min() < right and xs.max() > left and ys.min() < top and ys.max() > bottom
+
+
+def check_lies_over(labels: VectorLabels, scenes: Sequence[str | Path]) -> None:
+    """A one-line error when the labels' extent overlaps none of the ``scenes`` (before any other complaint
+    about the labels: a file of another place is the likelier mistake)."""
+    if not any(covers(labels, Path(scene), scene_grid(Path(scene))) for scene in scenes):
+        named = ", ".join(str(scene) for scene in list(scenes)[:3]) + (", ..." if len(scenes) > 3 else "")
+        raise CsptError(f"{labels.path}: no feature lies over any of the {len(scenes)} scene(s) ({named}): "
+                        "do they show the same place?")
 
 
 def all_points(coordinates: Any) -> list[tuple[float, float]]:

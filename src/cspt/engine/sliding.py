@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 
 from cspt.data.windows import window_starts
+from cspt.engine.progress import windows_progress
 
 
 def window_cores(starts: list[int], window: int, length: int) -> list[tuple[float, float]]:
@@ -43,14 +44,16 @@ def sliding_window_detections(predict: Callable[[list[tuple[int, int]]], list[di
         dict(zip(lefts, window_cores(lefts, window, width)))
     offsets = [(top, left) for top in tops for left in lefts]
     boxes, scores, labels = [], [], []
-    for start in range(0, len(offsets), batch_size):
-        chunk = offsets[start:start + batch_size]
-        for (top, left), found in zip(chunk, predict(chunk), strict=True):
-            shifted = found["boxes"] + torch.tensor([left, top, left, top], dtype=found["boxes"].dtype)
-            keep = in_core(shifted, core_rows[top], core_cols[left])
-            boxes.append(shifted[keep])
-            scores.append(found["scores"][keep])
-            labels.append(found["labels"][keep])
+    with windows_progress(len(offsets)) as progress:
+        for start in range(0, len(offsets), batch_size):
+            chunk = offsets[start:start + batch_size]
+            for (top, left), found in zip(chunk, predict(chunk), strict=True):
+                shifted = found["boxes"] + torch.tensor([left, top, left, top], dtype=found["boxes"].dtype)
+                keep = in_core(shifted, core_rows[top], core_cols[left])
+                boxes.append(shifted[keep])
+                scores.append(found["scores"][keep])
+                labels.append(found["labels"][keep])
+            progress.update(len(chunk))
     boxes, scores, labels = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)

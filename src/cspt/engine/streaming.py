@@ -17,8 +17,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from cspt.data.windows import window_starts
+from cspt.engine.progress import windows_progress
 
 BLENDS = ("cosine", "gaussian", "none")
 
@@ -63,6 +65,13 @@ def stream_strips(predict: Callable[[torch.Tensor], torch.Tensor], read: Callabl
     """
     weights = blend_weights(window, blend)
     tops, lefts = window_starts(height, window, stride), window_starts(width, window, stride)
+    with windows_progress(len(tops) * len(lefts)) as progress:
+        yield from _strips(predict, read, height, width, window, tops, lefts, weights, batch_size, progress)
+
+
+def _strips(predict: Callable[[torch.Tensor], torch.Tensor], read: Callable[[Box], Window], height: int,
+            width: int, window: int, tops: list[int], lefts: list[int], weights: torch.Tensor, batch_size: int,
+            progress: tqdm) -> Iterator[Strip]:
     total = weight_sum = valid = None
     buffer_top = 0
     for index, top in enumerate(tops):
@@ -70,6 +79,7 @@ def stream_strips(predict: Callable[[torch.Tensor], torch.Tensor], read: Callabl
         boxes = [(top, left, rows, min(window, width - left)) for left in lefts]
         for start in range(0, len(boxes), batch_size):
             chunk = [(box, *read(box)) for box in boxes[start:start + batch_size]]
+            progress.update(len(chunk))
             chunk = [item for item in chunk if bool(item[2].any())]
             if not chunk:
                 continue

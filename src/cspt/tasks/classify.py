@@ -40,6 +40,7 @@ from cspt.engine.distributed import DistContext, barrier, is_main_process, resol
 from cspt.engine.inference import Outputs, run_inference
 from cspt.engine.loading import default_num_workers
 from cspt.engine.optim import param_groups_layer_decay
+from cspt.engine.progress import scenes_progress
 from cspt.engine.run_dir import has_checkpoint
 from cspt.engine.trainer import Trainer, resolve_precision
 from cspt.errors import CsptError, user_message
@@ -53,6 +54,7 @@ from cspt.tasks.common import (
     arch_of,
     check_distinct_names,
     check_normalisation,
+    check_prediction_inputs,
     contract_of,
     distributed_run,
     finish_prediction,
@@ -231,6 +233,7 @@ def predict_classifier(checkpoint: str | Path, images: Sequence[str], output: st
     described = load_classifier(checkpoint)
     model, info, _ = described
     files = find_images(list(images))
+    check_prediction_inputs(files, described.contract(max_image_pixels))
     data = LabelledSet(files, [0] * len(files), info.classes)
     outputs = classify_outputs(model, eval_dataset(data, described, max_image_pixels),
                                torch.device(resolve_device(device)), batch_size, num_workers)
@@ -283,7 +286,8 @@ def predict_scene_classes(checkpoint: str | Path, scenes: Sequence[str], output:
     colors = qualitative_colors(len(described.info.classes))
     paths, failed = find_images(list(scenes), exclude=[folder]), []
     check_distinct_names(paths)
-    for path in paths:
+    check_prediction_inputs(paths, contract)
+    for path in scenes_progress(paths):
         try:
             shape, strips = scene_strips(forward, path, contract, window, stride, blend, batch_size)
             write_class_raster(strips, path, folder, shape, described.info.classes, colors, probabilities)
@@ -313,7 +317,7 @@ def evaluate_scene_classes(checkpoint: str | Path, scenes: Sequence[str], masks:
                             torch.device(resolve_device(device)))
     confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
     invalid = 0
-    for scene, mask in zip(map(Path, scenes), map(Path, masks), strict=True):
+    for scene, mask in scenes_progress(zip(map(Path, scenes), map(Path, masks), strict=True), len(scenes)):
         labels = read_label_raster(mask, len(classes), ignore_index)
         shape, strips = scene_strips(forward, scene, contract, window, stride, blend, batch_size)
         if labels.shape != (shape.height, shape.width):

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from cspt.config import EncoderConfig, PyramidConfig, TrainConfig, save_config
-from cspt.data.images import ImageReadError
+from cspt.data.images import ImageReadError, image_info
 from cspt.data.normalisation import log_normalisation, resolve_normalisation
 from cspt.data.pixels import PixelContract, write_contract
 from cspt.data.scaling import data_type, resolve_scaling
@@ -190,6 +190,30 @@ def check_normalisation(files: list[Path], contract: PixelContract, is_main: boo
     mismatch = normalisation_mismatch(files, contract)
     if mismatch:
         log.warning("%s", mismatch)
+
+
+def check_prediction_inputs(paths: Sequence[Path], contract: PixelContract, sample: int = 16) -> None:
+    """Warn, before predicting, when the images do not look like what the model was trained on: grey images
+    repeated to the model's bands, or pixels its contract scales and normalises to nearly constant or
+    saturated values (another dtype, bit depth or sensor). The prediction still runs."""
+    if not paths:
+        return
+    if contract.bands is None and contract.in_chans > 1:
+        grey = [path for path in paths[:sample] if _band_count(path) == 1]
+        if grey:
+            log.warning("%s (and %d more of the first %d) has one band: it is repeated to the model's %d bands",
+                        grey[0], len(grey) - 1, min(sample, len(paths)), contract.in_chans)
+    advice = (f"is this the kind of data the model was trained on? It reads pixels as: {contract.describe()}")
+    mismatch = normalisation_mismatch(list(paths), contract, sample, advice=advice)
+    if mismatch:
+        log.warning("%s", mismatch)
+
+
+def _band_count(path: Path) -> int | None:
+    try:
+        return image_info(path).bands
+    except CsptError:  # unreadable: prediction names it
+        return None
 
 
 def resolved_taps(config: PyramidConfig) -> list[int]:

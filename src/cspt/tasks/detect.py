@@ -30,6 +30,7 @@ from cspt.data.pixels import PixelContract
 from cspt.data.scene_tiles import DetectionTiles, collate_tiles, make_tiles, read_window
 from cspt.engine.distributed import all_gather_objects, barrier, resolve_device, shard
 from cspt.engine.optim import param_groups_layer_decay
+from cspt.engine.progress import scenes_progress
 from cspt.engine.sliding import sliding_window_detections
 from cspt.engine.trainer import Trainer, resolve_precision
 from cspt.errors import CsptError, user_message
@@ -41,6 +42,7 @@ from cspt.tasks.common import (
     arch_of,
     check_distinct_names,
     check_normalisation,
+    check_prediction_inputs,
     contract_of,
     distributed_run,
     finish_prediction,
@@ -137,7 +139,7 @@ def evaluate_scenes(model: nn.Module, scenes: Sequence[Scene], info: DetectorDes
     model = model.to(device)
     mine = {i: detect_scene(model, scenes[i].image, scenes[i].height, scenes[i].width, info, contract, device,
                             autocast)
-            for i in shard(range(len(scenes)))}
+            for i in scenes_progress(shard(range(len(scenes))))}
     found = {i: d for part in all_gather_objects(mine) for i, d in part.items()}
     detections = [found[i] for i in range(len(scenes))]
     truths = [ground_truth(s, info.classes, contract) for s in scenes]
@@ -188,19 +190,22 @@ def evaluate_detector(checkpoint: str | Path, annotations: str | None = None, im
 
 
 def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str | Path, draw: bool = False,
-                     device: str = "auto", draw_score: float | None = None, vector_format: str = "gpkg",
+                     device: str = "auto", min_score: float | None = None, vector_format: str = "gpkg",
                      max_image_pixels: int | None = None) -> Path:
-    """``detections.json`` (COCO style, with scores, pixel coordinates), ``dota/NAME.txt``, for a
-    georeferenced scene ``NAME.gpkg`` (or ``vector_format``: geojson, shp) of the boxes as polygons in its
-    CRS with class and score, and, with ``draw``, ``drawn/NAME.png`` (the detections scoring at least
-    ``draw_score``; default: the operating point chosen on the training scenes, else 0.5). A scene that
-    cannot be read is named in the log and skipped; the others are written, and then
+    """The detections scoring at least ``min_score`` (default: the operating point chosen on the training
+    scenes, else every detection the model keeps): ``detections.json`` (COCO style, with scores, pixel
+    coordinates), ``dota/NAME.txt``, for a georeferenced scene ``NAME.gpkg`` (or ``vector_format``: geojson,
+    shp) of the boxes as polygons in its CRS with class and score, and, with ``draw``, ``drawn/NAME.png``. A
+    scene that cannot be read is named in the log and skipped; the others are written, and then
     :func:`~cspt.tasks.common.finish_prediction` says what failed."""
     described = load_detector(checkpoint)
     model, info, _ = described
     contract = described.contract(max_image_pixels)
-    if draw_score is None:
-        draw_score = drawing_threshold(info)
+    chosen_by = ("--min-score" if min_score is not None else "the operating point chosen on the training scenes"
+                 if info.operating_point else "no operating point recorded: every detection the model keeps")
+    if min_score is None:
+        min_score = operating_threshold(info)
+    log.info("writing the detections scoring %.3f or more (%s)", min_score, chosen_by)
     torch_device = torch.device(resolve_device(device))
     classes = info.classes
     folder = Path(output)
@@ -210,10 +215,13 @@ def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str 
     model = model.to(torch_device)
     paths, failed = find_images(list(images), exclude=[folder]), []
     check_distinct_names(paths)
-    for image_id, path in enumerate(paths, 1):
+    check_prediction_inputs(paths, contract)
+    for image_id, path in scenes_progress(enumerate(paths, 1), len(paths)):
         try:
             size = contract.info(path)
             found = detect_scene(model, path, size.height, size.width, info, contract, torch_device)
+            kept = found["scores"] >= min_score
+            found = {key: value[kept] for key, value in found.items()}
         except CsptError as err:  # unreadable, or not what the model reads: the next image still runs
             log.warning("skipped image: %s", user_message(err))
             failed.append(path.name)
@@ -240,18 +248,16 @@ def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str 
             log.warning("%s has no CRS: its boxes are in detections.json and dota/ in pixel coordinates only, "
                         "with no %s on the map", path, vector_format)
         if draw:
-            confident = found["scores"] >= draw_score
-            draw_boxes(path, {k: v[confident] for k, v in found.items()}, classes,
-                       folder / "drawn" / f"{path.stem}.png", contract)
+            draw_boxes(path, found, classes, folder / "drawn" / f"{path.stem}.png", contract)
     if coco["images"]:
         (folder / "detections.json").write_text(json.dumps(coco) + "\n")
         log.info("%d detections in %d images", len(coco["annotations"]), len(coco["images"]))
     return finish_prediction(folder, failed, len(paths), "images")
 
 
-def drawing_threshold(info: DetectorDescription) -> float:
-    """The score from which detections are drawn: the operating point chosen on the training scenes, else 0.5."""
-    return (info.operating_point or {}).get("threshold", 0.5)
+def operating_threshold(info: DetectorDescription, default: float = 0.0) -> float:
+    """The operating point chosen on the training scenes (its score threshold), else ``default``."""
+    return (info.operating_point or {}).get("threshold", default)
 
 
 def draw_boxes(image: Path, found: dict[str, torch.Tensor], classes: Sequence[str], target: Path,
@@ -281,9 +287,9 @@ def draw_boxes(image: Path, found: dict[str, torch.Tensor], classes: Sequence[st
 
 def draw_against_labels(scene: Scene, found: dict[str, torch.Tensor], info: DetectorDescription,
                         contract: PixelContract, target: Path) -> Path:
-    """``target``: the scene's detections scoring at least :func:`drawing_threshold`, hits and false alarms
-    told apart against its labelled objects, the missed ones outlined."""
-    confident = found["scores"] >= drawing_threshold(info)
+    """``target``: the scene's detections at the operating point (else scoring 0.5 or more), hits and false
+    alarms told apart against its labelled objects, the missed ones outlined."""
+    confident = found["scores"] >= operating_threshold(info, 0.5)
     draw_boxes(scene.image, {k: v[confident] for k, v in found.items()}, info.classes, target, contract,
                ground_truth(scene, info.classes, contract))
     return target

@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -80,6 +81,26 @@ def with_masking_order(collate_fn: Callable[[list[dict]], dict], samples: list[d
     """The batch, with its masking order sorted in the loader, off the training device's critical path."""
     batch = collate_fn(samples)
     return {**batch, "ids_shuffle": masking_order(batch["noise"])}
+
+
+def fixed_crops(contract: PixelContract, sources: Sequence[str | Path], tile_size: int, img_size: int,
+                grid_size: int, limit: int = HELDOUT_IMAGES) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The crops pretraining measures its MAE loss on: a regular grid of windows half a tile wide (the scale of
+    a training crop) over every image of ``sources``, at most ``limit`` of them spread evenly, each resized to
+    ``img_size`` and normalised; their valid masks, and fixed mask noise (``grid_size`` x ``grid_size``
+    patches, seed 0), so every measurement sees the same crops and masks."""
+    side = tile_size // 2
+    boxes = []
+    for path in find_images(list(sources)):
+        info = contract.info(path)
+        tops, lefts = window_starts(info.height, side, side), window_starts(info.width, side, side)
+        size = (min(side, info.height), min(side, info.width))
+        boxes += [(path, (top, left, *size)) for top in tops for left in lefts]
+    chosen = [boxes[round(i * len(boxes) / min(len(boxes), limit))] for i in range(min(len(boxes), limit))]
+    crops = [contract.read(path, box).resized([img_size, img_size]) for path, box in chosen]
+    images = torch.stack([contract.normalise(crop) for crop in crops])
+    noise = torch.rand(len(images), grid_size**2, generator=torch.Generator().manual_seed(0))
+    return images, torch.stack([crop.valid for crop in crops]), noise
 
 
 class PretrainTask(Task):
@@ -193,29 +214,12 @@ class PretrainTask(Task):
         grid = reconstruction_grid(model, images.to(device), self.contract, noise.to(device))
         save_grid(grid, run_dir / "reconstructions" / f"{name}.png")
 
-    def fixed_crops(self, sources: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Fixed crops of ``sources`` (normalised images, valid masks) and their fixed mask noise: a regular
-        grid of windows half a tile wide (the scale of a training crop) over every image, at most
-        ``HELDOUT_IMAGES`` of them spread evenly, each resized to the input size."""
-        cfg = self.config
-        side = cfg.tile_size // 2
-        boxes = []
-        for path in find_images(sources):
-            info = self.contract.info(path)
-            tops, lefts = window_starts(info.height, side, side), window_starts(info.width, side, side)
-            size = (min(side, info.height), min(side, info.width))
-            boxes += [(path, (top, left, *size)) for top in tops for left in lefts]
-        chosen = [boxes[round(i * len(boxes) / min(len(boxes), HELDOUT_IMAGES))]
-                  for i in range(min(len(boxes), HELDOUT_IMAGES))]
-        crops = [self.contract.read(path, box).resized([cfg.img_size, cfg.img_size]) for path, box in chosen]
-        images = torch.stack([self.contract.normalise(crop) for crop in crops])
-        noise = torch.rand(len(images), self.arch.grid_size**2, generator=torch.Generator().manual_seed(0))
-        return images, torch.stack([crop.valid for crop in crops]), noise
-
     @functools.cached_property
     def measured_crops(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """The held-out crops (``--eval-data``), and crops of the pool by the same rule for comparison."""
-        return {"heldout": self.fixed_crops(self.config.eval_data), "pool": self.fixed_crops(self.config.data)}
+        cfg = self.config
+        return {name: fixed_crops(self.contract, sources, cfg.tile_size, cfg.img_size, self.arch.grid_size)
+                for name, sources in (("heldout", cfg.eval_data), ("pool", cfg.data))}
 
     @torch.no_grad()
     def evaluate_heldout(self, model: nn.Module, epoch: int, run_dir: Path) -> float:

@@ -24,8 +24,9 @@ from PIL import Image
 from torch import nn
 
 from cspt.config import SegmentConfig
+from cspt.data.aoi import SceneArea, output_crs, scene_area
 from cspt.data.files import find_images
-from cspt.data.georaster import vectorize_classes
+from cspt.data.georaster import ClassValues, reproject_raster, vectorize_classes
 from cspt.data.images import ImageReadError, display_rgb, image_info, is_raster, open_raster
 from cspt.data.pixels import PixelContract
 from cspt.data.segmentation import (
@@ -41,6 +42,7 @@ from cspt.data.segmentation import (
 )
 from cspt.data.vector_labels import (
     VectorLabels,
+    check_lies_over,
     class_index,
     read_vector_labels,
     scene_label_pairs,
@@ -48,6 +50,7 @@ from cspt.data.vector_labels import (
 )
 from cspt.engine.distributed import all_gather_objects, barrier, launched_world_size, resolve_device, shard
 from cspt.engine.optim import param_groups_layer_decay
+from cspt.engine.progress import scenes_progress
 from cspt.engine.run_dir import has_checkpoint
 from cspt.engine.streaming import Strip
 from cspt.engine.trainer import Trainer, resolve_precision
@@ -62,6 +65,7 @@ from cspt.tasks.common import (
     arch_of,
     check_distinct_names,
     check_normalisation,
+    check_prediction_inputs,
     contract_of,
     distributed_run,
     finish_prediction,
@@ -194,7 +198,7 @@ def evaluate_pairs(model: nn.Module, pairs: Sequence[Pair], info: SegmenterDescr
     model = model.to(device).eval()
     forward = window_forward(model, info.crop_size, info.resize, device, resolve_precision(precision, device))
     skipped = invalid = 0
-    for pair in shard(pairs):
+    for pair in scenes_progress(shard(pairs)):
         try:
             labels = read_mask(pair.mask, palette, ignore)
             _, strips = scene_strips(forward, pair.image, contract, *source_window(info), blend)
@@ -267,15 +271,18 @@ def class_colors(palette: Palette) -> np.ndarray:
 def predict_segmenter(checkpoint: str | Path, images: Sequence[str], output: str | Path, draw: bool = False,
                       device: str = "auto", blend: str = "cosine", probabilities: bool = False,
                       vectorize: str | None = None, batch_size: int = 8,
-                      max_image_pixels: int | None = None) -> Path:
+                      max_image_pixels: int | None = None, aoi: VectorLabels | None = None,
+                      dst_crs: str | None = None) -> Path:
     """Class maps of every image, predicted window by window (any size; bounded memory).
 
-    A TIFF gives ``NAME.tif``: a Cloud-Optimised GeoTIFF of class indices with the input's CRS and
-    transform, a colour table and 255 where the input has no data, its class names in
-    ``NAME.tif.aux.xml`` and ``NAME.qml`` (with ``probabilities``, ``NAME_probabilities.tif``:
-    one uint8 band per class); ``vectorize`` (``gpkg``, ``geojson`` or ``shp``) adds one polygon
-    per connected region. Other images give ``NAME.png`` and ``NAME_color.png``. With ``draw``, every image
-    also gives ``NAME_overlay.jpg``.
+    A GeoTIFF or VRT gives ``NAME.tif``: a Cloud-Optimised GeoTIFF of classes (see
+    :func:`~cspt.tasks.maps.write_class_raster`) with the input's CRS and transform, a colour table and
+    nodata where the input has no data, its class names in ``NAME.tif.aux.xml`` and ``NAME.qml`` (with
+    ``probabilities``, ``NAME_probabilities.tif``: one uint8 band per class); ``vectorize`` (``gpkg``,
+    ``geojson`` or ``shp``) adds one polygon per connected region. With ``aoi``
+    (:mod:`cspt.data.aoi`), only the part of each raster inside it is predicted and written; with
+    ``dst_crs``, the rasters and polygons are warped to that CRS. Other images give ``NAME.png`` and
+    ``NAME_color.png``. With ``draw``, every image also gives ``NAME_overlay.jpg``.
     """
     described = load_segmenter(checkpoint)
     model, info, _ = described
@@ -288,18 +295,29 @@ def predict_segmenter(checkpoint: str | Path, images: Sequence[str], output: str
     forward = window_forward(model.to(torch_device), info.crop_size, info.resize, torch_device)
     paths, failed = find_images(list(images), exclude=[folder]), []
     check_distinct_names(paths)
-    for path in paths:
+    check_prediction_inputs(paths, contract)
+    values, crs = ClassValues.of(palette.classes), output_crs(dst_crs)
+    for path in scenes_progress(paths):
         try:
-            size, strips = scene_strips(forward, path, contract, *source_window(info), blend, batch_size)
+            area = scene_area(aoi, path) if aoi is not None else None
+            if aoi is not None and area is None:
+                log.info("%s: outside the area of interest %s, not predicted", path, aoi.path)
+                remove_stale_outputs(folder, path.stem, [*MAP_OUTPUTS, *vector_outputs(vectorize)])
+                continue
+            size, strips = scene_strips(forward, path, contract, *source_window(info), blend, batch_size, area)
             if is_raster(path):
-                write_class_raster(strips, path, folder, size, palette.classes, colors, probabilities)
+                write_class_raster(strips, path, folder, size, palette.classes, colors, probabilities, area)
+                if draw:
+                    with open_raster(folder / f"{path.stem}.tif") as written_map:
+                        write_overlay(path, values.to_indices(written_map.read(1)), colors, folder, contract, area)
+                if crs is not None:
+                    for written in (folder / f"{path.stem}.tif", folder / f"{path.stem}_probabilities.tif"):
+                        if written.is_file():
+                            reproject_raster(written, crs)
                 if vectorize:
                     target = folder / f"{path.stem}.{vectorize}"
                     features = vectorize_classes(folder / f"{path.stem}.tif", target, palette.classes)
                     log.info("%s: %d class regions", target, features)
-                if draw:
-                    with open_raster(folder / f"{path.stem}.tif") as written_map:
-                        write_overlay(path, written_map.read(1), colors, folder, contract)
             else:
                 labels = write_class_pictures(strips, path, folder, colors)
                 if draw:
@@ -325,9 +343,12 @@ def write_class_pictures(strips: Iterable[Strip], path: Path, folder: Path, colo
     return labels
 
 
-def write_overlay(path: Path, labels: np.ndarray, colors: np.ndarray, folder: Path, contract: PixelContract) -> Path:
-    """``NAME_overlay.jpg``: the class colours blended over the image as its contract scales it."""
-    picture = display_rgb(contract.read(path).image.permute(1, 2, 0).numpy())
+def write_overlay(path: Path, labels: np.ndarray, colors: np.ndarray, folder: Path, contract: PixelContract,
+                  area: SceneArea | None = None) -> Path:
+    """``NAME_overlay.jpg``: the class colours blended over the image (or ``area``'s window of it) as its
+    contract scales it."""
+    box = None if area is None else (area.top, area.left, area.height, area.width)
+    picture = display_rgb(contract.read(path, box).image.permute(1, 2, 0).numpy())
     target = folder / f"{path.stem}_overlay.jpg"
     Image.fromarray((0.5 * picture + 0.5 * painted(labels, colors)).astype(np.uint8)).save(target, quality=90)
     return target
@@ -377,6 +398,7 @@ def label_classes(config: SegmentConfig) -> list[str]:
         raise CsptError("--labels needs --scenes (the GeoTIFFs they label)")
     labels = vector_labels_of(config)
     found = vector_classes(labels)
+    check_lies_over(labels, config.scenes)
     named = [c for c in config.class_names or found if c != config.background]
     class_index(labels, named)
     classes = ([config.background] if config.background else []) + named
