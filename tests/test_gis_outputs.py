@@ -326,7 +326,7 @@ def test_geojson_outputs_are_wgs84_as_rfc_7946_requires_and_geopackages_keep_the
         assert [f.properties["class"] for f in web] == [f.properties["class"] for f in native]
 
 
-def test_predicted_detections_are_those_at_the_operating_point_unless_min_score_says_otherwise(tmp_path):
+def test_detection_maps_hold_the_operating_point_s_detections_and_evaluation_files_hold_all(tmp_path):
     import fiona
 
     from cspt.tasks.detect import predict_detector
@@ -340,13 +340,14 @@ def test_predicted_detections_are_those_at_the_operating_point_unless_min_score_
             mapped = [feature["properties"]["score"] for feature in layer]
         return coco, mapped, len((tmp_path / output / "dota" / "good0.txt").read_text().splitlines())
 
-    every, _, _ = written(random_detector(tmp_path / "plain"), "every")
+    every, _, _ = written(random_detector(tmp_path / "plain"), "every", min_score=0.0)
     threshold = float(np.median(every))
     run = random_detector(tmp_path / "chosen", {"threshold": threshold, "chosen_on": "64 training tiles"})
     coco, mapped, lines = written(run, "default")
-    assert 0 < len(coco) < len(every) and min(coco) >= threshold
-    assert sorted(mapped) == pytest.approx(sorted(coco)) and lines == len(coco)
-    assert sorted(written(run, "all", min_score=0.0)[0]) == pytest.approx(sorted(every))
+    assert sorted(coco) == pytest.approx(sorted(every)) and lines == len(every)  # evaluation files: all of them
+    assert 0 < len(mapped) < len(every) and min(mapped) >= threshold
+    assert sorted(mapped) == pytest.approx(sorted(s for s in every if s >= threshold))
+    assert sorted(written(run, "all", min_score=0.0)[1]) == pytest.approx(sorted(every))
 
 
 def test_images_unlike_the_model_s_training_data_are_warned_about_and_still_predicted(random_segmenter, tmp_path):
@@ -478,3 +479,28 @@ def test_a_scene_inside_a_zip_is_read_through_its_gdal_virtual_path(random_segme
         assert written.transform == source.transform and written.crs == source.crs
     url = "/vsicurl/https://example.com/scenes/a.tif"  # pathlib folds the URL's "//"; GDAL is given it back
     assert gdal_name(Path(url)) == url and gdal_name(Path("/data/a.tif")) == "/data/a.tif"
+
+
+def test_an_area_or_output_crs_is_refused_for_a_scene_without_a_crs_and_a_wgs84_box_keeps_its_edges(
+        random_segmenter, tmp_path):
+    from rasterio.warp import transform_bounds
+
+    from cspt.data.aoi import bbox_aoi, scene_area
+    from cspt.errors import SomeInputsFailed
+    from cspt.tasks.segment import predict_segmenter
+
+    located = scene_folder(tmp_path / "scenes", good=1, broken=0) / "good0.tif"
+    with rasterio.open(tmp_path / "scenes" / "plain.tif", "w", driver="GTiff", height=48, width=48, count=3,
+                       dtype="uint8") as dst:
+        dst.write(np.zeros((3, 48, 48), np.uint8))
+    with pytest.raises(SomeInputsFailed, match="1 of 2 images could not be read.*plain.tif"):
+        predict_segmenter(random_segmenter, [str(tmp_path / "scenes")], tmp_path / "maps", device="cpu",
+                          dst_crs="EPSG:3857")
+    assert sorted(p.name for p in (tmp_path / "maps").glob("*.tif")) == ["good0.tif"]
+    with rasterio.open(located) as src:  # a lon/lat box over the middle of the scene, drawn in UTM
+        lon_lat = transform_bounds(src.crs, "EPSG:4326", *src.bounds)
+        transform = src.transform
+    width, height = lon_lat[2] - lon_lat[0], lon_lat[3] - lon_lat[1]
+    box = (lon_lat[0] + width / 4, lon_lat[1] + height / 4, lon_lat[2] - width / 4, lon_lat[3] - height / 4)
+    area = scene_area(bbox_aoi(box, "EPSG:4326"), located)
+    assert area is not None and 0.2 < area.inside.sum() / (48 * 48) < 0.3 and area.transform.a == transform.a

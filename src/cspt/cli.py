@@ -159,8 +159,8 @@ def add_predict_commands(commands: argparse._SubParsersAction) -> None:
     pd.add_argument("--output", required=True, help="folder for detections.json, dota/NAME.txt (and drawn/)")
     pd.add_argument("--draw", action="store_true", help="also write the images with their boxes drawn")
     pd.add_argument("--min-score", type=float, default=None,
-                    help="write (and draw) the detections scoring at least this (default: the operating point "
-                         "chosen on training tiles; 0 keeps every detection the model keeps)")
+                    help="the map outputs and drawings hold the detections scoring at least this (default: the "
+                         "operating point chosen on training tiles, else 0.5); detections.json and dota/ hold all")
     pd.add_argument("--vector-format", default="gpkg", choices=["gpkg", "geojson", "shp"],
                     help="file type of the map-coordinate boxes written for georeferenced scenes")
     pd.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -21,6 +21,9 @@ from rasterio.features import rasterize
 from cspt.data.vector_labels import VectorLabels, all_points, in_scene_crs, read_vector_labels, scene_grid
 from cspt.errors import CsptError
 
+#: points per edge of a --bbox, so that it keeps its shape in another CRS
+EDGE_POINTS = 64
+
 
 @dataclass(frozen=True)
 class SceneArea:
@@ -49,7 +52,10 @@ def bbox_aoi(bbox: Sequence[float], crs: str | None = None) -> VectorLabels:
     if len(bbox) != 4 or not (bbox[0] < bbox[2] and bbox[1] < bbox[3]):
         raise CsptError(f"--bbox {' '.join(map(str, bbox))}: give MINX MINY MAXX MAXY, minima below maxima")
     minx, miny, maxx, maxy = map(float, bbox)
-    ring = [(minx, miny), (maxx, miny), (maxx, maxy), (minx, maxy), (minx, miny)]
+    corners = [(minx, miny), (maxx, miny), (maxx, maxy), (minx, maxy), (minx, miny)]
+    steps = np.linspace(0, 1, EDGE_POINTS, endpoint=False)  # edges stay edges when reprojected (4326 -> UTM)
+    ring = [(x0 + t * (x1 - x0), y0 + t * (y1 - y0)) for (x0, y0), (x1, y1) in zip(corners, corners[1:])
+            for t in steps] + [corners[0]]
     try:
         wkt = CRS.from_user_input(crs).to_wkt() if crs else None
     except Exception:
@@ -58,8 +64,11 @@ def bbox_aoi(bbox: Sequence[float], crs: str | None = None) -> VectorLabels:
 
 
 def scene_area(aoi: VectorLabels, scene: Path) -> SceneArea | None:
-    """Where ``aoi`` lies over ``scene`` (None: nowhere). A box without a CRS is in the scene's own CRS."""
+    """Where ``aoi`` lies over ``scene`` (None: nowhere). A box without a CRS is in the scene's own CRS; a
+    scene that is not a georeferenced raster is refused in one line."""
     grid = scene_grid(scene)
+    if grid.crs is None:
+        raise CsptError(f"{scene}: has no CRS, so an area of interest ({aoi.path}) cannot be placed on it")
     features = aoi.features if aoi.crs is None else in_scene_crs(aoi, scene, grid.crs)
     geometries = [geometry for geometry, _ in features]
     points = np.array([p for geometry in geometries for p in all_points(geometry["coordinates"])], np.float64)

@@ -70,7 +70,8 @@ def georeference_of(path: Path) -> Georeference:
 @dataclass(frozen=True)
 class ClassValues:
     """The pixel value each class has in a written class map: the user's own integer codes when every class
-    name is one (``10``, ``20``, ``100``: land-cover legends), else the class index; and the map's type and
+    name is one, written as a plain non-negative number below 65535 (``10``, ``20``, ``100``: land-cover
+    legends; not ``007``, ``-1`` or ``10.0``), else the class index; and the map's type and
     nodata (uint8 and 255, or uint16 and 65535 for codes above 254)."""
 
     classes: tuple[str, ...]
@@ -79,7 +80,8 @@ class ClassValues:
 
     @classmethod
     def of(cls, classes: Sequence[str]) -> ClassValues:
-        codes = [int(name) if name.isdigit() and str(int(name)) == name else None for name in classes]
+        codes = [int(name) if name.isascii() and name.isdigit() and str(int(name)) == name else None
+                 for name in classes]
         if None in codes or max(codes, default=0) >= 65535:
             return cls(tuple(classes), tuple(range(len(classes))), False)
         return cls(tuple(classes), tuple(codes), True)

@@ -25,7 +25,7 @@ from cspt.config import DetectConfig
 from cspt.data.detection import Annotations, Scene, read_annotations
 from cspt.data.files import find_images
 from cspt.data.georaster import georeference_of, write_boxes
-from cspt.data.images import display_rgb, is_raster
+from cspt.data.images import display_rgb, gdal_name, is_raster
 from cspt.data.pixels import PixelContract
 from cspt.data.scene_tiles import DetectionTiles, collate_tiles, make_tiles, read_window
 from cspt.engine.distributed import all_gather_objects, barrier, resolve_device, shard
@@ -192,20 +192,22 @@ def evaluate_detector(checkpoint: str | Path, annotations: str | None = None, im
 def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str | Path, draw: bool = False,
                      device: str = "auto", min_score: float | None = None, vector_format: str = "gpkg",
                      max_image_pixels: int | None = None) -> Path:
-    """The detections scoring at least ``min_score`` (default: the operating point chosen on the training
-    scenes, else every detection the model keeps): ``detections.json`` (COCO style, with scores, pixel
-    coordinates), ``dota/NAME.txt``, for a georeferenced scene ``NAME.gpkg`` (or ``vector_format``: geojson,
-    shp) of the boxes as polygons in its CRS with class and score, and, with ``draw``, ``drawn/NAME.png``. A
-    scene that cannot be read is named in the log and skipped; the others are written, and then
-    :func:`~cspt.tasks.common.finish_prediction` says what failed."""
+    """Every detection the model keeps, for evaluation tools: ``detections.json`` (COCO style, with scores,
+    pixel coordinates) and ``dota/NAME.txt``; the detections scoring at least ``min_score`` (default: the
+    operating point chosen on the training scenes, else 0.5), for maps and eyes: for a georeferenced scene
+    ``NAME.gpkg`` (or ``vector_format``: geojson, shp) of the boxes as polygons in its CRS with class and
+    score, and, with ``draw``, ``drawn/NAME.png``. A scene that cannot be read is named in the log and
+    skipped; the others are written, and then :func:`~cspt.tasks.common.finish_prediction` says what
+    failed."""
     described = load_detector(checkpoint)
     model, info, _ = described
     contract = described.contract(max_image_pixels)
     chosen_by = ("--min-score" if min_score is not None else "the operating point chosen on the training scenes"
-                 if info.operating_point else "no operating point recorded: every detection the model keeps")
+                 if info.operating_point else "no operating point recorded")
     if min_score is None:
         min_score = operating_threshold(info)
-    log.info("writing the detections scoring %.3f or more (%s)", min_score, chosen_by)
+    log.info("maps and drawings: the detections scoring %.3f or more (%s); detections.json and dota/: every "
+             "detection", min_score, chosen_by)
     torch_device = torch.device(resolve_device(device))
     classes = info.classes
     folder = Path(output)
@@ -220,14 +222,13 @@ def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str 
         try:
             size = contract.info(path)
             found = detect_scene(model, path, size.height, size.width, info, contract, torch_device)
-            kept = found["scores"] >= min_score
-            found = {key: value[kept] for key, value in found.items()}
         except CsptError as err:  # unreadable, or not what the model reads: the next image still runs
             log.warning("skipped image: %s", user_message(err))
             failed.append(path.name)
             remove_stale_outputs(folder, path.stem, ["dota/{}.txt", "drawn/{}.png", *vector_outputs(vector_format)])
             continue
-        coco["images"].append({"id": image_id, "file_name": str(path), "height": size.height, "width": size.width})
+        coco["images"].append({"id": image_id, "file_name": gdal_name(path), "height": size.height,
+                               "width": size.width})
         lines = []
         for box, score, label in zip(found["boxes"].tolist(), found["scores"].tolist(), found["labels"].tolist(),
                                      strict=True):
@@ -238,6 +239,8 @@ def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str 
             lines.append(f"{x1:.1f} {y1:.1f} {x2:.1f} {y1:.1f} {x2:.1f} {y2:.1f} {x1:.1f} {y2:.1f} "
                          f"{classes[label]} {score:.4f}")
         (folder / "dota" / f"{path.stem}.txt").write_text("".join(line + "\n" for line in lines))
+        confident = found["scores"] >= min_score
+        found = {key: value[confident] for key, value in found.items()}
         where = georeference_of(path)
         if where.is_georeferenced:
             target = folder / f"{path.stem}.{vector_format}"
@@ -255,9 +258,9 @@ def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str 
     return finish_prediction(folder, failed, len(paths), "images")
 
 
-def operating_threshold(info: DetectorDescription, default: float = 0.0) -> float:
-    """The operating point chosen on the training scenes (its score threshold), else ``default``."""
-    return (info.operating_point or {}).get("threshold", default)
+def operating_threshold(info: DetectorDescription) -> float:
+    """The score threshold of the operating point chosen on the training scenes, else 0.5."""
+    return (info.operating_point or {}).get("threshold", 0.5)
 
 
 def draw_boxes(image: Path, found: dict[str, torch.Tensor], classes: Sequence[str], target: Path,
@@ -287,9 +290,9 @@ def draw_boxes(image: Path, found: dict[str, torch.Tensor], classes: Sequence[st
 
 def draw_against_labels(scene: Scene, found: dict[str, torch.Tensor], info: DetectorDescription,
                         contract: PixelContract, target: Path) -> Path:
-    """``target``: the scene's detections at the operating point (else scoring 0.5 or more), hits and false
+    """``target``: the scene's detections at the operating point (:func:`operating_threshold`), hits and false
     alarms told apart against its labelled objects, the missed ones outlined."""
-    confident = found["scores"] >= operating_threshold(info, 0.5)
+    confident = found["scores"] >= operating_threshold(info)
     draw_boxes(scene.image, {k: v[confident] for k, v in found.items()}, info.classes, target, contract,
                ground_truth(scene, info.classes, contract))
     return target

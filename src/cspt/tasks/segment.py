@@ -26,7 +26,7 @@ from torch import nn
 from cspt.config import SegmentConfig
 from cspt.data.aoi import SceneArea, output_crs, scene_area
 from cspt.data.files import find_images
-from cspt.data.georaster import ClassValues, reproject_raster, vectorize_classes
+from cspt.data.georaster import ClassValues, georeference_of, reproject_raster, vectorize_classes
 from cspt.data.images import ImageReadError, display_rgb, image_info, is_raster, open_raster
 from cspt.data.pixels import PixelContract
 from cspt.data.segmentation import (
@@ -299,6 +299,8 @@ def predict_segmenter(checkpoint: str | Path, images: Sequence[str], output: str
     values, crs = ClassValues.of(palette.classes), output_crs(dst_crs)
     for path in scenes_progress(paths):
         try:
+            if (aoi is not None or crs is not None) and not georeference_of(path).is_georeferenced:
+                raise CsptError(f"{path}: has no CRS, so --aoi, --bbox and --dst-crs cannot apply to it")
             area = scene_area(aoi, path) if aoi is not None else None
             if aoi is not None and area is None:
                 log.info("%s: outside the area of interest %s, not predicted", path, aoi.path)
