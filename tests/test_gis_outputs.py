@@ -15,6 +15,7 @@ import pytest
 import rasterio
 import torch
 from rasterio.crs import CRS
+from rasterio.enums import ColorInterp
 from rio_cogeo.cogeo import cog_validate
 
 from cspt.data.images import ImageInfo, ImageReadError
@@ -65,6 +66,7 @@ def test_class_maps_are_valid_cogs_that_name_their_classes(scene, tmp_path):
         assert [written.colormap(1)[i][:3] for i in range(len(CLASSES))] == [tuple(map(int, c)) for c in colors]
     with rasterio.open(out / "scene_probabilities.tif") as probabilities:
         assert probabilities.descriptions == tuple(CLASSES) and probabilities.count == len(CLASSES)
+        assert ColorInterp.alpha not in probabilities.colorinterp and ColorInterp.red not in probabilities.colorinterp
         assert (probabilities.read()[:, ~valid] == 255).all()
     assert sorted(p.name for p in out.iterdir()) == ["scene.qml", "scene.tif", "scene.tif.aux.xml",
                                                      "scene_probabilities.tif"]
@@ -271,7 +273,6 @@ def test_a_scene_located_by_control_points_is_said_to_give_pixel_coordinates(tmp
     import logging
 
     from rasterio.control import GroundControlPoint
-    from rasterio.crs import CRS
 
     from cspt.data.georaster import georeference_of
 

@@ -127,7 +127,7 @@ class RasterWriter:
         self.dataset = rasterio.open(self.partial, "w", driver="GTiff", height=height, width=width, count=bands,
                                      dtype=dtype, crs=where.crs, transform=where.transform, nodata=nodata,
                                      tiled=True, blockxsize=256, blockysize=256, compress="deflate",
-                                     BIGTIFF="IF_SAFER")
+                                     BIGTIFF="IF_SAFER", photometric="MINISBLACK")  # bands, not RGB + alpha
         if colors is not None:  # value -> RGB
             self.dataset.write_colormap(1, {value: (*map(int, rgb), 255) for value, rgb in colors.items()})
         if scale is not None:  # a GIS shows the stored levels times the scale
