@@ -118,6 +118,19 @@ def test_scene_classification_evaluation_scores_exactly_the_map_prediction_write
     assert valid.max() <= 254 and np.allclose(valid.sum(0) / 254, 1, atol=0.02)
     with pytest.raises(Exception, match="--stride 50 must lie in 1..40"):
         predict_scene_classes(run, [str(scene)], tmp_path / "gaps", window=40, stride=50, device="cpu")
+    from rasterio.warp import transform_bounds
+
+    from cspt.data.aoi import bbox_aoi
+    with rasterio.open(scene) as src:  # the map of a box over the scene's middle, in lon/lat
+        left, top = src.transform @ (40, 30)
+        right, bottom = src.transform @ (120, 110)
+        crs = src.crs
+    predict_scene_classes(run, [str(scene)], tmp_path / "boxed", window=40, stride=20, blend="cosine", device="cpu",
+                          aoi=bbox_aoi((left, bottom, right, top)), dst_crs="EPSG:4326")
+    with rasterio.open(tmp_path / "boxed" / "scene.tif") as src:
+        assert src.crs.to_epsg() == 4326
+        box = transform_bounds(src.crs, crs, *src.bounds)
+    assert np.allclose(box, (left, bottom, right, top), atol=2.0)  # metres: a few 0.5 m pixels
 
 
 def test_vector_labels_of_two_scenes_with_one_name_stay_apart_and_class_names_must_name_every_class(tmp_path):

@@ -113,6 +113,18 @@ def add_evaluate_commands(commands: argparse._SubParsersAction) -> None:
                     "the labelled objects missed in cyan")
 
 
+def add_map_area_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """``--aoi``/``--bbox``/``--aoi-crs``/``--dst-crs`` of the commands that write class maps."""
+    area = parser.add_mutually_exclusive_group()
+    area.add_argument("--aoi", help=f"{prefix}vector file (GeoPackage, GeoJSON, shapefile; any CRS): predict only "
+                                    "inside its polygons; scenes outside it are not written")
+    area.add_argument("--bbox", nargs=4, type=float, metavar=("MINX", "MINY", "MAXX", "MAXY"),
+                      help=f"{prefix}predict only inside this box, in each scene's CRS or --aoi-crs")
+    parser.add_argument("--aoi-crs", help="CRS of --bbox, e.g. EPSG:4326 (default: each scene's own)")
+    parser.add_argument("--dst-crs", help=f"{prefix}warp the written rasters (and polygons) to this CRS, e.g. "
+                                          "EPSG:3857 (nearest neighbour; default: each scene's own)")
+
+
 def add_predict_commands(commands: argparse._SubParsersAction) -> None:
     """``predict classify|segment|detect``."""
     predict = commands.add_parser("predict", help="predictions of a fine-tuned model on new images")
@@ -129,6 +141,7 @@ def add_predict_commands(commands: argparse._SubParsersAction) -> None:
                     help="with --scene and --stride below --window: how overlapping windows' scores are weighted")
     pr.add_argument("--probabilities", action="store_true",
                     help="with --scene: also write NAME_probabilities.tif (uint8, one band per class)")
+    add_map_area_flags(pr, "with --scene: ")
     add_inference_flags(pr)
     ps = tasks.add_parser("segment", help="class maps: a georeferenced GeoTIFF per TIFF scene (any size), PNG "
                                           "masks for other images")
@@ -144,14 +157,7 @@ def add_predict_commands(commands: argparse._SubParsersAction) -> None:
     ps.add_argument("--vectorize", nargs="?", const="gpkg", choices=["gpkg", "geojson", "shp"],
                     help="also write one polygon per connected class region in the scene's CRS (default gpkg)")
     ps.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
-    area = ps.add_mutually_exclusive_group()
-    area.add_argument("--aoi", help="vector file (GeoPackage, GeoJSON, shapefile; any CRS): predict only inside "
-                                    "its polygons; scenes outside it are not written")
-    area.add_argument("--bbox", nargs=4, type=float, metavar=("MINX", "MINY", "MAXX", "MAXY"),
-                      help="predict only inside this box, in each scene's CRS or --aoi-crs")
-    ps.add_argument("--aoi-crs", help="CRS of --bbox, e.g. EPSG:4326 (default: each scene's own)")
-    ps.add_argument("--dst-crs", help="warp the written rasters and polygons to this CRS, e.g. EPSG:3857 "
-                                      "(nearest neighbour; default: each scene's own)")
+    add_map_area_flags(ps)
     ps.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     pd = tasks.add_parser("detect", help="COCO JSON and DOTA-style txt of whole-scene detections")
     pd.add_argument("--checkpoint", required=True, help="detection run directory or its detector.safetensors")
@@ -370,12 +376,14 @@ def run_predict(args: argparse.Namespace) -> None:
         print(f"wrote {folder}")
         return
     if args.scene:
+        from cspt.data.aoi import area_from_options
         from cspt.tasks.classify import load_classifier, predict_scene_classes
 
         window = args.window or load_classifier(args.checkpoint).info.arch.img_size
         folder = predict_scene_classes(args.checkpoint, args.scene, args.output or "maps", window, args.stride,
                                        args.blend, args.device, args.batch_size, args.probabilities,
-                                       args.max_image_pixels)
+                                       args.max_image_pixels, area_from_options(args.aoi, args.bbox, args.aoi_crs),
+                                       args.dst_crs)
         print(f"wrote {folder}")
         return
     from cspt.tasks.classify import predict_classifier

@@ -24,6 +24,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 from cspt.config import ClassifyConfig, LabelledDataConfig
+from cspt.data.aoi import output_crs
 from cspt.data.classification import (
     LabelledImages,
     LabelledSet,
@@ -36,6 +37,7 @@ from cspt.data.classification import (
 )
 from cspt.data.files import find_images
 from cspt.data.images import read_raw
+from cspt.data.vector_labels import VectorLabels
 from cspt.engine.distributed import DistContext, barrier, is_main_process, resolve_device
 from cspt.engine.inference import Outputs, run_inference
 from cspt.engine.loading import default_num_workers
@@ -65,7 +67,15 @@ from cspt.tasks.common import (
     resolved_encoder_fields,
     start_run,
 )
-from cspt.tasks.maps import MAP_OUTPUTS, qualitative_colors, scene_strips, score_strips, write_class_raster
+from cspt.tasks.maps import (
+    MAP_OUTPUTS,
+    area_to_predict,
+    qualitative_colors,
+    scene_strips,
+    score_strips,
+    warp_class_rasters,
+    write_class_raster,
+)
 from cspt.weights.descriptions import ClassifierDescription
 from cspt.weights.export import write_weights
 from cspt.weights.load import Checkpoint
@@ -271,11 +281,13 @@ def check_scene_windows(window: int, stride: int | None) -> int:
 
 def predict_scene_classes(checkpoint: str | Path, scenes: Sequence[str], output: str | Path, window: int,
                           stride: int | None = None, blend: str = "none", device: str = "auto", batch_size: int = 32,
-                          probabilities: bool = False, max_image_pixels: int | None = None) -> Path:
+                          probabilities: bool = False, max_image_pixels: int | None = None,
+                          aoi: VectorLabels | None = None, dst_crs: str | None = None) -> Path:
     """A class map of every (large) scene: each ``window`` x ``window`` window, resized to the model's input,
     gets one class; written as ``NAME.tif``, georeferenced like the scene, nodata where it has no data (see
     :mod:`cspt.tasks.maps`). With ``stride`` below ``window`` and a smooth ``blend``, overlapping windows'
-    scores are blended."""
+    scores are blended. ``aoi`` and ``dst_crs``: only the area of interest, warped to that CRS (as
+    :func:`~cspt.tasks.segment.predict_segmenter`)."""
     stride = check_scene_windows(window, stride)
     described = load_classifier(checkpoint)
     contract = described.contract(max_image_pixels)
@@ -287,10 +299,16 @@ def predict_scene_classes(checkpoint: str | Path, scenes: Sequence[str], output:
     paths, failed = find_images(list(scenes), exclude=[folder]), []
     check_distinct_names(paths)
     check_prediction_inputs(paths, contract)
+    crs = output_crs(dst_crs)
     for path in scenes_progress(paths):
         try:
-            shape, strips = scene_strips(forward, path, contract, window, stride, blend, batch_size)
-            write_class_raster(strips, path, folder, shape, described.info.classes, colors, probabilities)
+            inside, area = area_to_predict(path, aoi, crs)
+            if not inside:
+                remove_stale_outputs(folder, path.stem, MAP_OUTPUTS)
+                continue
+            shape, strips = scene_strips(forward, path, contract, window, stride, blend, batch_size, area)
+            write_class_raster(strips, path, folder, shape, described.info.classes, colors, probabilities, area)
+            warp_class_rasters(folder, path.stem, crs)
         except CsptError as err:  # unreadable, or not what the model reads: the next scene still runs
             log.warning("skipped scene: %s", user_message(err))
             failed.append(path.name)

@@ -24,9 +24,9 @@ from PIL import Image
 from torch import nn
 
 from cspt.config import SegmentConfig
-from cspt.data.aoi import SceneArea, output_crs, scene_area
+from cspt.data.aoi import SceneArea, output_crs
 from cspt.data.files import find_images
-from cspt.data.georaster import ClassValues, georeference_of, reproject_raster, vectorize_classes
+from cspt.data.georaster import ClassValues, vectorize_classes
 from cspt.data.images import ImageReadError, display_rgb, image_info, is_raster, open_raster
 from cspt.data.pixels import PixelContract
 from cspt.data.segmentation import (
@@ -80,10 +80,12 @@ from cspt.tasks.common import (
 )
 from cspt.tasks.maps import (
     MAP_OUTPUTS,
+    area_to_predict,
     qualitative_colors,
     scene_strips,
     score_strips,
     strip_labels,
+    warp_class_rasters,
     write_class_raster,
 )
 from cspt.weights.descriptions import SegmenterDescription
@@ -299,11 +301,8 @@ def predict_segmenter(checkpoint: str | Path, images: Sequence[str], output: str
     values, crs = ClassValues.of(palette.classes), output_crs(dst_crs)
     for path in scenes_progress(paths):
         try:
-            if (aoi is not None or crs is not None) and not georeference_of(path).is_georeferenced:
-                raise CsptError(f"{path}: has no CRS, so --aoi, --bbox and --dst-crs cannot apply to it")
-            area = scene_area(aoi, path) if aoi is not None else None
-            if aoi is not None and area is None:
-                log.info("%s: outside the area of interest %s, not predicted", path, aoi.path)
+            inside, area = area_to_predict(path, aoi, crs)
+            if not inside:
                 remove_stale_outputs(folder, path.stem, [*MAP_OUTPUTS, *vector_outputs(vectorize)])
                 continue
             size, strips = scene_strips(forward, path, contract, *source_window(info), blend, batch_size, area)
@@ -312,10 +311,7 @@ def predict_segmenter(checkpoint: str | Path, images: Sequence[str], output: str
                 if draw:
                     with open_raster(folder / f"{path.stem}.tif") as written_map:
                         write_overlay(path, values.to_indices(written_map.read(1)), colors, folder, contract, area)
-                if crs is not None:
-                    for written in (folder / f"{path.stem}.tif", folder / f"{path.stem}_probabilities.tif"):
-                        if written.is_file():
-                            reproject_raster(written, crs)
+                warp_class_rasters(folder, path.stem, crs)
                 if vectorize:
                     target = folder / f"{path.stem}.{vectorize}"
                     features = vectorize_classes(folder / f"{path.stem}.tif", target, palette.classes)
