@@ -4,12 +4,14 @@ Writes the demo's embedded pipeline (``cspt.demo.demo_spec``: the same stages, d
 ``seeds: [0, ..., N-1]`` and runs it with ``cspt pipeline`` (each arm at each seed is a chain of its own:
 its pretraining, fine-tuning and evaluation all seeded). Then prints, per seed, the held-out mAP@0.5 of
 each arm, the paired difference (CSPT minus direct) and its mean, standard deviation and 95% interval
-(Student's t), and the spread of one run's difference (2 x the standard deviation of the paired
+(Student's t; with ``--arms random direct cspt`` also the natural source against random
+initialisation), and the spread of one run's difference (2 x the standard deviation of the paired
 differences): the number the demo records in ``src/cspt/recipes/evidence/demo.yaml`` so that its
 verdict on a single run is only as strong as this evidence. Also the held-out MAE loss of stage 2
 before and after, per seed.
 
 Usage: python benchmarks/demo_spread.py [--seeds 4] [--output runs/demo_spread] [--init SOURCE]
+       [--arms random direct cspt]
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--output", default="runs/demo_spread")
     parser.add_argument("--init", help="source checkpoint (default: the demo's)")
+    parser.add_argument("--arms", nargs="+", default=["direct", "cspt"], choices=["random", "direct", "cspt"],
+                        help="add random to measure the natural source against random initialisation too")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    spec = {**demo_spec(args.output, demo_source(args.init)), "seeds": list(range(args.seeds))}
+    spec = {**demo_spec(args.output, demo_source(args.init)), "seeds": list(range(args.seeds)), "arms": args.arms}
     spec.pop("evidence", None)  # this benchmark measures the evidence; it does not judge by it
     run_and_compare(spec, TASK, "map50", "mAP@0.5")
 

@@ -505,3 +505,31 @@ def test_an_area_or_output_crs_is_refused_for_a_scene_without_a_crs_and_a_wgs84_
     box = (lon_lat[0] + width / 4, lon_lat[1] + height / 4, lon_lat[2] - width / 4, lon_lat[3] - height / 4)
     area = scene_area(bbox_aoi(box, "EPSG:4326"), located)
     assert area is not None and 0.2 < area.inside.sum() / (48 * 48) < 0.3 and area.transform.a == transform.a
+
+
+def test_detection_inside_an_area_of_interest_in_another_output_crs(tmp_path):
+    import fiona
+    from rasterio.warp import transform_bounds
+
+    from cspt.data.aoi import bbox_aoi
+    from cspt.tasks.detect import predict_detector
+
+    scene = scene_folder(tmp_path / "scenes", good=1, broken=0) / "good0.tif"
+    run = random_detector(tmp_path / "run")
+    with rasterio.open(scene) as src:
+        left, bottom, right, top = src.bounds
+        crs = src.crs
+    middle = (left + right) / 2  # the western half of the scene: columns 0-23
+    predict_detector(run, [str(scene)], tmp_path / "all", device="cpu", min_score=0.0)
+    predict_detector(run, [str(scene)], tmp_path / "west", device="cpu", min_score=0.0,
+                     aoi=bbox_aoi((left, bottom, middle, top)), dst_crs="EPSG:4326")
+    every = json.loads((tmp_path / "all" / "detections.json").read_text())["annotations"]
+    west = json.loads((tmp_path / "west" / "detections.json").read_text())["annotations"]
+    centres = [a["bbox"][0] + a["bbox"][2] / 2 for a in west]
+    assert 0 < len(west) < len(every) and max(centres) < 24  # scene pixels, centred inside the area
+    with fiona.open(tmp_path / "west" / "good0.gpkg") as layer:
+        assert CRS.from_wkt(layer.crs_wkt).to_epsg() == 4326 and len(layer) == len(west)
+        west_lon, south, east_lon, north = transform_bounds(crs, "EPSG:4326", left, bottom, right, top)
+        for feature in layer:
+            for lon, lat in feature.geometry.coordinates[0]:
+                assert west_lon - 1e-4 < lon < east_lon + 1e-4 and south - 1e-4 < lat < north + 1e-4

@@ -121,8 +121,8 @@ def add_map_area_flags(parser: argparse.ArgumentParser, prefix: str = "") -> Non
     area.add_argument("--bbox", nargs=4, type=float, metavar=("MINX", "MINY", "MAXX", "MAXY"),
                       help=f"{prefix}predict only inside this box, in each scene's CRS or --aoi-crs")
     parser.add_argument("--aoi-crs", help="CRS of --bbox, e.g. EPSG:4326 (default: each scene's own)")
-    parser.add_argument("--dst-crs", help=f"{prefix}warp the written rasters (and polygons) to this CRS, e.g. "
-                                          "EPSG:3857 (nearest neighbour; default: each scene's own)")
+    parser.add_argument("--dst-crs", help=f"{prefix}write the map outputs (rasters warped by nearest neighbour, "
+                                          "polygons, boxes) in this CRS, e.g. EPSG:3857 (default: each scene's own)")
 
 
 def add_predict_commands(commands: argparse._SubParsersAction) -> None:
@@ -169,6 +169,7 @@ def add_predict_commands(commands: argparse._SubParsersAction) -> None:
                          "operating point chosen on training tiles, else 0.5); detections.json and dota/ hold all")
     pd.add_argument("--vector-format", default="gpkg", choices=["gpkg", "geojson", "shp"],
                     help="file type of the map-coordinate boxes written for georeferenced scenes")
+    add_map_area_flags(pd)
     pd.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
 
@@ -360,10 +361,12 @@ def run_evaluate(args: argparse.Namespace) -> None:
 def run_predict(args: argparse.Namespace) -> None:
     """``cspt predict classify|segment|detect``: write a model's predictions and print where."""
     if args.task == "detect":
+        from cspt.data.aoi import area_from_options
         from cspt.tasks.detect import predict_detector
 
         folder = predict_detector(args.checkpoint, args.images, args.output, args.draw, args.device,
-                                  args.min_score, args.vector_format, args.max_image_pixels)
+                                  args.min_score, args.vector_format, args.max_image_pixels,
+                                  area_from_options(args.aoi, args.bbox, args.aoi_crs), args.dst_crs)
         print(f"wrote {folder}")
         return
     if args.task == "segment":

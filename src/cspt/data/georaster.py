@@ -28,6 +28,7 @@ from rasterio.enums import ColorInterp, Resampling
 from rasterio.features import shapes
 from rasterio.transform import xy
 from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_geom
 from rasterio.windows import Window
 
 from cspt.data.images import gdal_env, is_raster, open_raster
@@ -258,14 +259,17 @@ def vectorize_classes(raster: Path, output: Path, classes: Sequence[str]) -> int
 
 
 def write_boxes(output: Path, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, classes: Sequence[str],
-                where: Georeference) -> int:
-    """Pixel boxes ``(N, 4)`` (x1, y1, x2, y2) as map-coordinate polygons with class and score."""
+                where: Georeference, crs: CRS | None = None) -> int:
+    """Pixel boxes ``(N, 4)`` (x1, y1, x2, y2) as map-coordinate polygons with class and score, in the scene's
+    CRS or reprojected to ``crs``."""
+    target = crs or where.crs
     schema = {"geometry": "Polygon", "properties": {"class": "str", "score": "float"}}
-    with fiona.open(output, "w", driver=vector_driver(output), crs=where.crs.to_wkt() if where.crs else None,
-                    schema=schema, **layer_options(output, where.crs)) as sink:
+    with fiona.open(output, "w", driver=vector_driver(output), crs=target.to_wkt() if target else None,
+                    schema=schema, **layer_options(output, target)) as sink:
         for (x1, y1, x2, y2), label, score in zip(boxes.tolist(), labels.tolist(), scores.tolist(), strict=True):
             xs, ys = [x1, x2, x2, x1, x1], [y1, y1, y2, y2, y1]
-            ring = list(zip(*xy(where.transform, ys, xs, offset="ul")))
-            sink.write({"geometry": {"type": "Polygon", "coordinates": [ring]},
-                        "properties": {"class": classes[int(label)], "score": float(score)}})
+            polygon = {"type": "Polygon", "coordinates": [list(zip(*xy(where.transform, ys, xs, offset="ul")))]}
+            if crs is not None:
+                polygon = transform_geom(where.crs, crs, polygon)
+            sink.write({"geometry": polygon, "properties": {"class": classes[int(label)], "score": float(score)}})
     return len(boxes)

@@ -22,12 +22,14 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from cspt.config import DetectConfig
+from cspt.data.aoi import SceneArea, output_crs
 from cspt.data.detection import Annotations, Scene, read_annotations
 from cspt.data.files import find_images
 from cspt.data.georaster import georeference_of, write_boxes
 from cspt.data.images import display_rgb, gdal_name, is_raster
-from cspt.data.pixels import PixelContract
+from cspt.data.pixels import PixelContract, Pixels
 from cspt.data.scene_tiles import DetectionTiles, collate_tiles, make_tiles, read_window
+from cspt.data.vector_labels import VectorLabels
 from cspt.engine.distributed import all_gather_objects, barrier, resolve_device, shard
 from cspt.engine.optim import param_groups_layer_decay
 from cspt.engine.progress import scenes_progress
@@ -55,6 +57,7 @@ from cspt.tasks.common import (
     start_run,
     vector_outputs,
 )
+from cspt.tasks.maps import area_to_predict
 from cspt.weights.descriptions import DetectorDescription
 from cspt.weights.export import write_sidecar, write_weights
 from cspt.weights.load import Checkpoint
@@ -89,16 +92,29 @@ def as_detections(found: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def detect_scene(model: nn.Module, image: Path, height: int, width: int, info: DetectorDescription,
-                 contract: PixelContract, device: torch.device,
-                 autocast: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Boxes (scene pixels), scores and 0-based class indices of a whole scene, by sliding windows read
-    one by one through ``contract`` (windows without data are not run; their pixels without data are
-    at the normalised zero); evaluation and prediction both run this."""
+                 contract: PixelContract, device: torch.device, autocast: torch.dtype | None = None,
+                 area: SceneArea | None = None) -> dict[str, torch.Tensor]:
+    """Boxes (scene pixels), scores and 0-based class indices of a whole scene (or of ``area`` of it: its
+    pixels outside the area read as pixels without data, boxes centred outside it dropped), by sliding
+    windows read one by one through ``contract`` (windows without data are not run; their pixels without
+    data are at the normalised zero); evaluation and prediction both run this."""
     size = info.tile_size
     nothing = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
+    top0, left0, rows, cols = (0, 0, height, width) if area is None else (area.top, area.left, area.height,
+                                                                           area.width)
+
+    def read(top: int, left: int) -> Pixels:
+        window = read_window(contract, image, top0 + rows, left0 + cols, top0 + top, left0 + left, size)
+        if area is None:
+            return window
+        inside = torch.zeros(size, size, dtype=torch.bool)
+        part = torch.from_numpy(area.inside[top:top + size, left:left + size])
+        inside[:part.shape[0], :part.shape[1]] = part
+        valid = window.valid & inside
+        return Pixels(contract.fill(window.image, valid), valid)
 
     def predict(offsets: list[tuple[int, int]]) -> list[dict]:
-        windows = [read_window(contract, image, height, width, top, left, size) for top, left in offsets]
+        windows = [read(top, left) for top, left in offsets]
         with_data = [bool(window.valid.any()) for window in windows]
         inputs = [window.image.to(device) for window, valid in zip(windows, with_data, strict=True) if valid]
         if not inputs:
@@ -108,7 +124,14 @@ def detect_scene(model: nn.Module, image: Path, height: int, width: int, info: D
         return [as_detections(next(found)) if valid else nothing for valid in with_data]
 
     model.eval()
-    return sliding_window_detections(predict, height, width, size, info.tile_overlap, info.nms_iou)
+    found = sliding_window_detections(predict, rows, cols, size, info.tile_overlap, info.nms_iou)
+    if area is not None:
+        centres = ((found["boxes"][:, :2] + found["boxes"][:, 2:]) / 2).long()
+        columns, lines = centres[:, 0].clamp(0, cols - 1), centres[:, 1].clamp(0, rows - 1)
+        kept = torch.from_numpy(area.inside)[lines, columns]
+        found = {key: value[kept] for key, value in found.items()}
+        found["boxes"] = found["boxes"] + torch.tensor([left0, top0, left0, top0], dtype=found["boxes"].dtype)
+    return found
 
 
 def ground_truth(scene: Scene, classes: Sequence[str],
@@ -191,14 +214,16 @@ def evaluate_detector(checkpoint: str | Path, annotations: str | None = None, im
 
 def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str | Path, draw: bool = False,
                      device: str = "auto", min_score: float | None = None, vector_format: str = "gpkg",
-                     max_image_pixels: int | None = None) -> Path:
+                     max_image_pixels: int | None = None, aoi: VectorLabels | None = None,
+                     dst_crs: str | None = None) -> Path:
     """Every detection the model keeps, for evaluation tools: ``detections.json`` (COCO style, with scores,
     pixel coordinates) and ``dota/NAME.txt``; the detections scoring at least ``min_score`` (default: the
     operating point chosen on the training scenes, else 0.5), for maps and eyes: for a georeferenced scene
     ``NAME.gpkg`` (or ``vector_format``: geojson, shp) of the boxes as polygons in its CRS with class and
-    score, and, with ``draw``, ``drawn/NAME.png``. A scene that cannot be read is named in the log and
-    skipped; the others are written, and then :func:`~cspt.tasks.common.finish_prediction` says what
-    failed."""
+    score, and, with ``draw``, ``drawn/NAME.png``. With ``aoi``, only the detections centred inside the area of
+    interest; with ``dst_crs``, the map outputs in that CRS (pixel outputs stay in scene pixels). A scene
+    that cannot be read is named in the log and skipped; the others are written, and then
+    :func:`~cspt.tasks.common.finish_prediction` says what failed."""
     described = load_detector(checkpoint)
     model, info, _ = described
     contract = described.contract(max_image_pixels)
@@ -218,14 +243,19 @@ def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str 
     paths, failed = find_images(list(images), exclude=[folder]), []
     check_distinct_names(paths)
     check_prediction_inputs(paths, contract)
+    crs, stale = output_crs(dst_crs), ["dota/{}.txt", "drawn/{}.png", *vector_outputs(vector_format)]
     for image_id, path in scenes_progress(enumerate(paths, 1), len(paths)):
         try:
+            inside, area = area_to_predict(path, aoi, crs)
+            if not inside:
+                remove_stale_outputs(folder, path.stem, stale)
+                continue
             size = contract.info(path)
-            found = detect_scene(model, path, size.height, size.width, info, contract, torch_device)
+            found = detect_scene(model, path, size.height, size.width, info, contract, torch_device, area=area)
         except CsptError as err:  # unreadable, or not what the model reads: the next image still runs
             log.warning("skipped image: %s", user_message(err))
             failed.append(path.name)
-            remove_stale_outputs(folder, path.stem, ["dota/{}.txt", "drawn/{}.png", *vector_outputs(vector_format)])
+            remove_stale_outputs(folder, path.stem, stale)
             continue
         coco["images"].append({"id": image_id, "file_name": gdal_name(path), "height": size.height,
                                "width": size.width})
@@ -245,8 +275,8 @@ def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str 
         if where.is_georeferenced:
             target = folder / f"{path.stem}.{vector_format}"
             write_boxes(target, found["boxes"].numpy(), found["labels"].numpy(), found["scores"].numpy(), classes,
-                        where)
-            log.info("%s: %d boxes in %s", target, len(found["boxes"]), where.crs)
+                        where, crs)
+            log.info("%s: %d boxes in %s", target, len(found["boxes"]), crs or where.crs)
         elif is_raster(path):
             log.warning("%s has no CRS: its boxes are in detections.json and dota/ in pixel coordinates only, "
                         "with no %s on the map", path, vector_format)
