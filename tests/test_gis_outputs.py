@@ -533,3 +533,20 @@ def test_detection_inside_an_area_of_interest_in_another_output_crs(tmp_path):
         for feature in layer:
             for lon, lat in feature.geometry.coordinates[0]:
                 assert west_lon - 1e-4 < lon < east_lon + 1e-4 and south - 1e-4 < lat < north + 1e-4
+
+
+def test_an_internal_mask_marks_pixels_without_data_as_alpha_does(random_segmenter, tmp_path):
+    from cspt.tasks.segment import predict_segmenter
+
+    scene = scene_folder(tmp_path / "scenes", good=1, broken=0) / "good0.tif"
+    masked = tmp_path / "masked" / "masked.tif"
+    masked.parent.mkdir()
+    keep = np.full((48, 48), 255, np.uint8)
+    keep[:, :12] = 0  # a western strip GDAL's internal mask says holds no data
+    with rasterio.open(scene) as src, rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(masked, "w", **src.profile) as dst:
+            dst.write(src.read())
+            dst.write_mask(keep)
+    predict_segmenter(random_segmenter, [str(masked)], tmp_path / "maps", device="cpu")
+    with rasterio.open(tmp_path / "maps" / "masked.tif") as written:
+        assert np.array_equal(written.read(1) == 255, keep == 0)
