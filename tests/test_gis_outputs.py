@@ -512,6 +512,7 @@ def test_detection_inside_an_area_of_interest_in_another_output_crs(tmp_path):
     from rasterio.warp import transform_bounds
 
     from cspt.data.aoi import bbox_aoi
+    from cspt.errors import CsptError
     from cspt.tasks.detect import predict_detector
 
     scene = scene_folder(tmp_path / "scenes", good=1, broken=0) / "good0.tif"
@@ -521,8 +522,10 @@ def test_detection_inside_an_area_of_interest_in_another_output_crs(tmp_path):
         crs = src.crs
     middle = (left + right) / 2  # the western half of the scene: columns 0-23
     predict_detector(run, [str(scene)], tmp_path / "all", device="cpu", min_score=0.0)
-    predict_detector(run, [str(scene)], tmp_path / "west", device="cpu", min_score=0.0,
-                     aoi=bbox_aoi((left, bottom, middle, top)), dst_crs="EPSG:4326")
+    elsewhere = write_geotiff(tmp_path / "scenes" / "elsewhere.tif", np.zeros((3, 48, 48), np.uint8),
+                              crs="EPSG:32633")
+    predict_detector(run, [str(scene), str(elsewhere)], tmp_path / "west", device="cpu", min_score=0.0,
+                     aoi=bbox_aoi((left, bottom, middle, top), crs.to_string()), dst_crs="EPSG:4326")  # one is outside
     every = json.loads((tmp_path / "all" / "detections.json").read_text())["annotations"]
     west = json.loads((tmp_path / "west" / "detections.json").read_text())["annotations"]
     centres = [a["bbox"][0] + a["bbox"][2] / 2 for a in west]
@@ -533,6 +536,13 @@ def test_detection_inside_an_area_of_interest_in_another_output_crs(tmp_path):
         for feature in layer:
             for lon, lat in feature.geometry.coordinates[0]:
                 assert west_lon - 1e-4 < lon < east_lon + 1e-4 and south - 1e-4 < lat < north + 1e-4
+    assert not (tmp_path / "west" / "elsewhere.gpkg").exists()
+    predict_detector(run, [str(elsewhere)], tmp_path / "west", device="cpu",
+                     aoi=bbox_aoi((left, bottom, middle, top), crs.to_string()))
+    assert not (tmp_path / "west" / "detections.json").exists()  # nothing predicted: no earlier run's detections
+    with pytest.raises(CsptError, match="GeoJSON outputs are WGS84"):
+        predict_detector(run, [str(scene)], tmp_path / "web", device="cpu", vector_format="geojson",
+                         dst_crs="EPSG:3857")
 
 
 def test_an_internal_mask_marks_pixels_without_data_as_alpha_does(random_segmenter, tmp_path):

@@ -391,6 +391,8 @@ def run_predict(args: argparse.Namespace) -> None:
         return
     from cspt.tasks.classify import predict_classifier
 
+    if args.aoi or args.bbox or args.dst_crs:
+        raise CsptError("--aoi, --bbox and --dst-crs make class maps of --scene inputs; --images gets a CSV")
     path = predict_classifier(args.checkpoint, args.images, args.output or "predictions.csv", args.batch_size,
                               args.device, args.num_workers, args.max_image_pixels)
     print(f"wrote {path}")

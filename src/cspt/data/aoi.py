@@ -95,9 +95,14 @@ def area_from_options(aoi: str | None = None, bbox: Sequence[float] | None = Non
     return read_aoi(aoi) if aoi else bbox_aoi(bbox, aoi_crs) if bbox else None
 
 
-def output_crs(crs: str | None) -> CRS | None:
-    """``--dst-crs`` as a rasterio CRS; a one-line error when rasterio does not know it."""
+def output_crs(crs: str | None, vector_format: str | None = None) -> CRS | None:
+    """``--dst-crs`` as a rasterio CRS; a one-line error when rasterio does not know it, or when the vector
+    outputs are GeoJSON, which RFC 7946 keeps in WGS84 longitude/latitude."""
     try:
-        return CRS.from_user_input(crs) if crs else None
+        found = CRS.from_user_input(crs) if crs else None
     except Exception:
         raise CsptError(f"--dst-crs {crs}: not a CRS rasterio knows (try EPSG:4326 or EPSG:32633)") from None
+    if found is not None and vector_format in ("geojson", "json") and found.to_epsg() != 4326:
+        raise CsptError(f"--dst-crs {crs}: GeoJSON outputs are WGS84 longitude/latitude (RFC 7946); choose gpkg or "
+                        "shp for another CRS")
+    return found

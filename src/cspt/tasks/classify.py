@@ -300,10 +300,12 @@ def predict_scene_classes(checkpoint: str | Path, scenes: Sequence[str], output:
     check_distinct_names(paths)
     check_prediction_inputs(paths, contract)
     crs = output_crs(dst_crs)
+    outside = 0
     for path in scenes_progress(paths):
         try:
             inside, area = area_to_predict(path, aoi, crs)
             if not inside:
+                outside += 1
                 remove_stale_outputs(folder, path.stem, MAP_OUTPUTS)
                 continue
             shape, strips = scene_strips(forward, path, contract, window, stride, blend, batch_size, area)
@@ -315,7 +317,7 @@ def predict_scene_classes(checkpoint: str | Path, scenes: Sequence[str], output:
             remove_stale_outputs(folder, path.stem, MAP_OUTPUTS)
             continue
         log.info("%s: class map of %d x %d px windows written to %s", path, window, window, folder)
-    return finish_prediction(folder, failed, len(paths), "scenes")
+    return finish_prediction(folder, failed, len(paths), "scenes", outside)
 
 
 def evaluate_scene_classes(checkpoint: str | Path, scenes: Sequence[str], masks: Sequence[str], window: int,

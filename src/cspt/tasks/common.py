@@ -394,10 +394,15 @@ def remove_stale_outputs(folder: Path, stem: str, patterns: Sequence[str]) -> No
         (folder / pattern.format(stem)).unlink(missing_ok=True)
 
 
-def finish_prediction(output: Path, failed: Sequence[str], total: int, what: str = "inputs") -> Path:
-    """``output`` when every one of ``total`` inputs was predicted; otherwise the failure in one line: nothing
-    readable (:class:`CsptError`), or some inputs failed while the others are written (:class:`SomeInputsFailed`,
-    the command line's exit status 3)."""
+def finish_prediction(output: Path, failed: Sequence[str], total: int, what: str = "inputs",
+                      outside: int = 0) -> Path:
+    """``output`` when every one of ``total`` inputs was predicted (but the ``outside`` an area of interest,
+    said in the log and not counted); otherwise the failure in one line: nothing readable (:class:`CsptError`),
+    or some inputs failed while the others are written (:class:`SomeInputsFailed`, the command line's exit
+    status 3)."""
+    if outside:
+        log.info("%d of the %d %s lie outside the area of interest: not predicted", outside, total, what)
+        total -= outside
     if failed and len(failed) == total:
         raise CsptError(f"none of the {total} {what} could be read (each named above); nothing written to {output}")
     if failed:

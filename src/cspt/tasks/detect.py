@@ -243,11 +243,13 @@ def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str 
     paths, failed = find_images(list(images), exclude=[folder]), []
     check_distinct_names(paths)
     check_prediction_inputs(paths, contract)
-    crs, stale = output_crs(dst_crs), ["dota/{}.txt", "drawn/{}.png", *vector_outputs(vector_format)]
+    crs, stale = output_crs(dst_crs, vector_format), ["dota/{}.txt", "drawn/{}.png", *vector_outputs(vector_format)]
+    outside = 0
     for image_id, path in scenes_progress(enumerate(paths, 1), len(paths)):
         try:
             inside, area = area_to_predict(path, aoi, crs)
             if not inside:
+                outside += 1
                 remove_stale_outputs(folder, path.stem, stale)
                 continue
             size = contract.info(path)
@@ -285,7 +287,9 @@ def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str 
     if coco["images"]:
         (folder / "detections.json").write_text(json.dumps(coco) + "\n")
         log.info("%d detections in %d images", len(coco["annotations"]), len(coco["images"]))
-    return finish_prediction(folder, failed, len(paths), "images")
+    else:  # an earlier run's detections are not this run's
+        (folder / "detections.json").unlink(missing_ok=True)
+    return finish_prediction(folder, failed, len(paths), "images", outside)
 
 
 def operating_threshold(info: DetectorDescription) -> float:

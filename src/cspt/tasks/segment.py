@@ -298,11 +298,13 @@ def predict_segmenter(checkpoint: str | Path, images: Sequence[str], output: str
     paths, failed = find_images(list(images), exclude=[folder]), []
     check_distinct_names(paths)
     check_prediction_inputs(paths, contract)
-    values, crs = ClassValues.of(palette.classes), output_crs(dst_crs)
+    values, crs = ClassValues.of(palette.classes), output_crs(dst_crs, vectorize)
+    outside = 0
     for path in scenes_progress(paths):
         try:
             inside, area = area_to_predict(path, aoi, crs)
             if not inside:
+                outside += 1
                 remove_stale_outputs(folder, path.stem, [*MAP_OUTPUTS, *vector_outputs(vectorize)])
                 continue
             size, strips = scene_strips(forward, path, contract, *source_window(info), blend, batch_size, area)
@@ -324,8 +326,8 @@ def predict_segmenter(checkpoint: str | Path, images: Sequence[str], output: str
             log.warning("skipped image: %s", user_message(err))
             failed.append(path.name)
             remove_stale_outputs(folder, path.stem, [*MAP_OUTPUTS, *vector_outputs(vectorize)])
-    log.info("wrote class maps of %d images to %s", len(paths) - len(failed), folder)
-    return finish_prediction(folder, failed, len(paths), "images")
+    log.info("wrote class maps of %d images to %s", len(paths) - len(failed) - outside, folder)
+    return finish_prediction(folder, failed, len(paths), "images", outside)
 
 
 def painted(labels: np.ndarray, colors: np.ndarray) -> np.ndarray:
