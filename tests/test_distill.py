@@ -22,7 +22,8 @@ def test_each_visible_patch_is_compared_with_the_teachers_token_of_the_same_patc
     guide = torch.randn(3, 16, 24)
     ids_shuffle = masking_order(torch.rand(3, 16))
     seen = {}
-    monkeypatch.setattr(distill, "feature_loss", lambda p, t, kind: seen.update(p=p, t=t) or (p - p).sum())
+    monkeypatch.setattr(distill, "feature_loss",
+                        lambda p, t, kind, weights=None: seen.update(p=p, t=t) or (p - p).sum())
     model(images, ids_shuffle=ids_shuffle, teacher_tokens=guide)
     keep = ids_shuffle[:, :4]  # 16 patches at mask 0.75: the first 4 of the order are visible
     assert torch.equal(seen["t"], torch.stack([guide[b, keep[b]] for b in range(3)]))
@@ -31,6 +32,26 @@ def test_each_visible_patch_is_compared_with_the_teachers_token_of_the_same_patc
     model.target = "pooled"
     model(images, ids_shuffle=ids_shuffle, teacher_tokens=guide)
     assert torch.allclose(seen["t"], guide.mean(1)) and seen["p"].shape == (3, 24)
+
+
+@pytest.mark.parametrize("target", ["tokens", "pooled"])
+def test_patches_without_data_take_no_part_in_the_distillation(target):
+    torch.manual_seed(0)
+    model = TeacherGuidedMAE(TINY_ARCH, teacher_dim=24, target=target).eval()
+    images, guide = torch.randn(3, 3, 32, 32), torch.randn(3, 16, 24)
+    ids_shuffle = masking_order(torch.rand(3, 16))
+    valid = torch.ones(3, 32, 32, dtype=torch.bool)
+    valid[:, :, :16] = False  # the western half of every image holds no data: patch columns 0-1 of 4
+    model(images, ids_shuffle=ids_shuffle, valid=valid, teacher_tokens=guide)
+    first = model.last_parts["distill"]
+    without_data = torch.zeros(16, dtype=torch.bool).view(4, 4)
+    without_data[:, :2] = True
+    changed = guide.clone()
+    changed[:, without_data.flatten()] += 100.0  # what the teacher says there must not matter
+    model(images, ids_shuffle=ids_shuffle, valid=valid, teacher_tokens=changed)
+    assert torch.allclose(model.last_parts["distill"], first, atol=1e-6)
+    model(images, ids_shuffle=ids_shuffle, teacher_tokens=changed)  # without the mask, it does
+    assert not torch.allclose(model.last_parts["distill"], first, atol=1e-3)
 
 
 def test_the_student_and_projector_learn_to_match_a_frozen_teacher_which_is_never_saved():

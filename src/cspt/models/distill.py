@@ -23,12 +23,18 @@ TARGETS = ("tokens", "pooled")
 LOSSES = ("cosine", "smooth_l1")
 
 
-def feature_loss(predicted: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """Negative cosine (as 1 - cos, averaged) or smooth L1 between projected student and teacher features."""
+def feature_loss(predicted: torch.Tensor, target: torch.Tensor, kind: str,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Negative cosine (as 1 - cos) or smooth L1 between projected student and teacher features, averaged over
+    the features (``...``, D), or over those with ``weights`` 1 (the patches with data)."""
     predicted, target = predicted.float(), target.float()
     if kind == "cosine":
-        return 1 - F.cosine_similarity(predicted, target, dim=-1).mean()
-    return F.smooth_l1_loss(predicted, target)
+        per_feature = 1 - F.cosine_similarity(predicted, target, dim=-1)
+    else:
+        per_feature = F.smooth_l1_loss(predicted, target, reduction="none").mean(-1)
+    if weights is None:
+        return per_feature.mean()
+    return (per_feature * weights).sum() / weights.sum().clamp(min=1)
 
 
 class TeacherGuidedMAE(MaskedAutoencoderViT):
@@ -36,7 +42,8 @@ class TeacherGuidedMAE(MaskedAutoencoderViT):
 
     ``target``: ``tokens`` compares each visible patch's feature with the teacher's feature
     of the same patch; ``pooled`` compares the mean of the visible tokens with the mean of
-    all the teacher's tokens. ``block``: the encoder block whose output is compared (None:
+    all the teacher's tokens. With a valid mask, patches mostly without data take part in
+    neither, as in the reconstruction loss. ``block``: the encoder block whose output is compared (None:
     the last one, after the final norm).
     """
 
@@ -75,15 +82,26 @@ class TeacherGuidedMAE(MaskedAutoencoderViT):
         reconstruction = self.forward_loss(images, pred, mask, valid)
         student = (self._captured if self.block is not None else tokens)[:, self.num_prefix_tokens:]
         self._captured = None
+        keep = ids_shuffle[:, :student.shape[1]]
+        # patches mostly without data are compared neither as tokens nor inside the pooled means
+        with_data = torch.ones(teacher_tokens.shape[:2], device=images.device) if valid is None else \
+            self.scored_patches(valid)
+        visible = with_data.gather(1, keep)
         if self.target == "pooled":
-            predicted, target = self.distill_head(student.mean(1)), teacher_tokens.mean(1)
+            predicted = self.distill_head(masked_mean(student, visible))
+            target, weights = masked_mean(teacher_tokens, with_data), (visible.sum(1) > 0).float()
         else:
-            keep = ids_shuffle[:, :student.shape[1]].unsqueeze(-1)
             predicted = self.distill_head(student)
-            target = teacher_tokens.gather(1, keep.expand(-1, -1, teacher_tokens.shape[-1]))
-        distill = feature_loss(predicted, target, self.loss_kind)
+            target = teacher_tokens.gather(1, keep.unsqueeze(-1).expand(-1, -1, teacher_tokens.shape[-1]))
+            weights = visible
+        distill = feature_loss(predicted, target, self.loss_kind, None if valid is None else weights)
         self.last_parts = {"reconstruction": reconstruction.detach(), "distill": distill.detach()}
         return reconstruction + self.weight * distill, pred, mask
+
+
+def masked_mean(tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The mean of ``tokens`` ``(B, L, D)`` over the positions with ``weights`` ``(B, L)`` 1."""
+    return (tokens * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp(min=1)
 
 
 @torch.no_grad()
