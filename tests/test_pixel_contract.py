@@ -168,6 +168,22 @@ def test_every_default_recipe_s_samples_on_real_kinds_of_rasters(kinds, kind, tm
         check_sample(tile["image"], tile["valid"], f"{kind}: detect seed {seed}", normalised=False, contract=contract)
 
 
+def test_detection_never_trains_on_objects_over_pixels_without_data(tmp_path):
+    from tests.conftest import write_geotiff
+
+    pixels = np.full((3, 64, 64), 500, np.int16)
+    pixels[:, :, :32] = -9999  # the western half holds no data
+    path = write_geotiff(tmp_path / "half.tif", pixels, nodata=-9999)
+    boxes = np.array([[4, 10, 20, 26], [40, 10, 56, 26], [24, 40, 44, 56]], np.float32)  # nodata, data, 60% data
+    scene = Scene(path, 64, 64, boxes, ["over nodata", "over data", "mostly data"], np.zeros(3, bool))
+    contract = PixelContract((0.5,) * 3, (0.25,) * 3, low=(0.0,) * 3, high=(1000 / 32767,) * 3)
+    classes = ["over nodata", "over data", "mostly data"]
+    tiles = DetectionTiles([scene], make_tiles([scene], 64, 0, contract=contract), classes, 64, contract,
+                           augment=False)
+    taught = tiles[(0, 0)]["target"]
+    assert [classes[i - 1] for i in taught["labels"].tolist()] == ["over data", "mostly data"]
+
+
 def test_segmentation_never_trains_on_pixels_without_data(kinds, tmp_path):
     path, contract = kinds["int16 with -9999 borders"]
     from PIL import Image

@@ -2,11 +2,13 @@
 
 A scene larger than the tile is cut into overlapping tiles; boxes are clipped to each
 tile and remnants showing less than ``min_visible`` of their object are dropped. Tiles
-without objects are sub-sampled. Difficult objects are left out of training targets.
+without objects are sub-sampled. Difficult objects are left out of training targets, and so
+are objects mostly over pixels without data (evaluation counts those as difficult).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +77,14 @@ def read_window(contract: PixelContract, image: Path, height: int, width: int, t
     return pad_to(contract.read(image, (top, left, rows, cols)), size, size, contract.mean_tensor)
 
 
+def mostly_valid(valid: torch.Tensor, box: Sequence[float]) -> bool:
+    """Whether at least half of the pixels under ``box`` (x1, y1, x2, y2 in ``valid``'s pixels) hold data: the
+    rule evaluation uses to count an object as difficult."""
+    x1, y1, x2, y2 = box
+    left, top = int(x1), int(y1)
+    return bool(valid[top:max(top + 1, math.ceil(y2)), left:max(left + 1, math.ceil(x2))].float().mean() >= 0.5)
+
+
 class DetectionTiles(Dataset):
     """Training tiles indexed by ``(index, seed)``: image, valid mask and torchvision target.
 
@@ -110,6 +120,9 @@ class DetectionTiles(Dataset):
         scene = self.scenes[tile.scene]
         pixels = read_window(self.contract, scene.image, scene.height, scene.width, tile.top, tile.left, self.size)
         boxes, labels = tile_targets(scene, tile.top, tile.left, self.size, self.min_visible)
+        if len(boxes) and not bool(pixels.valid.all()):  # objects mostly over pixels without data: not taught
+            with_data = np.array([mostly_valid(pixels.valid, box) for box in boxes.tolist()], dtype=bool)
+            boxes, labels = boxes[with_data], [label for label, keep in zip(labels, with_data, strict=True) if keep]
         target = {"boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY",
                                                     canvas_size=(self.size, self.size)),
                   "labels": torch.tensor([self.class_index[label] for label in labels], dtype=torch.long)}
