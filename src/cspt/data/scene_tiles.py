@@ -77,12 +77,21 @@ def read_window(contract: PixelContract, image: Path, height: int, width: int, t
     return pad_to(contract.read(image, (top, left, rows, cols)), size, size, contract.mean_tensor)
 
 
-def mostly_valid(valid: torch.Tensor, box: Sequence[float]) -> bool:
-    """Whether at least half of the pixels under ``box`` (x1, y1, x2, y2 in ``valid``'s pixels) hold data: the
-    rule evaluation uses to count an object as difficult."""
+#: the share of the pixels under an object's box that must hold data for it to be taught and scored
+MIN_VALID_SHARE = 0.5
+
+
+def box_window(box: Sequence[float]) -> tuple[int, int, int, int]:
+    """The pixel window ``(top, left, height, width)`` under a box ``(x1, y1, x2, y2)``: one pixel at least."""
     x1, y1, x2, y2 = box
     left, top = int(x1), int(y1)
-    return bool(valid[top:max(top + 1, math.ceil(y2)), left:max(left + 1, math.ceil(x2))].float().mean() >= 0.5)
+    return top, left, max(1, math.ceil(y2) - top), max(1, math.ceil(x2) - left)
+
+
+def mostly_valid(valid: np.ndarray) -> bool:
+    """Whether an object's box holds data (``valid``: the mask of its :func:`box_window`): training teaches
+    only such objects, and evaluation counts the others as difficult."""
+    return float(valid.mean()) >= MIN_VALID_SHARE
 
 
 class DetectionTiles(Dataset):
@@ -121,7 +130,9 @@ class DetectionTiles(Dataset):
         pixels = read_window(self.contract, scene.image, scene.height, scene.width, tile.top, tile.left, self.size)
         boxes, labels = tile_targets(scene, tile.top, tile.left, self.size, self.min_visible)
         if len(boxes) and not bool(pixels.valid.all()):  # objects mostly over pixels without data: not taught
-            with_data = np.array([mostly_valid(pixels.valid, box) for box in boxes.tolist()], dtype=bool)
+            windows = [box_window(box) for box in boxes.tolist()]
+            with_data = np.array([mostly_valid(pixels.valid[top:top + h, left:left + w].numpy())
+                                  for top, left, h, w in windows], dtype=bool)
             boxes, labels = boxes[with_data], [label for label, keep in zip(labels, with_data, strict=True) if keep]
         target = {"boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY",
                                                     canvas_size=(self.size, self.size)),

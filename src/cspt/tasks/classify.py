@@ -24,7 +24,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 from cspt.config import ClassifyConfig, LabelledDataConfig
-from cspt.data.aoi import output_crs
+from cspt.data.aoi import SceneArea, output_crs
 from cspt.data.classification import (
     LabelledImages,
     LabelledSet,
@@ -45,7 +45,7 @@ from cspt.engine.optim import param_groups_layer_decay
 from cspt.engine.progress import scenes_progress
 from cspt.engine.run_dir import has_checkpoint
 from cspt.engine.trainer import Trainer, resolve_precision
-from cspt.errors import CsptError, user_message
+from cspt.errors import CsptError
 from cspt.metrics import classification_metrics, segmentation_metrics, write_confusion_csv
 from cspt.models.classifier import NOT_FOR_CLASSIFIER, build_classifier
 from cspt.plots import plot_confusion
@@ -54,7 +54,6 @@ from cspt.tasks.common import (
     DescribedModel,
     FineTuneTask,
     arch_of,
-    check_distinct_names,
     check_normalisation,
     check_prediction_inputs,
     contract_of,
@@ -63,13 +62,12 @@ from cspt.tasks.common import (
     images_in,
     load_described,
     load_init_weights,
-    remove_stale_outputs,
+    predict_each,
     resolved_encoder_fields,
     start_run,
 )
 from cspt.tasks.maps import (
     MAP_OUTPUTS,
-    area_to_predict,
     qualitative_colors,
     scene_strips,
     score_strips,
@@ -296,28 +294,16 @@ def predict_scene_classes(checkpoint: str | Path, scenes: Sequence[str], output:
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
     colors = qualitative_colors(len(described.info.classes))
-    paths, failed = find_images(list(scenes), exclude=[folder]), []
-    check_distinct_names(paths)
-    check_prediction_inputs(paths, contract)
     crs = output_crs(dst_crs)
-    outside = 0
-    for path in scenes_progress(paths):
-        try:
-            inside, area = area_to_predict(path, aoi, crs)
-            if not inside:
-                outside += 1
-                remove_stale_outputs(folder, path.stem, MAP_OUTPUTS)
-                continue
-            shape, strips = scene_strips(forward, path, contract, window, stride, blend, batch_size, area)
-            write_class_raster(strips, path, folder, shape, described.info.classes, colors, probabilities, area)
-            warp_class_rasters(folder, path.stem, crs)
-        except CsptError as err:  # unreadable, or not what the model reads: the next scene still runs
-            log.warning("skipped scene: %s", user_message(err))
-            failed.append(path.name)
-            remove_stale_outputs(folder, path.stem, MAP_OUTPUTS)
-            continue
+
+    def predict(path: Path, area: SceneArea | None) -> None:
+        shape, strips = scene_strips(forward, path, contract, window, stride, blend, batch_size, area)
+        write_class_raster(strips, path, folder, shape, described.info.classes, colors, probabilities, area)
+        warp_class_rasters(folder, path.stem, crs)
         log.info("%s: class map of %d x %d px windows written to %s", path, window, window, folder)
-    return finish_prediction(folder, failed, len(paths), "scenes", outside)
+
+    return predict_each(find_images(list(scenes), exclude=[folder]), folder, contract, MAP_OUTPUTS, predict,
+                        "scenes", aoi, crs)
 
 
 def evaluate_scene_classes(checkpoint: str | Path, scenes: Sequence[str], masks: Sequence[str], window: int,

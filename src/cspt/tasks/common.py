@@ -11,16 +11,21 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+from rasterio.crs import CRS
 from safetensors.torch import load_file
 from torch import nn
 
 from cspt.config import EncoderConfig, PyramidConfig, TrainConfig, save_config
+from cspt.data.aoi import SceneArea, scene_area
+from cspt.data.georaster import georeference_of
 from cspt.data.images import ImageReadError, image_info
 from cspt.data.normalisation import log_normalisation, resolve_normalisation
 from cspt.data.pixels import PixelContract, write_contract
 from cspt.data.scaling import data_type, resolve_scaling
 from cspt.data.stats import normalisation_mismatch
+from cspt.data.vector_labels import VectorLabels
 from cspt.engine.distributed import DistContext, all_gather_objects, setup_distributed, shutdown_distributed
+from cspt.engine.progress import scenes_progress
 from cspt.engine.run_dir import (
     check_same_run,
     config_for_resume,
@@ -30,7 +35,7 @@ from cspt.engine.run_dir import (
     saved_config,
 )
 from cspt.engine.trainer import Task
-from cspt.errors import CsptError, SomeInputsFailed
+from cspt.errors import CsptError, SomeInputsFailed, user_message
 from cspt.models.pyramid import default_taps
 from cspt.models.vit import ArchConfig, resolve_arch
 from cspt.weights.descriptions import ModelDescription, description_from_dict
@@ -410,3 +415,47 @@ def finish_prediction(output: Path, failed: Sequence[str], total: int, what: str
                                f"{', '.join(failed[:3])}{', ...' if len(failed) > 3 else ''}; the other "
                                f"{total - len(failed)} are written to {output}")
     return output
+
+
+def area_to_predict(path: Path, aoi: VectorLabels | None, crs: CRS | None) -> tuple[bool, SceneArea | None]:
+    """Whether to predict ``path`` under an area of interest (``--aoi``/``--bbox``) and an output CRS
+    (``--dst-crs``), and the area of it to predict (None: all of it). A scene outside the area is said in the
+    log and not predicted; one without a CRS cannot take either, and is refused in one line."""
+    if (aoi is not None or crs is not None) and not georeference_of(path).is_georeferenced:
+        raise CsptError(f"{path}: has no CRS, so --aoi, --bbox and --dst-crs cannot apply to it")
+    if aoi is None:
+        return True, None
+    area = scene_area(aoi, path)
+    if area is None:
+        log.info("%s: outside the area of interest %s, not predicted", path, aoi.path)
+    return area is not None, area
+
+
+def predict_each(paths: Sequence[Path], folder: Path, contract: PixelContract, outputs: Sequence[str],
+                 predict: Callable[[Path, SceneArea | None], None], what: str = "images",
+                 aoi: VectorLabels | None = None, crs: CRS | None = None,
+                 after: Callable[[], None] | None = None) -> Path:
+    """The one loop of every ``cspt predict`` over its inputs: same-named inputs refused and inputs unlike the
+    model's training data warned about first; then ``predict(path, area)`` for each input inside the area of
+    interest (``area`` None: all of it). An input that fails is named in one line and skipped; what an
+    earlier run wrote for it (``outputs``, patterns such as ``"{}.tif"``), or for an input outside the area,
+    is removed. Then ``after()`` (what sums up all inputs), and :func:`finish_prediction` says what failed."""
+    check_distinct_names(paths)
+    check_prediction_inputs(paths, contract)
+    failed, outside = [], 0
+    for path in scenes_progress(paths):
+        try:
+            inside, area = area_to_predict(path, aoi, crs)
+            if not inside:
+                outside += 1
+                remove_stale_outputs(folder, path.stem, outputs)
+                continue
+            predict(path, area)
+        except CsptError as err:  # unreadable, or not what the model reads: the next input still runs
+            log.warning("skipped %s: %s", what.rstrip("s"), user_message(err))
+            failed.append(path.name)
+            remove_stale_outputs(folder, path.stem, outputs)
+    log.info("predicted %d of the %d %s into %s", len(paths) - len(failed) - outside, len(paths), what, folder)
+    if after is not None:
+        after()
+    return finish_prediction(folder, failed, len(paths), what, outside)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,36 +27,39 @@ from cspt.data.files import find_images
 from cspt.data.georaster import georeference_of, write_boxes
 from cspt.data.images import display_rgb, gdal_name, is_raster
 from cspt.data.pixels import PixelContract, Pixels
-from cspt.data.scene_tiles import DetectionTiles, collate_tiles, make_tiles, read_window
+from cspt.data.scene_tiles import (
+    DetectionTiles,
+    box_window,
+    collate_tiles,
+    make_tiles,
+    mostly_valid,
+    read_window,
+)
 from cspt.data.vector_labels import VectorLabels
 from cspt.engine.distributed import all_gather_objects, barrier, resolve_device, shard
 from cspt.engine.optim import param_groups_layer_decay
 from cspt.engine.progress import scenes_progress
 from cspt.engine.sliding import sliding_window_detections
 from cspt.engine.trainer import Trainer, resolve_precision
-from cspt.errors import CsptError, user_message
+from cspt.errors import CsptError
 from cspt.metrics import best_f1_threshold, coco_map, image_outcomes, precision_recall_at, voc_map
 from cspt.models.detector import build_detector, detector_encoder
 from cspt.tasks.common import (
     DescribedModel,
     FineTuneTask,
     arch_of,
-    check_distinct_names,
     check_normalisation,
-    check_prediction_inputs,
     contract_of,
     distributed_run,
-    finish_prediction,
     images_in,
     load_described,
     load_init_weights,
-    remove_stale_outputs,
+    predict_each,
     resolved_encoder_fields,
     resolved_taps,
     start_run,
     vector_outputs,
 )
-from cspt.tasks.maps import area_to_predict
 from cspt.weights.descriptions import DetectorDescription
 from cspt.weights.export import write_sidecar, write_weights
 from cspt.weights.load import Checkpoint
@@ -141,10 +143,8 @@ def ground_truth(scene: Scene, classes: Sequence[str],
     index = {name: i for i, name in enumerate(classes)}
     difficult = torch.from_numpy(scene.difficult).clone()
     if contract is not None and len(scene.boxes) and contract.may_lack_data(scene.image):
-        for number, (x1, y1, x2, y2) in enumerate(scene.boxes.tolist()):
-            left, top = int(x1), int(y1)
-            box = (top, left, max(1, math.ceil(y2) - top), max(1, math.ceil(x2) - left))
-            difficult[number] |= bool(contract.valid(scene.image, box).mean() < 0.5)
+        for number, box in enumerate(scene.boxes.tolist()):
+            difficult[number] |= not mostly_valid(contract.valid(scene.image, box_window(box)))
     return {"boxes": torch.from_numpy(scene.boxes).float(),
             "labels": torch.tensor([index[label] for label in scene.labels], dtype=torch.long),
             "difficult": difficult}
@@ -240,25 +240,13 @@ def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str 
     coco: dict[str, Any] = {"images": [], "annotations": [],
                             "categories": [{"id": i + 1, "name": n} for i, n in enumerate(classes)]}
     model = model.to(torch_device)
-    paths, failed = find_images(list(images), exclude=[folder]), []
-    check_distinct_names(paths)
-    check_prediction_inputs(paths, contract)
-    crs, stale = output_crs(dst_crs, vector_format), ["dota/{}.txt", "drawn/{}.png", *vector_outputs(vector_format)]
-    outside = 0
-    for image_id, path in scenes_progress(enumerate(paths, 1), len(paths)):
-        try:
-            inside, area = area_to_predict(path, aoi, crs)
-            if not inside:
-                outside += 1
-                remove_stale_outputs(folder, path.stem, stale)
-                continue
-            size = contract.info(path)
-            found = detect_scene(model, path, size.height, size.width, info, contract, torch_device, area=area)
-        except CsptError as err:  # unreadable, or not what the model reads: the next image still runs
-            log.warning("skipped image: %s", user_message(err))
-            failed.append(path.name)
-            remove_stale_outputs(folder, path.stem, stale)
-            continue
+    paths = find_images(list(images), exclude=[folder])
+    image_ids, crs = {path: number for number, path in enumerate(paths, 1)}, output_crs(dst_crs, vector_format)
+
+    def predict(path: Path, area: SceneArea | None) -> None:
+        size = contract.info(path)
+        found = detect_scene(model, path, size.height, size.width, info, contract, torch_device, area=area)
+        image_id = image_ids[path]
         coco["images"].append({"id": image_id, "file_name": gdal_name(path), "height": size.height,
                                "width": size.width})
         lines = []
@@ -284,12 +272,16 @@ def predict_detector(checkpoint: str | Path, images: Sequence[str], output: str 
                         "with no %s on the map", path, vector_format)
         if draw:
             draw_boxes(path, found, classes, folder / "drawn" / f"{path.stem}.png", contract)
-    if coco["images"]:
-        (folder / "detections.json").write_text(json.dumps(coco) + "\n")
-        log.info("%d detections in %d images", len(coco["annotations"]), len(coco["images"]))
-    else:  # an earlier run's detections are not this run's
-        (folder / "detections.json").unlink(missing_ok=True)
-    return finish_prediction(folder, failed, len(paths), "images", outside)
+
+    def write_coco() -> None:
+        if coco["images"]:
+            (folder / "detections.json").write_text(json.dumps(coco) + "\n")
+            log.info("%d detections in %d images", len(coco["annotations"]), len(coco["images"]))
+        else:  # an earlier run's detections are not this run's
+            (folder / "detections.json").unlink(missing_ok=True)
+
+    return predict_each(paths, folder, contract, ["dota/{}.txt", "drawn/{}.png", *vector_outputs(vector_format)],
+                        predict, "images", aoi, crs, write_coco)
 
 
 def operating_threshold(info: DetectorDescription) -> float:

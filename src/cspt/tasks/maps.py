@@ -9,7 +9,6 @@ without data are never predicted, never scored, and written as nodata.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 from rasterio.crs import CRS
 
-from cspt.data.aoi import SceneArea, scene_area
+from cspt.data.aoi import SceneArea
 from cspt.data.georaster import (
     NO_CLASS,
     PROBABILITY_NODATA,
@@ -32,12 +31,8 @@ from cspt.data.georaster import (
 )
 from cspt.data.images import ImageInfo
 from cspt.data.pixels import PixelContract, Pixels
-from cspt.data.vector_labels import VectorLabels
 from cspt.engine.streaming import Box, Strip, Window, stream_strips
-from cspt.errors import CsptError
 from cspt.metrics import segmentation_confusion
-
-log = logging.getLogger("cspt")
 
 
 def qualitative_colors(count: int) -> np.ndarray:
@@ -75,20 +70,6 @@ def scene_strips(forward: Callable[[torch.Tensor], torch.Tensor], path: Path, co
         info = dataclasses.replace(info, height=area.height, width=area.width)
     return info, stream_strips(forward, contract_windows(path, contract, area), info.height, info.width, window,
                                stride, blend, batch_size)
-
-
-def area_to_predict(path: Path, aoi: VectorLabels | None, crs: CRS | None) -> tuple[bool, SceneArea | None]:
-    """Whether to predict ``path`` under an area of interest (``--aoi``/``--bbox``) and an output CRS
-    (``--dst-crs``), and the area of it to predict (None: all of it). A scene outside the area is said in the
-    log and not predicted; one without a CRS cannot take either, and is refused in one line."""
-    if (aoi is not None or crs is not None) and not georeference_of(path).is_georeferenced:
-        raise CsptError(f"{path}: has no CRS, so --aoi, --bbox and --dst-crs cannot apply to it")
-    if aoi is None:
-        return True, None
-    area = scene_area(aoi, path)
-    if area is None:
-        log.info("%s: outside the area of interest %s, not predicted", path, aoi.path)
-    return area is not None, area
 
 
 def warp_class_rasters(folder: Path, stem: str, crs: CRS | None) -> None:

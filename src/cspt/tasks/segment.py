@@ -54,7 +54,7 @@ from cspt.engine.progress import scenes_progress
 from cspt.engine.run_dir import has_checkpoint
 from cspt.engine.streaming import Strip
 from cspt.engine.trainer import Trainer, resolve_precision
-from cspt.errors import CsptError, user_message
+from cspt.errors import CsptError
 from cspt.metrics import segmentation_metrics, write_confusion_csv
 from cspt.models.segmenter import Segmenter, build_segmenter
 from cspt.plots import plot_confusion
@@ -63,16 +63,13 @@ from cspt.tasks.common import (
     DescribedModel,
     FineTuneTask,
     arch_of,
-    check_distinct_names,
     check_normalisation,
-    check_prediction_inputs,
     contract_of,
     distributed_run,
-    finish_prediction,
     images_in,
     load_described,
     load_init_weights,
-    remove_stale_outputs,
+    predict_each,
     resolved_encoder_fields,
     resolved_taps,
     start_run,
@@ -80,7 +77,6 @@ from cspt.tasks.common import (
 )
 from cspt.tasks.maps import (
     MAP_OUTPUTS,
-    area_to_predict,
     qualitative_colors,
     scene_strips,
     score_strips,
@@ -295,39 +291,27 @@ def predict_segmenter(checkpoint: str | Path, images: Sequence[str], output: str
     folder.mkdir(parents=True, exist_ok=True)
     torch_device = torch.device(resolve_device(device))
     forward = window_forward(model.to(torch_device), info.crop_size, info.resize, torch_device)
-    paths, failed = find_images(list(images), exclude=[folder]), []
-    check_distinct_names(paths)
-    check_prediction_inputs(paths, contract)
     values, crs = ClassValues.of(palette.classes), output_crs(dst_crs, vectorize)
-    outside = 0
-    for path in scenes_progress(paths):
-        try:
-            inside, area = area_to_predict(path, aoi, crs)
-            if not inside:
-                outside += 1
-                remove_stale_outputs(folder, path.stem, [*MAP_OUTPUTS, *vector_outputs(vectorize)])
-                continue
-            size, strips = scene_strips(forward, path, contract, *source_window(info), blend, batch_size, area)
-            if is_raster(path):
-                write_class_raster(strips, path, folder, size, palette.classes, colors, probabilities, area)
-                if draw:
-                    with open_raster(folder / f"{path.stem}.tif") as written_map:
-                        write_overlay(path, values.to_indices(written_map.read(1)), colors, folder, contract, area)
-                warp_class_rasters(folder, path.stem, crs)
-                if vectorize:
-                    target = folder / f"{path.stem}.{vectorize}"
-                    features = vectorize_classes(folder / f"{path.stem}.tif", target, palette.classes)
-                    log.info("%s: %d class regions", target, features)
-            else:
-                labels = write_class_pictures(strips, path, folder, colors)
-                if draw:
-                    write_overlay(path, labels, colors, folder, contract)
-        except CsptError as err:  # unreadable, or not what the model reads: the next image still runs
-            log.warning("skipped image: %s", user_message(err))
-            failed.append(path.name)
-            remove_stale_outputs(folder, path.stem, [*MAP_OUTPUTS, *vector_outputs(vectorize)])
-    log.info("wrote class maps of %d images to %s", len(paths) - len(failed) - outside, folder)
-    return finish_prediction(folder, failed, len(paths), "images", outside)
+
+    def predict(path: Path, area: SceneArea | None) -> None:
+        size, strips = scene_strips(forward, path, contract, *source_window(info), blend, batch_size, area)
+        if not is_raster(path):
+            labels = write_class_pictures(strips, path, folder, colors)
+            if draw:
+                write_overlay(path, labels, colors, folder, contract)
+            return
+        write_class_raster(strips, path, folder, size, palette.classes, colors, probabilities, area)
+        if draw:
+            with open_raster(folder / f"{path.stem}.tif") as written_map:
+                write_overlay(path, values.to_indices(written_map.read(1)), colors, folder, contract, area)
+        warp_class_rasters(folder, path.stem, crs)
+        if vectorize:
+            target = folder / f"{path.stem}.{vectorize}"
+            features = vectorize_classes(folder / f"{path.stem}.tif", target, palette.classes)
+            log.info("%s: %d class regions", target, features)
+
+    return predict_each(find_images(list(images), exclude=[folder]), folder, contract,
+                        [*MAP_OUTPUTS, *vector_outputs(vectorize)], predict, "images", aoi, crs)
 
 
 def painted(labels: np.ndarray, colors: np.ndarray) -> np.ndarray:
