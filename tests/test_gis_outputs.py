@@ -560,3 +560,14 @@ def test_an_internal_mask_marks_pixels_without_data_as_alpha_does(random_segment
     predict_segmenter(random_segmenter, [str(masked)], tmp_path / "maps", device="cpu")
     with rasterio.open(tmp_path / "maps" / "masked.tif") as written:
         assert np.array_equal(written.read(1) == 255, keep == 0)
+
+
+@pytest.mark.parametrize("content", [b"{}", b"not a model at all"])
+def test_a_damaged_model_file_is_named_in_one_line(tmp_path, content):
+    model = tmp_path / "segmenter.safetensors"
+    model.write_bytes(content)
+    result = run_cli("predict", "segment", "--checkpoint", str(model), "--images",
+                     str(scene_folder(tmp_path / "scenes", good=1, broken=0)), "--output", str(tmp_path / "maps"))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"cspt: error: {model}: not a readable safetensors file (")

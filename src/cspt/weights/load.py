@@ -255,10 +255,12 @@ def description_of(path: str | Path) -> dict[str, Any]:
         except json.JSONDecodeError:
             raise CsptError(f"{sidecar}: damaged JSON sidecar") from None
     if path.suffix == ".safetensors":
-        with safe_open(str(path), "pt") as handle:
-            meta = (handle.metadata() or {}).get("cspt")
-        if meta:
-            return json.loads(meta)
+        try:
+            with safe_open(str(path), "pt") as handle:
+                meta = (handle.metadata() or {}).get("cspt")
+            return json.loads(meta) if meta else {}
+        except (SafetensorError, OSError, ValueError) as err:  # json.JSONDecodeError is a ValueError
+            raise CsptError(f"{path}: not a readable safetensors file ({err})") from None
     return {}
 
 
