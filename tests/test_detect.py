@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+import fiona
 import numpy as np
 import pytest
 import torch
@@ -302,6 +303,23 @@ def test_cli_finetune_evaluate_predict_detect(neon: Path, natural_mae: Path, tmp
     lines = (out / "dota" / "SOAP_061.txt").read_text().splitlines()
     assert len(lines) == len(coco["annotations"]) and all(len(line.split()) == 10 for line in lines)
     assert Image.open(out / "drawn" / "SOAP_061.png").size == (400, 400)
+
+    graph = tmp_path / "detector.onnx"  # exported, the model writes the same map of a georeferenced NEON scene
+    exported = run_cli("export", str(run), "--to", "onnx", "--output", str(graph), "--gsd", "0.1")
+    assert exported.returncode == 0 and exported.stdout.strip() == f"wrote {graph}", exported.stderr
+    maps = {}
+    for name, model in (("pytorch", run), ("onnx", graph)):
+        done = run_cli("predict", "detect", "--model", str(model), "--images", str(neon / "OSBS_029.tif"),
+                       "--output", str(tmp_path / name), "--min-score", "0.05", "--device", "cpu")
+        assert done.returncode == 0, done.stderr
+        with fiona.open(tmp_path / name / "OSBS_029.gpkg") as layer:
+            features = sorted(layer, key=lambda f: -f["properties"]["score"])
+            maps[name] = (layer.crs, [f["properties"]["class"] for f in features],
+                          np.array([f["properties"]["score"] for f in features]),
+                          np.array([f["geometry"]["coordinates"] for f in features]))
+    (crs, classes, scores, corners), (crs_onnx, classes_onnx, scores_onnx, corners_onnx) = maps.values()
+    assert crs == crs_onnx and classes == classes_onnx and len(classes) > 0
+    assert np.abs(scores - scores_onnx).max() < 1e-4 and np.abs(corners - corners_onnx).max() < 0.01  # metres
 
 
 def test_operating_point_is_the_best_f1_threshold_by_hand():

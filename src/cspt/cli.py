@@ -81,7 +81,8 @@ def add_evaluate_commands(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser("evaluate", help="metrics of a fine-tuned model")
     tasks = evaluate.add_subparsers(dest="task", required=True)
     ev = tasks.add_parser("classify", help="OA, AA, kappa, per-class scores and confusion matrix")
-    ev.add_argument("--checkpoint", required=True, help="fine-tuning run directory or its classifier.safetensors")
+    ev.add_argument("--checkpoint", "--model", required=True,
+                    help="fine-tuning run directory, its classifier.safetensors or its exported .onnx")
     ev.add_argument("--data", help="ImageFolder directory or path,label CSV (default: the run's test split)")
     ev.add_argument("--scene", nargs="+", help="large scenes to score per pixel, as predict classify --scene maps "
                     "them, against --masks")
@@ -94,7 +95,8 @@ def add_evaluate_commands(commands: argparse._SubParsersAction) -> None:
     ev.add_argument("--output", help="folder for metrics.json etc. (default: the run, or RUN/evaluation/NAME)")
     add_inference_flags(ev)
     es = tasks.add_parser("segment", help="mIoU, per-class IoU, OA, mean F1 and confusion matrix")
-    es.add_argument("--checkpoint", required=True, help="segmentation run directory or its segmenter.safetensors")
+    es.add_argument("--checkpoint", "--model", required=True,
+                    help="segmentation run directory, its segmenter.safetensors or its exported .onnx")
     es.add_argument("--images", nargs="+", help="image folders (default: the run's validation tiles)")
     es.add_argument("--masks", nargs="+", help="mask folders mirroring --images (default: 'masks' beside 'images')")
     es.add_argument("--blend", default="cosine", choices=["cosine", "gaussian", "none"],
@@ -102,7 +104,8 @@ def add_evaluate_commands(commands: argparse._SubParsersAction) -> None:
     es.add_argument("--output", help="folder for metrics.json etc. (default: the run, or RUN/evaluation/NAME)")
     es.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ed = tasks.add_parser("detect", help="VOC mAP@0.5 (per class) and COCO mAP@[.5:.95] on whole scenes")
-    ed.add_argument("--checkpoint", required=True, help="detection run directory or its detector.safetensors")
+    ed.add_argument("--checkpoint", "--model", required=True,
+                    help="detection run directory, its detector.safetensors or its exported .onnx")
     ed.add_argument("--annotations", help="annotations to score against (default: the run's --val)")
     ed.add_argument("--images", help="folder of the annotated images")
     ed.add_argument("--format", default="auto", choices=["auto", "coco", "dota", "voc", "hrsc", "csv", "vector"])
@@ -130,7 +133,8 @@ def add_predict_commands(commands: argparse._SubParsersAction) -> None:
     predict = commands.add_parser("predict", help="predictions of a fine-tuned model on new images")
     tasks = predict.add_subparsers(dest="task", required=True)
     pr = tasks.add_parser("classify", help="a path,label,score CSV of images, or a class GeoTIFF of large scenes")
-    pr.add_argument("--checkpoint", required=True, help="fine-tuning run directory or its classifier.safetensors")
+    pr.add_argument("--checkpoint", "--model", required=True,
+                    help="fine-tuning run directory, its classifier.safetensors or its exported .onnx")
     source = pr.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", nargs="+", help="image folders, files or .txt lists: one class each")
     source.add_argument("--scene", nargs="+", help="large scenes: one class per --window, as NAME.tif in --output")
@@ -145,7 +149,8 @@ def add_predict_commands(commands: argparse._SubParsersAction) -> None:
     add_inference_flags(pr)
     ps = tasks.add_parser("segment", help="class maps: a georeferenced GeoTIFF per TIFF scene (any size), PNG "
                                           "masks for other images")
-    ps.add_argument("--checkpoint", required=True, help="segmentation run directory or its segmenter.safetensors")
+    ps.add_argument("--checkpoint", "--model", required=True,
+                    help="segmentation run directory, its segmenter.safetensors or its exported .onnx")
     ps.add_argument("--images", required=True, nargs="+", help="image folders, files or .txt lists")
     ps.add_argument("--output", required=True, help="folder for NAME.tif (TIFF inputs) or NAME.png and "
                                                     "NAME_color.png (and NAME_overlay.jpg)")
@@ -160,7 +165,8 @@ def add_predict_commands(commands: argparse._SubParsersAction) -> None:
     add_map_area_flags(ps)
     ps.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     pd = tasks.add_parser("detect", help="COCO JSON and DOTA-style txt of whole-scene detections")
-    pd.add_argument("--checkpoint", required=True, help="detection run directory or its detector.safetensors")
+    pd.add_argument("--checkpoint", "--model", required=True,
+                    help="detection run directory, its detector.safetensors or its exported .onnx")
     pd.add_argument("--images", required=True, nargs="+", help="image folders, files or .txt lists")
     pd.add_argument("--output", required=True, help="folder for detections.json, dota/NAME.txt (and drawn/)")
     pd.add_argument("--draw", action="store_true", help="also write the images with their boxes drawn")
@@ -201,14 +207,19 @@ def add_run_commands(commands: argparse._SubParsersAction) -> None:
 
 def add_weights_commands(commands: argparse._SubParsersAction) -> None:
     """``export`` and ``info``."""
-    export = commands.add_parser("export", help="export weights for timm, Hugging Face or the MAE code")
+    export = commands.add_parser("export", help="export weights for timm, Hugging Face or the MAE code, or a "
+                                                "fine-tuned model as ONNX or a torch.export archive")
     export.add_argument("source", help="a run directory or any checkpoint the loader accepts")
-    export.add_argument("--to", required=True, choices=["timm", "hf", "mae"])
-    export.add_argument("--output", required=True, help="file (timm: .safetensors, mae: .pth) or folder (hf)")
+    export.add_argument("--to", required=True, metavar="FORMAT",
+                        help="timm, hf or mae (an encoder); onnx or exported-program (a fine-tuned model)")
+    export.add_argument("--output", required=True, help="file (timm: .safetensors, mae: .pth, onnx: .onnx, "
+                                                        "exported-program: .pt2) or folder (hf)")
+    export.add_argument("--gsd", type=float, help="onnx: ground sample distance of the training data in metres per "
+                                                  "pixel, written for QGIS Deepness (its resolution)")
     export.add_argument("--trust-checkpoint", action="store_true", help="allow unsafe unpickling")
 
     info = commands.add_parser("info", help="format, architecture and lineage of a checkpoint")
-    info.add_argument("checkpoint", help="a checkpoint file, run directory or Hugging Face folder")
+    info.add_argument("checkpoint", help="a checkpoint file, run directory, Hugging Face folder or exported graph")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.add_argument("--trust-checkpoint", action="store_true", help="allow unsafe unpickling")
 
@@ -480,35 +491,51 @@ def run_demo(args: argparse.Namespace) -> None:
 
 
 def run_export(args: argparse.Namespace) -> None:
-    """``cspt export``: write a checkpoint's weights for timm, hf or mae."""
+    """``cspt export``: write a checkpoint's weights for timm, hf or mae, or a fine-tuned model as a graph."""
+    from cspt.tasks.export_graph import GRAPH_TARGETS, export_graph
     from cspt.weights.export import export_checkpoint
 
+    if args.to in GRAPH_TARGETS:
+        print(f"wrote {export_graph(args.source, args.to, args.output, args.gsd)}")
+        return
     print(f"wrote {export_checkpoint(args.source, args.to, args.output, args.trust_checkpoint)}")
 
 
 def run_info(args: argparse.Namespace) -> None:
     """``cspt info``: print a checkpoint's format, architecture, pixels and lineage (or all of it as JSON)."""
     from cspt.weights.export import checkpoint_info
+    from cspt.weights.graphs import graph_info, is_graph_file
 
-    info = checkpoint_info(args.checkpoint, args.trust_checkpoint)
+    graph = is_graph_file(args.checkpoint)
+    info = graph_info(args.checkpoint) if graph else checkpoint_info(args.checkpoint, args.trust_checkpoint)
     if args.json:
         print(json.dumps(info, indent=2))
         return
-    arch = info["architecture"]
-    print(f"file: {info['file']}\nformat: {info['format']}")
-    print(f"tensors: {info['tensors']} ({info['parameters'] / 1e6:.2f} M parameters)")
-    print("architecture: " + ", ".join(f"{k}={v}" for k, v in arch.items()))
-    print(f"decoder: {'yes' if info['decoder'] else 'no'}")
+    if graph:
+        print(f"file: {info['file']}\nformat: {info['format']}\ntask: {info['task']}")
+        print(f"classes: {', '.join(info['classes'] or [])}")
+        print("graph: " + "; ".join(f"{k}: {v}" for k, v in info["graph"].items() if k != "check"))
+    else:
+        print_checkpoint_info(info)
     if info["pixels"]:
         from cspt.data.pixels import PixelContract
 
         print(f"pixels: {PixelContract.from_dict(info['pixels'], info['file']).describe()}")
-    if info["terms"]:
+    if info.get("terms"):
         print(f"terms: {info['terms']}")
     print("lineage:")
     for number, stage in enumerate(info["lineage"], 1):
         details = ", ".join(f"{k}={v}" for k, v in stage.items() if k not in ("stage", "config"))
         print(f"  {number}. {stage.get('stage')}: {details}")
+
+
+def print_checkpoint_info(info: dict) -> None:
+    """The lines of ``cspt info`` on a checkpoint's format and architecture."""
+    arch = info["architecture"]
+    print(f"file: {info['file']}\nformat: {info['format']}")
+    print(f"tensors: {info['tensors']} ({info['parameters'] / 1e6:.2f} M parameters)")
+    print("architecture: " + ", ".join(f"{k}={v}" for k, v in arch.items()))
+    print(f"decoder: {'yes' if info['decoder'] else 'no'}")
 
 
 COMMANDS = {"demo": run_demo, "evaluate": run_evaluate, "export": run_export, "finetune": run_finetune,

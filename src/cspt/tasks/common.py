@@ -40,6 +40,7 @@ from cspt.models.pyramid import default_taps
 from cspt.models.vit import ArchConfig, resolve_arch
 from cspt.weights.descriptions import ModelDescription, description_from_dict
 from cspt.weights.export import lineage_of
+from cspt.weights.graphs import OnnxModel, is_graph_file
 from cspt.weights.load import Checkpoint, description_of, load_checkpoint, load_into_model, sidecar_of
 
 C = TypeVar("C", bound=TrainConfig)
@@ -305,11 +306,13 @@ def described_weights(checkpoint: str | Path, file_name: str, task: str) -> tupl
     if path.is_dir():
         path = path / file_name
     if not path.is_file():
-        raise CsptError(f"{path}: no such {task} model (a {task} run directory or its {file_name})")
+        raise CsptError(f"{path}: no such {task} model (a {task} run directory, its {file_name} or an exported "
+                        ".onnx)")
     values = description_of(path)
     if values.get("task") != task:
-        raise CsptError(f"{path}: not a cspt {task} model (no {task} description beside it)")
-    return path, description_from_dict(values, sidecar_of(path))
+        where = "inside it" if is_graph_file(path) else "beside it"
+        raise CsptError(f"{path}: not a cspt {task} model (no {task} description {where})")
+    return path, description_from_dict(values, path if is_graph_file(path) else sidecar_of(path))
 
 
 class DescribedModel(NamedTuple):
@@ -328,8 +331,14 @@ class DescribedModel(NamedTuple):
 
 def load_described(checkpoint: str | Path, file_name: str, task: str,
                    build: Callable[[Any], nn.Module]) -> DescribedModel:
-    """Rebuild a stage's model from its description and load its weights strictly."""
+    """Rebuild a stage's model from its description and load its weights strictly; an exported ONNX graph
+    (:mod:`cspt.weights.graphs`) is run by onnxruntime instead, called as the model."""
     path, info = described_weights(checkpoint, file_name, task)
+    if path.suffix.lower() == ".onnx":
+        return DescribedModel(OnnxModel(path, task), info, path)
+    if is_graph_file(path):
+        raise CsptError(f"{path}: cspt predicts with ONNX graphs (--to onnx); load a torch.export archive with "
+                        "torch.export.load")
     model = build(info)
     try:
         model.load_state_dict(load_file(str(path)))

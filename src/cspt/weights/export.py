@@ -86,7 +86,8 @@ def write_sidecar(weights: Path, info: dict[str, Any] | ModelDescription) -> Non
 def export_checkpoint(source: str | Path, to: str, output: str | Path, trust: bool = False) -> Path:
     """Export any loadable checkpoint (or run folder) ``to`` timm, hf or mae at ``output``."""
     if to not in EXPORT_TARGETS:
-        raise CsptError(f"unknown export target '{to}'; choose one of {', '.join(EXPORT_TARGETS)}")
+        raise CsptError(f"{source}: unknown export format '{to}'; choose one of {', '.join(EXPORT_TARGETS)} (an "
+                        "encoder) or onnx, exported-program (a fine-tuned model)")
     checkpoint = load_checkpoint(source, trust)
     arch = resolve_arch({}, None, checkpoint.arch)
     described = description_of(checkpoint.path)

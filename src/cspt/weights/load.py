@@ -29,6 +29,7 @@ from cspt.errors import CsptError
 from cspt.models.mae import DECODER_PREFIXES
 from cspt.models.vit import VIT_PRESETS, sincos_pos_embed
 from cspt.weights.formats import hugging_face_to_mae, is_hugging_face, is_openmmlab, openmmlab_to_mae
+from cspt.weights.graphs import graph_description, is_graph_file
 from cspt.weights.hub import hub_weights, is_hub_name
 from cspt.weights.packaged import is_packaged_name, packaged_file
 
@@ -244,10 +245,13 @@ def sidecar_of(path: Path) -> Path:
 
 
 def description_of(path: str | Path) -> dict[str, Any]:
-    """The sidecar (or safetensors metadata) of a weights file, ``{}`` when it has none."""
+    """The sidecar (or safetensors metadata) of a weights file, or what an exported graph holds; ``{}`` when it
+    has none."""
     path = Path(path)
     if not path.is_file():
         return {}
+    if is_graph_file(path):  # an exported graph holds its description inside
+        return graph_description(path)
     sidecar = sidecar_of(path)
     if sidecar.is_file():
         try:
