@@ -66,7 +66,7 @@ def exported(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     """Each task's run folder and its exported ONNX file."""
     root = tmp_path_factory.mktemp("graphs")
     runs = {"segment": decisive_segmenter(root / "segment"), "classify": tiny_classifier(root / "classify"),
-            "detect": random_detector(root / "detect")}
+            "detect": random_detector(root / "detect", score_threshold=0.55)}  # windows keep different counts
     return {task: (run, export_graph(run, "onnx", root / f"{task}.onnx", gsd=0.5)) for task, run in runs.items()}
 
 
@@ -134,6 +134,9 @@ def test_an_onnx_detector_finds_the_same_boxes_and_labels_and_writes_the_same_ge
             features[name] = [(f["properties"]["class"], f["geometry"]["coordinates"]) for f in layer]
     ours, theirs = found["pytorch"], found["onnx"]
     assert len(ours) == len(theirs) > 20
+    per_window = [len(found) for found in (load_detector(run).model([image])[0]["boxes"]
+                                           for image in example_input(load_detector(run), 3, seed=9))]
+    assert len(set(per_window)) > 1  # the graph's detection count follows the data, not the export's example
     to_xyxy = lambda rows: torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in rows)])  # noqa: E731
     iou = box_iou(to_xyxy(ours), to_xyxy(theirs))
     best, match = iou.max(1)

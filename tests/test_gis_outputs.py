@@ -198,8 +198,9 @@ def test_a_batch_with_bad_scenes_writes_the_good_ones_names_the_bad_and_says_so_
     assert not list((tmp_path / "none").iterdir())
 
 
-def random_detector(run: Path, operating_point: dict | None = None) -> Path:
-    """A run folder with an untrained tiny one-class detector that keeps every box (score threshold 0)."""
+def random_detector(run: Path, operating_point: dict | None = None, score_threshold: float = 0.0) -> Path:
+    """A run folder with an untrained tiny one-class detector that keeps every box (score threshold 0, unless
+    told)."""
     from cspt.models.pyramid import default_taps
     from cspt.models.vit import ArchConfig
     from cspt.tasks.detect import model_from_description
@@ -209,8 +210,8 @@ def random_detector(run: Path, operating_point: dict | None = None) -> Path:
     arch = ArchConfig(embed_dim=64, depth=2, num_heads=2, patch_size=8, img_size=64)
     info = DetectorDescription(architecture=arch.to_dict(), pixels=PixelContract((0.5,) * 3, (0.25,) * 3).to_dict(),
                                classes=["tree"], taps=default_taps(arch.depth, "cspt"), fpn_channels=16,
-                               anchor_sizes=[8, 16, 32, 64, 128], tile_size=64, tile_overlap=16, score_threshold=0.0,
-                               operating_point=operating_point)
+                               anchor_sizes=[8, 16, 32, 64, 128], tile_size=64, tile_overlap=16,
+                               score_threshold=score_threshold, operating_point=operating_point)
     torch.manual_seed(0)
     write_weights(model_from_description(info).state_dict(), run / "detector.safetensors", info)
     return run
