@@ -198,9 +198,10 @@ def test_a_batch_with_bad_scenes_writes_the_good_ones_names_the_bad_and_says_so_
     assert not list((tmp_path / "none").iterdir())
 
 
-def random_detector(run: Path, operating_point: dict | None = None, score_threshold: float = 0.0) -> Path:
-    """A run folder with an untrained tiny one-class detector that keeps every box (score threshold 0, unless
-    told)."""
+def random_detector(run: Path, operating_point: dict | None = None, score_threshold: float = 0.0,
+                    classes: tuple[str, ...] = ("tree",)) -> Path:
+    """A run folder with an untrained tiny detector (one class unless told) that keeps every box (score threshold
+    0, unless told)."""
     from cspt.models.pyramid import default_taps
     from cspt.models.vit import ArchConfig
     from cspt.tasks.detect import model_from_description
@@ -209,7 +210,7 @@ def random_detector(run: Path, operating_point: dict | None = None, score_thresh
 
     arch = ArchConfig(embed_dim=64, depth=2, num_heads=2, patch_size=8, img_size=64)
     info = DetectorDescription(architecture=arch.to_dict(), pixels=PixelContract((0.5,) * 3, (0.25,) * 3).to_dict(),
-                               classes=["tree"], taps=default_taps(arch.depth, "cspt"), fpn_channels=16,
+                               classes=list(classes), taps=default_taps(arch.depth, "cspt"), fpn_channels=16,
                                anchor_sizes=[8, 16, 32, 64, 128], tile_size=64, tile_overlap=16,
                                score_threshold=score_threshold, operating_point=operating_point)
     torch.manual_seed(0)

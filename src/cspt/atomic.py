@@ -10,6 +10,9 @@ from typing import Any
 
 import torch
 
+UMASK = os.umask(0o022)  #: the process's file-creation mask, read once (reading it means setting it)
+os.umask(UMASK)
+
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place.
@@ -24,17 +27,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())  # as a plain open() makes it: mkstemp's is owner-only
+        os.chmod(tmp, 0o666 & ~UMASK)  # as a plain open() makes it: mkstemp's is owner-only
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def current_umask() -> int:
-    """The process's file-creation mask."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

@@ -215,7 +215,8 @@ def add_weights_commands(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--output", required=True, help="file (timm: .safetensors, mae: .pth, onnx: .onnx, "
                                                         "exported-program: .pt2) or folder (hf)")
     export.add_argument("--gsd", type=float, help="onnx: ground sample distance of the training data in metres per "
-                                                  "pixel, written for QGIS Deepness (its resolution)")
+                                                  "pixel, written for QGIS Deepness (its resolution, divided by a "
+                                                  "segmenter's resize)")
     export.add_argument("--trust-checkpoint", action="store_true", help="allow unsafe unpickling")
 
     info = commands.add_parser("info", help="format, architecture and lineage of a checkpoint")

@@ -1,6 +1,8 @@
 """Fine-tuned models as graphs with tensor inputs and outputs, for export (ONNX, ``torch.export``).
 
-A classifier (class logits) and a segmenter (per-pixel class logits) are graphs already. A
+A classifier (class logits) is a graph already. A segmenter's graph gives per-pixel class
+probabilities (:class:`SegmenterProbabilities`): what GIS tools threshold and take the arg-max of
+(QGIS Deepness's ``Segmentor``); their logarithm differs from the logits by a constant per pixel. A
 torchvision detector takes a list of images and answers with a list of dicts; :class:`DetectorRows`
 makes it one image in, one tensor out, in the row layout of YOLOv5 detectors that GIS tools read
 (QGIS Deepness's ``YOLO_v5_or_v7_default``): one row per detection, ``cx, cy, w, h, score`` and a
@@ -33,3 +35,14 @@ class DetectorRows(nn.Module):
         labels = found["labels"] - 1  # torchvision's 0 is the background
         class_scores = torch.nn.functional.one_hot(labels, self.num_classes).to(scores) * scores[:, None]
         return torch.cat([centre, size, scores[:, None], class_scores], dim=1)[None]
+
+
+class SegmenterProbabilities(nn.Module):
+    """A segmenter whose output is the softmax of its logits over the classes."""
+
+    def __init__(self, segmenter: nn.Module):
+        super().__init__()
+        self.segmenter = segmenter
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.segmenter(images).softmax(1)

@@ -63,6 +63,7 @@ from cspt.tasks.common import (
     load_described,
     load_init_weights,
     predict_each,
+    require_data_for_graph,
     resolved_encoder_fields,
     start_run,
 )
@@ -207,6 +208,7 @@ def evaluate_classifier(checkpoint: str | Path, data: str | Path | None = None, 
     """
     described = load_classifier(checkpoint)
     model, info, weights = described
+    require_data_for_graph(weights, data, "--data")
     run_dir = weights.parent
     if data is not None:
         labelled = read_labelled(data, info.classes)

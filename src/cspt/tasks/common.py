@@ -347,6 +347,13 @@ def load_described(checkpoint: str | Path, file_name: str, task: str,
     return DescribedModel(model.eval(), info, path)
 
 
+def require_data_for_graph(weights: Path, given: object, flag: str) -> None:
+    """A one-line error when an exported graph is evaluated without data (``given`` None): unlike a run
+    directory, it has no split of its own to evaluate on."""
+    if given is None and is_graph_file(weights):
+        raise CsptError(f"{weights}: an exported graph carries no run's evaluation data; pass {flag}")
+
+
 class FineTuneTask(Task):
     """A downstream task that keeps its best validation epoch: the bookkeeping every one shares."""
 

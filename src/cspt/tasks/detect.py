@@ -55,6 +55,7 @@ from cspt.tasks.common import (
     load_described,
     load_init_weights,
     predict_each,
+    require_data_for_graph,
     resolved_encoder_fields,
     resolved_taps,
     start_run,
@@ -184,6 +185,7 @@ def evaluate_detector(checkpoint: str | Path, annotations: str | None = None, im
     its labels (:func:`draw_against_labels`)."""
     described = load_detector(checkpoint)
     model, info, weights = described
+    require_data_for_graph(weights, annotations, "--annotations and --images")
     contract = described.contract(max_image_pixels)
     run_dir = weights.parent
     own_validation = annotations is None

@@ -70,6 +70,7 @@ from cspt.tasks.common import (
     load_described,
     load_init_weights,
     predict_each,
+    require_data_for_graph,
     resolved_encoder_fields,
     resolved_taps,
     start_run,
@@ -242,6 +243,7 @@ def evaluate_segmenter(checkpoint: str | Path, images: Sequence[str] | None = No
     """Evaluate on ``images`` (+ ``masks``), default the run's validation tiles; returns metrics and folder."""
     described = load_segmenter(checkpoint)
     model, info, weights = described
+    require_data_for_graph(weights, images, "--images and --masks")
     run_dir = weights.parent
     palette = Palette.from_dict(info.palette)
     if images:

@@ -6,12 +6,14 @@ model's whole description (task, classes, palette, pixel contract, tiling) into 
 ``metadata_props`` key ``cspt``, or the ``cspt.json`` extra file of a ``torch.export`` archive. So the file
 alone is enough to predict: :class:`OnnxModel` runs one through onnxruntime, called exactly as the PyTorch
 model (a batch of windows in, logits out; a detector: a list of windows in, torchvision's list of
-``boxes``/``scores``/``labels`` out), so every ``cspt predict`` and ``cspt evaluate`` runs it unchanged.
+``boxes``/``scores``/``labels`` out; see :class:`OnnxModel`), so every ``cspt predict`` and ``cspt evaluate``
+runs it unchanged.
 """
 
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ from cspt.errors import CsptError
 #: the metadata key (ONNX) and extra file (``torch.export``) holding the model's description
 DESCRIPTION_KEY = "cspt"
 PROGRAM_DESCRIPTION = "cspt.json"
+#: where a segmenter's probabilities are floored before their logarithm (fp32 softmax underflows to 0)
+SMALLEST_PROBABILITY = 1e-30
 #: the suffix of each graph format
 GRAPH_SUFFIXES = {".onnx": "onnx", ".pt2": "exported-program"}
 
@@ -33,8 +37,7 @@ def is_graph_file(path: str | Path) -> bool:
 
 
 def onnx_metadata(path: Path) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX file (its weights are not read); a one-line error when it is not
-    ONNX."""
+    """The ``metadata_props`` of an ONNX file; a one-line error when it is not ONNX."""
     try:
         import onnx
     except ImportError:
@@ -51,13 +54,14 @@ def graph_description(path: Path) -> dict[str, Any]:
     """The cspt description inside an exported graph, ``{}`` when it holds none."""
     if path.suffix.lower() == ".onnx":
         text = onnx_metadata(path).get(DESCRIPTION_KEY)
-    else:
-        extra = {PROGRAM_DESCRIPTION: ""}
+    else:  # read from the zip as a file: torch.export.load would unpickle, which runs the file's code
         try:
-            torch.export.load(str(path), extra_files=extra)
-        except Exception as err:  # noqa: BLE001 - a damaged archive raises zipfile's, pickle's or torch's errors
-            raise CsptError(f"{path}: not a readable torch.export archive ({str(err).splitlines()[0]})") from None
-        text = extra[PROGRAM_DESCRIPTION]
+            with zipfile.ZipFile(path) as archive:
+                member = next((name for name in archive.namelist() if name.endswith(f"/extra/{PROGRAM_DESCRIPTION}")),
+                              None)
+                text = archive.read(member).decode() if member else ""
+        except (zipfile.BadZipFile, OSError, UnicodeDecodeError) as err:
+            raise CsptError(f"{path}: not a readable torch.export archive ({err})") from None
     try:
         return json.loads(text) if text else {}
     except json.JSONDecodeError:
@@ -70,12 +74,13 @@ def graph_info(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CsptError(f"{path}: no such file")
-    described = graph_description(path)
+    onnx_file = GRAPH_SUFFIXES[path.suffix.lower()] == "onnx"
+    metadata = onnx_metadata(path) if onnx_file else {}
+    described = json.loads(metadata.get(DESCRIPTION_KEY, "{}")) if onnx_file else graph_description(path)
     if not described:
         raise CsptError(f"{path}: holds no cspt description (not exported by cspt export)")
     classes = described.get("classes") or described.get("palette", {}).get("classes")
-    graph = json.loads(onnx_metadata(path).get("cspt_graph", "{}")) if GRAPH_SUFFIXES[path.suffix.lower()] == \
-        "onnx" else {}
+    graph = json.loads(metadata.get("cspt_graph", "{}"))
     return {"file": str(path), "format": GRAPH_SUFFIXES[path.suffix.lower()], "task": described.get("task"),
             "classes": classes, "pixels": described.get("pixels"), "graph": graph,
             "lineage": described.get("lineage", [])}
@@ -84,21 +89,20 @@ def graph_info(path: str | Path) -> dict[str, Any]:
 class OnnxModel:
     """An exported cspt model run by onnxruntime on the CPU, called as the PyTorch model it came from.
 
-    ``task`` ``classify``/``segment``: ``model(images)`` with a ``(B, C, H, W)`` tensor gives the logits
-    tensor. ``detect``: ``model(images)`` with a list of ``(C, H, W)`` tensors gives one dict per image
-    with ``boxes`` (x1, y1, x2, y2), ``scores`` and 1-based ``labels``, as torchvision's detectors answer.
+    ``task`` ``classify``: ``model(images)`` with a ``(B, C, H, W)`` tensor gives the logits. ``segment``: the
+    logarithm of the graph's probabilities (at least ``log(1e-30)``): the logits less a constant per pixel, so
+    the same arg-max and, blended across windows, the same probabilities. ``detect``: ``model(images)`` with a
+    list of ``(C, H, W)`` tensors gives one dict per image with ``boxes`` (x1, y1, x2, y2), ``scores`` and
+    1-based ``labels``, as torchvision's detectors answer.
     """
 
-    def __init__(self, path: Path, task: str, threads: int | None = None):
+    def __init__(self, path: Path, task: str):
         try:
             import onnxruntime
         except ImportError:
             raise CsptError(f"{path}: running ONNX models needs onnxruntime: pip install 'cspt[onnx]'") from None
-        options = onnxruntime.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
         try:
-            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise CsptError(f"{path}: onnxruntime cannot load it ({str(err).splitlines()[0]})") from None
         self.path, self.task = path, task
@@ -120,6 +124,8 @@ class OnnxModel:
         return self.session.run(None, {self.input.name: images.detach().float().cpu().numpy()})[0]
 
     def __call__(self, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[dict[str, torch.Tensor]]:
+        if self.task == "segment":
+            return torch.from_numpy(self.run(images)).clamp_(min=SMALLEST_PROBABILITY).log_()
         if self.task != "detect":
             return torch.from_numpy(self.run(images))
         return [detections_of_rows(self.run(image[None])[0]) for image in images]
