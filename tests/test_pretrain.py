@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from cspt.config import PretrainConfig
+from cspt.data.pixels import PixelContract
 from cspt.engine.run_log import read_log
 from cspt.tasks.pretrain import pretrain
 from tests.conftest import NATURAL_MAE, TINY_ARCH, TINY_FLAGS, TINY_IMAGENET, needs, run_cli, write_rgb
@@ -64,6 +65,26 @@ def test_a_few_scenes_give_a_fixed_number_of_crops_per_epoch_and_held_out_images
     assert history[0]["mae_loss"] != history[-1]["mae_loss"]  # the weights moved
     assert (run_dir / "reconstructions" / "heldout_epoch_0000.png").is_file()
     assert (run_dir / "reconstructions" / "heldout_epoch_0002.png").is_file()
+
+
+@pytest.mark.parametrize("sample_by", ["area", "files"])
+def test_crops_spread_over_the_pool_by_area_or_each_file_alike(sample_by):
+    """A large scene (81 tiles), a smaller one (16) and an image: by area each tile is drawn alike, by files each
+    file is; either way the draw is the sample's own (the same index and seed, the same entry)."""
+    from cspt.data.images import ImageInfo
+    from cspt.data.unlabelled import Entry, UnlabelledImages
+
+    entries = [Entry(Path(name), ImageInfo(1800, 1800, 3, "uint8"), count > 1)
+               for name, count in (("large.png", 81), ("small.png", 16), ("image.png", 1)) for _ in range(count)]
+    dataset = UnlabelledImages(entries, PixelContract((0.5,) * 3, (0.25,) * 3), 32, 8, 200, samples_per_epoch=40,
+                               sample_by=sample_by)
+    draws = [dataset.entry_of(index, torch.Generator().manual_seed(1000 + index)) for index in range(6000)]
+    assert draws[:50] == [dataset.entry_of(i, torch.Generator().manual_seed(1000 + i)) for i in range(50)]
+    shares = {name: sum(entries[d].path.name == name for d in draws) / len(draws)
+              for name in ("large.png", "small.png", "image.png")}
+    expected = {"large.png": 81 / 98, "small.png": 16 / 98, "image.png": 1 / 98} if sample_by == "area" else \
+        dict.fromkeys(shares, 1 / 3)
+    assert all(abs(shares[name] - expected[name]) < 0.02 for name in shares), shares
 
 
 @pytest.mark.slow

@@ -112,6 +112,9 @@ class PretrainConfig(TrainConfig, EncoderConfig):
                                    "tiles of this size (default: 4 x img_size)")
     samples_per_epoch: int | None = option(None, "random crops an epoch draws from the pool (default: one per image, "
                                            "or per tile of a large scene); for a few large scenes")
+    sample_by: str = option("area", "how crops are spread over the pool: area (each image or tile of a large scene "
+                            "alike, so a large scene gives more) or files (each file alike, whatever its size)",
+                            choices=["area", "files"])
     eval_data: list[str] | None = option(None, "held-out unlabelled images (never trained on): their MAE loss, on "
                                          "fixed crops and masks, before training and at every --vis-every epoch, "
                                          "with their reconstructions", nargs="+")

@@ -77,6 +77,14 @@ def scan_images(files: Sequence[Path], tile_size: int, threads: int = 8) -> Scan
     return ScanResult(entries, unreadable)
 
 
+def file_weights(entries: Sequence[Entry]) -> torch.Tensor:
+    """A chance per entry such that every file is drawn alike: ``1 / (files x the file's entries)``."""
+    counts: dict[Path, int] = {}
+    for entry in entries:
+        counts[entry.path] = counts.get(entry.path, 0) + 1
+    return torch.tensor([1.0 / (len(counts) * counts[entry.path]) for entry in entries], dtype=torch.float64)
+
+
 class UnlabelledImages(Dataset):
     """MAE training samples through a :class:`PixelContract`: RandomResizedCrop + horizontal flip, normalised,
     plus mask noise.
@@ -96,12 +104,14 @@ class UnlabelledImages(Dataset):
 
     def __init__(self, entries: Sequence[Entry], contract: PixelContract, img_size: int, patch_size: int,
                  tile_size: int, min_scale: float = 0.2, decode_on_device: bool = False,
-                 samples_per_epoch: int | None = None):
+                 samples_per_epoch: int | None = None, sample_by: str = "area"):
         if not entries:
             raise CsptError("no readable images in the data given")
         self.entries = list(entries)
         #: samples an epoch draws (default: one per entry); see :meth:`entry_of`
         self.length = samples_per_epoch or len(self.entries)
+        #: with ``sample_by="files"``, each entry's chance: every file's tiles share one file's (None: area)
+        self.weights = file_weights(self.entries) if sample_by == "files" else None
         self.contract = contract
         self.img_size = img_size
         self.num_patches = (img_size // patch_size) ** 2
@@ -116,7 +126,9 @@ class UnlabelledImages(Dataset):
     def entry_of(self, index: int, generator: torch.Generator) -> int:
         """The entry sample ``index`` crops: ``index % len(entries)`` when an epoch covers every entry, else a
         draw from the sample's own seeded generator (an epoch shorter than the entries reaches all of them over
-        the epochs, not only the first ``samples_per_epoch``)."""
+        the epochs, not only the first ``samples_per_epoch``); sampled by files, always a draw, each file alike."""
+        if self.weights is not None:
+            return int(torch.multinomial(self.weights, 1, generator=generator))
         if self.length >= len(self.entries):
             return index % len(self.entries)
         return int(torch.randint(len(self.entries), (1,), generator=generator))
@@ -125,7 +137,8 @@ class UnlabelledImages(Dataset):
     def groups(self) -> list[list[int]] | None:
         """The samples of each tar shard, for a shard-at-a-time order (None: no shards, or epochs shorter than
         the entries, whose samples draw their entries at random)."""
-        if not any(is_member(e.path) for e in self.entries) or self.length < len(self.entries):
+        if not any(is_member(e.path) for e in self.entries) or self.length < len(self.entries) or \
+                self.weights is not None:
             return None
         by_shard: dict[str, list[int]] = {}
         for index in range(self.length):

@@ -138,13 +138,14 @@ class PretrainTask(Task):
         scan = scan_images(files, cfg.tile_size)
         for message in scan.unreadable:
             log.warning("skipped unreadable image: %s", message)
-        log.info("data: %d files, %d samples per epoch%s", len(files), cfg.samples_per_epoch or len(scan.entries),
+        log.info("data: %d files, %d samples per epoch%s%s", len(files), cfg.samples_per_epoch or len(scan.entries),
+                 ", each file alike" if cfg.sample_by == "files" else "",
                  f", {len(scan.unreadable)} unreadable files skipped" if scan.unreadable else "")
         check_normalisation(list(dict.fromkeys(entry.path for entry in scan.entries)), self.contract,
                             self.dist.is_main)
         on_device = cfg.decode_on == "device"
         self.dataset = UnlabelledImages(scan.entries, self.contract, cfg.img_size, cfg.patch_size, cfg.tile_size,
-                                        cfg.min_scale, on_device, cfg.samples_per_epoch)
+                                        cfg.min_scale, on_device, cfg.samples_per_epoch, cfg.sample_by)
         self.files = files
         dataset = self.with_replay(self.dataset) if cfg.replay else self.dataset
         if on_device and not self.dataset.decode_on_device:
