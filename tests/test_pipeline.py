@@ -7,7 +7,6 @@ import re
 import shutil
 import statistics
 import subprocess
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -261,11 +260,6 @@ def test_demo_trains_on_no_held_out_scene_and_its_stage_2_is_a_real_stage(tmp_pa
     peak = max(schedule.lr(step) for step in range(schedule.total_steps))
     assert peak >= 1.5e-3 * 32 / 256 * 0.99, peak  # its blr 1.5e-3, ten times the ViT-B recipe's
     assert schedule.warmup_steps <= schedule.total_steps // 10
-    # its crops come from the three scenes alike, though the larger Yellowstone scenes hold 97 of its 98 tiles
-    drawn = Counter(dataset.entries[dataset.entry_of(index, torch.Generator().manual_seed(index))].path.name
-                    for index in range(3000))
-    assert len(dataset.entries) > 10 * len(drawn) and sorted(drawn) == sorted(pretrained_on)
-    assert all(abs(count / 3000 - 1 / 3) < 0.04 for count in drawn.values()), drawn
 
 
 def test_the_demo_source_travels_with_the_package_and_random_needs_asking(tmp_path, monkeypatch):

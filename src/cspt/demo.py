@@ -44,9 +44,9 @@ HELD_OUT = ("OSBS_029", "SOAP_061")  #: 61 + 37 crowns from Florida and Californ
 #: the unlabelled imagery of consecutive pretraining: the training scenes and SOAP_031 (no held-out scene)
 PRETRAIN_SCENES = tuple(f"{stem}.png" for stem in TRAIN_SCENES) + ("SOAP_031.png",)
 #: stage 2, the reproduction's recipe (docs/reproduction.md: blr 1.5e-3 at batch 32, 24 epochs of 38 steps, the
-#: warm-up 5% of the steps) on random crops of the three unlabelled scenes, each scene alike: 912 steps
-PRETRAIN = {"epochs": 24, "samples_per_epoch": 38 * 32, "batch_size": 32, "blr": 1.5e-3, "warmup_epochs": 1.2,
-            "sample_by": "files"}
+#: warm-up 5% of the steps) on random crops of the three unlabelled scenes: 912 steps (crops spread by area; drawn
+#: from each scene alike, they did no better: benchmarks/README.md, demo_spread.py)
+PRETRAIN = {"epochs": 24, "samples_per_epoch": 38 * 32, "batch_size": 32, "blr": 1.5e-3, "warmup_epochs": 1.2}
 #: what a source checkpoint decides when there is one (the tiny recipes spell out the shared tiny MAE's)
 SHAPE_FIELDS = ("model", "embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "decoder_dim", "decoder_depth",
                 "decoder_num_heads")
