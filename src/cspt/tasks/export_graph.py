@@ -55,7 +55,8 @@ FINE_TUNED = {"classify": (CLASSIFIER, load_classifier), "segment": (SEGMENTER, 
 DEEPNESS_TYPES = {"segment": "Segmentor", "detect": "Detector"}
 ONNX_OPSET = 18
 DETECTOR_OPSET = 17  #: the TorchScript-based exporter's, for detectors
-#: the largest difference between the exported graph's logits and PyTorch's accepted at export (fp32)
+#: the largest difference between the exported graph's outputs and PyTorch's accepted at export (fp32; a detector's
+#: rows, in pixels, 100 times this)
 CHECK_TOLERANCE = 1e-3
 
 
@@ -141,7 +142,7 @@ def export_graph(source: str | Path, to: str, output: str | Path, gsd: float | N
     """Export the fine-tuned model of ``source`` ``to`` ONNX or a ``torch.export`` archive at ``output``, with its
     description (and Deepness's keys) inside; checked against PyTorch on the way (logged)."""
     if to not in GRAPH_TARGETS:
-        raise CsptError(f"unknown graph format '{to}'; choose one of {', '.join(GRAPH_TARGETS)}")
+        raise CsptError(f"{source}: unknown graph format '{to}'; choose one of {', '.join(GRAPH_TARGETS)}")
     if is_graph_file(source):
         raise CsptError(f"{source}: already an exported graph; export from the run directory it came from")
     described = fine_tuned_model(source)
@@ -245,7 +246,7 @@ def check_onnx(described: DescribedModel, path: Path, name: Path) -> dict[str, A
             log.warning("%s: the detector finds nothing on noise, so the export could not be compared with PyTorch; "
                         "compare cspt predict with --model and with the run on a scene", name)
             return {"max_abs_difference": None, "on": "noise inputs: nothing detected", "runtime": "onnxruntime"}
-    if worst > CHECK_TOLERANCE * (100 if task == "detect" else 1):  # detector rows are in pixels
+    if worst > CHECK_TOLERANCE * (100 if task == "detect" else 1):
         raise CsptError(f"{name}: the exported graph's outputs differ from PyTorch's by {worst:.2g}")
     log.info("%s: onnxruntime and PyTorch outputs agree within %.2g on noise", name, worst)
     return {"max_abs_difference": worst, "on": "noise inputs", "runtime": "onnxruntime"}
