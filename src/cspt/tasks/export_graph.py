@@ -191,7 +191,7 @@ def export_onnx(described: DescribedModel, output: Path, info: dict[str, Any], g
         graph_info = {"input": "images: (batch, bands, tile, tile) float32, "
                                + ("0-1 scale (the detector normalises)" if detector else "normalised"),
                       "output": DETECTION_ROW if detector else output_name(task), "tile_size": tile_size(described),
-                      "batch": 1 if detector else "any", "check": check_onnx(described, tmp, output)}
+                      "batch": 1 if detector else "any", "check": check_onnx(graph, described, tmp, output)}
         metadata = {DESCRIPTION_KEY: json.dumps(info), "cspt_graph": json.dumps(graph_info),
                     **deepness_metadata(described, gsd)}
         del model.metadata_props[:]
@@ -222,12 +222,12 @@ def quiet_exporters() -> Iterator[None]:
 
 
 @torch.no_grad()
-def check_onnx(described: DescribedModel, path: Path, name: Path) -> dict[str, Any]:
-    """The largest difference between the graph's and PyTorch's outputs on noise (a batch of 3 when the batch
-    is free, so another size than the export's; a detector: whole rows, on the first of a few noise windows where
-    it finds something) of the graph at ``path`` written for ``name``; a one-line error above
-    :data:`CHECK_TOLERANCE`."""
-    graph, runtime, task = graph_of(described), OnnxModel(path, described.info.task), described.info.task
+def check_onnx(graph: nn.Module, described: DescribedModel, path: Path, name: Path) -> dict[str, Any]:
+    """The largest difference between the outputs of the exported module ``graph`` and of its ONNX file at
+    ``path`` (written for ``name``) on noise (a batch of 3 when the batch is free, so another size than the
+    export's; a detector: whole rows, on the first of a few noise windows where it finds something); a one-line
+    error above :data:`CHECK_TOLERANCE`."""
+    runtime, task = OnnxModel(path, described.info.task), described.info.task
     if task != "detect":
         images = example_input(described, 3, seed=1)
         worst = float((graph(images) - torch.from_numpy(runtime.run(images))).abs().max())

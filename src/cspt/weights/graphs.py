@@ -62,6 +62,11 @@ def graph_description(path: Path) -> dict[str, Any]:
                 text = archive.read(member).decode() if member else ""
         except (zipfile.BadZipFile, OSError, UnicodeDecodeError) as err:
             raise CsptError(f"{path}: not a readable torch.export archive ({err})") from None
+    return parsed_description(text, path)
+
+
+def parsed_description(text: str | None, path: Path) -> dict[str, Any]:
+    """A graph's description from its JSON text (``{}`` when it has none); a one-line error when damaged."""
     try:
         return json.loads(text) if text else {}
     except json.JSONDecodeError:
@@ -76,7 +81,7 @@ def graph_info(path: str | Path) -> dict[str, Any]:
         raise CsptError(f"{path}: no such file")
     onnx_file = GRAPH_SUFFIXES[path.suffix.lower()] == "onnx"
     metadata = onnx_metadata(path) if onnx_file else {}
-    described = json.loads(metadata.get(DESCRIPTION_KEY, "{}")) if onnx_file else graph_description(path)
+    described = parsed_description(metadata.get(DESCRIPTION_KEY), path) if onnx_file else graph_description(path)
     if not described:
         raise CsptError(f"{path}: holds no cspt description (not exported by cspt export)")
     classes = described.get("classes") or described.get("palette", {}).get("classes")
