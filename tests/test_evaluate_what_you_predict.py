@@ -12,8 +12,8 @@ import rasterio
 import torch
 from PIL import Image
 
+from cspt.data.masks import Palette
 from cspt.data.pixels import PixelContract
-from cspt.data.segmentation import Palette
 from cspt.models.classifier import build_classifier
 from cspt.models.pyramid import default_taps
 from cspt.tasks.classify import evaluate_scene_classes, predict_scene_classes

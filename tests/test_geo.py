@@ -20,8 +20,9 @@ from rio_cogeo.cogeo import cog_validate
 from cspt.config import SegmentConfig
 from cspt.data.detection import read_annotations
 from cspt.data.georaster import vector_driver
+from cspt.data.masks import read_mask
 from cspt.data.pixels import PixelContract
-from cspt.data.segmentation import Pair, SegmentationCrops, read_mask
+from cspt.data.segmentation import Pair, SegmentationCrops
 from cspt.data.windows import window_starts
 from cspt.engine.streaming import BLENDS, blended_logits, stream_strips
 from cspt.tasks.detect import detect_scene

@@ -157,7 +157,7 @@ def scene_folder(folder: Path, good: int, broken: int) -> Path:
 def untrained_segmenter(run: Path, classes: list[str]) -> Path:
     """A run folder with an untrained tiny segmenter of 8-bit RGB into ``classes`` (what it predicts does not
     matter here)."""
-    from cspt.data.segmentation import Palette
+    from cspt.data.masks import Palette
     from cspt.models.pyramid import default_taps
     from cspt.tasks.segment import model_from_description
     from cspt.weights.descriptions import SegmenterDescription

@@ -15,12 +15,13 @@ from timm.data.auto_augment import _RANDOM_INTERPOLATION
 from cspt.data.classification import LabelledImages, LabelledSet
 from cspt.data.detection import Scene
 from cspt.data.images import ImageReadError
+from cspt.data.masks import Palette
 from cspt.data.photometric import photometric_distortion, shift_hue
 from cspt.data.pixels import PixelContract, Pixels
 from cspt.data.rand_augment import PIXEL_OPS, brightness, color, contrast
 from cspt.data.scaling import resolve_scaling
 from cspt.data.scene_tiles import DetectionTiles, make_tiles
-from cspt.data.segmentation import Pair, Palette, SegmentationCrops
+from cspt.data.segmentation import Pair, SegmentationCrops
 from cspt.data.unlabelled import UnlabelledImages, scan_images
 from tests.conftest import write_geotiff
 from tests.data.generate import FOLDER as DATA

@@ -14,7 +14,8 @@ import yaml
 from rasterio.windows import Window
 
 from cspt.config import SegmentConfig
-from cspt.data.segmentation import Pair, Palette, SegmentationCrops
+from cspt.data.masks import Palette
+from cspt.data.segmentation import Pair, SegmentationCrops
 from cspt.tasks.common import contract_of
 from tests.conftest import TINY_ENCODER_FLAGS, TINY_FLAGS, run_cli
 

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cspt.config import SegmentConfig
+from cspt.data.masks import Palette, read_mask
 from cspt.data.pixels import PixelContract, Pixels
-from cspt.data.segmentation import Palette, check_pairs, pair_images, read_mask
+from cspt.data.segmentation import check_pairs, pair_images
 from cspt.engine.streaming import blended_logits
 from cspt.metrics import segmentation_confusion, segmentation_metrics
 from cspt.models.pyramid import ViTFeaturePyramid, default_taps

@@ -45,6 +45,45 @@ def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str], p
     return path
 
 
+#: the colour of each split's regions in :func:`plot_split`
+SPLIT_COLORS = {"train": "tab:blue", "val": "tab:orange"}
+
+
+def plot_split(regions: dict[str, list[tuple[Path, Sequence[int]]]], sizes: dict[Path, tuple[int, int]],
+               path: Path, title: str = "", panels: int = 12) -> Path:
+    """Where each split's regions (``(image, (top, left, height, width))``) lie on their images (``sizes``:
+    height, width), one panel per image in pixel coordinates (the first ``panels`` images)."""
+    from matplotlib.patches import Patch, Rectangle
+
+    images = list(sizes)[:panels]
+    columns = min(4, len(images))
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows + 0.6), squeeze=False)
+    for ax, image in zip(axes.flat, images, strict=False):
+        height, width = sizes[image]
+        ax.add_patch(Rectangle((0, 0), width, height, facecolor="0.92", edgecolor="0.5"))
+        for split, boxes in regions.items():
+            for _, (top, left, box_h, box_w) in (r for r in boxes if r[0] == image):
+                ax.add_patch(Rectangle((left, top), box_w, box_h, facecolor=SPLIT_COLORS.get(split, "0.4"),
+                                       alpha=0.75, linewidth=0))
+        ax.set_xlim(0, width)
+        ax.set_ylim(height, 0)
+        ax.set_aspect("equal")
+        ax.set_title(image.name, fontsize=8)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(images):]:
+        ax.axis("off")
+    fig.legend(handles=[Patch(color=color, label=name) for name, color in SPLIT_COLORS.items()
+                        if name in regions], loc="upper right", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 GAP = 2
 
 

@@ -112,7 +112,10 @@ def example_figures(run_dir: Path, kind: str) -> list[tuple[Path, str]]:
         return [(run_dir / "confusion.png", "confusion matrix on the test split")]
     example = _detection_example(run_dir) if kind == "detect" else (
         _segmentation_example(run_dir) if kind == "segment" else None)
-    return [example] if example else []
+    split_map = run_dir / "splits" / "map.png"
+    return ([example] if example else []) + ([(split_map, "where the training and validation regions lie on "
+                                                           "their images (splits/*.csv)")]
+                                             if kind == "segment" and split_map.is_file() else [])
 
 
 def _detection_example(run_dir: Path) -> tuple[Path, str] | None:
@@ -137,7 +140,7 @@ def _segmentation_example(run_dir: Path) -> tuple[Path, str] | None:
     overlays = sorted((run_dir / "examples").glob("*_overlay.jpg"))
     if not overlays:
         return None
-    return overlays[0], f"predicted classes over the held-out tile {overlays[0].stem.removesuffix('_overlay')}"
+    return overlays[0], f"predicted classes over the held-out region of {overlays[0].stem.removesuffix('_overlay')}"
 
 
 def lineage_lines(run_dir: Path, kind: str) -> list[str]:

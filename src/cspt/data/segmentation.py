@@ -1,9 +1,8 @@
-"""Image/mask pairs for semantic segmentation: pairing, palettes, checks, training crops.
+"""Image/mask pairs for semantic segmentation: pairing, checks, training crops.
 
-Masks are index images (PNG/TIFF, one band: the class index, ``ignore_index`` for
-"don't care") or RGB colour-coded with a palette (``name: [r, g, b]`` per class, plus
-colours mapped to ignore). Every mask is checked once before training: its size must
-match its image and every colour must be in the palette.
+Masks are read as :mod:`cspt.data.masks` says. Every mask is checked once before training: its size
+must match its image (or both are georeferenced, and the mask is read on the image's grid) and every
+colour must be in the palette.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +21,9 @@ import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 
-from cspt.config import read_yaml
 from cspt.data.files import find_images
-from cspt.data.images import ImageReadError, image_info, open_pil
+from cspt.data.images import image_info
+from cspt.data.masks import Palette, label_grid, read_mask
 from cspt.data.photometric import photometric_distortion
 from cspt.data.pixels import PixelContract, Pixels, pad_to
 from cspt.data.sampling import load_or_replace
@@ -34,86 +33,24 @@ MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
 
 
 @dataclass
-class Palette:
-    """Class names, their mask colours (RGB masks) and the colours that mean "ignore"."""
-
-    classes: list[str]
-    colors: list[tuple[int, int, int]] | None = None  #: None: masks hold class indices
-    ignore_colors: list[tuple[int, int, int]] = field(default_factory=list)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "Palette":
-        """``classes: {name: [r, g, b], ...}`` and optional ``ignore: [[r, g, b], ...]``."""
-        values = read_yaml(path)
-        classes = values.get("classes")
-        if not isinstance(classes, dict) or len(classes) < 2:
-            raise CsptError(f"{path}: needs 'classes:' mapping at least two names to [r, g, b]")
-        try:
-            colors = [_rgb(c) for c in classes.values()]
-            ignore = [_rgb(c) for c in values.get("ignore") or []]
-        except (TypeError, ValueError):
-            raise CsptError(f"{path}: colours must be [r, g, b] with values 0-255") from None
-        if len(set(colors)) != len(colors):
-            raise CsptError(f"{path}: two classes share a colour")
-        return cls([str(name) for name in classes], colors, ignore)
-
-    def to_dict(self) -> dict:
-        return {"classes": self.classes, "colors": self.colors, "ignore_colors": self.ignore_colors}
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "Palette":
-        colors = [tuple(c) for c in values["colors"]] if values.get("colors") else None
-        return cls(list(values["classes"]), colors, [tuple(c) for c in values.get("ignore_colors", [])])
-
-
-def _rgb(value: Sequence[int]) -> tuple[int, int, int]:
-    rgb = tuple(int(v) for v in value)
-    if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
-        raise ValueError(value)
-    return rgb  # type: ignore[return-value]
-
-
-def read_mask(path: Path, palette: Palette, ignore_index: int) -> np.ndarray:
-    """The mask as ``int64`` class indices (``ignore_index`` where ignored)."""
-    try:
-        with open_pil(path) as image:
-            pixels = np.asarray(image.convert("RGB") if palette.colors and image.mode != "RGB" else image)
-    except Exception as err:  # any decoder complaint
-        raise ImageReadError(f"{path}: unreadable mask ({err})") from None
-    if palette.colors is None:
-        if pixels.ndim != 2:
-            raise CsptError(f"{path}: an index mask needs one band, found {pixels.shape[-1]} "
-                            "(for colour-coded masks give a --palette)")
-        labels = pixels.astype(np.int64)
-        bad = np.unique(labels[(labels != ignore_index) & ((labels < 0) | (labels >= len(palette.classes)))])
-        if bad.size:
-            raise CsptError(f"{path}: class indices {', '.join(map(str, bad[:8]))} outside 0-"
-                            f"{len(palette.classes) - 1} (and ignore {ignore_index})")
-        return labels
-    if pixels.ndim != 3 or pixels.shape[-1] < 3:
-        raise CsptError(f"{path}: a colour-coded mask needs RGB pixels")
-    packed = (pixels[..., 0].astype(np.int64) << 16) | (pixels[..., 1].astype(np.int64) << 8) | pixels[..., 2]
-    lookup = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(palette.colors)}
-    lookup.update({(r << 16) | (g << 8) | b: ignore_index for r, g, b in palette.ignore_colors})
-    codes = np.array(sorted(lookup), dtype=np.int64)
-    position = np.searchsorted(codes, packed).clip(max=len(codes) - 1)
-    known = codes[position] == packed
-    if not known.all():
-        unknown = np.unique(packed[~known])
-        found = ", ".join(f"({c >> 16}, {(c >> 8) & 255}, {c & 255})" for c in unknown[:8].tolist())
-        raise CsptError(f"{path}: colours not in the palette: {found}; add them to the palette's classes "
-                        "or its ignore list")
-    return np.array([lookup[int(c)] for c in codes], dtype=np.int64)[position]
-
-
-@dataclass
 class Pair:
-    """An image, its mask and the image's size in pixels."""
+    """An image, its mask, and the window of them a split gives (``top``, ``left``, ``height``, ``width`` in
+    image pixels; by default the whole image)."""
 
     image: Path
     mask: Path
     height: int
     width: int
+    top: int = 0
+    left: int = 0
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        return self.top, self.left, self.height, self.width
+
+    def labels(self, palette: Palette, ignore_index: int) -> np.ndarray:
+        """The mask over the window, as class indices on the image's grid."""
+        return read_mask(self.mask, palette, ignore_index, self.box, label_grid(self.image, self.mask))
 
 
 def sibling_masks(image: Path) -> list[Path]:
@@ -188,26 +125,21 @@ def check_pairs(pairs: Sequence[tuple[Path, Path]], palette: Palette, ignore_ind
     def check(pair: tuple[Path, Path]) -> tuple[Pair, np.ndarray]:
         image, mask = pair
         info = image_info(image)
-        labels = read_mask(mask, palette, ignore_index)
+        grid = label_grid(image, mask)
+        labels = read_mask(mask, palette, ignore_index, onto=grid)
         if labels.shape != (info.height, info.width):
             raise CsptError(f"{mask}: mask is {labels.shape[1]}x{labels.shape[0]} but its image {image.name} "
-                            f"is {info.width}x{info.height}")
+                            f"is {info.width}x{info.height}; a mask on another grid needs both to be georeferenced "
+                            "rasters")
+        if grid is not None and (labels == ignore_index).all():
+            raise CsptError(f"{mask}: no labelled pixel over its image {image.name} (read on the image's grid: "
+                            "do they cover the same place?)")
         counts = np.bincount(labels[labels != ignore_index].ravel(), minlength=len(palette.classes))
         return Pair(image, mask, info.height, info.width), counts
 
     with ThreadPoolExecutor(threads) as pool:
         results = list(pool.map(check, pairs))
     return [r[0] for r in results], np.sum([r[1] for r in results], axis=0)
-
-
-def split_pairs(pairs: list[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """A seeded hold-out of ``fraction`` of the tiles (at least one, never all)."""
-    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
-    count = min(len(pairs) - 1, max(1, round(len(pairs) * fraction)))
-    if len(pairs) < 2:
-        raise CsptError("need at least two image/mask pairs to hold some out for validation")
-    held = set(order[:count])
-    return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
 
 
 class SegmentationCrops(Dataset):
@@ -246,17 +178,18 @@ class SegmentationCrops(Dataset):
     def load(self, index: int) -> tuple[Pixels, torch.Tensor]:
         """The tile (through the contract) and its labels, ``ignore_index`` where it has no data (cached)."""
         pair = self.entries[index]
-        if pair.image in self.cache:
-            self.cache.move_to_end(pair.image)
-            return self.cache[pair.image]
-        pixels = self.contract.read(pair.image)
-        labels = read_mask(pair.mask, self.palette, self.ignore_index)
+        key = pair.image, pair.box
+        if key in self.cache:
+            self.cache.move_to_end(key)
+            return self.cache[key]
+        pixels = self.contract.read(pair.image, pair.box)
+        labels = pair.labels(self.palette, self.ignore_index)
         labels[~pixels.valid.numpy()] = self.ignore_index  # no data: nothing to learn there
         compact = np.uint8 if labels.max(initial=0) <= 255 else np.int32
-        self.cache[pair.image] = pixels, torch.from_numpy(labels.astype(compact))
+        self.cache[key] = pixels, torch.from_numpy(labels.astype(compact))
         while len(self.cache) > 1 and sum(m.numel() for _, m in self.cache.values()) > self.cache_pixels:
             self.cache.popitem(last=False)
-        return self.cache[pair.image]
+        return self.cache[key]
 
     def __getitem__(self, item: tuple[int, int]) -> dict:
         index, seed = item

@@ -20,26 +20,19 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from affine import Affine
 from PIL import Image
 from torch import nn
 
 from cspt.config import SegmentConfig
-from cspt.data.aoi import SceneArea, output_crs
+from cspt.data.aoi import SceneArea, bbox_aoi, output_crs
 from cspt.data.files import find_images
-from cspt.data.georaster import ClassValues, vectorize_classes
+from cspt.data.georaster import ClassValues, georeference_of, vectorize_classes
 from cspt.data.images import ImageReadError, display_rgb, image_info, is_raster, open_raster
+from cspt.data.masks import Palette
 from cspt.data.pixels import PixelContract
-from cspt.data.segmentation import (
-    Pair,
-    Palette,
-    SegmentationCrops,
-    check_pairs,
-    collate_crops,
-    pair_images,
-    pairs_from_csv,
-    read_mask,
-    split_pairs,
-)
+from cspt.data.segmentation import Pair, SegmentationCrops, check_pairs, collate_crops, pair_images, pairs_from_csv
+from cspt.data.spatial_split import split_regions
 from cspt.data.vector_labels import (
     VectorLabels,
     check_lies_over,
@@ -57,7 +50,7 @@ from cspt.engine.trainer import Trainer, resolve_precision
 from cspt.errors import CsptError
 from cspt.metrics import segmentation_metrics, write_confusion_csv
 from cspt.models.segmenter import Segmenter, build_segmenter
-from cspt.plots import plot_confusion
+from cspt.plots import plot_confusion, plot_split
 from cspt.tasks.common import (
     SPLITS_DIR,
     DescribedModel,
@@ -113,16 +106,21 @@ def load_palette(palette: str | None, class_names: Sequence[str] | None) -> Pale
 
 
 def write_pairs(pairs: Sequence[Pair], path: Path) -> None:
-    """``image,mask`` rows (absolute paths) of ``pairs`` to the CSV ``path``."""
+    """``image,mask,top,left,height,width`` rows (absolute paths; the pair's window) of ``pairs`` to the CSV
+    ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["image", "mask"])
-        writer.writerows([str(p.image.resolve()), str(p.mask.resolve())] for p in pairs)
+        writer.writerow(["image", "mask", *REGION_COLUMNS])
+        writer.writerows([str(p.image.resolve()), str(p.mask.resolve()), *p.box] for p in pairs)
+
+
+#: the window of its image a split's row gives (a row without them: the whole image)
+REGION_COLUMNS = ("top", "left", "height", "width")
 
 
 def make_split(config: SegmentConfig, palette: Palette) -> dict[str, list[Pair]]:
-    """Checked training and (optional) validation pairs; logs the pixel share of every class."""
+    """Checked training and (optional) validation regions; logs the pixel share of every class."""
     if not config.images:
         raise CsptError("no --images given")
     pairs, counts = check_pairs(pair_images(config.images, config.masks), palette, config.ignore_index)
@@ -130,8 +128,14 @@ def make_split(config: SegmentConfig, palette: Palette) -> dict[str, list[Pair]]
         val, _ = check_pairs(pair_images(config.val_images, config.val_masks), palette, config.ignore_index)
         splits = {"train": pairs, "val": val}
     elif config.val_fraction > 0:
-        train, val = split_pairs(pairs, config.val_fraction, config.split_seed)
-        splits = {"train": train, "val": val}
+        window, stride = max(1, round(config.crop_size / config.resize)), max(1, round(config.stride / config.resize))
+        splits = split_regions(pairs, config.split, config.val_fraction, config.split_seed, window, stride,
+                               config.block_size, config.split_buffer)
+        log.info("split %s: %s", config.split, ", ".join(f"{name} {len(regions)} regions, "
+                                                         f"{sum(r.height * r.width for r in regions):,} pixels"
+                                                         for name, regions in splits.items()))
+    elif config.split != "by-file" or config.block_size or config.split_buffer:
+        raise CsptError(f"--split {config.split}: holds out --val-fraction of the data; give one")
     else:
         splits = {"train": pairs}
     shares = counts / max(1, counts.sum())
@@ -141,20 +145,51 @@ def make_split(config: SegmentConfig, palette: Palette) -> dict[str, list[Pair]]
 
 
 def read_split(folder: Path) -> dict[str, list[Pair]]:
-    """The pairs a run was started with (sizes re-read from the headers, masks not re-checked)."""
+    """The regions a run was started with (image sizes re-read from the headers, masks not re-checked)."""
     splits = {}
     for name in ("train", "val"):
         path = folder / f"{name}.csv"
         if path.is_file():
             rows = list(csv.reader(path.read_text().splitlines()))[1:]
-            splits[name] = [pair_of(Path(image), Path(mask)) for image, mask in rows]
+            splits[name] = [pair_of(Path(row[0]), Path(row[1]), row[2:]) for row in rows]
     return splits
 
 
-def pair_of(image: Path, mask: Path) -> Pair:
-    """An image and its mask, with the image's size read from its header."""
+def pair_of(image: Path, mask: Path, box: Sequence[str] = ()) -> Pair:
+    """An image and its mask over ``box`` (top, left, height, width; none: the whole image, sized from its
+    header)."""
+    if box:
+        top, left, height, width = map(int, box)
+        return Pair(image, mask, height, width, top, left)
     info = image_info(image)
     return Pair(image, mask, info.height, info.width)
+
+
+def region_bbox(area: SceneArea) -> list[float]:
+    """A region's bounds in its scene's CRS, a quarter pixel inside its edges (so that, as an area of interest, it
+    holds the region's pixels and no others)."""
+    (x0, y0), (x1, y1) = area.transform @ (0.25, 0.25), area.transform @ (area.width - 0.25, area.height - 0.25)
+    return [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]
+
+
+def draw_split(splits: dict[str, list[Pair]], target: Path, method: str) -> Path:
+    """``target``: where the training and validation regions lie on their images."""
+    sizes = {}
+    for pair in sorted((p for regions in splits.values() for p in regions), key=lambda p: p.image.name):
+        if pair.image not in sizes:
+            info = image_info(pair.image)
+            sizes[pair.image] = info.height, info.width
+    return plot_split({name: [(p.image, p.box) for p in pairs] for name, pairs in splits.items()}, sizes, target,
+                      f"split: {method}")
+
+
+def region_area(pair: Pair) -> SceneArea | None:
+    """A split's region as the area :func:`~cspt.tasks.maps.scene_strips` reads (None: the whole image)."""
+    info = image_info(pair.image)
+    if pair.box == (0, 0, info.height, info.width):
+        return None
+    return SceneArea(pair.top, pair.left, pair.height, pair.width, np.ones((pair.height, pair.width), bool),
+                     georeference_of(pair.image).transform @ Affine.translation(pair.left, pair.top))
 
 
 # ---------------------------------------------------------------- inference and evaluation
@@ -184,7 +219,8 @@ def source_window(info: SegmenterDescription) -> tuple[int, int]:
 
 def evaluate_pairs(model: nn.Module, pairs: Sequence[Pair], info: SegmenterDescription, contract: PixelContract,
                    device: torch.device, precision: str = "auto", blend: str = "cosine") -> dict[str, Any]:
-    """Sliding-window metrics (mIoU, OA, mean F1, per class, confusion) over whole tiles, scored on the very
+    """Sliding-window metrics (mIoU, OA, mean F1, per class, confusion) over each pair's region (the whole tile,
+    or a window of it a spatial split gives), scored on the very
     predictions ``cspt predict segment`` writes (:func:`~cspt.tasks.maps.scene_strips`); pixels without
     data are not scored, and counted.
 
@@ -199,8 +235,9 @@ def evaluate_pairs(model: nn.Module, pairs: Sequence[Pair], info: SegmenterDescr
     skipped = invalid = 0
     for pair in scenes_progress(shard(pairs)):
         try:
-            labels = read_mask(pair.mask, palette, ignore)
-            _, strips = scene_strips(forward, pair.image, contract, *source_window(info), blend)
+            labels = pair.labels(palette, ignore)
+            _, strips = scene_strips(forward, pair.image, contract, *source_window(info), blend,
+                                     area=region_area(pair))
             scored = score_strips(strips, labels, len(classes), ignore)
         except ImageReadError as err:
             log.warning("skipped unreadable tile: %s", err)
@@ -467,9 +504,16 @@ class SegmentTask(FineTuneTask):
         if "val" not in self.splits and self.dist.is_main:
             write_weights(model.state_dict(), run_dir / SEGMENTER, self.describe(run_dir, "last epoch"))
             log.info("no validation tiles: kept the last epoch; evaluate it with cspt evaluate segment")
-        if "val" in self.splits and self.dist.is_main:  # the report's example: the first validation tile drawn
-            predict_segmenter(run_dir, [str(self.splits["val"][0].image)], run_dir / "examples", draw=True,
-                              device=str(next(model.parameters()).device.type))
+        if "val" in self.splits and self.dist.is_main:  # the report's example: the first validation region drawn
+            example = self.splits["val"][0]
+            area = region_area(example)
+            if area is not None and not georeference_of(example.image).is_georeferenced:
+                log.info("no example drawing: the first validation region is part of a picture without a map "
+                         "position, which cspt predict segment draws whole")
+                return
+            aoi = None if area is None else bbox_aoi(region_bbox(area))
+            predict_segmenter(run_dir, [str(example.image)], run_dir / "examples", draw=True,
+                              device=str(next(model.parameters()).device.type), aoi=aoi)
 
     def describe(self, run_dir: Path, selected: str) -> SegmenterDescription:
         """``segmenter.json``: how to rebuild, feed and read the model, and where it came from."""
@@ -500,8 +544,11 @@ def finetune_segment(config: SegmentConfig, resume: str | Path | bool | None = N
                 table = scene_label_pairs(config.scenes, labels, palette.classes, run_dir / "labels",
                                           config.ignore_index, config.background)
                 source = dataclasses.replace(config, images=[str(table)], masks=None)
-            for name, pairs in make_split(source, palette).items():
+            made = make_split(source, palette)
+            for name, pairs in made.items():
                 write_pairs(pairs, splits_dir / f"{name}.csv")
+            if "val" in made:
+                draw_split(made, splits_dir / "map.png", config.split if not config.val_images else "--val-images")
         barrier()
         splits = read_split(splits_dir)
         if dist.is_main:

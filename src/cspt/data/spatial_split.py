@@ -1,0 +1,143 @@
+"""Hold-outs in space: which window of each scene trains and which validates.
+
+Neighbouring pixels look alike (spatial autocorrelation), so a validation window beside a training
+window scores what the model has seen rather than what it has learnt. Three ways to split
+image/mask pairs into training and validation regions (each a :class:`~cspt.data.segmentation.Pair`
+window; training crops and validation windows stay inside their region):
+
+- ``by-file``: whole files, seeded. Tiles cut from one scene still touch each other: right for
+  files from far-apart places, optimistic for the tiles of one mosaic.
+- ``blocks``: every scene cut by a grid of square blocks in map units (pixels for images without a
+  map position), anchored at the map's origin, so scenes that touch or overlap share their blocks;
+  a seeded share of the blocks validates, the rest train. Each side of a block that faces a block
+  of the other split (across an edge or a corner) gives up ``buffer / 2``, and a pixel straddling a
+  block edge belongs to neither, so no training pixel lies within ``buffer`` of a validation pixel.
+- ``random``: the sliding windows of every scene (crop-sized, at the sliding stride), each assigned
+  at random. Neighbouring windows overlap, so pixels are shared across the split: what a random
+  split of a chip dataset amounts to, kept to measure how much it overstates the scores.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+
+import torch
+from affine import Affine
+
+from cspt.data.georaster import georeference_of
+from cspt.data.segmentation import Pair
+from cspt.data.windows import window_starts
+from cspt.errors import CsptError
+
+SPLITS = ("by-file", "blocks", "random")
+
+#: slack when deciding whether a pixel lies inside a block (map coordinates are floating point)
+EDGE_SLACK = 1e-6
+
+BlockKey = tuple[str, int, int]
+
+
+def split_regions(pairs: Sequence[Pair], method: str, fraction: float, seed: int, window: int, stride: int,
+                  block_size: float | None = None, buffer: float = 0.0) -> dict[str, list[Pair]]:
+    """Training and validation regions of ``pairs`` (whole files), ``fraction`` of them (of the files, blocks or
+    windows) validating; ``window`` and ``stride``: the sliding window in image pixels."""
+    if not 0 < fraction < 1:
+        raise CsptError(f"--val-fraction {fraction}: the share held out must lie between 0 and 1")
+    if method == "by-file":
+        if len(pairs) < 2:
+            raise CsptError("--split by-file needs at least two image/mask pairs; for one scene use --split blocks")
+        return assign(list(pairs), fraction, seed)
+    if method == "blocks":
+        return block_regions(pairs, fraction, seed, block_size or default_block_size(pairs[0], window), buffer)
+    if method == "random":
+        windows = [replace(pair, top=pair.top + top, left=pair.left + left, height=min(window, pair.height),
+                           width=min(window, pair.width))
+                   for pair in pairs for top in window_starts(pair.height, window, stride)
+                   for left in window_starts(pair.width, window, stride)]
+        if len(windows) < 2:
+            raise CsptError("--split random: the scenes hold a single sliding window; nothing to hold out")
+        return assign(windows, fraction, seed)
+    raise CsptError(f"--split {method}: choose one of {', '.join(SPLITS)}")
+
+
+def assign(items: list, fraction: float, seed: int) -> dict[str, list]:
+    """A seeded ``fraction`` of ``items`` (at least one, never all) for validation, the rest for training, each
+    in its original order."""
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = set(order[:min(len(items) - 1, max(1, round(len(items) * fraction)))])
+    return {"train": [x for i, x in enumerate(items) if i not in held],
+            "val": [x for i, x in enumerate(items) if i in held]}
+
+
+def default_block_size(pair: Pair, window: int) -> float:
+    """Four sliding windows, in the map units of the first scene."""
+    return 4 * window * abs(georeference_of(pair.image).transform.a)
+
+
+def block_regions(pairs: Sequence[Pair], fraction: float, seed: int, size: float,
+                  buffer: float) -> dict[str, list[Pair]]:
+    """The regions of the ``blocks`` split (see the module's docstring)."""
+    if size <= 0 or not 0 <= buffer < size:
+        raise CsptError(f"--block-size {size} and --split-buffer {buffer}: the block must be positive and larger "
+                        "than the buffer")
+    placed = [(pair, scene_blocks(pair, size)) for pair in pairs]
+    keys = sorted({key for _, blocks in placed for key in blocks})
+    if len(keys) < 2:
+        raise CsptError(f"--block-size {size:g}: the scenes lie in a single block, so none can be held out; give a "
+                        "smaller --block-size (in the scenes' map units)")
+    validating = set(assign(keys, fraction, seed)["val"])
+    split = {key: "val" if key in validating else "train" for key in keys}
+    regions: dict[str, list[Pair]] = {"train": [], "val": []}
+    for pair, blocks in placed:
+        transform = georeference_of(pair.image).transform
+        for key in blocks:
+            region = block_window(pair, transform, key, size, shrunk_sides(key, split, buffer / 2))
+            if region is not None:
+                regions[split[key]].append(region)
+    return regions
+
+
+def scene_blocks(pair: Pair, size: float) -> list[BlockKey]:
+    """The blocks ``(grid, column, row)`` a scene touches; scenes in one CRS share a grid, a picture without a
+    map position has a grid of its own."""
+    where = georeference_of(pair.image)
+    t = where.transform
+    if t.b or t.d:
+        raise CsptError(f"{pair.image}: its pixel grid is rotated on the map; --split blocks needs a north-up grid "
+                        "(gdalwarp it first)")
+    prefix = where.crs.to_wkt() if where.is_georeferenced else str(pair.image.resolve())
+    xs = sorted((t.c + t.a * pair.left, t.c + t.a * (pair.left + pair.width)))
+    ys = sorted((t.f + t.e * pair.top, t.f + t.e * (pair.top + pair.height)))
+    columns = range(math.floor(xs[0] / size), math.ceil(xs[1] / size))
+    rows = range(math.floor(ys[0] / size), math.ceil(ys[1] / size))
+    return [(prefix, i, j) for i in columns for j in rows]
+
+
+def shrunk_sides(key: BlockKey, split: dict[BlockKey, str], half: float) -> tuple[float, float, float, float]:
+    """How much each side of a block gives up (low x, high x, low y, high y; map units): ``half`` the buffer
+    where a block of the other split lies across it or across one of its corners."""
+    prefix, i, j = key
+    other = {(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1)
+             if split.get((prefix, i + di, j + dj), split[key]) != split[key]}
+    return tuple(half if any(d[axis] == side for d in other) else 0.0
+                 for axis, side in ((0, -1), (0, 1), (1, -1), (1, 1)))  # type: ignore[return-value]
+
+
+def block_window(pair: Pair, transform: Affine, key: BlockKey, size: float,
+                 shrink: tuple[float, float, float, float]) -> Pair | None:
+    """The pixels of ``pair``'s window lying wholly inside the (shrunk) block, as a region (None: none)."""
+    _, i, j = key
+    low_x, high_x, low_y, high_y = shrink
+    x0, x1 = i * size + low_x, (i + 1) * size - high_x
+    y0, y1 = j * size + low_y, (j + 1) * size - high_y
+    cols = sorted(((x0 - transform.c) / transform.a, (x1 - transform.c) / transform.a))
+    rows = sorted(((y0 - transform.f) / transform.e, (y1 - transform.f) / transform.e))
+    left = max(pair.left, math.ceil(cols[0] - EDGE_SLACK))
+    right = min(pair.left + pair.width, math.floor(cols[1] + EDGE_SLACK))
+    top = max(pair.top, math.ceil(rows[0] - EDGE_SLACK))
+    bottom = min(pair.top + pair.height, math.floor(rows[1] + EDGE_SLACK))
+    if right <= left or bottom <= top:
+        return None
+    return replace(pair, top=top, left=left, height=bottom - top, width=right - left)
