@@ -212,7 +212,10 @@ def test_finetune_segment_from_geotiff_scenes_and_polygons_in_another_crs(tmp_pa
     # both scenes have the same extent on the map (one origin): the polygons of one tile label both
     result = run_cli(*command)
     assert result.returncode == 0, result.stderr
-    burnt = np.asarray(Image.open(run / "labels" / "0000_image_part_002.png"))
+    with rasterio.open(run / "labels" / "0000_image_part_002.tif") as burnt_raster:  # on the scene's own grid
+        burnt = burnt_raster.read(1)
+        with rasterio.open(scenes[0]) as scene:
+            assert burnt_raster.transform == scene.transform and burnt_raster.crs == scene.crs
     expected = read_mask(mask, load_palette("dubai", None), 255)
     names = load_palette("dubai", None).classes
     info = json.loads((run / "segmenter.json").read_text())  # the classes: the label values present, sorted
@@ -283,7 +286,7 @@ def test_nodata_pixels_are_neither_trained_on_nor_scored(tmp_path: Path):
     pair = Pair(scene, tmp_path / "mask.png", *rgb.shape[:2])
     contract = PixelContract((0.5,) * 3, (0.25,) * 3)
     crops = SegmentationCrops([pair], palette, 64, contract)
-    _, labels = crops.load(0)
+    _, labels = crops.read(0, (0, 0, *rgb.shape[:2]))
     assert (labels[:40] == 255).all() and (labels[:, -40:] == 255).all() and (labels[40:-40, 40:-40] == 2).all()
     info = SegmenterDescription(architecture={"in_chans": 3}, pixels=contract.to_dict(), palette=palette.to_dict(),
                                 taps=[0], channels=8, aux_channels=0, crop_size=64, stride=48)

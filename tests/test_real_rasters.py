@@ -82,9 +82,8 @@ def test_landsat_nodata_border_is_never_trained_on_scored_or_predicted(solaris: 
     assert train.name == "landsat_north.tif"
     crops = SegmentationCrops([Pair(train, labels[train], *border[train].shape)], Palette(config["class_names"]),
                               32, contract_of(SegmentConfig(**config)), scale_range=config["scale_range"])
-    from PIL import Image
-
-    burnt = np.asarray(Image.open(labels[train]))
+    with rasterio.open(labels[train]) as burnt_raster:  # the polygons burnt onto the scene's grid
+        burnt = burnt_raster.read(1)
     assert ((burnt == 1) & border[train]).any()  # the labels themselves do cross into the border
     for seed in range(100):
         sample = crops[(seed % len(crops), seed)]

@@ -236,6 +236,8 @@ class SegmentConfig(TrainConfig, EncoderConfig, PyramidConfig):
     layer_decay: float = option(0.65, "layer-wise lr decay of the encoder (1.0: off)")
     drop_path: float = option(0.1, "stochastic depth rate")
     epochs: int = option(50, "number of epochs (an epoch: about one crop per crop-sized area of every tile)")
+    windows_per_epoch: int | None = option(None, "crops per epoch, drawn from the training regions by area (default: "
+                                           "one per crop-sized area; for scenes too large to cover each epoch)")
     batch_size: int = option(4, "crops per device per step (at least 2: the heads use BatchNorm)")
     blr: float = option(4.8e-4, "base learning rate: lr = blr * effective_batch / 256 (3e-5 at batch 16)")
     min_lr: float = option(0.0, "learning rate at the end of the schedule")

@@ -9,7 +9,8 @@ reprojected on the fly, nearest neighbour, pixels it does not cover ignored.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,9 +66,10 @@ def _rgb(value: Sequence[int]) -> tuple[int, int, int]:
     return rgb  # type: ignore[return-value]
 
 
+@functools.lru_cache(maxsize=4096)
 def label_grid(image: Path, mask: Path) -> SceneGrid | None:
     """The grid ``mask`` must be read on: ``image``'s, when both are georeferenced rasters on different grids
-    (None: they match pixel for pixel, or one of them has no map position)."""
+    (None: they match pixel for pixel, or one of them has no map position). Read once per process."""
     if not (is_raster(image) and is_raster(mask)):
         return None
     target, source = scene_grid(image), scene_grid(mask)
@@ -95,6 +97,33 @@ def read_mask(path: Path, palette: Palette, ignore_index: int, window: WindowBox
     if covered is not None:
         labels[~covered] = ignore_index
     return labels
+
+
+#: pixels of a mask raster read at a time when a whole mask is checked (whole rows: memory independent of the
+#: mask's size)
+MASK_STRIP_PIXELS = 4_000_000
+
+
+def mask_strips(path: Path, palette: Palette, ignore_index: int, image: Path, height: int, width: int,
+                onto: SceneGrid | None = None) -> Iterator[np.ndarray]:
+    """The mask of a ``height`` x ``width`` ``image`` (on ``onto``'s grid when given) as class indices: strip by
+    strip for a raster (memory of a strip, whatever the mask's size), whole for other images. A mask of another
+    size (and not on another grid) is refused in one line."""
+    if not is_raster(path):
+        labels = read_mask(path, palette, ignore_index)
+        if labels.shape != (height, width):
+            raise CsptError(f"{path}: mask is {labels.shape[1]}x{labels.shape[0]} but its image {image.name} is "
+                            f"{width}x{height}")
+        yield labels
+        return
+    if onto is None:
+        stored = scene_grid(path)
+        if (stored.height, stored.width) != (height, width):
+            raise CsptError(f"{path}: mask is {stored.width}x{stored.height} but its image {image.name} is "
+                            f"{width}x{height}; a mask on another grid needs both to be georeferenced rasters")
+    step = max(1, MASK_STRIP_PIXELS // width)
+    for top in range(0, height, step):
+        yield read_mask(path, palette, ignore_index, (top, 0, min(step, height - top), width), onto)
 
 
 def _mask_pixels(path: Path, palette: Palette, window: WindowBox | None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +22,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 
 from cspt.data.files import find_images
-from cspt.data.images import image_info
-from cspt.data.masks import Palette, label_grid, read_mask
+from cspt.data.images import WindowBox, image_info, is_raster
+from cspt.data.masks import Palette, label_grid, mask_strips, read_mask
 from cspt.data.photometric import photometric_distortion
 from cspt.data.pixels import PixelContract, Pixels, pad_to
 from cspt.data.sampling import load_or_replace
@@ -48,9 +48,19 @@ class Pair:
     def box(self) -> tuple[int, int, int, int]:
         return self.top, self.left, self.height, self.width
 
-    def labels(self, palette: Palette, ignore_index: int) -> np.ndarray:
-        """The mask over the window, as class indices on the image's grid."""
-        return read_mask(self.mask, palette, ignore_index, self.box, label_grid(self.image, self.mask))
+    def labels(self, palette: Palette, ignore_index: int, box: WindowBox | None = None) -> np.ndarray:
+        """The mask over the region (or over ``box``, relative to it), as class indices on the image's grid."""
+        top, left, height, width = box or (0, 0, self.height, self.width)
+        return read_mask(self.mask, palette, ignore_index, (self.top + top, self.left + left, height, width),
+                         label_grid(self.image, self.mask))
+
+    def label_rows(self, palette: Palette, ignore_index: int) -> Callable[[int, int], np.ndarray]:
+        """``rows(top, count)``: rows of the region's labels, read window by window from a mask raster (memory of
+        the rows), from a decoded copy for other masks (decoded whole anyway)."""
+        if is_raster(self.mask):
+            return lambda top, count: self.labels(palette, ignore_index, (top, 0, count, self.width))
+        labels = self.labels(palette, ignore_index)
+        return lambda top, count: labels[top:top + count]
 
 
 def sibling_masks(image: Path) -> list[Path]:
@@ -120,21 +130,19 @@ def pairs_from_csv(path: Path) -> list[tuple[Path, Path]]:
 
 def check_pairs(pairs: Sequence[tuple[Path, Path]], palette: Palette, ignore_index: int,
                 threads: int = 8) -> tuple[list[Pair], np.ndarray]:
-    """Read every mask once: sizes must match, colours must be known. Returns pairs and pixel counts per class."""
+    """Read every mask once (strip by strip for rasters): sizes must match, colours must be known. Returns pairs
+    and pixel counts per class."""
 
     def check(pair: tuple[Path, Path]) -> tuple[Pair, np.ndarray]:
         image, mask = pair
         info = image_info(image)
         grid = label_grid(image, mask)
-        labels = read_mask(mask, palette, ignore_index, onto=grid)
-        if labels.shape != (info.height, info.width):
-            raise CsptError(f"{mask}: mask is {labels.shape[1]}x{labels.shape[0]} but its image {image.name} "
-                            f"is {info.width}x{info.height}; a mask on another grid needs both to be georeferenced "
-                            "rasters")
-        if grid is not None and (labels == ignore_index).all():
+        counts = np.zeros(len(palette.classes), np.int64)
+        for labels in mask_strips(mask, palette, ignore_index, image, info.height, info.width, grid):
+            counts += np.bincount(labels[labels != ignore_index].ravel(), minlength=len(palette.classes))
+        if grid is not None and not counts.any():
             raise CsptError(f"{mask}: no labelled pixel over its image {image.name} (read on the image's grid: "
                             "do they cover the same place?)")
-        counts = np.bincount(labels[labels != ignore_index].ravel(), minlength=len(palette.classes))
         return Pair(image, mask, info.height, info.width), counts
 
     with ThreadPoolExecutor(threads) as pool:
@@ -143,25 +151,28 @@ def check_pairs(pairs: Sequence[tuple[Path, Path]], palette: Palette, ignore_ind
 
 
 class SegmentationCrops(Dataset):
-    """Training samples, indexed by ``(index, seed)``: a random crop of a scale-jittered tile.
+    """Training samples, indexed by ``(index, seed)``: a random crop of a scale-jittered region.
 
-    A tile counts at ``base_scale`` (the ``--resize`` option): it gives ``area /
-    crop_size**2`` samples per epoch at that scale (at least one). A sample draws a scale
-    (``base_scale`` times the jitter), places a crop-sized window on the tile as rescaled
-    by it, and resizes only the tile pixels under that window: the tile itself is never
-    rescaled, so a sample costs memory of the crop's size whatever the tile's. Image, valid
-    mask and labels share the scale, window, flip and 90-degree rotation; the image alone
-    gets photometric distortion (any band count). Pixels without data and areas padded to
-    reach the crop size are ``ignore_index`` in the labels and 0 after normalisation.
-    Decoded tiles (labels as compact integers) are kept in a small per-process cache
-    (``cache_pixels`` in total).
+    A region (a tile, or the window of a scene a split gives) counts at ``base_scale`` (the
+    ``--resize`` option): it gives ``area / crop_size**2`` samples per epoch at that scale (at
+    least one), or, with ``windows_per_epoch``, its share by area of that many. A sample draws a
+    scale (``base_scale`` times the jitter), places a crop-sized window on the region as
+    rescaled by it, reads the region's pixels under that window only and resizes them: a sample
+    costs memory of the crop's size whatever the scene's. Image, valid mask and labels share
+    the scale, window, flip and 90-degree rotation; the image alone gets photometric distortion
+    (any band count). Pixels without data and areas padded to reach the crop size are
+    ``ignore_index`` in the labels and 0 after normalisation. A raster image with a raster mask
+    is read window by window; other images (decoded whole anyway) are kept decoded, labels as
+    compact integers, in a small per-process cache (``cache_pixels`` in total).
     """
 
     def __init__(self, pairs: Sequence[Pair], palette: Palette, crop_size: int, contract: PixelContract,
                  ignore_index: int = 255, scale_range: Sequence[float] = (0.5, 2.0), photometric: bool = True,
-                 base_scale: float = 1.0, cache_pixels: int = 8_000_000):
+                 base_scale: float = 1.0, cache_pixels: int = 8_000_000, windows_per_epoch: int | None = None):
         area = [round(p.height * base_scale) * round(p.width * base_scale) for p in pairs]
-        self.entries = [p for p, a in zip(pairs, area, strict=True) for _ in range(max(1, a // crop_size**2))]
+        counts = shares_of(area, windows_per_epoch) if windows_per_epoch else [max(1, a // crop_size**2)
+                                                                               for a in area]
+        self.entries = [p for p, n in zip(pairs, counts, strict=True) for _ in range(n)]
         self.palette = palette
         self.crop_size = crop_size
         self.contract = contract
@@ -170,21 +181,34 @@ class SegmentationCrops(Dataset):
         self.photometric = photometric
         self.base_scale = base_scale
         self.cache_pixels = cache_pixels
-        self.cache: OrderedDict[Path, tuple[Pixels, torch.Tensor]] = OrderedDict()
+        self.cache: OrderedDict[tuple, tuple[Pixels, torch.Tensor]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def load(self, index: int) -> tuple[Pixels, torch.Tensor]:
-        """The tile (through the contract) and its labels, ``ignore_index`` where it has no data (cached)."""
+    def read(self, index: int, box: WindowBox) -> tuple[Pixels, torch.Tensor]:
+        """A window ``box`` of an entry's region (relative to it) through the contract, and its labels,
+        ``ignore_index`` where it has no data."""
         pair = self.entries[index]
+        if is_raster(pair.image) and is_raster(pair.mask):
+            top, left, height, width = box
+            pixels = self.contract.read(pair.image, (pair.top + top, pair.left + left, height, width))
+            labels = torch.from_numpy(pair.labels(self.palette, self.ignore_index, box))
+        else:
+            whole, all_labels = self.decoded(pair)
+            pixels = whole.crop(*box)
+            top, left, height, width = box
+            labels = all_labels[top:top + height, left:left + width].long()
+        return pixels, torch.where(pixels.valid, labels, self.ignore_index)
+
+    def decoded(self, pair: Pair) -> tuple[Pixels, torch.Tensor]:
+        """A region of an image that is decoded whole anyway, and its labels (kept in the cache)."""
         key = pair.image, pair.box
         if key in self.cache:
             self.cache.move_to_end(key)
             return self.cache[key]
         pixels = self.contract.read(pair.image, pair.box)
         labels = pair.labels(self.palette, self.ignore_index)
-        labels[~pixels.valid.numpy()] = self.ignore_index  # no data: nothing to learn there
         compact = np.uint8 if labels.max(initial=0) <= 255 else np.int32
         self.cache[key] = pixels, torch.from_numpy(labels.astype(compact))
         while len(self.cache) > 1 and sum(m.numel() for _, m in self.cache.values()) > self.cache_pixels:
@@ -194,25 +218,31 @@ class SegmentationCrops(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> dict:
         index, seed = item
         generator = torch.Generator().manual_seed(seed)
-        (pixels, mask), _, skipped = load_or_replace(self.load, index, len(self.entries), generator)
+        (pixels, mask), _, skipped = load_or_replace(lambda i: self.crop(i, generator), index, len(self.entries),
+                                                     generator)
         pixels, mask = self.augment(pixels, mask, generator)
         return {"image": self.contract.normalise(pixels), "valid": pixels.valid, "mask": mask.long(),
                 "skipped": skipped}
 
-    def augment(self, pixels: Pixels, mask: torch.Tensor, generator: torch.Generator) -> tuple[Pixels, torch.Tensor]:
+    def crop(self, index: int, generator: torch.Generator) -> tuple[Pixels, torch.Tensor]:
+        """A random scale and crop-sized window of an entry's region, read and resized to at most the crop."""
+        pair = self.entries[index]
         low, high = self.scale_range
         scale = self.base_scale * (low + (high - low) * float(torch.rand(1, generator=generator)))
-        height, width = mask.shape
-        scaled_h, scaled_w = max(1, round(height * scale)), max(1, round(width * scale))
-        crop = self.crop_size
-        crop_h, crop_w = min(crop, scaled_h), min(crop, scaled_w)
+        scaled_h, scaled_w = max(1, round(pair.height * scale)), max(1, round(pair.width * scale))
+        crop_h, crop_w = min(self.crop_size, scaled_h), min(self.crop_size, scaled_w)
         top = int(torch.randint(scaled_h - crop_h + 1, (1,), generator=generator))
         left = int(torch.randint(scaled_w - crop_w + 1, (1,), generator=generator))
-        rows = slice(math.floor(top / scale), min(height, math.ceil((top + crop_h) / scale)))
-        cols = slice(math.floor(left / scale), min(width, math.ceil((left + crop_w) / scale)))
-        window = pixels.crop(rows.start, cols.start, rows.stop - rows.start, cols.stop - cols.start)
-        pixels = window.resized((crop_h, crop_w), InterpolationMode.BILINEAR)
-        mask = TF.resize(mask[rows, cols][None], [crop_h, crop_w], interpolation=InterpolationMode.NEAREST)[0]
+        rows = math.floor(top / scale), min(pair.height, math.ceil((top + crop_h) / scale))
+        cols = math.floor(left / scale), min(pair.width, math.ceil((left + crop_w) / scale))
+        pixels, mask = self.read(index, (rows[0], cols[0], rows[1] - rows[0], cols[1] - cols[0]))
+        pixels = pixels.resized((crop_h, crop_w), InterpolationMode.BILINEAR)
+        return pixels, TF.resize(mask[None], [crop_h, crop_w], interpolation=InterpolationMode.NEAREST)[0]
+
+    def augment(self, pixels: Pixels, mask: torch.Tensor, generator: torch.Generator) -> tuple[Pixels, torch.Tensor]:
+        """Padding to the crop size, a flip, a 90-degree turn and photometric distortion."""
+        crop = self.crop_size
+        crop_h, crop_w = mask.shape
         if crop_h < crop or crop_w < crop:
             pixels = pad_to(pixels, crop, crop, self.contract.mean_tensor)
             mask = TF.pad(mask[None], [0, 0, crop - crop_w, crop - crop_h], fill=self.ignore_index)[0]
@@ -224,6 +254,15 @@ class SegmentationCrops(Dataset):
             pixels = photometric_distortion(pixels, generator)
         mask = torch.where(pixels.valid, mask, torch.full_like(mask, self.ignore_index))
         return Pixels(pixels.image.contiguous(), pixels.valid.contiguous()), mask.contiguous()
+
+
+def shares_of(areas: Sequence[int], total: int) -> list[int]:
+    """``total`` split in proportion to ``areas`` (largest remainders; at least one each)."""
+    exact = np.asarray(areas, float) * total / max(1, sum(areas))
+    counts = np.floor(exact).astype(int)
+    for i in np.argsort(counts - exact)[:total - counts.sum()]:
+        counts[i] += 1
+    return [max(1, int(n)) for n in counts]
 
 
 def collate_crops(samples: list[dict]) -> dict:

@@ -9,12 +9,13 @@ from typing import Any
 
 import fiona
 import numpy as np
+import rasterio
 from affine import Affine
-from PIL import Image
 from rasterio.coords import BoundingBox
 from rasterio.crs import CRS
 from rasterio.features import rasterize
 from rasterio.warp import transform_geom
+from rasterio.windows import Window
 
 from cspt.data.images import ImageReadError, open_raster
 from cspt.errors import CsptError
@@ -180,24 +181,39 @@ def all_points(coordinates: Any) -> list[tuple[float, float]]:
     return [point for part in coordinates for point in all_points(part)]
 
 
+#: pixels of a scene rasterised at a time (whole rows: memory independent of the scene's size)
+LABEL_STRIP_PIXELS = 16_000_000
+
+
 def rasterize_labels(scene: Path, labels: VectorLabels, classes: Sequence[str], target: Path,
                      ignore_index: int = 255, background: str | None = None) -> Path:
-    """Burn the labels' polygons into a mask of ``scene``'s grid (class indices, reprojected to its CRS),
-    written as an index PNG at ``target``. Where no polygon lies: the ``background`` class, else
-    ``ignore_index``. (Pixels without data are ignored by the datasets, through the pixel contract.)"""
+    """Burn the labels' polygons into a mask of ``scene``'s grid (class indices, reprojected to its CRS): a tiled
+    GeoTIFF at ``target`` with the scene's CRS and transform, written strip by strip (any scene size). Where
+    no polygon lies: the ``background`` class, else ``ignore_index``. (Pixels without data are ignored by
+    the datasets, through the pixel contract.)"""
     grid = scene_grid(scene)
-    shape, bounds = (grid.height, grid.width), grid.bounds
+    bounds = grid.bounds
     index = class_index(labels, [c for c in classes if c != background])
     index = {name: classes.index(name) for name in index}
     fill = ignore_index if background is None else classes.index(background)
     shapes = [(geometry, index[name]) for geometry, name in in_scene_crs(labels, scene, grid.crs)]
-    mask = rasterize(shapes, out_shape=shape, transform=grid.transform, fill=fill, dtype="uint8") \
-        if shapes else np.full(shape, fill, np.uint8)
-    if not shapes or (mask == fill).all():
+    target.parent.mkdir(parents=True, exist_ok=True)
+    labelled = False
+    with rasterio.open(target, "w", driver="GTiff", height=grid.height, width=grid.width, count=1, dtype="uint8",
+                       crs=grid.crs, transform=grid.transform, tiled=True, blockxsize=256, blockysize=256,
+                       compress="deflate") as dst:
+        step = max(1, LABEL_STRIP_PIXELS // grid.width)
+        for top in range(0, grid.height, step):
+            rows = min(step, grid.height - top)
+            strip = rasterize(shapes, out_shape=(rows, grid.width), transform=grid.transform
+                              @ Affine.translation(0, top), fill=fill, dtype="uint8") if shapes else \
+                np.full((rows, grid.width), fill, np.uint8)
+            labelled |= bool((strip != fill).any())
+            dst.write(strip[None], window=Window(0, top, grid.width, rows))
+    if not labelled:
+        target.unlink()
         raise CsptError(f"{labels.path}: no feature lies over {scene} (the scene covers x {bounds.left:.1f}.."
                         f"{bounds.right:.1f}, y {bounds.bottom:.1f}..{bounds.top:.1f} in {grid.crs})")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(mask).save(target)
     return target
 
 
@@ -207,7 +223,7 @@ def scene_label_pairs(scenes: Sequence[str], labels: VectorLabels, classes: Sequ
     ``folder``. Masks are numbered, so scenes of the same name from two folders keep their own."""
     rows = ["image,mask"]
     for number, scene in enumerate(map(Path, scenes)):
-        mask = rasterize_labels(scene, labels, classes, folder / f"{number:04d}_{scene.stem}.png", ignore_index,
+        mask = rasterize_labels(scene, labels, classes, folder / f"{number:04d}_{scene.stem}.tif", ignore_index,
                                 background)
         rows.append(f"{scene.resolve()},{mask.resolve()}")
     table = folder / "pairs.csv"

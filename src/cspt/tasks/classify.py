@@ -38,7 +38,12 @@ from cspt.data.classification import (
 from cspt.data.files import find_images
 from cspt.data.images import read_raw
 from cspt.data.vector_labels import VectorLabels
-from cspt.engine.distributed import DistContext, barrier, is_main_process, resolve_device
+from cspt.engine.distributed import (
+    DistContext,
+    barrier,
+    is_main_process,
+    resolve_device,
+)
 from cspt.engine.inference import Outputs, run_inference
 from cspt.engine.loading import default_num_workers
 from cspt.engine.optim import param_groups_layer_decay
@@ -46,7 +51,11 @@ from cspt.engine.progress import scenes_progress
 from cspt.engine.run_dir import has_checkpoint
 from cspt.engine.trainer import Trainer, resolve_precision
 from cspt.errors import CsptError
-from cspt.metrics import classification_metrics, segmentation_metrics, write_confusion_csv
+from cspt.metrics import (
+    classification_metrics,
+    segmentation_metrics,
+    write_confusion_csv,
+)
 from cspt.models.classifier import NOT_FOR_CLASSIFIER, build_classifier
 from cspt.plots import plot_confusion
 from cspt.tasks.common import (
@@ -331,7 +340,7 @@ def evaluate_scene_classes(checkpoint: str | Path, scenes: Sequence[str], masks:
         if labels.shape != (shape.height, shape.width):
             raise CsptError(f"{mask}: {labels.shape[1]} x {labels.shape[0]} pixels, its scene {scene} is "
                             f"{shape.width} x {shape.height}")
-        scored = score_strips(strips, labels, len(classes), ignore_index)
+        scored = score_strips(strips, lambda top, rows: labels[top:top + rows], len(classes), ignore_index)
         confusion += scored.confusion
         invalid += scored.invalid
     return {**segmentation_metrics(confusion, classes), "invalid_pixels": invalid, "scenes": len(scenes)}

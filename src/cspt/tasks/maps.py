@@ -98,14 +98,16 @@ class ScoredScene:
     invalid: int = 0  #: pixels without data (neither predicted nor scored)
 
 
-def score_strips(strips: Iterable[Strip], labels: np.ndarray, classes: int, ignore_index: int) -> ScoredScene:
-    """The confusion matrix of a scene's strips against its ``labels`` ``(H, W)``; pixels without data are
-    not scored."""
+def score_strips(strips: Iterable[Strip], label_rows: Callable[[int, int], np.ndarray], classes: int,
+                 ignore_index: int) -> ScoredScene:
+    """The confusion matrix of a scene's strips against its labels, ``label_rows(top, count)`` giving the
+    ``(count, W)`` rows from ``top`` (read strip by strip: memory of a strip); pixels without data are not
+    scored."""
     confusion = torch.zeros(classes, classes, dtype=torch.long)
     invalid = 0
     for strip in strips:
         rows = strip.valid.shape[0]
-        target = torch.from_numpy(labels[strip.top:strip.top + rows].astype(np.int64))
+        target = torch.from_numpy(label_rows(strip.top, rows).astype(np.int64))
         target[~strip.valid] = ignore_index
         invalid += int((~strip.valid).sum())
         predicted = torch.from_numpy(strip_labels(strip).astype(np.int64))

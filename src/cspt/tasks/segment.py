@@ -28,10 +28,23 @@ from cspt.config import SegmentConfig
 from cspt.data.aoi import SceneArea, bbox_aoi, output_crs
 from cspt.data.files import find_images
 from cspt.data.georaster import ClassValues, georeference_of, vectorize_classes
-from cspt.data.images import ImageReadError, display_rgb, image_info, is_raster, open_raster
+from cspt.data.images import (
+    ImageReadError,
+    display_rgb,
+    image_info,
+    is_raster,
+    open_raster,
+)
 from cspt.data.masks import Palette
 from cspt.data.pixels import PixelContract
-from cspt.data.segmentation import Pair, SegmentationCrops, check_pairs, collate_crops, pair_images, pairs_from_csv
+from cspt.data.segmentation import (
+    Pair,
+    SegmentationCrops,
+    check_pairs,
+    collate_crops,
+    pair_images,
+    pairs_from_csv,
+)
 from cspt.data.spatial_split import split_regions
 from cspt.data.vector_labels import (
     VectorLabels,
@@ -41,7 +54,13 @@ from cspt.data.vector_labels import (
     scene_label_pairs,
     vector_classes,
 )
-from cspt.engine.distributed import all_gather_objects, barrier, launched_world_size, resolve_device, shard
+from cspt.engine.distributed import (
+    all_gather_objects,
+    barrier,
+    launched_world_size,
+    resolve_device,
+    shard,
+)
 from cspt.engine.optim import param_groups_layer_decay
 from cspt.engine.progress import scenes_progress
 from cspt.engine.run_dir import has_checkpoint
@@ -125,6 +144,9 @@ def make_split(config: SegmentConfig, palette: Palette) -> dict[str, list[Pair]]
         raise CsptError("no --images given")
     pairs, counts = check_pairs(pair_images(config.images, config.masks), palette, config.ignore_index)
     if config.val_images:
+        if config.split != "by-file" or config.val_fraction:
+            raise CsptError("--val-images are the validation data: --val-fraction and --split hold some out of "
+                            "--images instead; give one or the other")
         val, _ = check_pairs(pair_images(config.val_images, config.val_masks), palette, config.ignore_index)
         splits = {"train": pairs, "val": val}
     elif config.val_fraction > 0:
@@ -235,10 +257,9 @@ def evaluate_pairs(model: nn.Module, pairs: Sequence[Pair], info: SegmenterDescr
     skipped = invalid = 0
     for pair in scenes_progress(shard(pairs)):
         try:
-            labels = pair.labels(palette, ignore)
             _, strips = scene_strips(forward, pair.image, contract, *source_window(info), blend,
                                      area=region_area(pair))
-            scored = score_strips(strips, labels, len(classes), ignore)
+            scored = score_strips(strips, pair.label_rows(palette, ignore), len(classes), ignore)
         except ImageReadError as err:
             log.warning("skipped unreadable tile: %s", err)
             skipped += 1
@@ -398,6 +419,8 @@ def resolve_config(config: SegmentConfig, init: Checkpoint | None = None) -> Seg
         raise CsptError(f"--stride {stride} must lie in 1..{config.img_size} (the crop size)")
     if config.resize <= 0:
         raise CsptError(f"--resize {config.resize} must be positive")
+    if config.windows_per_epoch is not None and config.windows_per_epoch < 1:
+        raise CsptError(f"--windows-per-epoch {config.windows_per_epoch} must be at least 1")
     return dataclasses.replace(config, crop_size=config.img_size, stride=stride, taps=taps)
 
 
@@ -471,7 +494,8 @@ class SegmentTask(FineTuneTask):
         cfg = self.config
         check_normalisation([pair.image for pair in self.splits["train"]], contract_of(cfg), self.dist.is_main)
         dataset = SegmentationCrops(self.splits["train"], self.palette, cfg.crop_size, contract_of(cfg),
-                                    cfg.ignore_index, cfg.scale_range, cfg.photometric, cfg.resize)
+                                    cfg.ignore_index, cfg.scale_range, cfg.photometric, cfg.resize,
+                                    windows_per_epoch=cfg.windows_per_epoch)
         return dataset, collate_crops
 
     def training_step(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
