@@ -2,7 +2,8 @@
 
 For each size (default 15,000 and 30,000 px a side), makes the scene of ``scene_inference.py``
 (a uint16 GeoTIFF tiled from a real Dubai tile, UTM 40N, written strip by strip) and vector
-labels over it (a GeoPackage of 20 m squares every 60 m, one class beside the background),
+labels over it (a GeoPackage of 250 x 250 squares, each a third of its spacing wide: as many
+squares whatever the size, so that only the pixels grow; one class beside the background),
 then runs, in its own process so that its peak RSS is its own:
 
     cspt finetune segment --scenes SCENE --labels SQUARES --background ground --class-names building
@@ -29,24 +30,23 @@ import fiona
 from scene_inference import make_scene, measured  # the same scene as the inference benchmark
 
 ORIGIN, RESOLUTION = (300000.0, 2800000.0), 0.5  #: where make_scene puts the scene (UTM 40N, 0.5 m)
-SQUARE, SPACING = 20.0, 60.0  #: the labelled squares' side and spacing, in metres
+SQUARES_PER_SIDE = 250  #: the labelled squares along each side of a scene
 
 
 def write_squares(path: Path, size: int) -> int:
-    """A GeoPackage of squares over a ``size`` px scene; returns how many."""
-    extent = size * RESOLUTION
+    """A GeoPackage of :data:`SQUARES_PER_SIDE` x :data:`SQUARES_PER_SIDE` squares over a ``size`` px scene;
+    returns how many."""
+    spacing = size * RESOLUTION / SQUARES_PER_SIDE
     schema = {"geometry": "Polygon", "properties": {"class": "str"}}
-    count = 0
     with fiona.open(path, "w", driver="GPKG", crs="EPSG:32640", schema=schema) as sink:
-        steps = int(extent // SPACING)
-        for i in range(steps):
-            for j in range(steps):
-                x0, y0 = ORIGIN[0] + i * SPACING + 5, ORIGIN[1] - j * SPACING - 5
-                ring = [(x0, y0), (x0 + SQUARE, y0), (x0 + SQUARE, y0 - SQUARE), (x0, y0 - SQUARE), (x0, y0)]
+        for i in range(SQUARES_PER_SIDE):
+            for j in range(SQUARES_PER_SIDE):
+                x0, y0 = ORIGIN[0] + (i + 1 / 3) * spacing, ORIGIN[1] - (j + 1 / 3) * spacing
+                side = spacing / 3
+                ring = [(x0, y0), (x0 + side, y0), (x0 + side, y0 - side), (x0, y0 - side), (x0, y0)]
                 sink.write({"geometry": {"type": "Polygon", "coordinates": [ring]},
                             "properties": {"class": "building"}})
-                count += 1
-    return count
+    return SQUARES_PER_SIDE**2
 
 
 def training_speed(run: Path) -> float:

@@ -196,3 +196,19 @@ def test_training_crops_resize_only_the_pixels_under_the_crop(tmp_path: Path, mo
         # nearest (mask) and bilinear (image) agree away from the squares' edges: nearly everywhere
         assert (shown == mask[inside]).float().mean() > 0.85, seed
     assert len(resized) == 200 and max(h * w for h, w in resized) <= (crop // 2 + 2) ** 2
+
+
+def test_a_batch_without_labelled_pixels_has_no_loss_rather_than_nan():
+    """Crops wholly over pixels without data or outside their region happen (a polygon split, a nodata border):
+    their batch teaches nothing, and the mean over the labelled pixels is unchanged otherwise."""
+    from cspt.tasks.segment import pixel_loss
+
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    masks = torch.full((2, 4, 4), 255)
+    loss = pixel_loss(logits, masks, 255)
+    loss.backward()
+    assert loss.item() == 0 and torch.equal(logits.grad, torch.zeros_like(logits))
+    masks[0, :2] = 1
+    masks[1, 3, 1:] = 2
+    assert torch.allclose(pixel_loss(logits, masks, 255), torch.nn.functional.cross_entropy(logits, masks,
+                                                                                           ignore_index=255))

@@ -152,7 +152,7 @@ def test_split_errors_are_one_line(tmp_path: Path):
                              ({"split": "by-file"}, "for one scene use --split blocks"),
                              ({"split": "blocks", "val_fraction": 0.0}, "give one")):
         with pytest.raises(CsptError, match=message) as caught:
-            make_split(SegmentConfig(**{**config.__dict__, **changes}), Palette(["a", "b", "c"]))
+            make_split(SegmentConfig(**{**config.__dict__, **changes}), Palette(["a", "b", "c"]), tmp_path / "z")
         assert "\n" not in str(caught.value)
     rotated = tmp_path / "rotated.tif"
     with rasterio.open(rotated, "w", driver="GTiff", height=64, width=64, count=1, dtype="uint8", crs=TEST_CRS,
@@ -160,6 +160,58 @@ def test_split_errors_are_one_line(tmp_path: Path):
         d.write(np.zeros((1, 64, 64), np.uint8))
     with pytest.raises(CsptError, match="rotated.tif: its pixel grid is rotated"):
         split_regions([Pair(rotated, rotated, 64, 64)] * 2, "blocks", 0.5, 0, 32, 21, 8.0)
+
+
+def test_a_polygon_split_trains_and_validates_on_its_own_polygons_only(tmp_path: Path):
+    """Polygons in degrees over a UTM scene: training crops (100 seeds) never show a pixel of the validation
+    polygon, whose pixels are bright, and validation scores exactly the pixels of its polygon."""
+    import fiona
+
+    pairs = scene(tmp_path)
+    x0, y0 = TEST_ORIGIN
+    def ring(a: float, b: float, c: float, d: float) -> list[tuple[float, float]]:
+        return [(a, b), (c, b), (c, d), (a, d), (a, b)]
+
+    # training: a frame around a hole; validation: inside the hole, 5 m from the frame (its box holds it whole)
+    regions = {"train": [ring(x0 + 5, y0 - 115, x0 + 115, y0 - 5), ring(x0 + 65, y0 - 105, x0 + 112, y0 - 25)],
+               "val": [ring(x0 + 70, y0 - 100, x0 + 107, y0 - 30)]}
+    polygons = tmp_path / "regions.geojson"
+    with fiona.open(polygons, "w", driver="GeoJSON", crs="EPSG:4326",
+                    schema={"geometry": "Polygon", "properties": {"split": "str"}}) as sink:
+        for name, rings in regions.items():
+            sink.write({"geometry": transform_geom(TEST_CRS, "EPSG:4326", {"type": "Polygon", "coordinates": rings}),
+                        "properties": {"split": name}})
+    with rasterio.open(pairs[0].image, "r+") as dst:  # the validation polygon's pixels: bright
+        pixels = dst.read()
+        val_zone = rasterize([(transform_geom("EPSG:4326", TEST_CRS, f.geometry.__geo_interface__), 1)
+                              for f in fiona.open(polygons) if f.properties["split"] == "val"],
+                             out_shape=(SIZE, SIZE), transform=dst.transform, dtype="uint8").astype(bool)
+        pixels[:, val_zone] = 255
+        dst.write(pixels)
+    config = SegmentConfig(images=[str(pairs[0].image.parent)], class_names=["a", "b", "c"], crop_size=32, stride=21,
+                           split="polygons", split_polygons=str(polygons))
+    split = make_split(config, PALETTE, tmp_path / "zones")
+    assert [len(split["train"]), len(split["val"])] == [1, 1]
+    val = split["val"][0]
+    assert int(val.inside().sum()) == int(val_zone.sum()) > 1000
+    crops = SegmentationCrops(split["train"], PALETTE, 32, PixelContract((0.0,) * 3, (1.0,) * 3), photometric=False)
+    for seed in range(100):
+        sample = crops[(seed % len(crops), seed)]
+        assert (sample["image"][:, sample["valid"]] < 0.99).all(), seed
+    run = tmp_path / "run"
+    result = run_cli("finetune", "segment", "--images", str(pairs[0].image.parent), "--class-names", "a", "b", "c",
+                     "--split", "polygons", "--split-polygons", str(polygons), "--output", str(run), "--epochs", "1",
+                     *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert np.array(metrics["confusion"]).sum() + metrics["invalid_pixels"] == int(val_zone.sum())
+    with fiona.open(tmp_path / "odd.geojson", "w", driver="GeoJSON", crs="EPSG:4326",
+                    schema={"geometry": "Polygon", "properties": {"split": "str"}}) as sink:
+        sink.write({"geometry": {"type": "Polygon", "coordinates": [[(0, 0), (1, 0), (1, 1), (0, 0)]]},
+                    "properties": {"split": "test"}})
+    with pytest.raises(CsptError, match="odd.geojson: split values must be train or val, found test"):
+        make_split(SegmentConfig(**{**config.__dict__, "split_polygons": str(tmp_path / "odd.geojson")}), PALETTE,
+                   tmp_path / "zones")
 
 
 @pytest.mark.slow

@@ -213,13 +213,16 @@ class SegmentConfig(TrainConfig, EncoderConfig, PyramidConfig):
     split_seed: int = option(0, "seed of the hold-out")
     split: str = option("by-file", "how --val-fraction is held out: by-file (whole files), blocks (blocks of the "
                         "map, with --split-buffer between training and validation: for scenes cut in tiles or "
-                        "one large scene) or random (sliding windows at random, which overlap across the split: "
-                        "only to measure how much that overstates the scores)",
-                        choices=["by-file", "blocks", "random"])
+                        "one large scene), polygons (your own regions: --split-polygons) or random (sliding "
+                        "windows at random, which overlap across the split: only to measure how much that "
+                        "overstates the scores)", choices=["by-file", "blocks", "polygons", "random"])
     block_size: float | None = option(None, "--split blocks: the side of a block in map units (pixels for images "
                                       "without a map position; default: 4 sliding windows)")
     split_buffer: float = option(0.0, "--split blocks: no training pixel lies within this distance (map units) of "
                                  "a validation pixel")
+    split_polygons: str | None = option(None, "--split polygons: a vector file (any CRS) whose polygons' "
+                                        "--split-field says train or val")
+    split_field: str = option("split", "--split polygons: the attribute naming each polygon's split")
     palette: str | None = option(None, "colour-coded masks: a palette YAML (classes: {name: [r, g, b]}, "
                                  "ignore: [[r, g, b]]) or a built-in name (dubai)")
     class_names: list[str] | None = option(None, "index masks: the class names, in index order", nargs="+")

@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
+from rasterio.windows import Window
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 
 from cspt.data.files import find_images
-from cspt.data.images import WindowBox, image_info, is_raster
+from cspt.data.images import WindowBox, image_info, is_raster, open_raster
 from cspt.data.masks import Palette, label_grid, mask_strips, read_mask
 from cspt.data.photometric import photometric_distortion
 from cspt.data.pixels import PixelContract, Pixels, pad_to
@@ -35,7 +36,8 @@ MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
 @dataclass
 class Pair:
     """An image, its mask, and the window of them a split gives (``top``, ``left``, ``height``, ``width`` in
-    image pixels; by default the whole image)."""
+    image pixels; by default the whole image); with ``zone``, only the window's pixels valued ``zone_value``
+    there are the region's (a split by polygons)."""
 
     image: Path
     mask: Path
@@ -43,6 +45,8 @@ class Pair:
     width: int
     top: int = 0
     left: int = 0
+    zone: Path | None = None  #: a raster on the image's grid saying which pixels of the window are the region's
+    zone_value: int = 0  #: the region's value in ``zone``
 
     @property
     def box(self) -> tuple[int, int, int, int]:
@@ -53,6 +57,15 @@ class Pair:
         top, left, height, width = box or (0, 0, self.height, self.width)
         return read_mask(self.mask, palette, ignore_index, (self.top + top, self.left + left, height, width),
                          label_grid(self.image, self.mask))
+
+    def inside(self, box: WindowBox | None = None) -> np.ndarray | None:
+        """Which pixels of the region (or of ``box``, relative to it) are the region's (None: all of them)."""
+        if self.zone is None:
+            return None
+        top, left, height, width = box or (0, 0, self.height, self.width)
+        with open_raster(self.zone) as src:
+            zone = src.read(1, window=Window(self.left + left, self.top + top, width, height))
+        return zone == self.zone_value
 
     def label_rows(self, palette: Palette, ignore_index: int) -> Callable[[int, int], np.ndarray]:
         """``rows(top, count)``: rows of the region's labels, read window by window from a mask raster (memory of
@@ -199,6 +212,10 @@ class SegmentationCrops(Dataset):
             pixels = whole.crop(*box)
             top, left, height, width = box
             labels = all_labels[top:top + height, left:left + width].long()
+        inside = self.entries[index].inside(box)
+        if inside is not None:  # pixels of another region: neither seen nor taught
+            valid = pixels.valid & torch.from_numpy(inside)
+            pixels = Pixels(self.contract.fill(pixels.image, valid), valid)
         return pixels, torch.where(pixels.valid, labels, self.ignore_index)
 
     def decoded(self, pair: Pair) -> tuple[Pixels, torch.Tensor]:

@@ -12,6 +12,9 @@ window; training crops and validation windows stay inside their region):
   a seeded share of the blocks validates, the rest train. Each side of a block that faces a block
   of the other split (across an edge or a corner) gives up ``buffer / 2``, and a pixel straddling a
   block edge belongs to neither, so no training pixel lies within ``buffer`` of a validation pixel.
+- ``polygons``: the user's own regions, polygons in any CRS whose attribute says ``train`` or
+  ``val``: a scene's pixels under them belong to that split (burnt onto the scene's grid),
+  the others to neither; crops and validation windows read the pixels of their own split only.
 - ``random``: the sliding windows of every scene (crop-sized, at the sliding stride), each assigned
   at random. Neighbouring windows overlap, so pixels are shared across the split: what a random
   split of a chip dataset amounts to, kept to measure how much it overstates the scores.
@@ -22,16 +25,21 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from affine import Affine
 
 from cspt.data.georaster import georeference_of
 from cspt.data.segmentation import Pair
+from cspt.data.vector_labels import VectorLabels, burn_shapes, in_scene_crs, scene_grid
 from cspt.data.windows import window_starts
 from cspt.errors import CsptError
 
-SPLITS = ("by-file", "blocks", "random")
+SPLITS = ("by-file", "blocks", "polygons", "random")
+
+#: the zone value of each split in the rasters a polygon split burns
+ZONES = {"train": 1, "val": 2}
 
 #: slack when deciding whether a pixel lies inside a block (map coordinates are floating point)
 EDGE_SLACK = 1e-6
@@ -40,9 +48,16 @@ BlockKey = tuple[str, int, int]
 
 
 def split_regions(pairs: Sequence[Pair], method: str, fraction: float, seed: int, window: int, stride: int,
-                  block_size: float | None = None, buffer: float = 0.0) -> dict[str, list[Pair]]:
+                  block_size: float | None = None, buffer: float = 0.0, polygons: VectorLabels | None = None,
+                  folder: Path | None = None) -> dict[str, list[Pair]]:
     """Training and validation regions of ``pairs`` (whole files), ``fraction`` of them (of the files, blocks or
-    windows) validating; ``window`` and ``stride``: the sliding window in image pixels."""
+    windows) validating, or the ``polygons`` say (their zone rasters written in ``folder``); ``window`` and
+    ``stride``: the sliding window in image pixels."""
+    if method == "polygons":
+        if polygons is None or folder is None:
+            raise CsptError("--split polygons needs --split-polygons FILE (polygons whose --split-field says train "
+                            "or val)")
+        return polygon_regions(pairs, polygons, folder)
     if not 0 < fraction < 1:
         raise CsptError(f"--val-fraction {fraction}: the share held out must lie between 0 and 1")
     if method == "by-file":
@@ -141,3 +156,29 @@ def block_window(pair: Pair, transform: Affine, key: BlockKey, size: float,
     if right <= left or bottom <= top:
         return None
     return replace(pair, top=top, left=left, height=bottom - top, width=right - left)
+
+
+def polygon_regions(pairs: Sequence[Pair], polygons: VectorLabels, folder: Path) -> dict[str, list[Pair]]:
+    """The regions of the ``polygons`` split: per scene, one per split its polygons reach, its pixels in a zone
+    raster burnt onto the scene's grid (``folder/NNNN_STEM.tif``)."""
+    unknown = sorted({name for _, name in polygons.features} - set(ZONES))
+    if unknown:
+        raise CsptError(f"{polygons.path}: {polygons.class_field} values must be train or val, found "
+                        f"{', '.join(unknown[:5])}")
+    regions: dict[str, list[Pair]] = {"train": [], "val": []}
+    for number, pair in enumerate(pairs):
+        grid = scene_grid(pair.image)
+        if grid.crs is None:
+            raise CsptError(f"{pair.image}: has no CRS, so the polygons of {polygons.path} cannot be placed on it")
+        shapes = [(geometry, ZONES[name]) for geometry, name in in_scene_crs(polygons, pair.image, grid.crs)]
+        zone = folder / f"{number:04d}_{pair.image.stem}.tif"
+        extents = burn_shapes(grid, shapes, 0, zone)
+        for split, value in ZONES.items():
+            if value in extents:
+                top, left, height, width = extents[value]
+                regions[split].append(replace(pair, top=top, left=left, height=height, width=width, zone=zone,
+                                              zone_value=value))
+    if not regions["train"] or not regions["val"]:
+        missing = "train" if not regions["train"] else "val"
+        raise CsptError(f"{polygons.path}: no {missing} polygon lies over the scenes")
+    return regions

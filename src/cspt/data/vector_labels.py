@@ -17,7 +17,7 @@ from rasterio.features import rasterize
 from rasterio.warp import transform_geom
 from rasterio.windows import Window
 
-from cspt.data.images import ImageReadError, open_raster
+from cspt.data.images import ImageReadError, gdal_env, open_raster
 from cspt.errors import CsptError
 
 
@@ -181,8 +181,10 @@ def all_points(coordinates: Any) -> list[tuple[float, float]]:
     return [point for part in coordinates for point in all_points(part)]
 
 
-#: pixels of a scene rasterised at a time (whole rows: memory independent of the scene's size)
+#: pixels of a scene rasterised at a time (whole rows of tiles: memory independent of the scene's size, and
+#: every tile written whole, so GDAL's bounded cache can flush it)
 LABEL_STRIP_PIXELS = 16_000_000
+LABEL_TILE = 256
 
 
 def rasterize_labels(scene: Path, labels: VectorLabels, classes: Sequence[str], target: Path,
@@ -197,24 +199,53 @@ def rasterize_labels(scene: Path, labels: VectorLabels, classes: Sequence[str], 
     index = {name: classes.index(name) for name in index}
     fill = ignore_index if background is None else classes.index(background)
     shapes = [(geometry, index[name]) for geometry, name in in_scene_crs(labels, scene, grid.crs)]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    labelled = False
-    with rasterio.open(target, "w", driver="GTiff", height=grid.height, width=grid.width, count=1, dtype="uint8",
-                       crs=grid.crs, transform=grid.transform, tiled=True, blockxsize=256, blockysize=256,
-                       compress="deflate") as dst:
-        step = max(1, LABEL_STRIP_PIXELS // grid.width)
-        for top in range(0, grid.height, step):
-            rows = min(step, grid.height - top)
-            strip = rasterize(shapes, out_shape=(rows, grid.width), transform=grid.transform
-                              @ Affine.translation(0, top), fill=fill, dtype="uint8") if shapes else \
-                np.full((rows, grid.width), fill, np.uint8)
-            labelled |= bool((strip != fill).any())
-            dst.write(strip[None], window=Window(0, top, grid.width, rows))
-    if not labelled:
+    if not burn_shapes(grid, shapes, fill, target):
         target.unlink()
         raise CsptError(f"{labels.path}: no feature lies over {scene} (the scene covers x {bounds.left:.1f}.."
                         f"{bounds.right:.1f}, y {bounds.bottom:.1f}..{bounds.top:.1f} in {grid.crs})")
     return target
+
+
+def shape_rows(shapes: Sequence[tuple[dict[str, Any], int]], transform: Affine) -> list[tuple[float, float]]:
+    """The first and last pixel row (fractional) each shape reaches on a grid."""
+    spans = []
+    for geometry, _ in shapes:
+        xs, ys = np.array(all_points(geometry["coordinates"]), dtype=np.float64).T
+        rows = (~transform @ (xs, ys))[1]
+        spans.append((float(rows.min()) - 1, float(rows.max()) + 1))
+    return spans
+
+
+def burn_shapes(grid: SceneGrid, shapes: Sequence[tuple[dict[str, Any], int]], fill: int,
+                target: Path) -> dict[int, tuple[int, int, int, int]]:
+    """Burn ``(geometry, value)`` shapes (in the grid's CRS) into a uint8 tiled GeoTIFF on ``grid``, ``fill``
+    elsewhere, strip by strip (memory independent of the grid's size). Returns the pixel window (top, left,
+    height, width) each burnt value covers (empty: nothing burnt)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    extents: dict[int, list[int]] = {}  # value: [top, left, bottom, right]
+    with gdal_env(), rasterio.open(target, "w", driver="GTiff", height=grid.height, width=grid.width, count=1,
+                                   dtype="uint8", crs=grid.crs, transform=grid.transform, tiled=True,
+                                   blockxsize=LABEL_TILE, blockysize=LABEL_TILE, compress="deflate") as dst:
+        step = max(1, LABEL_STRIP_PIXELS // grid.width // LABEL_TILE) * LABEL_TILE  # whole rows of tiles
+        spans = shape_rows(shapes, grid.transform)
+        for top in range(0, grid.height, step):
+            rows = min(step, grid.height - top)
+            inside = [shape for shape, (first, last) in zip(shapes, spans, strict=True)
+                      if last >= top and first < top + rows]
+            strip = rasterize(inside, out_shape=(rows, grid.width), transform=grid.transform
+                              @ Affine.translation(0, top), fill=fill, dtype="uint8") if inside else \
+                np.full((rows, grid.width), fill, np.uint8)
+            for value in np.flatnonzero(np.bincount(strip.ravel(), minlength=256)).tolist():
+                if value == fill:
+                    continue
+                hit = strip == value
+                found_rows, found_cols = np.flatnonzero(hit.any(1)), np.flatnonzero(hit.any(0))
+                box = [top + found_rows[0], found_cols[0], top + found_rows[-1] + 1, found_cols[-1] + 1]
+                known = extents.setdefault(value, box)
+                extents[value] = [min(known[0], box[0]), min(known[1], box[1]), max(known[2], box[2]),
+                                  max(known[3], box[3])]
+            dst.write(strip[None], window=Window(0, top, grid.width, rows))
+    return {value: (int(t), int(l), int(b - t), int(r - l)) for value, (t, l, b, r) in extents.items()}
 
 
 def scene_label_pairs(scenes: Sequence[str], labels: VectorLabels, classes: Sequence[str], folder: Path,

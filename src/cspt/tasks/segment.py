@@ -131,32 +131,37 @@ def write_pairs(pairs: Sequence[Pair], path: Path) -> None:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image", "mask", *REGION_COLUMNS])
-        writer.writerows([str(p.image.resolve()), str(p.mask.resolve()), *p.box] for p in pairs)
+        writer.writerows([str(p.image.resolve()), str(p.mask.resolve()), *p.box,
+                          str(p.zone.resolve()) if p.zone else "", p.zone_value] for p in pairs)
 
 
-#: the window of its image a split's row gives (a row without them: the whole image)
-REGION_COLUMNS = ("top", "left", "height", "width")
+#: the window of its image a split's row gives, and the zone raster that says which of its pixels are the
+#: region's (a row without them: the whole image)
+REGION_COLUMNS = ("top", "left", "height", "width", "zone", "zone_value")
 
 
-def make_split(config: SegmentConfig, palette: Palette) -> dict[str, list[Pair]]:
-    """Checked training and (optional) validation regions; logs the pixel share of every class."""
+def make_split(config: SegmentConfig, palette: Palette, folder: Path) -> dict[str, list[Pair]]:
+    """Checked training and (optional) validation regions (a polygon split's zone rasters written in ``folder``);
+    logs the pixel share of every class."""
     if not config.images:
         raise CsptError("no --images given")
     pairs, counts = check_pairs(pair_images(config.images, config.masks), palette, config.ignore_index)
     if config.val_images:
-        if config.split != "by-file" or config.val_fraction:
+        if config.split != "by-file" or config.val_fraction or config.split_polygons:
             raise CsptError("--val-images are the validation data: --val-fraction and --split hold some out of "
                             "--images instead; give one or the other")
         val, _ = check_pairs(pair_images(config.val_images, config.val_masks), palette, config.ignore_index)
         splits = {"train": pairs, "val": val}
-    elif config.val_fraction > 0:
+    elif config.val_fraction > 0 or config.split == "polygons":
         window, stride = max(1, round(config.crop_size / config.resize)), max(1, round(config.stride / config.resize))
+        polygons = read_vector_labels(Path(config.split_polygons), config.split_field) \
+            if config.split_polygons else None
         splits = split_regions(pairs, config.split, config.val_fraction, config.split_seed, window, stride,
-                               config.block_size, config.split_buffer)
+                               config.block_size, config.split_buffer, polygons, folder)
         log.info("split %s: %s", config.split, ", ".join(f"{name} {len(regions)} regions, "
                                                          f"{sum(r.height * r.width for r in regions):,} pixels"
                                                          for name, regions in splits.items()))
-    elif config.split != "by-file" or config.block_size or config.split_buffer:
+    elif config.split != "by-file" or config.block_size or config.split_buffer or config.split_polygons:
         raise CsptError(f"--split {config.split}: holds out --val-fraction of the data; give one")
     else:
         splits = {"train": pairs}
@@ -178,13 +183,20 @@ def read_split(folder: Path) -> dict[str, list[Pair]]:
 
 
 def pair_of(image: Path, mask: Path, box: Sequence[str] = ()) -> Pair:
-    """An image and its mask over ``box`` (top, left, height, width; none: the whole image, sized from its
+    """An image and its mask over ``box`` (the :data:`REGION_COLUMNS`; none: the whole image, sized from its
     header)."""
     if box:
-        top, left, height, width = map(int, box)
-        return Pair(image, mask, height, width, top, left)
+        top, left, height, width = map(int, box[:4])
+        zone, value = (Path(box[4]), int(box[5])) if len(box) > 5 and box[4] else (None, 0)
+        return Pair(image, mask, height, width, top, left, zone, value)
     info = image_info(image)
     return Pair(image, mask, info.height, info.width)
+
+
+def validation_polygons(config: SegmentConfig) -> VectorLabels:
+    """The validation polygons of a ``--split polygons`` run (its example's area)."""
+    polygons = read_vector_labels(Path(config.split_polygons), config.split_field)
+    return dataclasses.replace(polygons, features=[(g, name) for g, name in polygons.features if name == "val"])
 
 
 def region_bbox(area: SceneArea) -> list[float]:
@@ -208,9 +220,11 @@ def draw_split(splits: dict[str, list[Pair]], target: Path, method: str) -> Path
 def region_area(pair: Pair) -> SceneArea | None:
     """A split's region as the area :func:`~cspt.tasks.maps.scene_strips` reads (None: the whole image)."""
     info = image_info(pair.image)
-    if pair.box == (0, 0, info.height, info.width):
+    if pair.box == (0, 0, info.height, info.width) and pair.zone is None:
         return None
-    return SceneArea(pair.top, pair.left, pair.height, pair.width, np.ones((pair.height, pair.width), bool),
+    inside = pair.inside()
+    return SceneArea(pair.top, pair.left, pair.height, pair.width,
+                     np.ones((pair.height, pair.width), bool) if inside is None else inside,
                      georeference_of(pair.image).transform @ Affine.translation(pair.left, pair.top))
 
 
@@ -465,6 +479,13 @@ def check_batch_norm_batch(config: SegmentConfig) -> None:
                         f"least 2 crops {where or 'per batch'}")
 
 
+def pixel_loss(logits: torch.Tensor, masks: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Cross-entropy averaged over the labelled pixels; 0 for a batch without any (every crop over pixels
+    without data or outside its region), where the mean would be NaN."""
+    labelled = (masks != ignore_index).sum().clamp(min=1)
+    return F.cross_entropy(logits, masks, ignore_index=ignore_index, reduction="sum") / labelled
+
+
 class SegmentTask(FineTuneTask):
     """Fine-tuning ViT + UperNet, for the :class:`~cspt.engine.Trainer`."""
 
@@ -505,9 +526,8 @@ class SegmentTask(FineTuneTask):
         ignore = self.config.ignore_index
         if isinstance(out, tuple):
             logits, aux = out
-            return (F.cross_entropy(logits, masks, ignore_index=ignore)
-                    + self.config.aux_weight * F.cross_entropy(aux, masks, ignore_index=ignore))
-        return F.cross_entropy(out, masks, ignore_index=ignore)
+            return pixel_loss(logits, masks, ignore) + self.config.aux_weight * pixel_loss(aux, masks, ignore)
+        return pixel_loss(out, masks, ignore)
 
     def on_epoch_end(self, model: nn.Module, epoch: int, run_dir: Path) -> dict[str, Any] | None:
         cfg = self.config
@@ -535,7 +555,8 @@ class SegmentTask(FineTuneTask):
                 log.info("no example drawing: the first validation region is part of a picture without a map "
                          "position, which cspt predict segment draws whole")
                 return
-            aoi = None if area is None else bbox_aoi(region_bbox(area))
+            aoi = None if area is None else validation_polygons(self.config) if example.zone else \
+                bbox_aoi(region_bbox(area))
             predict_segmenter(run_dir, [str(example.image)], run_dir / "examples", draw=True,
                               device=str(next(model.parameters()).device.type), aoi=aoi)
 
@@ -568,7 +589,7 @@ def finetune_segment(config: SegmentConfig, resume: str | Path | bool | None = N
                 table = scene_label_pairs(config.scenes, labels, palette.classes, run_dir / "labels",
                                           config.ignore_index, config.background)
                 source = dataclasses.replace(config, images=[str(table)], masks=None)
-            made = make_split(source, palette)
+            made = make_split(source, palette, splits_dir)
             for name, pairs in made.items():
                 write_pairs(pairs, splits_dir / f"{name}.csv")
             if "val" in made:
