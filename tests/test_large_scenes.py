@@ -1,5 +1,5 @@
 """Scenes of any size: training crops read only their window of a raster, masks are checked and scored strip by
-strip, vector labels are burnt strip by strip, and an epoch may be a fixed number of windows."""
+strip, vector labels are burnt strip by strip, and an epoch may be a fixed number of windows drawn by area."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import cspt.data.masks as masks
 import cspt.data.vector_labels as vector_labels
 from cspt.data.masks import Palette
 from cspt.data.pixels import PixelContract
-from cspt.data.segmentation import Pair, SegmentationCrops, check_pairs, pair_images, shares_of
+from cspt.data.segmentation import Pair, SegmentationCrops, check_pairs, pair_images
 from cspt.data.vector_labels import VectorLabels, rasterize_labels
 from cspt.errors import CsptError
 from tests.conftest import TEST_CRS, TEST_ORIGIN, write_geotiff
@@ -79,12 +79,20 @@ def test_raster_masks_are_checked_and_burnt_strip_by_strip(tmp_path: Path, monke
         assert np.array_equal(out.read(1), expected) and expected.any()
 
 
-def test_an_epoch_may_be_a_fixed_number_of_windows_shared_by_area(tmp_path: Path):
-    assert shares_of([100, 300, 600], 10) == [1, 3, 6]
-    assert shares_of([1, 1, 1], 7) in ([3, 2, 2], [2, 3, 2], [2, 2, 3]) and sum(shares_of([5, 3, 2], 9)) == 9
-    assert shares_of([10**8, 1], 4) == [4, 1]  # every region keeps a window
+def test_an_epoch_may_be_a_fixed_number_of_windows_drawn_by_area(tmp_path: Path):
     pair, _ = raster_pair(tmp_path)
     left, right = Pair(pair.image, pair.mask, 300, 100), Pair(pair.image, pair.mask, 300, 300, 0, 100)
     crops = SegmentationCrops([left, right], PALETTE, 32, PixelContract((0.0,) * 3, (1.0,) * 3),
                               windows_per_epoch=40)
-    assert len(crops) == 40 and sum(e is left for e in crops.entries) == 10
+    drawn: list[int] = []
+    original = crops.crop
+    crops.crop = lambda index, generator: drawn.append(index) or original(index, generator)  # type: ignore
+    assert len(crops) == 40
+    for seed in range(400):
+        crops[(seed % 40, seed)]
+    assert 0.2 < drawn.count(0) / len(drawn) < 0.3  # a quarter of the area, a quarter of the crops
+    again = drawn[:50]
+    drawn.clear()
+    for seed in range(50):
+        crops[(0, seed)]
+    assert drawn == again  # the region comes from the sample's seed, not its index: a resumed run draws the same

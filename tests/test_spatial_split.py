@@ -332,3 +332,67 @@ def interior(mask: np.ndarray, radius: int) -> np.ndarray:
         for dx in range(2 * radius + 1):
             out &= padded[dy:dy + mask.shape[0], dx:dx + mask.shape[1]]
     return out
+
+
+def test_blocks_hold_one_crs_however_it_is_written_and_refuse_overlaps_across_crss(tmp_path: Path):
+    """One place in EPSG:32640 and in its PROJ spelling shares blocks; scenes overlapping in neighbouring UTM zones
+    are refused; a block layout that leaves a split empty is refused rather than validating on nothing."""
+    pixels = np.zeros((3, 200, 200), np.uint8)
+    first = write_geotiff(tmp_path / "a" / "s.tif", pixels)
+    second = write_geotiff(tmp_path / "b" / "s.tif", pixels, crs="+proj=utm +zone=40 +ellps=WGS84 +units=m +no_defs")
+    pairs = [Pair(first, first, 200, 200), Pair(second, second, 200, 200)]
+    split = split_regions(pairs, "blocks", 0.5, 0, 32, 21, 25.0, 4.0)
+    for name in split:
+        assert {r.box for r in split[name] if r.image == first} == {r.box for r in split[name] if r.image == second}
+    east = write_geotiff(tmp_path / "c" / "s.tif", pixels, crs="EPSG:32641")  # zone 41, near zone 40's scene?
+    with rasterio.open(first) as src:
+        west, south, eastmost, north = transform_bounds(src.crs, "EPSG:32641", *src.bounds)
+    with rasterio.open(east, "r+") as dst:  # put it over the first scene's ground
+        dst.transform = Affine(0.5, 0, west, 0, -0.5, north)
+    with pytest.raises(CsptError, match="overlap in different CRSs"):
+        split_regions([pairs[0], Pair(east, east, 200, 200)], "blocks", 0.5, 0, 32, 21, 25.0)
+    small = write_geotiff(tmp_path / "d" / "s.tif", np.zeros((3, 143, 143), np.uint8), resolution=0.7)
+    outcomes = set()
+    for seed in range(8):  # 100 m blocks over a 100.1 m scene: a sliver of a block, or a split left empty
+        try:
+            found = split_regions([Pair(small, small, 143, 143)], "blocks", 0.5, seed, 32, 21, 100.0, 10.0)
+            assert found["train"] and found["val"]
+            outcomes.add("split")
+        except CsptError as err:
+            assert "no train pixel" in str(err) or "no val pixel" in str(err) or "single block" in str(err)
+            outcomes.add("refused")
+    assert "refused" in outcomes
+
+
+def test_a_mask_s_own_nodata_and_alpha_are_unlabelled_on_any_grid(tmp_path: Path):
+    image = write_geotiff(tmp_path / "images" / "a.tif", np.zeros((3, 64, 64), np.uint8))
+    labels = np.tile(np.array([0, 1, 2, 3], np.uint8), (64, 16))  # 3: the mask's nodata
+    write_geotiff(tmp_path / "masks" / "a.tif", labels[None], nodata=3)
+    palette = Palette(["a", "b", "c"])
+    [pair], _ = check_pairs(pair_images([tmp_path / "images"], None), palette, 255)
+    same = pair.labels(palette, 255)
+    assert (same[labels == 3] == 255).all() and np.array_equal(same[labels != 3], labels[labels != 3])
+    finer = tmp_path / "finer.tif"  # the same labels on a grid of half the pixel size
+    with rasterio.open(finer, "w", driver="GTiff", height=128, width=128, count=1, dtype="uint8", crs=TEST_CRS,
+                       transform=Affine(0.25, 0, *TEST_ORIGIN[:1], 0, -0.25, TEST_ORIGIN[1]), nodata=3) as dst:
+        dst.write(labels.repeat(2, 0).repeat(2, 1)[None])
+    assert np.array_equal(Pair(image, finer, 64, 64).labels(palette, 255), same)  # warped: the same meaning
+    alpha = tmp_path / "alpha.tif"
+    with rasterio.open(alpha, "w", driver="GTiff", height=64, width=64, count=2, dtype="uint8", alpha="YES") as dst:
+        dst.write(np.stack([np.ones((64, 64), np.uint8), np.where(labels == 3, 0, 255).astype(np.uint8)]))
+    assert (Pair(image, alpha, 64, 64).labels(palette, 255) == np.where(labels == 3, 255, 1)).all()
+    grey = tmp_path / "grey.tif"  # a grey TIFF of a two-colour palette
+    Image.fromarray(np.where(labels % 2 == 0, 0, 255).astype(np.uint8)).save(grey)
+    two = Palette(["dark", "bright"], [(0, 0, 0), (255, 255, 255)])
+    assert np.array_equal(Pair(image, grey, 64, 64).labels(two, 255), labels % 2)
+
+
+def test_options_a_split_would_not_use_are_refused(tmp_path: Path):
+    pairs = scene(tmp_path)
+    config = SegmentConfig(images=[str(pairs[0].image.parent)], class_names=["a", "b", "c"], crop_size=32, stride=21,
+                           val_fraction=0.25)
+    for changes, flags in (({"split": "random", "split_buffer": 4.0}, "--split-buffer"),
+                           ({"split": "polygons", "split_polygons": "x.gpkg"}, "--val-fraction"),
+                           ({"split": "by-file", "block_size": 10.0}, "--block-size")):
+        with pytest.raises(CsptError, match=f"does not use {flags}"):
+            make_split(SegmentConfig(**{**config.__dict__, **changes}), PALETTE, tmp_path / "z")

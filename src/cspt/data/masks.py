@@ -10,12 +10,13 @@ reprojected on the fly, nearest neighbour, pixels it does not cover ignored.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
@@ -24,6 +25,8 @@ from cspt.config import read_yaml
 from cspt.data.images import ImageReadError, WindowBox, is_raster, open_pil, open_raster
 from cspt.data.vector_labels import SceneGrid, scene_grid
 from cspt.errors import CsptError
+
+log = logging.getLogger("cspt")
 
 
 @dataclass
@@ -66,12 +69,25 @@ def _rgb(value: Sequence[int]) -> tuple[int, int, int]:
     return rgb  # type: ignore[return-value]
 
 
-@functools.lru_cache(maxsize=4096)
 def label_grid(image: Path, mask: Path) -> SceneGrid | None:
     """The grid ``mask`` must be read on: ``image``'s, when both are georeferenced rasters on different grids
-    (None: they match pixel for pixel, or one of them has no map position). Read once per process."""
+    (None: they match pixel for pixel, or one of them has no map position). Read once per process and
+    version of the two files."""
     if not (is_raster(image) and is_raster(mask)):
         return None
+    return _label_grid(image.resolve(), mask.resolve(), _version(image), _version(mask))
+
+
+def _version(path: Path) -> int:
+    """When a file last changed (0 for what is not a plain file: a GDAL virtual path, a shard member)."""
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+@functools.lru_cache(maxsize=4096)
+def _label_grid(image: Path, mask: Path, image_version: int, mask_version: int) -> SceneGrid | None:
     target, source = scene_grid(image), scene_grid(mask)
     if target.crs is None or source.crs is None:
         return None
@@ -116,6 +132,11 @@ def mask_strips(path: Path, palette: Palette, ignore_index: int, image: Path, he
                             f"{width}x{height}")
         yield labels
         return
+    with open_raster(path) as src:
+        nodata = src.nodata
+    if palette.colors is None and nodata is not None and 0 <= nodata < len(palette.classes) and nodata % 1 == 0:
+        log.warning("%s: declares nodata %g, the index of class %s: its pixels are not labelled", path, nodata,
+                    palette.classes[int(nodata)])
     if onto is None:
         stored = scene_grid(path)
         if (stored.height, stored.width) != (height, width):
@@ -129,7 +150,8 @@ def mask_strips(path: Path, palette: Palette, ignore_index: int, image: Path, he
 def _mask_pixels(path: Path, palette: Palette, window: WindowBox | None,
                  onto: SceneGrid | None) -> tuple[np.ndarray, np.ndarray | None]:
     """The stored pixels ``(H, W)`` or ``(H, W, 3)`` of a mask window, and which of them the mask covers (None:
-    all). Rasters are read window by window (through a warped view with ``onto``), other images whole."""
+    all): a raster's own nodata or alpha, and what it does not reach on ``onto``'s grid, are not labelled.
+    Rasters are read window by window (through a warped view with ``onto``), other images whole."""
     if not is_raster(path):
         with open_pil(path) as image:
             pixels = np.asarray(image.convert("RGB") if palette.colors and image.mode != "RGB" else image)
@@ -140,7 +162,9 @@ def _mask_pixels(path: Path, palette: Palette, window: WindowBox | None,
     gdal_window = None if window is None else Window(window[1], window[0], window[3], window[2])
     with open_raster(path) as src:
         if onto is None:
-            return _raster_mask(src, palette, gdal_window), None
+            covered = None if src.mask_flag_enums[0] == [MaskFlags.all_valid] else \
+                src.read_masks(1, window=gdal_window) > 0  # the mask's own nodata or alpha: not labelled
+            return _raster_mask(src, palette, gdal_window), covered
         with WarpedVRT(src, crs=onto.crs, transform=onto.transform, width=onto.width, height=onto.height,
                        resampling=Resampling.nearest, add_alpha=True) as warped:
             covered = warped.read(warped.count, window=gdal_window) > 0
@@ -157,8 +181,8 @@ def _raster_mask(src: DatasetReader | WarpedVRT, palette: Palette, window: Windo
         if palette.colors:
             try:
                 table = src.colormap(1)
-            except ValueError:
-                return values
+            except ValueError:  # grey levels, as colours
+                return np.repeat(values[..., None], 3, axis=-1)
             colours = np.zeros((256, 3), np.uint8)
             for index, rgba in table.items():
                 colours[index] = rgba[:3]

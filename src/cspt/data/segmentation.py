@@ -168,7 +168,8 @@ class SegmentationCrops(Dataset):
 
     A region (a tile, or the window of a scene a split gives) counts at ``base_scale`` (the
     ``--resize`` option): it gives ``area / crop_size**2`` samples per epoch at that scale (at
-    least one), or, with ``windows_per_epoch``, its share by area of that many. A sample draws a
+    least one), or, with ``windows_per_epoch``, an epoch is that many samples, each drawing its
+    region with a chance proportional to its area (from its own seed). A sample draws a
     scale (``base_scale`` times the jitter), places a crop-sized window on the region as
     rescaled by it, reads the region's pixels under that window only and resizes them: a sample
     costs memory of the crop's size whatever the scene's. Image, valid mask and labels share
@@ -183,9 +184,13 @@ class SegmentationCrops(Dataset):
                  ignore_index: int = 255, scale_range: Sequence[float] = (0.5, 2.0), photometric: bool = True,
                  base_scale: float = 1.0, cache_pixels: int = 8_000_000, windows_per_epoch: int | None = None):
         area = [round(p.height * base_scale) * round(p.width * base_scale) for p in pairs]
-        counts = shares_of(area, windows_per_epoch) if windows_per_epoch else [max(1, a // crop_size**2)
-                                                                               for a in area]
-        self.entries = [p for p, n in zip(pairs, counts, strict=True) for _ in range(n)]
+        if windows_per_epoch:  # each sample draws its region by area, with its own seed
+            self.entries = list(pairs)
+            self.weights = torch.tensor(area, dtype=torch.float64)
+        else:
+            self.entries = [p for p, a in zip(pairs, area, strict=True) for _ in range(max(1, a // crop_size**2))]
+            self.weights = None
+        self.length = windows_per_epoch or len(self.entries)
         self.palette = palette
         self.crop_size = crop_size
         self.contract = contract
@@ -197,7 +202,7 @@ class SegmentationCrops(Dataset):
         self.cache: OrderedDict[tuple, tuple[Pixels, torch.Tensor]] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return self.length
 
     def read(self, index: int, box: WindowBox) -> tuple[Pixels, torch.Tensor]:
         """A window ``box`` of an entry's region (relative to it) through the contract, and its labels,
@@ -235,6 +240,8 @@ class SegmentationCrops(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> dict:
         index, seed = item
         generator = torch.Generator().manual_seed(seed)
+        if self.weights is not None:
+            index = int(torch.multinomial(self.weights, 1, generator=generator))
         (pixels, mask), _, skipped = load_or_replace(lambda i: self.crop(i, generator), index, len(self.entries),
                                                      generator)
         pixels, mask = self.augment(pixels, mask, generator)
@@ -271,15 +278,6 @@ class SegmentationCrops(Dataset):
             pixels = photometric_distortion(pixels, generator)
         mask = torch.where(pixels.valid, mask, torch.full_like(mask, self.ignore_index))
         return Pixels(pixels.image.contiguous(), pixels.valid.contiguous()), mask.contiguous()
-
-
-def shares_of(areas: Sequence[int], total: int) -> list[int]:
-    """``total`` split in proportion to ``areas`` (largest remainders; at least one each)."""
-    exact = np.asarray(areas, float) * total / max(1, sum(areas))
-    counts = np.floor(exact).astype(int)
-    for i in np.argsort(counts - exact)[:total - counts.sum()]:
-        counts[i] += 1
-    return [max(1, int(n)) for n in counts]
 
 
 def collate_crops(samples: list[dict]) -> dict:

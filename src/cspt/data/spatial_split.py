@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 from affine import Affine
+from rasterio.warp import transform_bounds
 
 from cspt.data.georaster import georeference_of
 from cspt.data.segmentation import Pair
@@ -65,7 +66,7 @@ def split_regions(pairs: Sequence[Pair], method: str, fraction: float, seed: int
             raise CsptError("--split by-file needs at least two image/mask pairs; for one scene use --split blocks")
         return assign(list(pairs), fraction, seed)
     if method == "blocks":
-        return block_regions(pairs, fraction, seed, block_size or default_block_size(pairs[0], window), buffer)
+        return block_regions(pairs, fraction, seed, block_size, buffer, window)
     if method == "random":
         windows = [replace(pair, top=pair.top + top, left=pair.left + left, height=min(window, pair.height),
                            width=min(window, pair.width))
@@ -86,48 +87,86 @@ def assign(items: list, fraction: float, seed: int) -> dict[str, list]:
             "val": [x for i, x in enumerate(items) if i in held]}
 
 
-def default_block_size(pair: Pair, window: int) -> float:
-    """Four sliding windows, in the map units of the first scene."""
-    return 4 * window * abs(georeference_of(pair.image).transform.a)
-
-
-def block_regions(pairs: Sequence[Pair], fraction: float, seed: int, size: float,
-                  buffer: float) -> dict[str, list[Pair]]:
-    """The regions of the ``blocks`` split (see the module's docstring)."""
-    if size <= 0 or not 0 <= buffer < size:
-        raise CsptError(f"--block-size {size} and --split-buffer {buffer}: the block must be positive and larger "
-                        "than the buffer")
-    placed = [(pair, scene_blocks(pair, size)) for pair in pairs]
+def block_regions(pairs: Sequence[Pair], fraction: float, seed: int, size: float | None, buffer: float,
+                  window: int) -> dict[str, list[Pair]]:
+    """The regions of the ``blocks`` split (see the module's docstring); ``size`` None: four sliding windows
+    (``window`` pixels) of the first scene of each grid."""
+    grids = {pair.image: grid_of(pair) for pair in pairs}
+    sizes: dict[str, float] = {}
+    for pair in pairs:
+        name, transform = grids[pair.image]
+        sizes.setdefault(name, size or 4 * window * abs(transform.a))
+    for block in set(sizes.values()):
+        if block <= 0 or not 0 <= buffer < block:
+            raise CsptError(f"--block-size {block:g} and --split-buffer {buffer:g}: the block must be positive and "
+                            "larger than the buffer")
+    check_crs_apart(pairs)
+    placed = [(pair, [key for key in scene_blocks(pair, grids[pair.image], sizes)
+                      if block_window(pair, grids[pair.image][1], key, sizes[key[0]], (0, 0, 0, 0))])
+              for pair in pairs]
     keys = sorted({key for _, blocks in placed for key in blocks})
     if len(keys) < 2:
-        raise CsptError(f"--block-size {size:g}: the scenes lie in a single block, so none can be held out; give a "
-                        "smaller --block-size (in the scenes' map units)")
+        raise CsptError(f"--block-size {min(sizes.values()):g}: the scenes lie in a single block, so none can be held "
+                        "out; give a smaller --block-size (in the scenes' map units)")
     validating = set(assign(keys, fraction, seed)["val"])
     split = {key: "val" if key in validating else "train" for key in keys}
     regions: dict[str, list[Pair]] = {"train": [], "val": []}
     for pair, blocks in placed:
-        transform = georeference_of(pair.image).transform
         for key in blocks:
-            region = block_window(pair, transform, key, size, shrunk_sides(key, split, buffer / 2))
+            region = block_window(pair, grids[pair.image][1], key, sizes[key[0]],
+                                  shrunk_sides(key, split, buffer / 2))
             if region is not None:
                 regions[split[key]].append(region)
+    empty = [name for name, found in regions.items() if not found]
+    if empty:
+        raise CsptError(f"--split blocks: no {empty[0]} pixel is left (the blocks drawn for it lie at the scenes' "
+                        "edges, or inside the buffer); give a smaller --block-size or --split-buffer, or another "
+                        "--split-seed")
     return regions
 
 
-def scene_blocks(pair: Pair, size: float) -> list[BlockKey]:
-    """The blocks ``(grid, column, row)`` a scene touches; scenes in one CRS share a grid, a picture without a
-    map position has a grid of its own."""
+def grid_of(pair: Pair) -> tuple[str, Affine]:
+    """The name of a scene's block grid (its CRS, by EPSG code where it has one; a picture without a map position
+    has a grid of its own) and its pixel-to-map transform."""
     where = georeference_of(pair.image)
     t = where.transform
     if t.b or t.d:
         raise CsptError(f"{pair.image}: its pixel grid is rotated on the map; --split blocks needs a north-up grid "
                         "(gdalwarp it first)")
-    prefix = where.crs.to_wkt() if where.is_georeferenced else str(pair.image.resolve())
+    if not where.is_georeferenced:
+        return str(pair.image.resolve()), t
+    epsg = where.crs.to_epsg()
+    return (f"EPSG:{epsg}" if epsg else where.crs.to_wkt()), t
+
+
+def check_crs_apart(pairs: Sequence[Pair]) -> None:
+    """Refuse, in one line, scenes in different CRSs that overlap: blocks of one CRS cannot keep their common
+    ground on one side of the split."""
+    footprints = []
+    for pair in pairs:
+        where = georeference_of(pair.image)
+        if where.is_georeferenced:
+            t = where.transform
+            x0, x1 = sorted((t.c, t.c + t.a * pair.width))
+            y0, y1 = sorted((t.f, t.f + t.e * pair.height))
+            footprints.append((pair.image, grid_of(pair)[0], transform_bounds(where.crs, "EPSG:4326", x0, y0, x1, y1)))
+    for i, (image, crs, (a0, b0, a1, b1)) in enumerate(footprints):
+        for other, other_crs, (c0, d0, c1, d1) in footprints[i + 1:]:
+            if crs != other_crs and a0 < c1 and c0 < a1 and b0 < d1 and d0 < b1:
+                raise CsptError(f"{image} ({crs}) and {other} ({other_crs}) overlap in different CRSs: --split blocks "
+                                "cannot keep their common ground on one side; reproject them to one CRS (gdalwarp) "
+                                "or give --split polygons")
+
+
+def scene_blocks(pair: Pair, grid: tuple[str, Affine], sizes: dict[str, float]) -> list[BlockKey]:
+    """The blocks ``(grid, column, row)`` a scene's window touches."""
+    name, t = grid
+    size = sizes[name]
     xs = sorted((t.c + t.a * pair.left, t.c + t.a * (pair.left + pair.width)))
     ys = sorted((t.f + t.e * pair.top, t.f + t.e * (pair.top + pair.height)))
     columns = range(math.floor(xs[0] / size), math.ceil(xs[1] / size))
     rows = range(math.floor(ys[0] / size), math.ceil(ys[1] / size))
-    return [(prefix, i, j) for i in columns for j in rows]
+    return [(name, i, j) for i in columns for j in rows]
 
 
 def shrunk_sides(key: BlockKey, split: dict[BlockKey, str], half: float) -> tuple[float, float, float, float]:

@@ -153,6 +153,7 @@ def make_split(config: SegmentConfig, palette: Palette, folder: Path) -> dict[st
         val, _ = check_pairs(pair_images(config.val_images, config.val_masks), palette, config.ignore_index)
         splits = {"train": pairs, "val": val}
     elif config.val_fraction > 0 or config.split == "polygons":
+        check_split_options(config)
         window, stride = max(1, round(config.crop_size / config.resize)), max(1, round(config.stride / config.resize))
         polygons = read_vector_labels(Path(config.split_polygons), config.split_field) \
             if config.split_polygons else None
@@ -169,6 +170,19 @@ def make_split(config: SegmentConfig, palette: Palette, folder: Path) -> dict[st
     log.info("classes (pixel share): %s", ", ".join(f"{n} {s:.1%}" for n, s in zip(palette.classes, shares,
                                                                                      strict=True)))
     return splits
+
+
+def check_split_options(config: SegmentConfig) -> None:
+    """Refuse, in one line, split options the chosen ``--split`` would leave unused."""
+    unused = {"blocks": [], "polygons": ["val_fraction", "block_size", "split_buffer"],
+              "by-file": ["block_size", "split_buffer", "split_polygons"],
+              "random": ["block_size", "split_buffer", "split_polygons"]}.get(config.split, [])
+    given = [name for name in unused if getattr(config, name)]
+    if config.split == "blocks" and config.split_polygons:
+        given.append("split_polygons")
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise CsptError(f"--split {config.split} does not use {flags}")
 
 
 def read_split(folder: Path) -> dict[str, list[Pair]]:
@@ -202,8 +216,9 @@ def validation_polygons(config: SegmentConfig) -> VectorLabels:
 def region_bbox(area: SceneArea) -> list[float]:
     """A region's bounds in its scene's CRS, a quarter pixel inside its edges (so that, as an area of interest, it
     holds the region's pixels and no others)."""
-    (x0, y0), (x1, y1) = area.transform @ (0.25, 0.25), area.transform @ (area.width - 0.25, area.height - 0.25)
-    return [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]
+    corners = [area.transform @ (col, row) for col in (0.25, area.width - 0.25) for row in (0.25, area.height - 0.25)]
+    xs, ys = zip(*corners, strict=True)
+    return [min(xs), min(ys), max(xs), max(ys)]
 
 
 def draw_split(splits: dict[str, list[Pair]], target: Path, method: str) -> Path:
@@ -271,9 +286,10 @@ def evaluate_pairs(model: nn.Module, pairs: Sequence[Pair], info: SegmenterDescr
     skipped = invalid = 0
     for pair in scenes_progress(shard(pairs)):
         try:
-            _, strips = scene_strips(forward, pair.image, contract, *source_window(info), blend,
-                                     area=region_area(pair))
+            area = region_area(pair)
+            _, strips = scene_strips(forward, pair.image, contract, *source_window(info), blend, area=area)
             scored = score_strips(strips, pair.label_rows(palette, ignore), len(classes), ignore)
+            scored.invalid -= 0 if area is None else int(area.inside.size - area.inside.sum())  # not the region's
         except ImageReadError as err:
             log.warning("skipped unreadable tile: %s", err)
             skipped += 1
