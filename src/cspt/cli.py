@@ -11,14 +11,7 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from cspt.config import (
-    ClassifyConfig,
-    DetectConfig,
-    PretrainConfig,
-    ProbeConfig,
-    SegmentConfig,
-    build_config,
-)
+from cspt.config import ClassifyConfig, DetectConfig, PretrainConfig, ProbeConfig, SegmentConfig, build_config
 from cspt.errors import CsptError, SomeInputsFailed, user_message
 
 log = logging.getLogger("cspt")

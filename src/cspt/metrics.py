@@ -14,9 +14,7 @@ import torch
 
 def confusion_matrix(predictions: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``confusion[true, predicted]`` counts."""
-    from torchmetrics.functional.classification import (
-        multiclass_confusion_matrix,  # slow import: on use
-    )
+    from torchmetrics.functional.classification import multiclass_confusion_matrix  # slow import: on use
 
     return multiclass_confusion_matrix(predictions, targets, num_classes).long()
 

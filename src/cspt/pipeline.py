@@ -45,15 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cspt.config import (
-    ClassifyConfig,
-    DetectConfig,
-    PretrainConfig,
-    ProbeConfig,
-    SegmentConfig,
-    make_config,
-    read_yaml,
-)
+from cspt.config import ClassifyConfig, DetectConfig, PretrainConfig, ProbeConfig, SegmentConfig, make_config, read_yaml
 from cspt.errors import CsptError
 from cspt.weights.export import sha256_of
 from cspt.weights.hub import is_hub_name

@@ -18,13 +18,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.features import rasterize
 
-from cspt.data.vector_labels import (
-    VectorLabels,
-    all_points,
-    in_scene_crs,
-    read_vector_labels,
-    scene_grid,
-)
+from cspt.data.vector_labels import VectorLabels, all_points, in_scene_crs, read_vector_labels, scene_grid
 from cspt.errors import CsptError
 
 #: points per edge of a --bbox, so that it keeps its shape in another CRS

@@ -21,12 +21,7 @@ from cspt.data.files import find_images, inside_any
 from cspt.data.images import IMAGE_SUFFIXES, ImageReadError
 from cspt.data.pixels import PixelContract, Pixels
 from cspt.data.rand_augment import pixel_rand_augment
-from cspt.data.sampling import (
-    load_or_replace,
-    read_random_resized_crop,
-    resize_centre_crop,
-    seeded_rngs,
-)
+from cspt.data.sampling import load_or_replace, read_random_resized_crop, resize_centre_crop, seeded_rngs
 from cspt.errors import CsptError
 
 

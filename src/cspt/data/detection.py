@@ -276,12 +276,7 @@ def read_vector_boxes(labels: Path, images: Path, class_field: str) -> list[Scen
     as an empty DOTA label file. Scenes outside the extent are not labelled by this file (in a folder shared by
     a training and a validation file, they are the other file's) and are left out, counted in the log.
     Unreadable TIFFs are skipped and named in the log."""
-    from cspt.data.vector_labels import (
-        covers,
-        read_vector_labels,
-        scene_boxes,
-        scene_grid,
-    )
+    from cspt.data.vector_labels import covers, read_vector_labels, scene_boxes, scene_grid
 
     features = read_vector_labels(labels, class_field)
     scenes, outside = [], 0

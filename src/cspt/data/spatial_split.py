@@ -1,7 +1,7 @@
 """Hold-outs in space: which window of each scene trains and which validates.
 
 Neighbouring pixels look alike (spatial autocorrelation), so a validation window beside a training
-window scores what the model has seen rather than what it has learnt. Three ways to split
+window scores what the model has seen rather than what it has learnt. Four ways to split
 image/mask pairs into training and validation regions (each a :class:`~cspt.data.segmentation.Pair`
 window; training crops and validation windows stay inside their region):
 

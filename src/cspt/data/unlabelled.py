@@ -17,13 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cspt.data.device_decode import EncodedCrop, is_plain_jpeg
-from cspt.data.images import (
-    ImageInfo,
-    ImageReadError,
-    WindowBox,
-    image_info,
-    read_bytes,
-)
+from cspt.data.images import ImageInfo, ImageReadError, WindowBox, image_info, read_bytes
 from cspt.data.pixels import PixelContract, Pixels
 from cspt.data.sampling import (
     load_or_replace,

@@ -29,19 +29,9 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from cspt.config import TrainConfig, config_to_dict
-from cspt.engine.distributed import (
-    DistContext,
-    all_gather_objects,
-    all_reduce_max,
-    all_reduce_mean,
-)
+from cspt.engine.distributed import DistContext, all_gather_objects, all_reduce_max, all_reduce_mean
 from cspt.engine.loading import training_batches
-from cspt.engine.optim import (
-    adamw,
-    param_groups_weight_decay,
-    warmup_cosine,
-    warmup_poly,
-)
+from cspt.engine.optim import adamw, param_groups_weight_decay, warmup_cosine, warmup_poly
 from cspt.engine.run_log import RunLog, truncate_log_after
 from cspt.engine.sampler import SeededBatchSampler
 from cspt.engine.train_states import CheckpointManager

@@ -38,12 +38,7 @@ from cspt.data.classification import (
 from cspt.data.files import find_images
 from cspt.data.images import read_raw
 from cspt.data.vector_labels import VectorLabels
-from cspt.engine.distributed import (
-    DistContext,
-    barrier,
-    is_main_process,
-    resolve_device,
-)
+from cspt.engine.distributed import DistContext, barrier, is_main_process, resolve_device
 from cspt.engine.inference import Outputs, run_inference
 from cspt.engine.loading import default_num_workers
 from cspt.engine.optim import param_groups_layer_decay
@@ -51,11 +46,7 @@ from cspt.engine.progress import scenes_progress
 from cspt.engine.run_dir import has_checkpoint
 from cspt.engine.trainer import Trainer, resolve_precision
 from cspt.errors import CsptError
-from cspt.metrics import (
-    classification_metrics,
-    segmentation_metrics,
-    write_confusion_csv,
-)
+from cspt.metrics import classification_metrics, segmentation_metrics, write_confusion_csv
 from cspt.models.classifier import NOT_FOR_CLASSIFIER, build_classifier
 from cspt.plots import plot_confusion
 from cspt.tasks.common import (

@@ -24,12 +24,7 @@ from cspt.data.pixels import PixelContract, write_contract
 from cspt.data.scaling import data_type, resolve_scaling
 from cspt.data.stats import normalisation_mismatch
 from cspt.data.vector_labels import VectorLabels
-from cspt.engine.distributed import (
-    DistContext,
-    all_gather_objects,
-    setup_distributed,
-    shutdown_distributed,
-)
+from cspt.engine.distributed import DistContext, all_gather_objects, setup_distributed, shutdown_distributed
 from cspt.engine.progress import scenes_progress
 from cspt.engine.run_dir import (
     check_same_run,
@@ -46,13 +41,7 @@ from cspt.models.vit import ArchConfig, resolve_arch
 from cspt.weights.descriptions import ModelDescription, description_from_dict
 from cspt.weights.export import lineage_of
 from cspt.weights.graphs import OnnxModel, is_graph_file
-from cspt.weights.load import (
-    Checkpoint,
-    description_of,
-    load_checkpoint,
-    load_into_model,
-    sidecar_of,
-)
+from cspt.weights.load import Checkpoint, description_of, load_checkpoint, load_into_model, sidecar_of
 
 C = TypeVar("C", bound=TrainConfig)
 

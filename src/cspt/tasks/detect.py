@@ -42,13 +42,7 @@ from cspt.engine.progress import scenes_progress
 from cspt.engine.sliding import sliding_window_detections
 from cspt.engine.trainer import Trainer, resolve_precision
 from cspt.errors import CsptError
-from cspt.metrics import (
-    best_f1_threshold,
-    coco_map,
-    image_outcomes,
-    precision_recall_at,
-    voc_map,
-)
+from cspt.metrics import best_f1_threshold, coco_map, image_outcomes, precision_recall_at, voc_map
 from cspt.models.detector import build_detector, detector_encoder
 from cspt.tasks.common import (
     DescribedModel,

@@ -42,12 +42,7 @@ from cspt.tasks.common import DescribedModel
 from cspt.tasks.detect import DETECTOR, load_detector, operating_threshold
 from cspt.tasks.segment import SEGMENTER, load_segmenter
 from cspt.weights.export import portable
-from cspt.weights.graphs import (
-    DESCRIPTION_KEY,
-    PROGRAM_DESCRIPTION,
-    OnnxModel,
-    is_graph_file,
-)
+from cspt.weights.graphs import DESCRIPTION_KEY, PROGRAM_DESCRIPTION, OnnxModel, is_graph_file
 from cspt.weights.load import description_of
 
 log = logging.getLogger("cspt")

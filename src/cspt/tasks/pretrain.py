@@ -50,12 +50,7 @@ from cspt.tasks.common import (
     start_run,
 )
 from cspt.weights.export import lineage_of, sha256_of, write_weights
-from cspt.weights.load import (
-    Checkpoint,
-    checkpoint_file,
-    load_checkpoint,
-    load_into_model,
-)
+from cspt.weights.load import Checkpoint, checkpoint_file, load_checkpoint, load_into_model
 
 if TYPE_CHECKING:
     from cspt.tasks.probe import ProbeMonitor

@@ -29,13 +29,7 @@ from cspt.errors import CsptError
 from cspt.metrics import classification_metrics
 from cspt.models.classifier import NOT_FOR_CLASSIFIER, pooled_features
 from cspt.models.vit import build_encoder, resolve_arch
-from cspt.tasks.classify import (
-    describe_splits,
-    inference_workers,
-    make_splits,
-    write_evaluation,
-    write_splits,
-)
+from cspt.tasks.classify import describe_splits, inference_workers, make_splits, write_evaluation, write_splits
 from cspt.tasks.common import checkpoint_contract, source_contract
 from cspt.weights.load import load_checkpoint, load_into_model
 

@@ -28,23 +28,10 @@ from cspt.config import SegmentConfig
 from cspt.data.aoi import SceneArea, bbox_aoi, output_crs
 from cspt.data.files import find_images
 from cspt.data.georaster import ClassValues, georeference_of, vectorize_classes
-from cspt.data.images import (
-    ImageReadError,
-    display_rgb,
-    image_info,
-    is_raster,
-    open_raster,
-)
+from cspt.data.images import ImageReadError, display_rgb, image_info, is_raster, open_raster
 from cspt.data.masks import Palette
 from cspt.data.pixels import PixelContract
-from cspt.data.segmentation import (
-    Pair,
-    SegmentationCrops,
-    check_pairs,
-    collate_crops,
-    pair_images,
-    pairs_from_csv,
-)
+from cspt.data.segmentation import Pair, SegmentationCrops, check_pairs, collate_crops, pair_images, pairs_from_csv
 from cspt.data.spatial_split import split_regions
 from cspt.data.vector_labels import (
     VectorLabels,
@@ -54,13 +41,7 @@ from cspt.data.vector_labels import (
     scene_label_pairs,
     vector_classes,
 )
-from cspt.engine.distributed import (
-    all_gather_objects,
-    barrier,
-    launched_world_size,
-    resolve_device,
-    shard,
-)
+from cspt.engine.distributed import all_gather_objects, barrier, launched_world_size, resolve_device, shard
 from cspt.engine.optim import param_groups_layer_decay
 from cspt.engine.progress import scenes_progress
 from cspt.engine.run_dir import has_checkpoint
@@ -125,7 +106,7 @@ def load_palette(palette: str | None, class_names: Sequence[str] | None) -> Pale
 
 
 def write_pairs(pairs: Sequence[Pair], path: Path) -> None:
-    """``image,mask,top,left,height,width`` rows (absolute paths; the pair's window) of ``pairs`` to the CSV
+    """``image,mask`` rows (absolute paths) with each pair's :data:`REGION_COLUMNS`, of ``pairs`` to the CSV
     ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:

@@ -23,13 +23,7 @@ from cspt.models.mae import DECODER_PREFIXES
 from cspt.models.vit import ArchConfig, resolve_arch
 from cspt.weights.descriptions import ModelDescription
 from cspt.weights.formats import mae_to_hugging_face
-from cspt.weights.load import (
-    Checkpoint,
-    checkpoint_file,
-    description_of,
-    load_checkpoint,
-    sidecar_of,
-)
+from cspt.weights.load import Checkpoint, checkpoint_file, description_of, load_checkpoint, sidecar_of
 
 EXPORT_TARGETS = ("timm", "hf", "mae")
 

@@ -38,11 +38,7 @@ def hub_weights(name: str) -> Path:
     """The local weights file of a hub model (``config.json`` and any ``preprocessor_config.json`` beside it),
     fetched into the cache if needed."""
     from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-    )
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
     repo = hub_repo(name)
     cache = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"

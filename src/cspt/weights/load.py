@@ -28,12 +28,7 @@ from torch import nn
 from cspt.errors import CsptError
 from cspt.models.mae import DECODER_PREFIXES
 from cspt.models.vit import VIT_PRESETS, sincos_pos_embed
-from cspt.weights.formats import (
-    hugging_face_to_mae,
-    is_hugging_face,
-    is_openmmlab,
-    openmmlab_to_mae,
-)
+from cspt.weights.formats import hugging_face_to_mae, is_hugging_face, is_openmmlab, openmmlab_to_mae
 from cspt.weights.graphs import graph_description, is_graph_file
 from cspt.weights.hub import hub_weights, is_hub_name
 from cspt.weights.packaged import is_packaged_name, packaged_file
