@@ -594,7 +594,7 @@ def finetune_segment(config: SegmentConfig, resume: str | Path | bool | None = N
         barrier()
         splits = read_split(splits_dir)
         if dist.is_main:
-            log.info("data: %s tiles (splits in %s)",
+            log.info("data: %s regions (splits in %s)",
                      ", ".join(f"{n} {len(p)}" for n, p in splits.items()), splits_dir)
         Trainer(config, run_dir, dist).fit(SegmentTask(config, palette, splits, init))
     return run_dir
