@@ -234,6 +234,16 @@ def add_data_commands(commands: argparse._SubParsersAction) -> None:
     make.add_argument("--output", required=True, help="folder for the shards")
     make.add_argument("--max-size", type=float, default=1024, help="megabytes per shard (default 1024)")
 
+    stack = commands.add_parser("stack", help="rasters of any CRS, resolution or sensor on one grid, as one "
+                                "multi-band VRT every stage reads")
+    stack.add_argument("rasters", nargs="+", help="GeoTIFFs or VRTs, in band order; the first gives the grid")
+    stack.add_argument("--output", required=True, help="the stack, NAME.vrt (its parts go in NAME_parts/)")
+    stack.add_argument("--target-crs", help="the grid's CRS (default: the first raster's)")
+    stack.add_argument("--target-res", type=float, help="the grid's pixel size in its CRS's units (default: the "
+                       "first raster's)")
+    stack.add_argument("--resampling", default="bilinear", choices=["nearest", "bilinear", "cubic"],
+                       help="how rasters are resampled onto the grid (default bilinear; nearest for classes)")
+
     stats = commands.add_parser("stats", help="per-band mean/std of images, for the mean/std options")
     stats.add_argument("data", nargs="+", help="image folders, files or .txt lists")
     stats.add_argument("--max-images", type=int, default=1000, help="use a seeded sample of this many")
@@ -447,6 +457,18 @@ def run_shards(args: argparse.Namespace) -> None:
         print(f"{len(shards)} shards: {args.output}/shard-{{000000..{len(shards) - 1:06d}}}.tar")
 
 
+def run_stack(args: argparse.Namespace) -> None:
+    """``cspt stack``: write the aligned stack of rasters and say what its bands are."""
+    import rasterio
+
+    from cspt.data.stacks import write_stack
+
+    stack = write_stack(args.rasters, args.output, args.target_crs, args.target_res, args.resampling)
+    with rasterio.open(stack) as src:
+        print(f"{stack}: {src.width} x {src.height} px, {src.crs}, pixel {src.res[0]:g}; bands: "
+              f"{', '.join(src.descriptions)}")
+
+
 def run_stats(args: argparse.Namespace) -> None:
     """``cspt stats``: print the per-band mean/std and 2nd/98th percentiles of a set of images."""
     from cspt.data.files import find_images
@@ -542,7 +564,7 @@ def print_checkpoint_info(info: dict) -> None:
 COMMANDS = {"demo": run_demo, "evaluate": run_evaluate, "export": run_export, "finetune": run_finetune,
             "gap": run_gap, "info": run_info, "pipeline": run_pipeline, "predict": run_predict,
             "pretrain": run_pretrain, "probe": run_probe, "report": run_report, "shards": run_shards,
-            "stats": run_stats, "visualize": run_visualize}
+            "stack": run_stack, "stats": run_stats, "visualize": run_visualize}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
