@@ -75,11 +75,12 @@ def test_random_windows_share_pixels_across_the_split_and_blocks_keep_the_buffer
                for t in randomly["train"] for v in randomly["val"])  # a pixel trains and validates
     for seed in range(12):
         for size, buffer in ((32.0, 0.0), (32.0, 4.0), (20.0, 3.0), (45.25, 10.0)):
-            blocks = split_regions(pairs, "blocks", 0.25, seed, 32, 21, size, buffer)
-            train, val = blocks["train"], blocks["val"]
-            assert train and val
-            assert min(gap(t, v) for t in train for v in val) >= buffer, (seed, size, buffer)
-            count = coverage(train + val)
+            blocks = split_regions(pairs, "blocks", 0.25, seed, 32, 21, size, buffer, test_fraction=0.2 * (seed % 2))
+            train, val, test = blocks["train"], blocks["val"], blocks.get("test", [])
+            assert train and val and bool(test) == bool(seed % 2)
+            for one, other in ((train, val), (train, test), (val, test)):  # every pair of splits kept apart
+                assert min((gap(a, b) for a in one for b in other), default=buffer) >= buffer, (seed, size, buffer)
+            count = coverage(train + val + test)
             assert count.max() == 1  # no pixel in two regions
             if buffer == 0:  # block edges on pixel edges: every pixel trains or validates
                 assert count.min() == 1
@@ -125,9 +126,15 @@ def test_a_blocks_run_scores_its_validation_regions_only_and_draws_them(tmp_path
     pairs = scene(tmp_path)
     run = tmp_path / "run"
     result = run_cli("finetune", "segment", "--images", str(pairs[0].image.parent), "--class-names", "a", "b", "c",
-                     "--val-fraction", "0.25", "--split", "blocks", "--block-size", "32", "--split-buffer", "4",
-                     "--output", str(run), "--epochs", "1", *TINY)
+                     "--val-fraction", "0.25", "--test-fraction", "0.2", "--split", "blocks", "--block-size", "32",
+                     "--split-buffer", "4", "--output", str(run), "--epochs", "1", *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
+    evaluated = run_cli("evaluate", "segment", "--checkpoint", str(run), "--device", "cpu")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    with open(run / "splits" / "test.csv") as handle:
+        tested = sum(int(r["height"]) * int(r["width"]) for r in csv.DictReader(handle))
+    on_test = json.loads((run / "evaluation" / "test" / "metrics.json").read_text())
+    assert np.array(on_test["confusion"]).sum() + on_test["invalid_pixels"] == tested > 0  # the test regions
     with open(run / "splits" / "val.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert rows and all(int(r["height"]) * int(r["width"]) < SIZE * SIZE for r in rows)
@@ -208,8 +215,8 @@ def test_a_polygon_split_trains_and_validates_on_its_own_polygons_only(tmp_path:
     with fiona.open(tmp_path / "odd.geojson", "w", driver="GeoJSON", crs="EPSG:4326",
                     schema={"geometry": "Polygon", "properties": {"split": "str"}}) as sink:
         sink.write({"geometry": {"type": "Polygon", "coordinates": [[(0, 0), (1, 0), (1, 1), (0, 0)]]},
-                    "properties": {"split": "test"}})
-    with pytest.raises(CsptError, match="odd.geojson: split values must be train or val, found test"):
+                    "properties": {"split": "holdout"}})
+    with pytest.raises(CsptError, match="odd.geojson: split values must be train, val or test, found holdout"):
         make_split(SegmentConfig(**{**config.__dict__, "split_polygons": str(tmp_path / "odd.geojson")}), PALETTE,
                    tmp_path / "zones")
 

@@ -97,7 +97,8 @@ def add_evaluate_commands(commands: argparse._SubParsersAction) -> None:
     es = tasks.add_parser("segment", help="mIoU, per-class IoU, OA, mean F1 and confusion matrix")
     es.add_argument("--checkpoint", "--model", required=True,
                     help="segmentation run directory, its segmenter.safetensors or its exported .onnx")
-    es.add_argument("--images", nargs="+", help="image folders (default: the run's validation tiles)")
+    es.add_argument("--images", nargs="+", help="image folders (default: the run's test regions, else its "
+                    "validation regions)")
     es.add_argument("--masks", nargs="+", help="mask folders mirroring --images (default: 'masks' beside 'images')")
     es.add_argument("--blend", default="cosine", choices=["cosine", "gaussian", "none"],
                     help="how overlapping windows' scores are weighted (as predict segment --blend)")

@@ -210,6 +210,8 @@ class SegmentConfig(TrainConfig, EncoderConfig, PyramidConfig):
     val_images: list[str] | None = option(None, "validation image folders (or CSV)", nargs="+")
     val_masks: list[str] | None = option(None, "validation mask folders", nargs="+")
     val_fraction: float = option(0.0, "without --val-images: hold out this fraction of the tiles (seeded)")
+    test_fraction: float = option(0.0, "also hold out this fraction as a test split (as --split says): never "
+                                  "trained on or used to choose the model; cspt evaluate segment scores it")
     split_seed: int = option(0, "seed of the hold-out")
     split: str = option("by-file", "how --val-fraction is held out: by-file (whole files), blocks (blocks of the "
                         "map, with --split-buffer between training and validation: for scenes cut in tiles or "

@@ -46,7 +46,7 @@ def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str], p
 
 
 #: the colour of each split's regions in :func:`plot_split`
-SPLIT_COLORS = {"train": "tab:blue", "val": "tab:orange"}
+SPLIT_COLORS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
 
 
 def plot_split(regions: dict[str, list[tuple[Path, Sequence[int]]]], sizes: dict[Path, tuple[int, int]],

@@ -12,8 +12,8 @@ window; training crops and validation windows stay inside their region):
   a seeded share of the blocks validates, the rest train. Each side of a block that faces a block
   of the other split (across an edge or a corner) gives up ``buffer / 2``, and a pixel straddling a
   block edge belongs to neither, so no training pixel lies within ``buffer`` of a validation pixel.
-- ``polygons``: the user's own regions, polygons in any CRS whose attribute says ``train`` or
-  ``val``: a scene's pixels under them belong to that split (burnt onto the scene's grid),
+- ``polygons``: the user's own regions, polygons in any CRS whose attribute says ``train``,
+  ``val`` or ``test``: a scene's pixels under them belong to that split (burnt onto the scene's grid),
   the others to neither; crops and validation windows read the pixels of their own split only.
 - ``random``: the sliding windows of every scene (crop-sized, at the sliding stride), each assigned
   at random. Neighbouring windows overlap, so pixels are shared across the split: what a random
@@ -40,7 +40,7 @@ from cspt.errors import CsptError
 SPLITS = ("by-file", "blocks", "polygons", "random")
 
 #: the zone value of each split in the rasters a polygon split burns
-ZONES = {"train": 1, "val": 2}
+ZONES = {"train": 1, "val": 2, "test": 3}
 
 #: slack when deciding whether a pixel lies inside a block (map coordinates are floating point)
 EDGE_SLACK = 1e-6
@@ -50,23 +50,25 @@ BlockKey = tuple[str, int, int]
 
 def split_regions(pairs: Sequence[Pair], method: str, fraction: float, seed: int, window: int, stride: int,
                   block_size: float | None = None, buffer: float = 0.0, polygons: VectorLabels | None = None,
-                  folder: Path | None = None) -> dict[str, list[Pair]]:
-    """Training and validation regions of ``pairs`` (whole files), ``fraction`` of them (of the files, blocks or
-    windows) validating, or the ``polygons`` say (their zone rasters written in ``folder``); ``window`` and
-    ``stride``: the sliding window in image pixels."""
+                  folder: Path | None = None, test_fraction: float = 0.0) -> dict[str, list[Pair]]:
+    """Training, validation (and test) regions of ``pairs`` (whole files): ``fraction`` (and ``test_fraction``)
+    of the files, blocks or windows held out, or what the ``polygons`` say (their zone rasters written in
+    ``folder``); ``window`` and ``stride``: the sliding window in image pixels."""
     if method == "polygons":
         if polygons is None or folder is None:
             raise CsptError("--split polygons needs --split-polygons FILE (polygons whose --split-field says train "
                             "or val)")
         return polygon_regions(pairs, polygons, folder)
-    if not 0 < fraction < 1:
-        raise CsptError(f"--val-fraction {fraction}: the share held out must lie between 0 and 1")
+    if not 0 < fraction < 1 or not 0 <= test_fraction < 1:
+        raise CsptError(f"--val-fraction {fraction} and --test-fraction {test_fraction}: shares held out lie "
+                        "between 0 and 1 (the first above 0)")
+    fractions = {"val": fraction, "test": test_fraction}
     if method == "by-file":
         if len(pairs) < 2:
             raise CsptError("--split by-file needs at least two image/mask pairs; for one scene use --split blocks")
-        return assign(list(pairs), fraction, seed)
+        return assign(list(pairs), fractions, seed)
     if method == "blocks":
-        return block_regions(pairs, fraction, seed, block_size, buffer, window)
+        return block_regions(pairs, fractions, seed, block_size, buffer, window)
     if method == "random":
         windows = [replace(pair, top=pair.top + top, left=pair.left + left, height=min(window, pair.height),
                            width=min(window, pair.width))
@@ -74,21 +76,31 @@ def split_regions(pairs: Sequence[Pair], method: str, fraction: float, seed: int
                    for left in window_starts(pair.width, window, stride)]
         if len(windows) < 2:
             raise CsptError("--split random: the scenes hold a single sliding window; nothing to hold out")
-        return assign(windows, fraction, seed)
+        return assign(windows, fractions, seed)
     raise CsptError(f"--split {method}: choose one of {', '.join(SPLITS)}")
 
 
-def assign(items: list, fraction: float, seed: int) -> dict[str, list]:
-    """A seeded ``fraction`` of ``items`` (at least one, never all) for validation, the rest for training, each
-    in its original order."""
+def assign(items: list, fractions: dict[str, float], seed: int) -> dict[str, list]:
+    """Seeded shares of ``items`` for the held-out splits (``{"val": 0.2, "test": 0.1}``: at least one item each
+    when asked for, never all of them), the rest for training; each split in the items' original order."""
     order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
-    held = set(order[:min(len(items) - 1, max(1, round(len(items) * fraction)))])
-    return {"train": [x for i, x in enumerate(items) if i not in held],
-            "val": [x for i, x in enumerate(items) if i in held]}
+    wanted = {name: max(1, round(len(items) * share)) for name, share in fractions.items() if share > 0}
+    while sum(wanted.values()) >= len(items) and max(wanted.values()) > 1:  # never all: training keeps some
+        largest = max(wanted, key=wanted.get)
+        wanted[largest] -= 1
+    if sum(wanted.values()) >= len(items):
+        raise CsptError(f"{len(items)} files, blocks or windows cannot give {' and '.join(wanted)} one each and "
+                        "keep some for training: give more data, or smaller blocks")
+    split_of, start = {}, 0
+    for name, count in wanted.items():
+        split_of.update({i: name for i in order[start:start + count]})
+        start += count
+    return {name: [x for i, x in enumerate(items) if split_of.get(i, "train") == name]
+            for name in ["train", *wanted]}
 
 
-def block_regions(pairs: Sequence[Pair], fraction: float, seed: int, size: float | None, buffer: float,
-                  window: int) -> dict[str, list[Pair]]:
+def block_regions(pairs: Sequence[Pair], fractions: dict[str, float], seed: int, size: float | None,
+                  buffer: float, window: int) -> dict[str, list[Pair]]:
     """The regions of the ``blocks`` split (see the module's docstring); ``size`` None: four sliding windows
     (``window`` pixels) of the first scene of each grid."""
     grids = {pair.image: grid_of(pair) for pair in pairs}
@@ -108,9 +120,8 @@ def block_regions(pairs: Sequence[Pair], fraction: float, seed: int, size: float
     if len(keys) < 2:
         raise CsptError(f"--block-size {min(sizes.values()):g}: the scenes lie in a single block, so none can be held "
                         "out; give a smaller --block-size (in the scenes' map units)")
-    validating = set(assign(keys, fraction, seed)["val"])
-    split = {key: "val" if key in validating else "train" for key in keys}
-    regions: dict[str, list[Pair]] = {"train": [], "val": []}
+    split = {key: name for name, held in assign(keys, fractions, seed).items() for key in held}
+    regions: dict[str, list[Pair]] = {name: [] for name in ["train", *(n for n, f in fractions.items() if f > 0)]}
     for pair, blocks in placed:
         for key in blocks:
             region = block_window(pair, grids[pair.image][1], key, sizes[key[0]],
@@ -202,9 +213,10 @@ def polygon_regions(pairs: Sequence[Pair], polygons: VectorLabels, folder: Path)
     raster burnt onto the scene's grid (``folder/NNNN_STEM.tif``)."""
     unknown = sorted({name for _, name in polygons.features} - set(ZONES))
     if unknown:
-        raise CsptError(f"{polygons.path}: {polygons.class_field} values must be train or val, found "
+        raise CsptError(f"{polygons.path}: {polygons.class_field} values must be train, val or test, found "
                         f"{', '.join(unknown[:5])}")
-    regions: dict[str, list[Pair]] = {"train": [], "val": []}
+    regions: dict[str, list[Pair]] = {name: [] for name in ZONES
+                                      if name != "test" or any(n == "test" for _, n in polygons.features)}
     for number, pair in enumerate(pairs):
         grid = scene_grid(pair.image)
         if grid.crs is None:
@@ -213,11 +225,11 @@ def polygon_regions(pairs: Sequence[Pair], polygons: VectorLabels, folder: Path)
         zone = folder / f"{number:04d}_{pair.image.stem}.tif"
         extents = burn_shapes(grid, shapes, 0, zone)
         for split, value in ZONES.items():
-            if value in extents:
+            if value in extents and split in regions:
                 top, left, height, width = extents[value]
                 regions[split].append(replace(pair, top=top, left=left, height=height, width=width, zone=zone,
                                               zone_value=value))
-    if not regions["train"] or not regions["val"]:
-        missing = "train" if not regions["train"] else "val"
-        raise CsptError(f"{polygons.path}: no {missing} polygon lies over the scenes")
+    missing = [name for name, found in regions.items() if not found]
+    if missing:
+        raise CsptError(f"{polygons.path}: no {missing[0]} polygon lies over the scenes")
     return regions

@@ -128,7 +128,7 @@ def make_split(config: SegmentConfig, palette: Palette, folder: Path) -> dict[st
         raise CsptError("no --images given")
     pairs, counts = check_pairs(pair_images(config.images, config.masks), palette, config.ignore_index)
     if config.val_images:
-        if config.split != "by-file" or config.val_fraction or config.split_polygons:
+        if config.split != "by-file" or config.val_fraction or config.split_polygons or config.test_fraction:
             raise CsptError("--val-images are the validation data: --val-fraction and --split hold some out of "
                             "--images instead; give one or the other")
         val, _ = check_pairs(pair_images(config.val_images, config.val_masks), palette, config.ignore_index)
@@ -139,11 +139,12 @@ def make_split(config: SegmentConfig, palette: Palette, folder: Path) -> dict[st
         polygons = read_vector_labels(Path(config.split_polygons), config.split_field) \
             if config.split_polygons else None
         splits = split_regions(pairs, config.split, config.val_fraction, config.split_seed, window, stride,
-                               config.block_size, config.split_buffer, polygons, folder)
+                               config.block_size, config.split_buffer, polygons, folder, config.test_fraction)
         log.info("split %s: %s", config.split, ", ".join(f"{name} {len(regions)} regions, "
                                                          f"{sum(r.height * r.width for r in regions):,} pixels"
                                                          for name, regions in splits.items()))
-    elif config.split != "by-file" or config.block_size or config.split_buffer or config.split_polygons:
+    elif config.split != "by-file" or config.block_size or config.split_buffer or config.split_polygons or \
+            config.test_fraction:
         raise CsptError(f"--split {config.split}: holds out --val-fraction of the data; give one")
     else:
         splits = {"train": pairs}
@@ -155,7 +156,7 @@ def make_split(config: SegmentConfig, palette: Palette, folder: Path) -> dict[st
 
 def check_split_options(config: SegmentConfig) -> None:
     """Refuse, in one line, split options the chosen ``--split`` would leave unused."""
-    unused = {"blocks": [], "polygons": ["val_fraction", "block_size", "split_buffer"],
+    unused = {"blocks": [], "polygons": ["val_fraction", "test_fraction", "block_size", "split_buffer"],
               "by-file": ["block_size", "split_buffer", "split_polygons"],
               "random": ["block_size", "split_buffer", "split_polygons"]}.get(config.split, [])
     given = [name for name in unused if getattr(config, name)]
@@ -169,7 +170,7 @@ def check_split_options(config: SegmentConfig) -> None:
 def read_split(folder: Path) -> dict[str, list[Pair]]:
     """The regions a run was started with (image sizes re-read from the headers, masks not re-checked)."""
     splits = {}
-    for name in ("train", "val"):
+    for name in ("train", "val", "test"):
         path = folder / f"{name}.csv"
         if path.is_file():
             rows = list(csv.reader(path.read_text().splitlines()))[1:]
@@ -309,7 +310,8 @@ def evaluate_segmenter(checkpoint: str | Path, images: Sequence[str] | None = No
                        masks: Sequence[str] | None = None, output: str | Path | None = None,
                        device: str = "auto", blend: str = "cosine",
                        max_image_pixels: int | None = None) -> tuple[dict[str, Any], Path]:
-    """Evaluate on ``images`` (+ ``masks``), default the run's validation tiles; returns metrics and folder."""
+    """Evaluate on ``images`` (+ ``masks``), default the run's test regions (else its validation regions); returns
+    metrics and folder."""
     described = load_segmenter(checkpoint)
     model, info, weights = described
     require_data_for_graph(weights, images, "--images and --masks")
@@ -319,10 +321,13 @@ def evaluate_segmenter(checkpoint: str | Path, images: Sequence[str] | None = No
         pairs, _ = check_pairs(pair_images(images, masks), palette, info.ignore_index)
         folder = Path(output) if output else run_dir / "evaluation" / Path(images[0]).name
     else:
-        split = read_split(run_dir / SPLITS_DIR).get("val")
-        if not split:
-            raise CsptError(f"{run_dir}: no validation tiles in {SPLITS_DIR}/; pass --images (and --masks)")
-        pairs, folder = split, Path(output) if output else run_dir
+        splits = read_split(run_dir / SPLITS_DIR)
+        held = "test" if splits.get("test") else "val"
+        if not splits.get(held):
+            raise CsptError(f"{run_dir}: no validation or test regions in {SPLITS_DIR}/; pass --images (and --masks)")
+        pairs = splits[held]
+        folder = Path(output) if output else run_dir / "evaluation" / "test" if held == "test" else run_dir
+        log.info("scoring the run's %s regions", "test" if held == "test" else "validation")
     metrics = evaluate_pairs(model, pairs, info, described.contract(max_image_pixels),
                              torch.device(resolve_device(device)), precision="fp32", blend=blend)  # as predicted
     metrics.update(checkpoint=str(weights), tiles=len(pairs))
