@@ -135,6 +135,9 @@ def test_a_blocks_run_scores_its_validation_regions_only_and_draws_them(tmp_path
         tested = sum(int(r["height"]) * int(r["width"]) for r in csv.DictReader(handle))
     on_test = json.loads((run / "evaluation" / "test" / "metrics.json").read_text())
     assert np.array(on_test["confusion"]).sum() + on_test["invalid_pixels"] == tested > 0  # the test regions
+    assert on_test["split"] == "test"
+    with pytest.raises(CsptError, match="a test split from it would score what was trained on"):
+        split_regions(pairs, "random", 0.2, 0, 32, 21, test_fraction=0.1)
     with open(run / "splits" / "val.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert rows and all(int(r["height"]) * int(r["width"]) < SIZE * SIZE for r in rows)

@@ -99,3 +99,20 @@ def test_stack_errors_are_one_line_and_a_segmenter_trains_on_a_stack(tmp_path: P
                       "--in-chans", "4", "--mean", *["0.5"] * 4, "--std", *["0.25"] * 4, *TINY_ENCODER_FLAGS)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert json.loads((run / "segmenter.json").read_text())["architecture"]["in_chans"] == 4
+
+
+def test_a_stack_made_with_relative_paths_reads_its_own_rasters_from_anywhere_and_keeps_each_band_s_nodata(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    image, dem = image_and_dem(tmp_path / "scene")
+    two = np.full((2, 200, 300), 7, np.uint16)
+    two[1, 50:55, 60:65] = 0  # no data in the second band only
+    write_geotiff(tmp_path / "scene" / "two.tif", two, nodata=0)
+    monkeypatch.chdir(tmp_path / "scene")
+    write_stack(["image.tif", "two.tif"], Path("..") / "stacks" / "s.vrt")
+    other = tmp_path / "elsewhere"
+    write_geotiff(other / "image.tif", np.zeros((3, 200, 300), np.uint8))  # a namesake where it is read from
+    monkeypatch.chdir(other)
+    with rasterio.open(tmp_path / "stacks" / "s.vrt") as src:
+        layers = src.read()
+    assert (layers[:3] == 100).all()  # the image it was made of, not the namesake
+    assert np.isnan(layers[4, 50:55, 60:65]).all() and np.isnan(layers[4]).sum() == 25 and (layers[3] == 7).all()

@@ -70,6 +70,9 @@ def split_regions(pairs: Sequence[Pair], method: str, fraction: float, seed: int
     if method == "blocks":
         return block_regions(pairs, fractions, seed, block_size, buffer, window)
     if method == "random":
+        if test_fraction:
+            raise CsptError("--split random shares pixels across its splits: a test split from it would score "
+                            "what was trained on; hold a test split out with --split blocks or polygons")
         windows = [replace(pair, top=pair.top + top, left=pair.left + left, height=min(window, pair.height),
                            width=min(window, pair.width))
                    for pair in pairs for top in window_starts(pair.height, window, stride)

@@ -10,7 +10,6 @@ training, scoring and prediction alike. Build the stacks of the scenes to predic
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -53,7 +52,8 @@ def target_grid(first: Path, crs: str | None = None, resolution: float | None = 
 def write_stack(rasters: Sequence[str | Path], output: str | Path, crs: str | None = None,
                 resolution: float | None = None, resampling: str = "bilinear") -> Path:
     """Write the aligned stack of ``rasters`` as the VRT ``output`` (see the module's docstring); returns it."""
-    paths, output = [Path(r) for r in rasters], Path(output)
+    paths = [Path(r) if str(r).startswith("/vsi") else Path(r).resolve() for r in rasters]  # found from anywhere
+    output = Path(output)
     if output.suffix.lower() != ".vrt":
         raise CsptError(f"{output}: a stack is a VRT file; name it NAME.vrt")
     if resampling not in RESAMPLINGS:
@@ -81,12 +81,12 @@ def warp_to(path: Path, grid: SceneGrid, target: Path, resampling: Resampling) -
             if west >= grid.bounds.right or east <= grid.bounds.left or south >= grid.bounds.top or \
                     north <= grid.bounds.bottom:
                 raise CsptError(f"{path}: does not overlap the stack's grid (its first raster's extent)")
-            nodata = src.nodata if src.nodata is not None and not math.isnan(src.nodata) else None
             alpha = [band for band in range(1, src.count + 1) if src.colorinterp[band - 1] == ColorInterp.alpha]
             with gdal_env(), WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width,
                                        height=grid.height, resampling=resampling, dtype="float32",
-                                       src_nodata=nodata, nodata=float("nan"),
-                                       src_alpha=alpha[0] if alpha else 0) as warped:
+                                       src_nodata=src.nodata, nodata=float("nan"),
+                                       src_alpha=alpha[0] if alpha else 0,
+                                       UNIFIED_SRC_NODATA="NO") as warped:  # a band's nodata is its own
                 rasterio.shutil.copy(warped, target, driver="VRT")
             return [band for band in range(1, src.count + 1) if band not in alpha]
     except CsptError:

@@ -317,6 +317,7 @@ def evaluate_segmenter(checkpoint: str | Path, images: Sequence[str] | None = No
     require_data_for_graph(weights, images, "--images and --masks")
     run_dir = weights.parent
     palette = Palette.from_dict(info.palette)
+    held = None
     if images:
         pairs, _ = check_pairs(pair_images(images, masks), palette, info.ignore_index)
         folder = Path(output) if output else run_dir / "evaluation" / Path(images[0]).name
@@ -330,7 +331,7 @@ def evaluate_segmenter(checkpoint: str | Path, images: Sequence[str] | None = No
         log.info("scoring the run's %s regions", "test" if held == "test" else "validation")
     metrics = evaluate_pairs(model, pairs, info, described.contract(max_image_pixels),
                              torch.device(resolve_device(device)), precision="fp32", blend=blend)  # as predicted
-    metrics.update(checkpoint=str(weights), tiles=len(pairs))
+    metrics.update(checkpoint=str(weights), tiles=len(pairs), **({"split": held} if held else {}))
     write_segmentation_metrics(metrics, folder, "segmentation")
     log.info("mIoU %.4f, OA %.4f, mean F1 %.4f on %d tiles", metrics["miou"], metrics["oa"], metrics["mean_f1"],
              len(pairs))
