@@ -96,3 +96,18 @@ def test_an_epoch_may_be_a_fixed_number_of_windows_drawn_by_area(tmp_path: Path)
     for seed in range(50):
         crops[(0, seed)]
     assert drawn == again  # the region comes from the sample's seed, not its index: a resumed run draws the same
+
+
+def test_an_unreadable_mask_raster_is_named_in_one_line(tmp_path: Path):
+    """Beside a picture (no grid to align it to) or a GeoTIFF (whose grid it would be read on)."""
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "masks" / "a.tif").write_text("not a raster")
+    for image in (tmp_path / "pictures" / "a.png", tmp_path / "scenes" / "a.tif"):
+        image.parent.mkdir()
+        if image.suffix == ".png":
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+        else:
+            write_geotiff(image, np.zeros((3, 8, 8), np.uint8))
+        with pytest.raises(CsptError, match=r"masks/a.tif: (unreadable|cannot open the) mask") as caught:
+            check_pairs([(image, tmp_path / "masks" / "a.tif")], PALETTE, 255)
+        assert "\n" not in str(caught.value)

@@ -88,7 +88,7 @@ def _version(path: Path) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def _label_grid(image: Path, mask: Path, image_version: int, mask_version: int) -> SceneGrid | None:
-    target, source = scene_grid(image), scene_grid(mask)
+    target, source = scene_grid(image), scene_grid(mask, "mask")
     if target.crs is None or source.crs is None:
         return None
     same = (source.crs == target.crs and (source.height, source.width) == (target.height, target.width)
@@ -132,16 +132,17 @@ def mask_strips(path: Path, palette: Palette, ignore_index: int, image: Path, he
                             f"{width}x{height}")
         yield labels
         return
-    with open_raster(path) as src:
-        nodata = src.nodata
+    try:
+        with open_raster(path) as src:
+            nodata, stored = src.nodata, (src.height, src.width)
+    except Exception as err:  # GDAL: not a raster, corrupt
+        raise ImageReadError(f"{path}: unreadable mask ({str(err).splitlines()[0] if str(err) else err})") from None
     if palette.colors is None and nodata is not None and 0 <= nodata < len(palette.classes) and nodata % 1 == 0:
         log.warning("%s: declares nodata %g, the index of class %s: its pixels are not labelled", path, nodata,
                     palette.classes[int(nodata)])
-    if onto is None:
-        stored = scene_grid(path)
-        if (stored.height, stored.width) != (height, width):
-            raise CsptError(f"{path}: mask is {stored.width}x{stored.height} but its image {image.name} is "
-                            f"{width}x{height}; a mask on another grid needs both to be georeferenced rasters")
+    if onto is None and stored != (height, width):
+        raise CsptError(f"{path}: mask is {stored[1]}x{stored[0]} but its image {image.name} is {width}x{height}; "
+                        "a mask on another grid needs both to be georeferenced rasters")
     step = max(1, MASK_STRIP_PIXELS // width)
     for top in range(0, height, step):
         yield read_mask(path, palette, ignore_index, (top, 0, min(step, height - top), width), onto)

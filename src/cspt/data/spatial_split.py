@@ -115,7 +115,7 @@ def block_regions(pairs: Sequence[Pair], fractions: dict[str, float], seed: int,
         if block <= 0 or not 0 <= buffer < block:
             raise CsptError(f"--block-size {block:g} and --split-buffer {buffer:g}: the block must be positive and "
                             "larger than the buffer")
-    check_crs_apart(pairs)
+    check_crs_apart(pairs, {image: name for image, (name, _) in grids.items()})
     placed = [(pair, [key for key in scene_blocks(pair, grids[pair.image], sizes)
                       if block_window(pair, grids[pair.image][1], key, sizes[key[0]], (0, 0, 0, 0))])
               for pair in pairs]
@@ -153,9 +153,9 @@ def grid_of(pair: Pair) -> tuple[str, Affine]:
     return (f"EPSG:{epsg}" if epsg else where.crs.to_wkt()), t
 
 
-def check_crs_apart(pairs: Sequence[Pair]) -> None:
+def check_crs_apart(pairs: Sequence[Pair], grid_names: dict[Path, str]) -> None:
     """Refuse, in one line, scenes in different CRSs that overlap: blocks of one CRS cannot keep their common
-    ground on one side of the split."""
+    ground on one side of the split (``grid_names``: each scene's, from :func:`grid_of`)."""
     footprints = []
     for pair in pairs:
         where = georeference_of(pair.image)
@@ -163,7 +163,8 @@ def check_crs_apart(pairs: Sequence[Pair]) -> None:
             t = where.transform
             x0, x1 = sorted((t.c, t.c + t.a * pair.width))
             y0, y1 = sorted((t.f, t.f + t.e * pair.height))
-            footprints.append((pair.image, grid_of(pair)[0], transform_bounds(where.crs, "EPSG:4326", x0, y0, x1, y1)))
+            footprints.append((pair.image, grid_names[pair.image],
+                               transform_bounds(where.crs, "EPSG:4326", x0, y0, x1, y1)))
     for i, (image, crs, (a0, b0, a1, b1)) in enumerate(footprints):
         for other, other_crs, (c0, d0, c1, d1) in footprints[i + 1:]:
             if crs != other_crs and a0 < c1 and c0 < a1 and b0 < d1 and d0 < b1:

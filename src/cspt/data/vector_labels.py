@@ -122,26 +122,23 @@ class SceneGrid:
     bounds: BoundingBox
 
 
-def scene_grid(scene: Path) -> SceneGrid:
-    """The grid of ``scene``; an :class:`ImageReadError` naming it when it cannot be opened."""
+def scene_grid(scene: Path, what: str = "scene") -> SceneGrid:
+    """The grid of ``scene``; an :class:`ImageReadError` naming it (as ``what``) when it cannot be opened."""
     try:
         with open_raster(scene) as src:
             return SceneGrid(src.crs, src.transform, src.height, src.width, src.bounds)
     except Exception as err:  # GDAL: missing, not a raster, corrupt
-        raise ImageReadError(f"{scene}: cannot open the scene ({str(err).splitlines()[0] if str(err) else err})") \
+        raise ImageReadError(f"{scene}: cannot open the {what} ({str(err).splitlines()[0] if str(err) else err})") \
             from None
 
 
 def scene_boxes(labels: VectorLabels, scene: Path, grid: SceneGrid) -> tuple[np.ndarray, list[str], int]:
     """The pixel boxes ``(N, 4)`` (x1, y1, x2, y2) of the features (boxes or polygons, any CRS) over
     ``scene`` (on ``grid``), clipped to it, their classes, and how many were clipped."""
-    inverse, width, height = ~grid.transform, grid.width, grid.height
+    width, height = grid.width, grid.height
     boxes, names, clipped = [], [], 0
     for geometry, name in in_scene_crs(labels, scene, grid.crs):
-        xs, ys = np.array(all_points(geometry["coordinates"]), dtype=np.float64).T
-        a, b, c, d, e, f = tuple(inverse)[:6]
-        cols, rows = a * xs + b * ys + c, d * xs + e * ys + f
-        x1, y1, x2, y2 = cols.min(), rows.min(), cols.max(), rows.max()
+        x1, y1, x2, y2 = pixel_span(geometry, grid.transform)
         box = np.clip([x1, y1, x2, y2], 0, [width, height, width, height])
         if box[2] - box[0] < 1 or box[3] - box[1] < 1:
             continue  # outside the scene (or a sliver of it)
@@ -206,14 +203,12 @@ def rasterize_labels(scene: Path, labels: VectorLabels, classes: Sequence[str], 
     return target
 
 
-def shape_rows(shapes: Sequence[tuple[dict[str, Any], int]], transform: Affine) -> list[tuple[float, float]]:
-    """The first and last pixel row (fractional) each shape reaches on a grid."""
-    spans = []
-    for geometry, _ in shapes:
-        xs, ys = np.array(all_points(geometry["coordinates"]), dtype=np.float64).T
-        rows = (~transform @ (xs, ys))[1]
-        spans.append((float(rows.min()) - 1, float(rows.max()) + 1))
-    return spans
+def pixel_span(geometry: dict[str, Any], transform: Affine) -> tuple[float, float, float, float]:
+    """The fractional pixel columns and rows a geometry's points reach on a grid: min column, min row, max column,
+    max row."""
+    xs, ys = np.array(all_points(geometry["coordinates"]), dtype=np.float64).T
+    cols, rows = ~transform @ (xs, ys)
+    return float(cols.min()), float(rows.min()), float(cols.max()), float(rows.max())
 
 
 def burn_shapes(grid: SceneGrid, shapes: Sequence[tuple[dict[str, Any], int]], fill: int,
@@ -227,11 +222,11 @@ def burn_shapes(grid: SceneGrid, shapes: Sequence[tuple[dict[str, Any], int]], f
                                    dtype="uint8", crs=grid.crs, transform=grid.transform, tiled=True,
                                    blockxsize=LABEL_TILE, blockysize=LABEL_TILE, compress="deflate") as dst:
         step = max(1, LABEL_STRIP_PIXELS // grid.width // LABEL_TILE) * LABEL_TILE  # whole rows of tiles
-        spans = shape_rows(shapes, grid.transform)
+        spans = [pixel_span(geometry, grid.transform)[1::2] for geometry, _ in shapes]
         for top in range(0, grid.height, step):
             rows = min(step, grid.height - top)
             inside = [shape for shape, (first, last) in zip(shapes, spans, strict=True)
-                      if last >= top and first < top + rows]
+                      if last + 1 >= top and first - 1 < top + rows]  # a pixel of slack either side
             strip = rasterize(inside, out_shape=(rows, grid.width), transform=grid.transform
                               @ Affine.translation(0, top), fill=fill, dtype="uint8") if inside else \
                 np.full((rows, grid.width), fill, np.uint8)

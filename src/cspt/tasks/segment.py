@@ -156,12 +156,10 @@ def make_split(config: SegmentConfig, palette: Palette, folder: Path) -> dict[st
 
 def check_split_options(config: SegmentConfig) -> None:
     """Refuse, in one line, split options the chosen ``--split`` would leave unused."""
-    unused = {"blocks": [], "polygons": ["val_fraction", "test_fraction", "block_size", "split_buffer"],
+    unused = {"blocks": ["split_polygons"], "polygons": ["val_fraction", "test_fraction", "block_size", "split_buffer"],
               "by-file": ["block_size", "split_buffer", "split_polygons"],
               "random": ["block_size", "split_buffer", "split_polygons"]}.get(config.split, [])
     given = [name for name in unused if getattr(config, name)]
-    if config.split == "blocks" and config.split_polygons:
-        given.append("split_polygons")
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise CsptError(f"--split {config.split} does not use {flags}")
