@@ -103,11 +103,15 @@ def test_three_band_checkpoint_into_four_band_model(tmp_path):
     torch.save({"model": source.state_dict()}, path)
     target = MaskedAutoencoderViT(ArchConfig(**{**TINY_ARCH.to_dict(), "in_chans": 4}))
     report = load_into_model(target, load_checkpoint(path))
-    assert "patch embedding from 3 to 4 bands" in report.adapted
-    # RGB filters cycle over the 4 bands (R, G, B, R), scaled by 3/4 to keep the response
+    assert any(a.startswith("patch embedding from 3 to 4 bands, cyclic") for a in report.adapted)
+    # without band metadata, RGB filters cycle over the 4 bands (R, G, B, R), scaled by 3/4 (timm's rule)
     old, new = source.patch_embed.proj.weight, target.patch_embed.proj.weight
     assert torch.allclose(new, old[:, [0, 1, 2, 0]] * 0.75, atol=1e-6)
-    assert "decoder_pred re-initialised for the new band count" in report.adapted
+    assert "decoder_pred from 3 to 4 bands" in report.adapted
+    # the pixel prediction of band 4 starts as band 1's (patchify's order: pixels, then bands)
+    pred_old = source.decoder_pred.weight.reshape(-1, 3, source.decoder_pred.weight.shape[-1])
+    pred_new = target.decoder_pred.weight.reshape(-1, 4, pred_old.shape[-1])
+    assert torch.equal(pred_new, pred_old[:, [0, 1, 2, 0]])
 
 
 def test_checkpoint_of_another_width_is_refused(tmp_path):

@@ -81,8 +81,26 @@ class EncoderConfig:
     mean: list[float] | None = option(None, "per-band mean on the 0-1 scale (default: ImageNet for 3 bands)",
                                       nargs="+")
     std: list[float] | None = option(None, "per-band std on the 0-1 scale", nargs="+")
-    bands: list[int] | None = option(None, "read only these bands of every image, numbered from 1, in this order "
-                                     "(e.g. 4 3 2 for a Sentinel-2 RGB); the model's --in-chans follows", nargs="+")
+    bands: list[str] | None = option(None, "read only these bands of every image, by number from 1 or by name, in "
+                                     "this order (e.g. 4 3 2, or B04 B03 B02 with --sensor sentinel2-l2a); the "
+                                     "model's --in-chans follows", nargs="+")
+    sensor: str | None = option(None, "the images' band layout: sentinel2-l1c, sentinel2-l2a, landsat5, landsat8, "
+                                "landsat9, worldview3, worldview3-4band, sentinel1-grd, sar-quad, rgb (default: the "
+                                "GeoTIFF's band descriptions and wavelength tags)")
+    band_names: list[str] | None = option(None, "a name per model band (default: the sensor's or the file's)",
+                                          nargs="+")
+    wavelengths: list[float] | None = option(None, "central wavelength per model band in micrometres (0: unknown; "
+                                             "thermal above 3, SAR above 1000, e.g. 55465 for C-band)", nargs="+")
+    band_gsd: list[float] | None = option(None, "ground sample distance per model band in metres (0: unknown)",
+                                          nargs="+")
+    band_init: str = option("wavelength", "how an --init encoder with other bands gets its new patch-embedding "
+                            "filters: wavelength (each band from the nearest RGB filters, their sum's spread "
+                            "matched on the data; needs known wavelengths, else cyclic), cyclic (timm: the RGB "
+                            "filters repeated and rescaled), random (kept from a fresh initialisation)",
+                            choices=["wavelength", "cyclic", "random"])
+    decibels: str | None = option(None, "SAR: read amplitude or intensity (power) values as decibels, floored at "
+                                  "-50 dB (complex values are read as their amplitude)",
+                                  choices=["amplitude", "intensity"])
     scale: str = option("auto", "how raw pixel values map to the 0-1 scale of --mean/--std: dtype (divide by the "
                         "type's maximum), percentile (each band's 2-98%% range, measured on the data), stats (the "
                         "data's own mean/std become --mean/--std), or a JSON file / run directory recording one; "
@@ -353,6 +371,8 @@ def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
             return float(value)
         except ValueError:
             pass
+    if hint is str and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # e.g. a band number in YAML
     exact = {bool: isinstance(value, bool), str: isinstance(value, str),
              int: isinstance(value, int) and not isinstance(value, bool)}
     if exact.get(hint, False):

@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from cspt.data.bands import display_order  # noqa: E402
 from cspt.data.pixels import PixelContract  # noqa: E402
 from cspt.models.mae import MaskedAutoencoderViT  # noqa: E402
 
@@ -87,23 +88,30 @@ def plot_split(regions: dict[str, list[tuple[Path, Sequence[int]]]], sizes: dict
 GAP = 2
 
 
-def to_display(images: torch.Tensor, contract: PixelContract) -> np.ndarray:
-    """Normalised ``(B, C, H, W)`` -> uint8 ``(B, H, W, 3)`` on the contract's 0-1 scale: first three bands,
-    or grey."""
+def to_display(images: torch.Tensor, contract: PixelContract, order: Sequence[int] | None = None) -> np.ndarray:
+    """Normalised ``(B, C, H, W)`` -> uint8 ``(B, H, W, 3)`` on the contract's 0-1 scale: the bands of
+    ``order`` as red, green, blue (default: :func:`~cspt.data.bands.display_order`)."""
     pixels = contract.unnormalise(images.cpu().float()).clamp(0, 1)
-    pixels = pixels[:, :3] if pixels.shape[1] >= 3 else pixels[:, :1].expand(-1, 3, -1, -1)
-    return (pixels.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    order = list(order) if order is not None else display_order(contract.spectral, pixels.shape[1])[0]
+    return (pixels[:, order].permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
 
 
 def reconstruction_grid(model: MaskedAutoencoderViT, images: torch.Tensor, contract: PixelContract,
                         noise: torch.Tensor | None = None) -> Image.Image:
-    """One row per image, four columns; masked patches shown at the band means (grey)."""
+    """One row per image, four columns; masked patches shown at the band means (grey). Images of more than
+    three bands are drawn in true or false colour (:func:`~cspt.data.bands.display_order`), and the first
+    image then again band by band, one grey row each."""
     was_training = model.training
     model.eval()
     result = model.reconstruct(images, noise=noise)
     model.train(was_training)
-    columns = [to_display(t, contract) for t in (images, result.masked, result.reconstruction, result.pasted)]
-    rows, height, width = images.shape[0], images.shape[2], images.shape[3]
+    steps = (images, result.masked, result.reconstruction, result.pasted)
+    columns = [to_display(t, contract) for t in steps]
+    if images.shape[1] > 3:
+        columns = [np.concatenate([colour] + [to_display(t[:1], contract, [band] * 3)
+                                              for band in range(images.shape[1])])
+                   for colour, t in zip(columns, steps)]
+    rows, height, width = columns[0].shape[0], images.shape[2], images.shape[3]
     canvas = np.full((rows * (height + GAP) - GAP, 4 * (width + GAP) - GAP, 3), 255, dtype=np.uint8)
     for col, panel in enumerate(columns):
         for row in range(rows):

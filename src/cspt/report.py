@@ -21,7 +21,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
-from cspt.data.pixels import CONTRACT_FILE, PixelContract  # noqa: E402
+from cspt.data.bands import display_order  # noqa: E402
+from cspt.data.pixels import read_contract  # noqa: E402
 from cspt.engine.run_log import read_log  # noqa: E402
 from cspt.errors import CsptError  # noqa: E402
 
@@ -102,11 +103,18 @@ def example_figures(run_dir: Path, kind: str) -> list[tuple[Path, str]]:
     """Pictures of the model at work: reconstructions before/after, confusion matrix, boxes, an overlay."""
     if kind == "pretrain":
         figures = []
+        contract = read_contract(run_dir)
+        bands = ""
+        if contract is not None and contract.in_chans > 3:
+            names = [b.name for b in contract.spectral] if contract.spectral else range(1, contract.in_chans + 1)
+            bands = (f"; {display_order(contract.spectral, contract.in_chans)[1]}, then the first image band by "
+                     f"band ({', '.join(map(str, names))})")
         for prefix, what in (("epoch_", "training images"), ("heldout_epoch_", "held-out images (never trained on)")):
             grids = sorted((run_dir / "reconstructions").glob(f"{prefix}*.png"))
             chosen = [grids[0], grids[-1]] if len(grids) > 1 else grids
             figures += [(g, f"MAE reconstructions of {what} at epoch {int(g.stem.rsplit('_', 1)[1])} (original | "
-                            "masked | reconstruction | reconstruction with the visible patches)") for g in chosen]
+                            f"masked | reconstruction | reconstruction with the visible patches){bands}")
+                        for g in chosen]
         return figures
     if kind == "classify" and (run_dir / "confusion.png").is_file():
         return [(run_dir / "confusion.png", "confusion matrix on the test split")]
@@ -163,10 +171,9 @@ def run_blocks(run_dir: Path, name: str, figures: Path) -> list[Block]:
     if metrics:
         blocks.append(("table", ["metric", "value"],
                        [[k, f"{v:.4f}" if isinstance(v, float) else str(v)] for k, v in metrics.items()]))
-    contract = run_dir / CONTRACT_FILE
-    if contract.is_file():
-        blocks.append(("p", f"Pixels (how files became inputs): "
-                            f"{PixelContract.from_dict(json.loads(contract.read_text()), contract).describe()}."))
+    contract = read_contract(run_dir)
+    if contract is not None:
+        blocks.append(("p", f"Pixels (how files became inputs): {contract.describe()}."))
     slug = name.replace("/", "_")
     curves = plot_curves(run_dir, figures / f"{slug}_curves.png")
     if curves:

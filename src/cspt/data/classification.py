@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset
 
+from cspt.data.bands import is_radar
 from cspt.data.files import find_images, inside_any
 from cspt.data.images import IMAGE_SUFFIXES, ImageReadError
 from cspt.data.pixels import PixelContract, Pixels
@@ -191,8 +192,9 @@ class LabelledImages(Dataset):
         self.train = train
         self.min_scale = min_scale
         self.crop_ratio = crop_ratio
-        self.rand_augment = pixel_rand_augment(rand_augment, contract.mean, img_size) if rand_augment and train \
-            else None
+        colour = not is_radar(contract.spectral)
+        self.rand_augment = pixel_rand_augment(rand_augment, contract.mean, img_size, colour) \
+            if rand_augment and train else None
         self.erase = _random_erasing(reprob) if reprob > 0 and train else None
         #: RandAugment and erasing draw from the global RNGs (seeded per sample): one thread at a time
         self.thread_safe = self.rand_augment is None and self.erase is None

@@ -209,12 +209,10 @@ def _gdal_window(window: WindowBox | None) -> Window | None:
 def _raster_window(src: rasterio.io.DatasetReader, window: WindowBox | None, bands: Sequence[int] | None,
                    path: Path) -> RawPixels:
     chosen = checked_bands(bands, src.count, path) or spectral_bands(src)
-    if np.dtype(src.dtypes[chosen[0] - 1]).kind == "c":
-        raise ImageReadError(f"{path}: complex-valued pixels ({src.dtypes[0]}, e.g. SAR single-look complex); "
-                             "cspt reads real values: convert to amplitude or intensity first (e.g. "
-                             "gdal_translate -ot Float32 with a pixel function, or numpy.abs)")
     gdal_window = _gdal_window(window)
     values = np.moveaxis(src.read(chosen, window=gdal_window), 0, -1)
+    if values.dtype.kind == "c":  # SAR single-look complex: its amplitude (--decibels amplitude for dB)
+        values = np.abs(values).astype(np.float32)
     if any(src.colorinterp[b - 1] == ColorInterp.alpha for b in chosen):  # the alpha band read as data: no mask
         nodata = [src.nodatavals[b - 1] for b in chosen]
         valid = np.ones(values.shape[:2], dtype=bool)

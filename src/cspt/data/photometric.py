@@ -3,7 +3,8 @@
 Works on :class:`~cspt.data.pixels.Pixels` on the model's 0-1 scale, for any band count
 and any data type, with the same clipping rule as RandAugment
 (:func:`~cspt.data.rand_augment.clipped`). Hue exists for RGB only; other band counts
-get brightness, contrast and saturation (a blend with the band mean).
+get brightness, contrast and saturation (a blend with the band mean). SAR (radar bands) gets
+no colour changes (saturation, hue): its bands are polarisations, not colours.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ def shift_hue(pixels: Pixels, hue: float) -> Pixels:
     return Pixels(clipped(shifted, pixels), pixels.valid)
 
 
-def photometric_distortion(pixels: Pixels, generator: torch.Generator) -> Pixels:
-    """Random brightness, contrast, saturation and hue changes (each applied half of the time)."""
+def photometric_distortion(pixels: Pixels, generator: torch.Generator, colour: bool = True) -> Pixels:
+    """Random brightness, contrast, saturation and hue changes (each applied half of the time; ``colour``
+    False: no saturation or hue, the draws unchanged)."""
 
     def draw(low: float, high: float) -> float | None:
         if torch.rand(1, generator=generator) < 0.5:
@@ -37,8 +39,8 @@ def photometric_distortion(pixels: Pixels, generator: torch.Generator) -> Pixels
         pixels = brightness(pixels, factor_b)
     if factor_c is not None:
         pixels = contrast(pixels, factor_c)
-    if factor_s is not None:
+    if factor_s is not None and colour:
         pixels = color(pixels, factor_s)
-    if hue is not None:
+    if hue is not None and colour:
         pixels = shift_hue(pixels, hue)
     return pixels

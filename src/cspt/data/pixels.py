@@ -2,10 +2,12 @@
 
 One order, everywhere::
 
-    read a window -> select bands -> valid mask -> scale to [0, 1] -> augment -> normalise -> invalid = 0
+    read a window -> select bands -> valid mask -> (SAR: decibels) -> scale to [0, 1] -> augment -> normalise
+    -> invalid = 0
 
 A :class:`PixelContract` holds everything that order needs (the bands, the per-band
-scaling, the extra nodata value, the normalisation); it is made once per run from the data
+scaling, the extra nodata value, the normalisation) and what the bands are (names,
+wavelengths: :mod:`cspt.data.bands`); it is made once per run from the data
 and the flags, written into the run directory and into every model description, and handed
 to every reader, dataset and inference path as an argument. Nothing of it lives in the
 environment or in module state.
@@ -34,6 +36,7 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from cspt.atomic import atomic_write
+from cspt.data.bands import Band, describe
 from cspt.data.images import (
     DEFAULT_MAX_IMAGE_PIXELS,
     ImageInfo,
@@ -92,6 +95,8 @@ class PixelContract:
     nodata: float | None = None  #: a raw value meaning "no data" in every file, beside each file's own
     scaling: str = "dtype"  #: how ``low``/``high`` were chosen, for logs and reports
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS  #: the largest JPEG/PNG decoded (None: no limit)
+    spectral: tuple[Band, ...] | None = None  #: what each model band is (None: not known)
+    decibels: str | None = None  #: SAR: ``amplitude`` or ``intensity`` values read as decibels (see to_decibels)
 
     def __post_init__(self) -> None:
         bands = len(self.mean)
@@ -108,6 +113,10 @@ class PixelContract:
             raise CsptError(f"pixel contract: {len(self.bands)} bands selected for a {bands}-band model")
         if self.nodata is not None and math.isnan(self.nodata):
             object.__setattr__(self, "nodata", None)  # NaN is always invalid
+        if self.spectral is not None and len(self.spectral) != bands:
+            raise CsptError(f"pixel contract: metadata for {len(self.spectral)} bands, {bands} bands of mean/std")
+        if self.decibels not in (None, *DECIBEL_INPUTS):
+            raise CsptError(f"pixel contract: decibels of {self.decibels!r}; one of {', '.join(DECIBEL_INPUTS)}")
 
     @property
     def in_chans(self) -> int:
@@ -120,6 +129,8 @@ class PixelContract:
         values = {"version": CONTRACT_VERSION}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            if field.name == "spectral":
+                value = None if value is None else tuple(dataclasses.asdict(band) for band in value)
             values[field.name] = list(value) if isinstance(value, tuple) else value
         return values
 
@@ -135,7 +146,9 @@ class PixelContract:
                        low=_floats(values.get("low")), high=_floats(values.get("high")),
                        nodata=None if values.get("nodata") is None else float(values["nodata"]),
                        scaling=str(values.get("scaling", "dtype")),
-                       max_image_pixels=values.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
+                       max_image_pixels=values.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS),
+                       spectral=None if values.get("spectral") is None else
+                       tuple(Band(**band) for band in values["spectral"]), decibels=values.get("decibels"))
         except (KeyError, TypeError, ValueError) as err:
             raise CsptError(f"{source}: not a pixel contract ({type(err).__name__}: {err})") from None
 
@@ -166,6 +179,8 @@ class PixelContract:
         scale = "the dtype scale" if self.low is None else \
             f"{self.scaling}: " + ", ".join(f"{lo:.5g}-{hi:.5g}" for lo, hi in zip(self.low, self.high))
         nodata = f", nodata {self.nodata:g}" if self.nodata is not None else ""
+        nodata += f" ({describe(self.spectral)})" if self.spectral else ""
+        nodata += f", {self.decibels} in dB" if self.decibels else ""
         return (f"bands {bands}{nodata}; scaling {scale}; mean {[round(v, 4) for v in self.mean]}, "
                 f"std {[round(v, 4) for v in self.std]}")
 
@@ -182,11 +197,11 @@ class PixelContract:
             return
         if info.bands not in (1, self.in_chans):
             raise CsptError(f"{path}: has {info.bands} bands, the model takes {self.in_chans}; select "
-                            f"{self.in_chans} with --bands")
+                            f"{self.in_chans} with --bands, or take all with --in-chans {info.bands} (or --sensor)")
 
     def read_unit(self, path: str | Path, window: WindowBox | None = None) -> tuple[np.ndarray, np.ndarray]:
         """:func:`read_unit` of a window under this contract's bands and nodata."""
-        return read_unit(path, window, self.bands, self.nodata, self.max_image_pixels)
+        return read_unit(path, window, self.bands, self.nodata, self.max_image_pixels, self.decibels)
 
     def read(self, path: str | Path, window: WindowBox | None = None) -> Pixels:
         """A window (None: the whole image) as :class:`Pixels`: selected, masked, scaled, invalid at the mean."""
@@ -277,16 +292,37 @@ def write_contract(contract: PixelContract, folder: Path) -> Path:
     return target
 
 
+def read_contract(folder: Path) -> PixelContract | None:
+    """The contract :func:`write_contract` left in ``folder`` (None: none there)."""
+    target = Path(folder) / CONTRACT_FILE
+    return PixelContract.from_dict(json.loads(target.read_text()), target) if target.is_file() else None
+
+
 def read_unit(path: str | Path, window: WindowBox | None = None, bands: Sequence[int] | None = None,
-              nodata: float | None = None,
-              max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[np.ndarray, np.ndarray]:
-    """The ``bands`` of a window on the dtype scale ``(H, W, bands)`` and its valid mask ``(H, W)``, unscaled
-    (what :mod:`cspt.data.scaling` measures); invalid pixels hold 0."""
+              nodata: float | None = None, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+              decibels: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``bands`` of a window on the dtype scale ``(H, W, bands)`` (``decibels``: in dB) and its valid mask
+    ``(H, W)``, unscaled (what :mod:`cspt.data.scaling` measures); invalid pixels hold 0."""
     raw = read_raw(path, window, bands, max_pixels)
     valid = valid_mask(raw, nodata)
-    unit = to_unit_float(raw.values)
+    unit = to_decibels(raw.values, decibels) if decibels else to_unit_float(raw.values)
     unit[~valid] = 0.0
     return unit, valid
+
+
+#: what ``--decibels`` converts: amplitude (20 log10) or intensity / power (10 log10)
+DECIBEL_INPUTS = ("amplitude", "intensity")
+#: the intensity floor before the logarithm: -50 dB, the noise floor of spaceborne SAR is about -25
+DECIBEL_FLOOR = 1e-5
+
+
+def to_decibels(values: np.ndarray, kind: str) -> np.ndarray:
+    """SAR amplitude or intensity (complex values: their amplitude, already) as float32 decibels: the
+    intensity (amplitude squared) is floored at ``DECIBEL_FLOOR`` (-50 dB), so zero and negative values become
+    -50 dB, not minus infinity; NaN stays NaN."""
+    intensity = np.square(values, dtype=np.float64) if kind == "amplitude" else values.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        return (10 * np.log10(np.maximum(intensity, DECIBEL_FLOOR))).astype(np.float32)
 
 
 def valid_mask(raw: RawPixels, nodata: float | None = None) -> np.ndarray:

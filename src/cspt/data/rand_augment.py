@@ -269,8 +269,10 @@ PIXEL_OPS: dict[str, Callable[..., Pixels]] = {
 }
 
 
-def pixel_rand_augment(policy: str, mean: Sequence[float], img_size: int) -> Callable[[Pixels], Pixels]:
-    """timm's RandAugment for ``policy`` (e.g. ``rand-m9-mstd0.5-inc1``), applied to :class:`Pixels`.
+def pixel_rand_augment(policy: str, mean: Sequence[float], img_size: int,
+                       colour: bool = True) -> Callable[[Pixels], Pixels]:
+    """timm's RandAugment for ``policy`` (e.g. ``rand-m9-mstd0.5-inc1``), applied to :class:`Pixels`
+    (``colour`` False, for SAR: without its saturation op, Color).
 
     The op choice, probabilities, magnitude noise and argument signs are timm's draws from
     the global ``random``/``numpy`` RNGs (seed them per sample); what geometric ops uncover
@@ -284,6 +286,7 @@ def pixel_rand_augment(policy: str, mean: Sequence[float], img_size: int) -> Cal
         transform = rand_augment_transform(policy, hparams)
     except (AssertionError, KeyError, ValueError, IndexError) as err:
         raise CsptError(f"--rand-augment {policy!r} is not a timm RandAugment policy ({err})") from None
+    transform.ops = [op for op in transform.ops if colour or op.name != "Color"]
     for op in transform.ops:
         if op.name not in PIXEL_OPS:
             raise CsptError(f"--rand-augment {policy!r}: timm op {op.name} has no version in cspt")

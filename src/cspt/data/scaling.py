@@ -66,7 +66,8 @@ def sampled_pixels(files: Sequence[Path], contract: PixelContract, sample: int =
     at most ``PIXELS_PER_IMAGE`` (seeded) of each, as one ``(N, bands)`` array; and the images used."""
     rng = np.random.default_rng(seed)
     chunks, skipped = [], []
-    for _, pixels, _ in valid_pixels(files, sample, seed, window, contract.bands, contract.nodata):
+    for _, pixels, _ in valid_pixels(files, sample, seed, window, contract.bands, contract.nodata,
+                                      contract.decibels):
         if isinstance(pixels, str):
             skipped.append(pixels)
             continue

@@ -26,11 +26,11 @@ class BandStatistics:
 
 
 def valid_pixels(files: Sequence[Path], max_images: int | None, seed: int = 0, window: int | None = None,
-                 bands: Sequence[int] | None = None,
-                 nodata: float | None = None) -> Iterator[tuple[Path, np.ndarray | str, int]]:
+                 bands: Sequence[int] | None = None, nodata: float | None = None,
+                 decibels: str | None = None) -> Iterator[tuple[Path, np.ndarray | str, int]]:
     """Each file of a seeded sample of at most ``max_images`` of ``files`` with its valid pixels ``(N, bands)``
-    in float64 on the dtype scale (``bands`` selected, ``nodata`` left out), or why it cannot be read; and
-    how many of its pixels were invalid.
+    in float64 on the dtype scale (``bands`` selected, ``nodata`` left out; ``decibels``: SAR values in dB), or
+    why it cannot be read; and how many of its pixels were invalid.
 
     ``window``: read only a central window of at most this many pixels a side of each
     image (large scenes then cost little).
@@ -40,7 +40,8 @@ def valid_pixels(files: Sequence[Path], max_images: int | None, seed: int = 0, w
         files = random.Random(seed).sample(files, max_images)
     for path in files:
         try:
-            unit, valid = read_unit(path, central_box(path, window) if window else None, bands, nodata)
+            unit, valid = read_unit(path, central_box(path, window) if window else None, bands, nodata,
+                                    decibels=decibels)
         except ImageReadError as err:
             yield path, str(err), 0
             continue
@@ -49,11 +50,11 @@ def valid_pixels(files: Sequence[Path], max_images: int | None, seed: int = 0, w
 
 def band_statistics(files: Sequence[Path], max_images: int | None = 1000, seed: int = 0,
                     window: int | None = None, bands: Sequence[int] | None = None,
-                    nodata: float | None = None) -> BandStatistics:
+                    nodata: float | None = None, decibels: str | None = None) -> BandStatistics:
     """Mean and std of every band on the dtype scale, over the :func:`valid_pixels` of a seeded sample."""
     total = total_sq = None
     count, width, used, invalid, skipped = 0, None, 0, 0, []
-    for path, pixels, masked in valid_pixels(files, max_images, seed, window, bands, nodata):
+    for path, pixels, masked in valid_pixels(files, max_images, seed, window, bands, nodata, decibels):
         if isinstance(pixels, str):
             skipped.append(pixels)
             continue

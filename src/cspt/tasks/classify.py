@@ -354,10 +354,14 @@ def mixes(config: ClassifyConfig) -> bool:
     return (config.mixup > 0 or config.cutmix > 0) and config.mixup_prob > 0
 
 
+def training_images(config: ClassifyConfig) -> Callable[[], list[Path]]:
+    """The training images, listed when called."""
+    return images_in([config.train or config.data], lambda table: read_label_csv(table).paths)
+
+
 def resolve_config(config: ClassifyConfig, init: Checkpoint | None = None) -> ClassifyConfig:
     """Architecture and normalisation from flags, preset and ``--init``; checks that need them."""
-    listed = images_in([config.train or config.data], lambda table: read_label_csv(table).paths)
-    config = dataclasses.replace(config, **resolved_encoder_fields(config, init, listed))
+    config = dataclasses.replace(config, **resolved_encoder_fields(config, init, training_images(config)))
     if mixes(config) and config.batch_size % 2:
         raise CsptError(f"mixup/cutmix need an even --batch-size, got {config.batch_size}")
     if not 0 < config.eval_crop_ratio <= 1:
@@ -394,7 +398,7 @@ class ClassifyTask(FineTuneTask):
         model = build_classifier(self.arch, len(self.classes), cfg.global_pool, cfg.drop_path)
         if load_init:
             drop = NOT_FOR_CLASSIFIER + (("norm.",) if cfg.global_pool == "avg" else ())
-            load_init_weights(model, cfg, self.init, drop)
+            load_init_weights(model, cfg, self.init, drop, training_images(cfg))
         self.init = None
         return model
 

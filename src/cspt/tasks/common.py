@@ -11,12 +11,16 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+import torch
 from rasterio.crs import CRS
 from safetensors.torch import load_file
-from torch import nn
+from torch import Tensor, nn
 
 from cspt.config import EncoderConfig, PyramidConfig, TrainConfig, save_config
 from cspt.data.aoi import SceneArea, scene_area
+from cspt.data.bands import NATURAL_RGB, Band, file_bands, given_bands, sensor_bands
+from cspt.data.bands import describe as describe_bands
+from cspt.data.bands import select as select_bands
 from cspt.data.georaster import georeference_of
 from cspt.data.images import ImageReadError, image_info
 from cspt.data.normalisation import log_normalisation, resolve_normalisation
@@ -38,6 +42,7 @@ from cspt.engine.trainer import Task
 from cspt.errors import CsptError, SomeInputsFailed, user_message
 from cspt.models.pyramid import default_taps
 from cspt.models.vit import ArchConfig, resolve_arch
+from cspt.weights.band_adapt import matched_scale
 from cspt.weights.descriptions import ModelDescription, description_from_dict
 from cspt.weights.export import lineage_of
 from cspt.weights.graphs import OnnxModel, is_graph_file
@@ -54,31 +59,44 @@ SPLITS_DIR = "splits"
 
 def resolved_encoder_fields(config: EncoderConfig, init: Checkpoint | None,
                             data_files: Callable[[], list[Path]] = list) -> dict[str, Any]:
-    """Architecture (flags > preset > ``init`` shapes) and the pixel contract's fields (bands, nodata, mean/std,
-    scaling), as config field values.
+    """Architecture (flags > preset > ``init`` shapes) and the pixel contract's fields (bands and what they
+    are, nodata, decibels, mean/std, scaling), as config field values.
 
-    ``data_files`` lists the training images, for a scaling measured on them (``--scale``).
+    ``data_files`` lists the training images: their first file names the bands, and a scaling is measured on
+    them (``--scale``).
     """
+    files = functools.cache(data_files)
+    recorded = recorded_contract(init) if init is not None else None
+    numbers, available = selected_bands(config, files)
     explicit = {k: getattr(config, k, None) for k in ARCH_KEYS}
-    if config.bands:
-        explicit["in_chans"] = explicit["in_chans"] or len(config.bands)
+    if numbers or (config.sensor and available):  # the model takes the bands named
+        explicit["in_chans"] = explicit["in_chans"] or len(numbers or available)
     arch = resolve_arch(explicit, config.model, init.arch if init else {})
     names = {f.name for f in dataclasses.fields(config)}
     fields = {k: v for k, v in arch.to_dict().items() if k in names}
-    recorded = recorded_contract(init) if init is not None else None
     recorded_stats = (recorded.mean, recorded.std) if recorded is not None else None
     fields["mean"], fields["std"] = resolve_normalisation(config.mean, config.std, arch.in_chans,
                                                           recorded_stats, init.path if init else None)
-    bands, nodata = config.bands, config.nodata
-    if recorded is not None and not bands and recorded.bands:  # the bands the encoder learned, unless told
-        bands = fields["bands"] = list(recorded.bands)
-        log.info("bands: %s, as %s recorded (--bands to choose others)", " ".join(map(str, bands)), init.path)
+    nodata, decibels = config.nodata, config.decibels
+    if recorded is not None and not numbers and recorded.bands:  # the bands the encoder learned, unless told
+        numbers = list(recorded.bands)
+        log.info("bands: %s, as %s recorded (--bands to choose others)", " ".join(map(str, numbers)), init.path)
+    if [str(n) for n in numbers] != [str(b) for b in config.bands or []]:  # names, or what --init learned
+        fields["bands"] = [str(n) for n in numbers]
     if recorded is not None and nodata is None and recorded.nodata is not None:
         nodata = fields["nodata"] = recorded.nodata
         log.info("nodata: %g, as %s recorded (--nodata to name another value)", nodata, init.path)
-    contract = PixelContract(tuple(fields["mean"]), tuple(fields["std"]), tuple(bands) if bands else None,
-                             nodata=nodata, max_image_pixels=config.max_image_pixels or None)
-    files = functools.cache(data_files)
+    if recorded is not None and decibels is None and recorded.decibels:
+        decibels = fields["decibels"] = recorded.decibels
+        log.info("decibels: %s values, as %s recorded", decibels, init.path)
+    spectral = band_metadata(config, arch.in_chans, numbers, available, recorded)
+    if spectral is not None:
+        fields["band_names"] = [b.name for b in spectral]
+        fields["wavelengths"] = [b.wavelength for b in spectral]
+        fields["band_gsd"] = [b.gsd for b in spectral]
+        log.info("bands: %s", describe_bands(spectral))
+    contract = PixelContract(tuple(fields["mean"]), tuple(fields["std"]), tuple(numbers) if numbers else None,
+                             nodata=nodata, max_image_pixels=config.max_image_pixels or None, decibels=decibels)
     check_data_bands(contract, files)
     if config.scale_low and config.scale_high:
         return fields
@@ -89,13 +107,51 @@ def resolved_encoder_fields(config: EncoderConfig, init: Checkpoint | None,
     return fields
 
 
+def selected_bands(config: EncoderConfig, files: Callable[[], list[Path]]) -> tuple[list[int], tuple[Band, ...]]:
+    """``--bands`` as 1-based numbers (names looked up in the first image's bands) and that image's bands
+    (``--sensor``'s, checked against it; none without images)."""
+    first = next(iter(files()), None)
+    if first is None:
+        available = sensor_bands(config.sensor) if config.sensor else ()
+    else:
+        try:
+            available = file_bands(first, config.sensor)
+        except ImageReadError:
+            available = ()
+    tokens = config.bands or []
+    if available:
+        return select_bands(tokens, available, first or Path(f"--sensor {config.sensor}")), available
+    if any(not str(t).isdigit() for t in tokens):
+        raise CsptError(f"--bands {' '.join(map(str, tokens))}: band names need images (or --sensor) to look "
+                        "them up in")
+    return [int(t) for t in tokens], available
+
+
+def band_metadata(config: EncoderConfig, in_chans: int, numbers: Sequence[int], available: Sequence[Band],
+                  recorded: PixelContract | None) -> tuple[Band, ...] | None:
+    """What each model band is: the flags, else the selected bands of the images, else what ``--init``
+    recorded for the same bands; None when nothing is known."""
+    chosen = [available[n - 1] for n in numbers if n <= len(available)] if numbers else list(available)
+    known = any(b.wavelength > 0 or not b.name.isdigit() for b in chosen) and len(chosen) == in_chans
+    if not known and recorded is not None and recorded.spectral and recorded.in_chans == in_chans:
+        chosen, known = list(recorded.spectral), True
+    if not known and not (config.band_names or config.wavelengths or config.band_gsd):
+        return None
+    return given_bands(in_chans, config.band_names, config.wavelengths, config.band_gsd,
+                       chosen if known else [])
+
+
 def contract_of(config: EncoderConfig) -> PixelContract:
     """The pixel contract a resolved stage config describes."""
     scaled = bool(config.scale_low and config.scale_high)
-    return PixelContract(tuple(config.mean), tuple(config.std), tuple(config.bands) if config.bands else None,
+    spectral = None
+    if config.band_names:
+        spectral = given_bands(len(config.band_names), config.band_names, config.wavelengths, config.band_gsd, [])
+    return PixelContract(tuple(config.mean), tuple(config.std), tuple(int(b) for b in config.bands)
+                         if config.bands else None,
                          tuple(config.scale_low) if scaled else None, tuple(config.scale_high) if scaled else None,
                          config.nodata, f"--scale {config.scale}" if scaled else "dtype",
-                         config.max_image_pixels or None)
+                         config.max_image_pixels or None, spectral, config.decibels)
 
 
 def recorded_contract(checkpoint: Checkpoint) -> PixelContract | None:
@@ -158,10 +214,8 @@ def source_contract(target: PixelContract, files: Sequence[Path], role: str) -> 
 
 
 def check_data_bands(contract: PixelContract, data_files: Callable[[], list[Path]]) -> None:
-    """Refuse a band selection beyond the first readable training image's bands, in one line, before any
-    loader starts."""
-    if not contract.bands:
-        return
+    """Refuse a band selection beyond the first readable training image's bands, or a band count the model does
+    not take, in one line, before any loader starts."""
     for path in data_files():
         try:
             contract.info(path)
@@ -236,10 +290,11 @@ def arch_of(config: EncoderConfig) -> ArchConfig:
 
 
 def load_init_weights(model: nn.Module, config: EncoderConfig, init: Checkpoint | None,
-                      drop: tuple[str, ...] = ()) -> None:
+                      drop: tuple[str, ...] = (), data_files: Callable[[], list[Path]] = list) -> None:
     """Load ``--init`` (already read, or read now) into ``model``; log the report and the normalisation.
 
-    Keys starting with a prefix in ``drop`` (e.g. a decoder or an old head) are left out.
+    Keys starting with a prefix in ``drop`` (e.g. a decoder or an old head) are left out. A patch embedding
+    grown to other bands by wavelength is scaled on crops of ``data_files`` (the training images).
     """
     if not config.init:
         log_normalisation(config.mean, config.std)
@@ -249,8 +304,47 @@ def load_init_weights(model: nn.Module, config: EncoderConfig, init: Checkpoint 
     if drop:
         state = {k: v for k, v in init.state_dict.items() if not k.startswith(drop)}
         init = dataclasses.replace(init, state_dict=state)
-    for line in load_into_model(model, init).lines():
+    contract = contract_of(config)
+    report = load_into_model(model, init, checkpoint_bands(init), contract.spectral, config.band_init)
+    if report.band_plan is not None and report.band_plan.method == "wavelength":
+        crops = sample_crops(contract, data_files(), config.img_size)
+        if crops is not None:
+            weight = model.get_parameter("patch_embed.proj.weight")
+            scale = matched_scale(init.state_dict["patch_embed.proj.weight"], weight, report.band_plan, crops)
+            weight.data.mul_(scale)
+            report.adapted.append(f"patch embedding scaled by {scale:.4f}: its tokens on {len(crops)} training "
+                                  "crops spread as the source filters' on their counterpart bands")
+    for line in report.lines():
         log.info("init: %s", line)
+
+
+def checkpoint_bands(checkpoint: Checkpoint) -> tuple[Band, ...] | None:
+    """What the checkpoint's input bands are: recorded, else natural RGB for 3 bands, else not known."""
+    recorded = recorded_contract(checkpoint)
+    if recorded is not None and recorded.spectral:
+        return recorded.spectral
+    chans = (checkpoint.arch or {}).get("in_chans") or _input_bands(checkpoint)
+    return NATURAL_RGB if chans == 3 and (recorded is None or not recorded.bands) else None
+
+
+def _input_bands(checkpoint: Checkpoint) -> int | None:
+    weight = checkpoint.state_dict.get("patch_embed.proj.weight")
+    return None if weight is None else int(weight.shape[1])
+
+
+def sample_crops(contract: PixelContract, files: Sequence[Path], img_size: int, limit: int = 16) -> Tensor | None:
+    """Normalised centre crops (4 model inputs wide at most, resized to ``img_size``) of up to ``limit``
+    readable images spread over ``files``; None when none can be read."""
+    crops = []
+    for path in files[:: max(1, len(files) // limit)][:limit]:
+        try:
+            info = contract.info(path)
+            side = min(info.height, info.width, 4 * img_size)
+            box = ((info.height - side) // 2, (info.width - side) // 2, side, side)
+            crops.append(contract.normalise(contract.read(path, box).resized([img_size, img_size])))
+        except ImageReadError:
+            continue
+    return torch.stack(crops) if crops else None
 
 
 def start_run(cls: type[C], config: C, resume: str | Path | bool | None, overrides: dict[str, Any] | None,

@@ -361,7 +361,8 @@ class DetectTask(FineTuneTask):
     def build_model(self, load_init: bool) -> nn.Module:
         model = model_from_description(self.describe(Path(), ""), self.config.drop_path)
         if load_init:
-            load_init_weights(detector_encoder(model), self.config, self.init, ("head.",))
+            load_init_weights(detector_encoder(model), self.config, self.init, ("head.",),
+                              images_in([self.config.images]))
         self.init = None
         return model
 

@@ -124,7 +124,7 @@ class PretrainTask(Task):
         else:
             model = MaskedAutoencoderViT(self.arch, cfg.mask_ratio, cfg.norm_pix_loss)
         if load_init:
-            load_init_weights(model, self.config, self.init)
+            load_init_weights(model, self.config, self.init, data_files=images_in(list(self.config.data)))
         self.init = None
         return model
 

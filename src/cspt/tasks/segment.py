@@ -415,6 +415,12 @@ def write_overlay(path: Path, labels: np.ndarray, colors: np.ndarray, folder: Pa
 
 # ---------------------------------------------------------------- fine-tuning
 
+def training_images(config: SegmentConfig) -> Callable[[], list[Path]]:
+    """The training images (scenes with --labels), listed when called."""
+    images = list(config.scenes) if config.labels else list(config.images)
+    return images_in(images, lambda table: [image for image, _ in pairs_from_csv(table)])
+
+
 def resolve_config(config: SegmentConfig, init: Checkpoint | None = None) -> SegmentConfig:
     """Architecture (input size = crop size), stride and pyramid taps; checks that need them."""
     if config.crop_size is not None:
@@ -424,9 +430,7 @@ def resolve_config(config: SegmentConfig, init: Checkpoint | None = None) -> Seg
     elif config.background:
         raise CsptError("--background names the class of pixels under no polygon of --labels; without --labels "
                         "the masks say every pixel's class")
-    images = list(config.scenes) if config.labels else list(config.images)
-    listed = images_in(images, lambda table: [image for image, _ in pairs_from_csv(table)])
-    config = dataclasses.replace(config, **resolved_encoder_fields(config, init, listed))
+    config = dataclasses.replace(config, **resolved_encoder_fields(config, init, training_images(config)))
     stride = config.stride or max(1, round(config.img_size * 2 / 3))
     taps = resolved_taps(config)
     check_batch_norm_batch(config)
@@ -504,7 +508,8 @@ class SegmentTask(FineTuneTask):
     def build_model(self, load_init: bool) -> nn.Module:
         model = model_from_description(self.describe(Path(), ""), self.config.drop_path)
         if load_init:
-            load_init_weights(model.backbone.encoder, self.config, self.init, ("head.",))
+            load_init_weights(model.backbone.encoder, self.config, self.init, ("head.",),
+                              training_images(self.config))
         self.init = None
         return model
 

@@ -14,6 +14,7 @@ import argparse
 import json
 import pickle
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file as load_safetensors
 from timm.layers import resample_abs_pos_embed
-from timm.models._manipulate import adapt_input_conv
 from torch import nn
 
+from cspt.data.bands import Band
 from cspt.errors import CsptError
 from cspt.models.mae import DECODER_PREFIXES
 from cspt.models.vit import VIT_PRESETS, sincos_pos_embed
+from cspt.weights.band_adapt import BandPlan, adapt_filters, adapt_prediction, plan_bands
 from cspt.weights.formats import hugging_face_to_mae, is_hugging_face, is_openmmlab, openmmlab_to_mae
 from cspt.weights.graphs import graph_description, is_graph_file
 from cspt.weights.hub import hub_weights, is_hub_name
@@ -318,6 +320,7 @@ class LoadReport:
     decoder: str = "none in the model"
     adapted: list[str] = field(default_factory=list)
     heads: str = ""  #: where the checkpoint's attention heads were read from (shapes cannot tell)
+    band_plan: BandPlan | None = None  #: how the patch embedding was grown to the model's bands
 
     def lines(self) -> list[str]:
         matched = "all keys matched" if not self.missing and not self.unexpected else "partial load"
@@ -340,10 +343,13 @@ def _short_list(keys: list[str], limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def load_into_model(model: nn.Module, checkpoint: Checkpoint) -> LoadReport:
+def load_into_model(model: nn.Module, checkpoint: Checkpoint, source_bands: Sequence[Band] | None = None,
+                    target_bands: Sequence[Band] | None = None, band_init: str = "cyclic") -> LoadReport:
     """Load ``checkpoint`` into ``model``, adapting positions and bands; return the report.
 
-    Shapes that cannot be adapted raise a one-line error naming the file.
+    The patch embedding grows from the checkpoint's ``source_bands`` to the model's ``target_bands`` by
+    ``band_init`` (:mod:`cspt.weights.band_adapt`; ``cyclic`` where either is not known). Shapes that cannot
+    be adapted raise a one-line error naming the file.
     """
     own = model.state_dict()
     model_has_decoder = any(k.startswith(DECODER_PREFIXES) for k in own)
@@ -354,15 +360,10 @@ def load_into_model(model: nn.Module, checkpoint: Checkpoint) -> LoadReport:
         if key in state and key in own and state[key].shape != own[key].shape:
             state[key] = _adapt_pos_embed(state[key], own[key], key, report)
     proj = "patch_embed.proj.weight"
-    if proj in state and proj in own and state[proj].shape[1] != own[proj].shape[1]:
-        old = state[proj].shape[1]
-        state[proj] = adapt_input_conv(own[proj].shape[1], state[proj].float(), base_chans=old)
-        report.adapted.append(f"patch embedding from {old} to {own[proj].shape[1]} bands")
-        if "decoder_pred.weight" in state and state["decoder_pred.weight"].shape != own.get(
-                "decoder_pred.weight", state["decoder_pred.weight"]).shape:
-            state.pop("decoder_pred.weight")
-            state.pop("decoder_pred.bias", None)
-            report.adapted.append("decoder_pred re-initialised for the new band count")
+    if proj in state and proj in own:
+        plan = plan_bands(source_bands, target_bands, band_init, state[proj].shape[1], own[proj].shape[1])
+        if state[proj].shape[1] != own[proj].shape[1] or (target_bands and not plan.identity):
+            _adapt_bands(state, own, plan, report, plan.describe(source_bands, target_bands))
     wrong = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
              for k, v in state.items() if k in own and v.shape != own[k].shape]
     if wrong:
@@ -383,6 +384,21 @@ def load_into_model(model: nn.Module, checkpoint: Checkpoint) -> LoadReport:
     elif checkpoint.has_decoder:
         report.decoder = "in the checkpoint, not used by this model"
     return report
+
+
+def _adapt_bands(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], plan: BandPlan,
+                 report: LoadReport, how: str) -> None:
+    """The patch embedding (and an MAE's pixel prediction) of ``state`` grown to ``own``'s bands by ``plan``."""
+    proj = "patch_embed.proj.weight"
+    before, after = state[proj].shape[1], own[proj].shape[1]
+    state[proj] = adapt_filters(state[proj], plan, own[proj])
+    report.adapted.append(f"patch embedding from {before} to {after} bands, {how}")
+    report.band_plan = plan
+    if "decoder_pred.weight" in state and "decoder_pred.weight" in own:
+        state["decoder_pred.weight"], state["decoder_pred.bias"] = adapt_prediction(
+            state["decoder_pred.weight"], state["decoder_pred.bias"], plan, own["decoder_pred.weight"],
+            own["decoder_pred.bias"])
+        report.adapted.append(f"decoder_pred from {before} to {after} bands")
 
 
 def _adapt_pos_embed(source: torch.Tensor, target: torch.Tensor, key: str, report: LoadReport) -> torch.Tensor:
