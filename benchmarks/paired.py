@@ -47,6 +47,12 @@ def arm_scores(output: Path, seeds: list[int], task: str, metric: str,
     return rows
 
 
+def paired_interval(differences: Sequence[float]) -> tuple[float, float, float]:
+    """Mean, sample std and the half-width of the 95% interval (Student's t) of paired differences."""
+    mean, spread = statistics.mean(differences), statistics.stdev(differences)
+    return mean, spread, T_95[min(len(differences) - 1, len(T_95)) - 1] * spread / len(differences) ** 0.5
+
+
 def print_paired(rows: list[SeedScores], label: str) -> None:
     """The per-seed table, each arm's mean and std, the paired differences' (CSPT minus direct, and direct minus
     random when there is a random arm) mean, std and 95% interval, and one run's spread of CSPT minus direct."""
@@ -64,8 +70,7 @@ def print_paired(rows: list[SeedScores], label: str) -> None:
     pairs = [("cspt", "direct")] + ([("direct", "random")] if "random" in arms else [])
     for better, base in pairs:
         differences = [r.scores[better] - r.scores[base] for r in rows]
-        mean, spread = statistics.mean(differences), statistics.stdev(differences)
-        half = T_95[min(len(differences) - 1, len(T_95)) - 1] * spread / len(differences) ** 0.5
+        mean, spread, half = paired_interval(differences)
         print(f"paired difference {names[better]} - {names[base]}: mean {mean:+.4f}, std {spread:.4f}, 95% interval "
               f"{mean - half:+.4f} to {mean + half:+.4f} over {len(differences)} seeds")
     cspt_spread = statistics.stdev(r.scores["cspt"] - r.scores["direct"] for r in rows)

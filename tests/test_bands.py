@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -15,13 +16,13 @@ from timm.models._manipulate import adapt_input_conv
 from cspt.config import PretrainConfig, build_config
 from cspt.data.bands import NATURAL_RGB, SENSORS, Band, display_order, file_bands, select
 from cspt.data.pixels import PixelContract, to_decibels
-from cspt.data.rand_augment import pixel_rand_augment
+from cspt.data.rand_augment import pixel_rand_augment, unchanged
 from cspt.errors import CsptError
 from cspt.models.mae import MaskedAutoencoderViT
 from cspt.models.vit import ArchConfig
 from cspt.plots import reconstruction_grid
 from cspt.tasks.pretrain import PretrainTask, resolve_config
-from cspt.weights.band_adapt import adapt_filters, plan_bands
+from cspt.weights.band_adapt import adapt_filters, matched_scale, plan_bands
 from cspt.weights.load import load_checkpoint
 from tests.conftest import TINY_ARCH, write_geotiff
 
@@ -41,17 +42,26 @@ def described_geotiff(path: Path, pixels: np.ndarray, descriptions: list[str] | 
     return path
 
 
-def test_band_metadata_comes_from_descriptions_tags_presets_or_rgb_photos(tmp_path):
+def test_band_metadata_comes_from_descriptions_tags_or_presets_and_nothing_is_guessed(tmp_path):
     pixels = np.ones((4, 16, 16), np.uint16)
     named = described_geotiff(tmp_path / "s2.tif", pixels, ["B04", "B03", "B02", "B08"])
     assert [(b.name, b.wavelength, b.gsd) for b in file_bands(named)] == [
         ("B04", 0.665, 10), ("B03", 0.560, 10), ("B02", 0.490, 10), ("B08", 0.842, 10)]
+    # Earth Engine's "B4 B3 B2" is Landsat 5's or Landsat 8's names too: not known unless --sensor says
+    shared = described_geotiff(tmp_path / "ee.tif", pixels[:3], ["B4", "B3", "B2"])
+    assert [(b.name, b.kind) for b in file_bands(shared)] == [("B4", "unknown"), ("B3", "unknown"), ("B2", "unknown")]
     tagged = described_geotiff(tmp_path / "tagged.tif", pixels, imagery=[0.49, 0.56, 0.665, 0.842])
     assert [b.wavelength for b in file_bands(tagged)] == [0.49, 0.56, 0.665, 0.842]
+    envi = write_geotiff(tmp_path / "envi.tif", pixels[:2])
+    with rasterio.open(envi, "r+") as dst:
+        dst.update_tags(1, wavelength="0.49 Micrometers")
+        dst.update_tags(2, wavelength="842")  # nanometres, as ENVI headers often give them
+    assert [b.wavelength for b in file_bands(envi)] == [0.49, 0.842]
     plain = write_geotiff(tmp_path / "plain.tif", pixels)
     assert [b.kind for b in file_bands(plain)] == ["unknown"] * 4
     assert file_bands(plain, "worldview3-4band") == SENSORS["worldview3-4band"]
-    assert file_bands(write_geotiff(tmp_path / "photo.tif", np.ones((3, 8, 8), np.uint8))) == NATURAL_RGB
+    photo = write_geotiff(tmp_path / "photo.tif", np.ones((3, 8, 8), np.uint8))  # an RGB photo, or IRRG: not known
+    assert [b.kind for b in file_bands(photo)] == ["unknown"] * 3
     with pytest.raises(CsptError, match=re.escape(str(plain)) + r": has 4 band\(s\), --sensor sentinel2-l2a has 12"):
         file_bands(plain, "sentinel2-l2a")
     with pytest.raises(CsptError, match="--sensor sentinel3: unknown sensor; known: .*landsat8"):
@@ -177,6 +187,69 @@ def test_pictures_choose_true_or_false_colour_from_the_bands_and_draw_every_band
 
 
 def test_sar_augmentation_has_no_colour_op():
-    ops = {op.name for op in pixel_rand_augment("rand-m9-n15", (0.5,) * 2, 32, colour=False).ops}
-    assert "Color" not in ops and "Contrast" in ops
-    assert "Color" in {op.name for op in pixel_rand_augment("rand-m9-n15", (0.5,) * 2, 32).ops}
+    for colour in (True, False):
+        ops = {op.name: op.aug_fn for op in pixel_rand_augment("rand-m9-n15", (0.5,) * 2, 32, colour).ops}
+        assert (ops["Color"] is unchanged) is not colour and ops["Contrast"] is not unchanged
+    assert PixelContract((0.5,), (0.25,), decibels="amplitude").is_sar
+    assert PixelContract((0.5,) * 2, (0.25,) * 2, spectral=SENSORS["sentinel1-grd"]).is_sar
+    assert not PixelContract((0.5,) * 3, (0.25,) * 3, spectral=NATURAL_RGB).is_sar
+
+
+def test_what_init_recorded_is_kept_only_where_it_still_holds(tmp_path):
+    """Recorded band names only for the same bands, recorded decibels only for radar bands, recorded bands not
+    over --sensor (review cases)."""
+    from cspt.tasks.common import resolved_encoder_fields
+    from cspt.weights.load import Checkpoint
+
+    scene = write_geotiff(tmp_path / "data" / "s2.tif", (np.arange(12 * 16 * 16).reshape(12, 16, 16) % 900 + 1)
+                          .astype(np.uint16))
+    s2 = SENSORS["sentinel2-l2a"]
+    recorded = PixelContract((0.5,) * 3, (0.25,) * 3, bands=(4, 3, 2), spectral=(s2[3], s2[2], s2[1]),
+                             decibels="intensity")
+    encoder = MaskedAutoencoderViT(ArchConfig(**TINY_ARCH.to_dict())).encoder_state_dict()
+    init = Checkpoint(tmp_path / "encoder.safetensors", "cspt", encoder, described={"pixels": recorded.to_dict()})
+    base = build_config(PretrainConfig, overrides={"data": [str(tmp_path / "data")], "output": str(tmp_path / "r")})
+    kept = resolved_encoder_fields(base, init, lambda: [scene])  # the same bands: their names; optical: no dB
+    assert kept["bands"] == ["4", "3", "2"] and kept["band_names"] == ["B04", "B03", "B02"]
+    assert "decibels" not in kept
+    undescribed = dataclasses.replace(init, described={"pixels": recorded.replace(spectral=None).to_dict()})
+    assert resolved_encoder_fields(base, undescribed, lambda: [scene])["decibels"] == "intensity"
+    other = resolved_encoder_fields(dataclasses.replace(base, bands=["8", "4", "3"]), init, lambda: [scene])
+    assert "band_names" not in other  # the file says nothing of bands 8, 4, 3; B04 B03 B02 would be wrong
+    optical = resolved_encoder_fields(dataclasses.replace(base, sensor="sentinel2-l2a", in_chans=12,
+                                                          mean=None, std=None), init, lambda: [scene])
+    assert "bands" not in optical and optical["in_chans"] == 12 and "decibels" not in optical
+    assert optical["band_names"] == [b.name for b in s2]
+
+
+def test_decibels_take_every_read_path_and_a_measured_scaling(tmp_path):
+    from PIL import Image
+
+    from cspt.data.scaling import resolve_scaling
+
+    chip = tmp_path / "chip.png"
+    Image.fromarray((np.arange(64 * 64).reshape(64, 64) % 250 + 1).astype(np.uint8)).save(chip)
+    contract = PixelContract((0.5,), (0.25,), decibels="amplitude")
+    fast = contract.read_resized_crop(chip, (0, 0, 64, 64), 32)
+    assert torch.allclose(fast.image, contract.read(chip).resized([32, 32]).image)
+    assert float(fast.image.min()) > 0  # 20 log10(1..250): 0 to 48 dB, not 1/255 to 250/255
+    scaling = resolve_scaling("auto", contract, lambda: [chip])
+    assert scaling is not None and scaling.low[0] > 1  # 8-bit data in dB are measured, not put on the dtype scale
+
+
+def test_an_old_run_whose_config_has_band_numbers_resumes(tmp_path):
+    from cspt.engine.run_dir import check_same_run
+
+    config = build_config(PretrainConfig, overrides={"data": ["d"], "output": str(tmp_path), "bands": ["4", "3"],
+                                                     "band_names": ["B04", "B03"]})
+    saved = {"data": ["d"], "output": str(tmp_path), "bands": [4, 3]}  # as older releases wrote it
+    check_same_run(saved, config, tmp_path)
+    with pytest.raises(CsptError, match=r"bands: \['4', '2'\] -> \['4', '3'\]"):
+        check_same_run({**saved, "bands": [4, 2]}, config, tmp_path)
+
+
+def test_crops_without_spread_leave_the_embedding_unscaled():
+    plan = plan_bands(NATURAL_RGB, SENSORS["worldview3-4band"], "wavelength", 3, 4)
+    weight = torch.randn(8, 3, 4, 4)
+    assert matched_scale(weight, adapt_filters(weight, plan, torch.zeros(8, 4, 4, 4)), plan,
+                         torch.zeros(2, 4, 8, 8)) == 1.0

@@ -3,6 +3,7 @@ smaller defects of the pixel path, each with the case that showed it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -305,11 +306,19 @@ def test_a_teacher_of_another_band_count_is_refused_in_one_line_naming_both(tmp_
     torch.save({"model": MaskedAutoencoderViT(TINY_ARCH).state_dict()}, teacher)
     student = PretrainConfig(distill_from=str(teacher), in_chans=4, bands=[4, 3, 2, 1], patch_size=8, img_size=32,
                              data=["s2_tiles"])
-    with pytest.raises(CsptError, match=r"rgb_mae.pth: the teacher takes 3 band\(s\), the student 4 "
-                                        r"\(--bands 4 3 2 1 of s2_tiles\)"):
+    with pytest.raises(CsptError, match=r"rgb_mae.pth: the teacher takes 3 band\(s\) \(red 0.64 um, .*\), the "
+                                        r"student 4 \(not described; --bands 4 3 2 1 of s2_tiles\): no student band"):
         load_teacher(student)
-    guided, contract = load_teacher(PretrainConfig(distill_from=str(teacher), in_chans=3, patch_size=8, img_size=32))
-    assert contract.in_chans == 3 and not any(p.requires_grad for p in guided.parameters())
+    guided, contract, seen = load_teacher(PretrainConfig(distill_from=str(teacher), in_chans=3, patch_size=8,
+                                                         img_size=32))
+    assert contract.in_chans == 3 and seen is None and not any(p.requires_grad for p in guided.parameters())
+    # bands that say what they are: the RGB teacher sees a WorldView student's red, green and blue
+    described = dataclasses.replace(student, band_names=["blue", "green", "red", "nir1"],
+                                    wavelengths=[0.482, 0.547, 0.66, 0.824])
+    assert load_teacher(described)[2] == [2, 1, 0]
+    sar = dataclasses.replace(described, band_names=["HH", "HV", "VH", "VV"], wavelengths=[55465.0] * 4)
+    with pytest.raises(CsptError, match=r"the student 4 \(HH 55465 um, .*no student band lies within 0.1 um"):
+        load_teacher(sar)
 
 
 def test_gap_reads_the_target_through_the_checkpoint_s_contract_and_the_source_through_its_own(tmp_path):

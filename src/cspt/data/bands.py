@@ -1,11 +1,11 @@
 """What each band of an image is: a name, a central wavelength and a ground sample distance.
 
 A band's metadata comes, in this order, from the flags (``--band-names``, ``--wavelengths``), a
-sensor preset (``--sensor``), the GeoTIFF itself (band descriptions that name a preset's bands,
-GDAL's ``IMAGERY`` domain ``CENTRAL_WAVELENGTH_UM``, an ENVI-style ``wavelength`` tag), or for
-3-band 8-bit photos the natural-image RGB of the MAE weights cspt starts from. It decides how an
-RGB patch embedding grows to the bands (:mod:`cspt.weights.band_adapt`) and which bands a picture
-draws.
+sensor preset (``--sensor``), or the GeoTIFF itself (band descriptions that name one preset's
+bands, GDAL's ``IMAGERY`` domain ``CENTRAL_WAVELENGTH_UM``, an ENVI-style ``wavelength`` tag).
+It decides how an RGB patch embedding grows to the bands (:mod:`cspt.weights.band_adapt`) and
+which bands a picture draws. A 3-band checkpoint that records nothing is taken as natural RGB
+(:data:`NATURAL_RGB`); data that say nothing are "not known".
 
 Wavelengths are in micrometres (as in TorchGeo and DOFA). A band's kind follows from it:
 optical below 3 um, thermal up to 1 mm, radar (SAR) beyond (C-band is about 55,500 um). A
@@ -96,8 +96,8 @@ def sensor_bands(name: str) -> tuple[Band, ...]:
 
 def file_bands(path: Path, sensor: str | None = None) -> tuple[Band, ...]:
     """The bands of a file (every band but alpha), from ``sensor`` (its band count checked), else the file's
-    own descriptions and tags, else names ``1``, ``2``... with unknown wavelengths (3-band 8-bit photos: RGB)."""
-    count, descriptions, tagged, dtype = _header(path)
+    own descriptions and tags, else names ``1``, ``2``... with unknown wavelengths."""
+    count, descriptions, tagged = _header(path)
     if sensor:
         preset = sensor_bands(sensor)
         if len(preset) != count:
@@ -108,49 +108,47 @@ def file_bands(path: Path, sensor: str | None = None) -> tuple[Band, ...]:
     named = _preset_named(descriptions)
     if named is not None:
         return named
-    if any(tagged) or any(descriptions):
-        return tuple(Band(d or str(i + 1), w) for i, (d, w) in enumerate(zip(descriptions, tagged)))
-    if count == 3 and dtype == "uint8":
-        return NATURAL_RGB
-    return tuple(Band(str(i + 1)) for i in range(count))
+    return tuple(Band(d or str(i + 1), w) for i, (d, w) in enumerate(zip(descriptions, tagged)))
 
 
-def _header(path: Path) -> tuple[int, list[str], list[float], str]:
-    """Band count (alpha left out), descriptions, tagged wavelengths (um, 0: none) and data type."""
+def _header(path: Path) -> tuple[int, list[str], list[float]]:
+    """Band count (alpha left out), descriptions and tagged wavelengths (um, 0: none)."""
     if not is_raster(path):
         info = image_info(path)
-        return info.bands, [""] * info.bands, [0.0] * info.bands, info.dtype
+        return info.bands, [""] * info.bands, [0.0] * info.bands
     with open_raster(path) as src:
         chosen = spectral_bands(src)
         descriptions = [src.descriptions[b - 1] or "" for b in chosen]
         tagged = [_tagged_wavelength(src.tags(b, ns="IMAGERY") | src.tags(b)) for b in chosen]
-        return len(chosen), descriptions, tagged, src.dtypes[0]
+        return len(chosen), descriptions, tagged
 
 
 def _tagged_wavelength(tags: dict[str, str]) -> float:
-    """A band's central wavelength in um from GDAL's IMAGERY domain or ENVI-style tags (0: none)."""
+    """A band's central wavelength in um from GDAL's IMAGERY domain or ENVI-style tags (0: none); nanometres
+    where the value or ``wavelength_units`` says so, or where it is above 100."""
     lower = {k.lower(): v for k, v in tags.items()}
-    for key, factor in (("central_wavelength_um", 1.0), ("wavelength", None), ("center_wavelength", None)):
-        if key in lower:
-            try:
-                value = float(re.sub(r"[^0-9.eE+-]", "", lower[key]))
-            except ValueError:
-                continue
-            units = lower.get("wavelength_units", "").lower()
-            scale = factor or (1e-3 if units.startswith("nano") or units == "nm" or value > 100 else 1.0)
-            return value * scale
+    for key in ("central_wavelength_um", "wavelength", "center_wavelength"):
+        found = re.match(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*(\w*)", lower.get(key, ""))
+        if not found:
+            continue
+        value, units = float(found.group(1)), (found.group(2) or lower.get("wavelength_units", "")).lower()
+        nanometres = key != "central_wavelength_um" and (units.startswith("nano") or units == "nm" or value > 100)
+        return value * 1e-3 if nanometres else value
     return 0.0
 
 
 def _preset_named(descriptions: Sequence[str]) -> tuple[Band, ...] | None:
-    """The preset bands whose names the descriptions give (e.g. ``B04``), in the file's order."""
+    """The preset bands whose names the descriptions give (e.g. ``B04``), in the file's order; None unless the
+    presets that have every name agree on what the bands are (``B2 B3 B4`` is Landsat 5's or Sentinel-2's as
+    exported by Earth Engine: unknown, say ``--sensor``)."""
     if not descriptions or not all(descriptions):
         return None
+    readings = set()
     for bands in SENSORS.values():
         by_name = {b.name.lower(): b for b in bands}
         if all(d.lower() in by_name for d in descriptions):
-            return tuple(by_name[d.lower()] for d in descriptions)
-    return None
+            readings.add(tuple(by_name[d.lower()] for d in descriptions))
+    return readings.pop() if len(readings) == 1 else None
 
 
 def select(tokens: Sequence[str | int], available: Sequence[Band], path: Path) -> list[int]:
@@ -227,3 +225,15 @@ def display_order(bands: Sequence[Band] | None, count: int) -> tuple[list[int], 
         names = [bands[i].name for i in range(3)] if bands else ["1", "2", "3"]
         return [0, 1, 2], "bands " + ", ".join(names) + " as red, green, blue"
     return [0, 0, 0], "grey"
+
+
+#: how far (um) a student's band may be from the teacher's to stand in for it
+STAND_IN_UM = 0.1
+
+
+def stand_ins(wanted: Sequence[Band], available: Sequence[Band]) -> list[int] | None:
+    """For each ``wanted`` optical band (a teacher's), the 0-based index of the ``available`` band (a student's)
+    nearest to it within ``STAND_IN_UM``; None when one has none (or is not an optical band)."""
+    found = [nearest(available, band.wavelength, STAND_IN_UM) if band.kind == "optical" else None
+             for band in wanted]
+    return None if any(i is None for i in found) else found

@@ -17,7 +17,6 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset
 
-from cspt.data.bands import is_radar
 from cspt.data.files import find_images, inside_any
 from cspt.data.images import IMAGE_SUFFIXES, ImageReadError
 from cspt.data.pixels import PixelContract, Pixels
@@ -192,8 +191,7 @@ class LabelledImages(Dataset):
         self.train = train
         self.min_scale = min_scale
         self.crop_ratio = crop_ratio
-        colour = not is_radar(contract.spectral)
-        self.rand_augment = pixel_rand_augment(rand_augment, contract.mean, img_size, colour) \
+        self.rand_augment = pixel_rand_augment(rand_augment, contract.mean, img_size, not contract.is_sar) \
             if rand_augment and train else None
         self.erase = _random_erasing(reprob) if reprob > 0 and train else None
         #: RandAugment and erasing draw from the global RNGs (seeded per sample): one thread at a time

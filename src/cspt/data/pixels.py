@@ -36,7 +36,7 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from cspt.atomic import atomic_write
-from cspt.data.bands import Band, describe
+from cspt.data.bands import Band, describe, is_radar
 from cspt.data.images import (
     DEFAULT_MAX_IMAGE_PIXELS,
     ImageInfo,
@@ -121,6 +121,11 @@ class PixelContract:
     @property
     def in_chans(self) -> int:
         return len(self.mean)
+
+    @property
+    def is_sar(self) -> bool:
+        """Whether the bands are radar (read as decibels, or described as radar): no colour augmentation."""
+        return self.decibels is not None or is_radar(self.spectral)
 
     # ------------------------------------------------------------ serialisation
 
@@ -235,11 +240,11 @@ class PixelContract:
     def read_resized_crop(self, path: str | Path, box: WindowBox, size: int, info: ImageInfo | None = None) -> Pixels:
         """The ``box`` of an image resized to ``size`` x ``size`` (bicubic, antialiased).
 
-        8-bit RGB or grey JPEG/PNG read with every band and no ``--nodata`` take PIL's reduced decode
+        8-bit RGB or grey JPEG/PNG read with every band, no ``--nodata`` and no decibels take PIL's reduced decode
         (:func:`~cspt.data.images.read_resized`, every pixel valid); other images are read as a window, masked
         and resized here.
         """
-        if self.bands is None and self.nodata is None:
+        if self.bands is None and self.nodata is None and self.decibels is None:
             small = read_resized(path, box, size, self.max_image_pixels)
             if small is not None:
                 return self.from_unit(to_unit_float(small), np.ones(small.shape[:2], dtype=bool), path)

@@ -269,10 +269,16 @@ PIXEL_OPS: dict[str, Callable[..., Pixels]] = {
 }
 
 
+def unchanged(pixels: Pixels, *args: object, **kwargs: object) -> Pixels:
+    """The image as it is (RandAugment's Color for SAR)."""
+    return pixels
+
+
 def pixel_rand_augment(policy: str, mean: Sequence[float], img_size: int,
                        colour: bool = True) -> Callable[[Pixels], Pixels]:
     """timm's RandAugment for ``policy`` (e.g. ``rand-m9-mstd0.5-inc1``), applied to :class:`Pixels`
-    (``colour`` False, for SAR: without its saturation op, Color).
+    (``colour`` False, for SAR: its saturation op, Color, leaves the image unchanged; the draws, and the
+    weights of a ``w`` policy, stay as they are).
 
     The op choice, probabilities, magnitude noise and argument signs are timm's draws from
     the global ``random``/``numpy`` RNGs (seed them per sample); what geometric ops uncover
@@ -286,10 +292,9 @@ def pixel_rand_augment(policy: str, mean: Sequence[float], img_size: int,
         transform = rand_augment_transform(policy, hparams)
     except (AssertionError, KeyError, ValueError, IndexError) as err:
         raise CsptError(f"--rand-augment {policy!r} is not a timm RandAugment policy ({err})") from None
-    transform.ops = [op for op in transform.ops if colour or op.name != "Color"]
     for op in transform.ops:
         if op.name not in PIXEL_OPS:
             raise CsptError(f"--rand-augment {policy!r}: timm op {op.name} has no version in cspt")
-        op.aug_fn = PIXEL_OPS[op.name]
+        op.aug_fn = PIXEL_OPS[op.name] if colour or op.name != "Color" else unchanged
         op.kwargs = {**op.kwargs, "fillcolor": tuple(float(m) for m in mean)}
     return transform

@@ -133,17 +133,18 @@ def resolve_scaling(scale: str, contract: PixelContract, files: Callable[[], Seq
     """The scaling a stage applies (None: the dtype scale), by ``--scale``, for an unscaled ``contract``.
 
     ``auto``: the dtype scale when ``--mean/--std`` are given (they are then on that scale);
-    else the scaling the ``--init`` weights record (``recorded``, when its band count fits);
-    else the dtype scale for 8-bit data and ``stats`` for any other (per-band dataset
+    else the scaling the ``--init`` weights record (``recorded``, when its band count and decibels fit);
+    else the dtype scale for 8-bit data (not read as decibels) and ``stats`` for any other (per-band dataset
     statistics, as TorchGeo's and SatMAE's recipes normalise multispectral data).
     """
     if scale == "auto":
         if explicit_statistics:
             return None
-        if recorded is not None and recorded.in_chans == contract.in_chans and recorded.low is not None:
+        if recorded is not None and recorded.in_chans == contract.in_chans and recorded.low is not None \
+                and recorded.decibels == contract.decibels:
             return Scaling(recorded.scaling, list(recorded.low), list(recorded.high))
         dtype = data_type(files())
-        if dtype is None or dtype in EIGHT_BIT:
+        if dtype is None or (dtype in EIGHT_BIT and not contract.decibels):
             return None
         scale = "stats"
     if scale == "dtype":

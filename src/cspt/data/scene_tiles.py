@@ -19,7 +19,6 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from cspt.data.bands import is_radar
 from cspt.data.detection import Scene
 from cspt.data.photometric import photometric_distortion
 from cspt.data.pixels import PixelContract, Pixels, pad_to
@@ -150,7 +149,7 @@ class DetectionTiles(Dataset):
                                                {**target, "valid": tv_tensors.Mask(pixels.valid.to(torch.uint8))})
             pixels = Pixels(image.as_subclass(torch.Tensor), target.pop("valid").as_subclass(torch.Tensor) > 0)
             if self.photometric:
-                pixels = photometric_distortion(pixels, generator, not is_radar(self.contract.spectral))
+                pixels = photometric_distortion(pixels, generator, not self.contract.is_sar)
         return {"image": self.contract.fill(pixels.image, pixels.valid), "valid": pixels.valid,
                 "target": {"boxes": target["boxes"].as_subclass(torch.Tensor).float(), "labels": target["labels"]},
                 "skipped": skipped}

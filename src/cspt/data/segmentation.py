@@ -22,7 +22,6 @@ from rasterio.windows import Window
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 
-from cspt.data.bands import is_radar
 from cspt.data.files import find_images
 from cspt.data.images import WindowBox, image_info, is_raster, open_raster
 from cspt.data.masks import Palette, label_grid, mask_strips, read_mask
@@ -276,7 +275,7 @@ class SegmentationCrops(Dataset):
         turns = int(torch.randint(4, (1,), generator=generator))
         pixels, mask = pixels.rot90(turns), mask.rot90(turns, (0, 1))
         if self.photometric:
-            pixels = photometric_distortion(pixels, generator, not is_radar(self.contract.spectral))
+            pixels = photometric_distortion(pixels, generator, not self.contract.is_sar)
         mask = torch.where(pixels.valid, mask, torch.full_like(mask, self.ignore_index))
         return Pixels(pixels.image.contiguous(), pixels.valid.contiguous()), mask.contiguous()
 

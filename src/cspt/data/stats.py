@@ -104,7 +104,8 @@ def normalisation_mismatch(files: Sequence[Path], contract: PixelContract, sampl
     statistics.
     """
     try:
-        data = band_statistics(files, sample, window=window, bands=contract.bands, nodata=contract.nodata)
+        data = band_statistics(files, sample, window=window, bands=contract.bands, nodata=contract.nodata,
+                               decibels=contract.decibels)
     except CsptError:  # nothing readable: the loader reports the files
         return None
     if len(data.mean) not in (1, contract.in_chans):

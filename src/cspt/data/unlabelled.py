@@ -118,6 +118,7 @@ class UnlabelledImages(Dataset):
         self.tile_size = tile_size
         self.min_scale = min_scale
         self.decode_on_device = (decode_on_device and contract.in_chans == 3 and contract.bands is None
+                                 and contract.decibels is None
                                  and contract.nodata is None)  # the device decoder has no valid mask
 
     def __len__(self) -> int:

@@ -22,6 +22,8 @@ C = TypeVar("C", bound=TrainConfig)
 RESUMABLE_KEYS = {"epochs", "num_workers", "device", "checkpoint_every", "keep_checkpoints",
                   "log_every", "vis_every", "eval_every", "output", "precision",
                   "probe_every", "stop_on_plateau", "dist_timeout", "compile", "max_image_pixels"}
+#: settings a stage derives from the data, which runs of older releases did not record
+DERIVED_KEYS = {"band_names", "wavelengths", "band_gsd"}
 CONFIG_NAME = "config.yaml"
 #: held (``flock``) by the process that trains into a run directory
 LOCK_NAME = ".lock"
@@ -64,9 +66,13 @@ def check_same_run(saved: dict[str, Any], config: TrainConfig, run_dir: Path) ->
     """Refuse to continue a run under settings that would make it a different run."""
     new = config_to_dict(config)
     defaults = config_to_dict(type(config)())
-    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}  # options added since
+    derived = {k for k in DERIVED_KEYS if k not in saved}  # what older releases did not record
+    try:  # the saved values as this release reads them (a band number in YAML is a band's name now)
+        saved = config_to_dict(make_config(type(config), saved, str(run_dir / CONFIG_NAME)))
+    except CsptError:
+        saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}  # options added since
     changed = sorted(k for k in set(saved) | set(new)
-                     if k not in RESUMABLE_KEYS and saved.get(k) != new.get(k))
+                     if k not in RESUMABLE_KEYS and k not in derived and saved.get(k) != new.get(k))
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in changed[:4])
         raise CsptError(f"{run_dir}: holds a run with other settings ({detail}); "

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from cspt.config import EncoderConfig, PyramidConfig, TrainConfig, save_config
 from cspt.data.aoi import SceneArea, scene_area
-from cspt.data.bands import NATURAL_RGB, Band, file_bands, given_bands, sensor_bands
+from cspt.data.bands import NATURAL_RGB, Band, file_bands, given_bands, is_radar, sensor_bands
 from cspt.data.bands import describe as describe_bands
 from cspt.data.bands import select as select_bands
 from cspt.data.georaster import georeference_of
@@ -78,7 +78,7 @@ def resolved_encoder_fields(config: EncoderConfig, init: Checkpoint | None,
     fields["mean"], fields["std"] = resolve_normalisation(config.mean, config.std, arch.in_chans,
                                                           recorded_stats, init.path if init else None)
     nodata, decibels = config.nodata, config.decibels
-    if recorded is not None and not numbers and recorded.bands:  # the bands the encoder learned, unless told
+    if recorded is not None and not numbers and recorded.bands and not config.sensor:  # unless told
         numbers = list(recorded.bands)
         log.info("bands: %s, as %s recorded (--bands to choose others)", " ".join(map(str, numbers)), init.path)
     if [str(n) for n in numbers] != [str(b) for b in config.bands or []]:  # names, or what --init learned
@@ -86,15 +86,15 @@ def resolved_encoder_fields(config: EncoderConfig, init: Checkpoint | None,
     if recorded is not None and nodata is None and recorded.nodata is not None:
         nodata = fields["nodata"] = recorded.nodata
         log.info("nodata: %g, as %s recorded (--nodata to name another value)", nodata, init.path)
-    if recorded is not None and decibels is None and recorded.decibels:
-        decibels = fields["decibels"] = recorded.decibels
-        log.info("decibels: %s values, as %s recorded", decibels, init.path)
     spectral = band_metadata(config, arch.in_chans, numbers, available, recorded)
     if spectral is not None:
         fields["band_names"] = [b.name for b in spectral]
         fields["wavelengths"] = [b.wavelength for b in spectral]
         fields["band_gsd"] = [b.gsd for b in spectral]
         log.info("bands: %s", describe_bands(spectral))
+    if recorded is not None and decibels is None and recorded.decibels and (spectral is None or is_radar(spectral)):
+        decibels = fields["decibels"] = recorded.decibels
+        log.info("decibels: %s values, as %s recorded", decibels, init.path)
     contract = PixelContract(tuple(fields["mean"]), tuple(fields["std"]), tuple(numbers) if numbers else None,
                              nodata=nodata, max_image_pixels=config.max_image_pixels or None, decibels=decibels)
     check_data_bands(contract, files)
@@ -108,19 +108,21 @@ def resolved_encoder_fields(config: EncoderConfig, init: Checkpoint | None,
 
 
 def selected_bands(config: EncoderConfig, files: Callable[[], list[Path]]) -> tuple[list[int], tuple[Band, ...]]:
-    """``--bands`` as 1-based numbers (names looked up in the first image's bands) and that image's bands
-    (``--sensor``'s, checked against it; none without images)."""
-    first = next(iter(files()), None)
-    if first is None:
-        available = sensor_bands(config.sensor) if config.sensor else ()
-    else:
+    """``--bands`` as 1-based numbers (names looked up in the first readable image's bands) and that image's
+    bands (``--sensor``'s, checked against it; the preset's alone without a readable image)."""
+    available: tuple[Band, ...] = ()
+    where = Path(f"--sensor {config.sensor}")
+    for path in files():
         try:
-            available = file_bands(first, config.sensor)
+            available, where = file_bands(path, config.sensor), path
+            break
         except ImageReadError:
-            available = ()
+            continue
+    if not available and config.sensor:
+        available = sensor_bands(config.sensor)
     tokens = config.bands or []
     if available:
-        return select_bands(tokens, available, first or Path(f"--sensor {config.sensor}")), available
+        return select_bands(tokens, available, where), available
     if any(not str(t).isdigit() for t in tokens):
         raise CsptError(f"--bands {' '.join(map(str, tokens))}: band names need images (or --sensor) to look "
                         "them up in")
@@ -130,10 +132,11 @@ def selected_bands(config: EncoderConfig, files: Callable[[], list[Path]]) -> tu
 def band_metadata(config: EncoderConfig, in_chans: int, numbers: Sequence[int], available: Sequence[Band],
                   recorded: PixelContract | None) -> tuple[Band, ...] | None:
     """What each model band is: the flags, else the selected bands of the images, else what ``--init``
-    recorded for the same bands; None when nothing is known."""
+    recorded when the same bands are selected; None when nothing is known."""
     chosen = [available[n - 1] for n in numbers if n <= len(available)] if numbers else list(available)
     known = any(b.wavelength > 0 or not b.name.isdigit() for b in chosen) and len(chosen) == in_chans
-    if not known and recorded is not None and recorded.spectral and recorded.in_chans == in_chans:
+    same_bands = recorded is not None and list(recorded.bands or []) == list(numbers)
+    if not known and same_bands and recorded.spectral and recorded.in_chans == in_chans:
         chosen, known = list(recorded.spectral), True
     if not known and not (config.band_names or config.wavelengths or config.band_gsd):
         return None
@@ -144,14 +147,18 @@ def band_metadata(config: EncoderConfig, in_chans: int, numbers: Sequence[int], 
 def contract_of(config: EncoderConfig) -> PixelContract:
     """The pixel contract a resolved stage config describes."""
     scaled = bool(config.scale_low and config.scale_high)
-    spectral = None
-    if config.band_names:
-        spectral = given_bands(len(config.band_names), config.band_names, config.wavelengths, config.band_gsd, [])
     return PixelContract(tuple(config.mean), tuple(config.std), tuple(int(b) for b in config.bands)
                          if config.bands else None,
                          tuple(config.scale_low) if scaled else None, tuple(config.scale_high) if scaled else None,
                          config.nodata, f"--scale {config.scale}" if scaled else "dtype",
-                         config.max_image_pixels or None, spectral, config.decibels)
+                         config.max_image_pixels or None, config_bands(config), config.decibels)
+
+
+def config_bands(config: EncoderConfig) -> tuple[Band, ...] | None:
+    """What each model band is, as a config's ``band_names``/``wavelengths``/``band_gsd`` say (None: no names)."""
+    if not config.band_names:
+        return None
+    return given_bands(len(config.band_names), config.band_names, config.wavelengths, config.band_gsd, [])
 
 
 def recorded_contract(checkpoint: Checkpoint) -> PixelContract | None:
@@ -195,8 +202,10 @@ def checkpoint_contract(checkpoint: Checkpoint, bands: int, mean: Sequence[float
 def source_contract(target: PixelContract, files: Sequence[Path], role: str) -> PixelContract:
     """How images of another source (replay, a probe's source set, ``gap``'s source) become inputs of a model
     fed by ``target``: the model's mean/std, every band of the source files (grey, or the model's band count),
-    and their own scaling (``auto``: the dtype scale for 8-bit photos, else measured on them)."""
-    contract = PixelContract(target.mean, target.std, max_image_pixels=target.max_image_pixels)
+    and their own scaling (``auto``: the dtype scale for 8-bit photos, else measured on them); SAR read in the
+    model's decibels."""
+    contract = PixelContract(target.mean, target.std, max_image_pixels=target.max_image_pixels,
+                             decibels=target.decibels)
     for path in files:
         try:
             contract.info(path)
@@ -308,7 +317,9 @@ def load_init_weights(model: nn.Module, config: EncoderConfig, init: Checkpoint 
     report = load_into_model(model, init, checkpoint_bands(init), contract.spectral, config.band_init)
     if report.band_plan is not None and report.band_plan.method == "wavelength":
         crops = sample_crops(contract, data_files(), config.img_size)
-        if crops is not None:
+        if crops is None:
+            report.adapted.append("patch embedding not scaled: no training image to measure on")
+        else:
             weight = model.get_parameter("patch_embed.proj.weight")
             scale = matched_scale(init.state_dict["patch_embed.proj.weight"], weight, report.band_plan, crops)
             weight.data.mul_(scale)
@@ -342,7 +353,7 @@ def sample_crops(contract: PixelContract, files: Sequence[Path], img_size: int, 
             side = min(info.height, info.width, 4 * img_size)
             box = ((info.height - side) // 2, (info.width - side) // 2, side, side)
             crops.append(contract.normalise(contract.read(path, box).resized([img_size, img_size])))
-        except ImageReadError:
+        except (ImageReadError, CsptError):
             continue
     return torch.stack(crops) if crops else None
 

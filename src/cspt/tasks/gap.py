@@ -71,7 +71,8 @@ def domain_gap(checkpoint: str | Path, source: Sequence[str | Path], target: Seq
         data = LabelledImages(LabelledSet(files, [0] * len(files), ["image"]), contract, arch.img_size, train=False)
         features[name], losses[name] = encode(model, data, torch_device, seed, loaded.has_decoder)
         if name != "reference":
-            stats = band_statistics(files, max_images=None, bands=contract.bands, nodata=contract.nodata)
+            stats = band_statistics(files, max_images=None, bands=contract.bands, nodata=contract.nodata,
+                                    decibels=contract.decibels)
             bands[name] = {"mean": stats.mean, "std": stats.std, "pixels": contract.to_dict()}
     del losses["reference"]
     result = {

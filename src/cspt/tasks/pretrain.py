@@ -18,6 +18,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from cspt.config import PretrainConfig
+from cspt.data.bands import describe as describe_bands
+from cspt.data.bands import stand_ins
 from cspt.data.device_decode import decode_batch
 from cspt.data.files import find_images
 from cspt.data.normalisation import default_normalisation
@@ -40,6 +42,8 @@ from cspt.plots import reconstruction_grid, save_grid
 from cspt.tasks.common import (
     arch_of,
     check_normalisation,
+    checkpoint_bands,
+    config_bands,
     contract_of,
     distributed_run,
     images_in,
@@ -114,11 +118,12 @@ class PretrainTask(Task):
         self.counts = {"drawn": 0, "nodata": 0, "replayed": 0}  #: this epoch's samples: drawn, nodata, replayed
         self.teacher: VisionTransformer | None = None  #: the frozen --distill-from encoder (never saved)
         self.teacher_contract: PixelContract | None = None  #: how the teacher's inputs are normalised
+        self.teacher_bands: list[int] | None = None  #: the student's bands the teacher sees (None: all)
 
     def build_model(self, load_init: bool) -> nn.Module:
         cfg = self.config
         if cfg.distill_from:
-            self.teacher, self.teacher_contract = load_teacher(cfg)
+            self.teacher, self.teacher_contract, self.teacher_bands = load_teacher(cfg)
             model = TeacherGuidedMAE(self.arch, self.teacher.embed_dim, cfg.mask_ratio, cfg.norm_pix_loss,
                                      cfg.distill_target, cfg.distill_block, cfg.distill_loss, cfg.distill_weight)
         else:
@@ -185,12 +190,14 @@ class PretrainTask(Task):
         return model(images, ids_shuffle=ids_shuffle, valid=valid, teacher_tokens=guide)[0]
 
     def teacher_inputs(self, images: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """The student's normalised batch as the teacher's contract normalises it (the same 0-1 pixels,
-        the teacher's mean/std; invalid pixels 0)."""
+        """The student's normalised batch as the teacher's contract normalises it (the same 0-1 pixels of the
+        bands the teacher sees, the teacher's mean/std; invalid pixels 0)."""
         student, teacher = self.contract, self.teacher_contract
-        if (student.mean, student.std) == (teacher.mean, teacher.std):
+        if self.teacher_bands is None and (student.mean, student.std) == (teacher.mean, teacher.std):
             return images
         pixels = student.unnormalise(images)
+        if self.teacher_bands is not None:
+            pixels = pixels[:, self.teacher_bands]
         mean, std = teacher.mean_tensor.to(images.device), teacher.std_tensor.to(images.device)
         return (pixels - mean) / std * valid[:, None]
 
@@ -312,15 +319,28 @@ def teacher_identity(config: PretrainConfig) -> dict[str, Any]:
     return teacher_identity_of(str(config.distill_from))
 
 
-def load_teacher(config: PretrainConfig) -> tuple[VisionTransformer, PixelContract]:
-    """The frozen ``--distill-from`` encoder at the student's input size (same patch grid), in eval mode, and
-    the pixel contract it was trained with (its normalisation applies to the student's pixels)."""
+def load_teacher(config: PretrainConfig) -> tuple[VisionTransformer, PixelContract, list[int] | None]:
+    """The frozen ``--distill-from`` encoder at the student's input size (same patch grid), in eval mode, the
+    pixel contract it was trained with (its normalisation applies to the student's pixels), and the student's
+    bands it sees (0-based; None: all, as they are): a teacher of other bands sees the student's bands nearest
+    its own in wavelength (an RGB teacher, a multispectral student's red, green and blue)."""
     checkpoint = load_checkpoint(config.distill_from, config.trust_checkpoint)
     arch = resolve_arch({"img_size": config.img_size}, None, checkpoint.arch)
-    if arch.in_chans != config.in_chans:
-        raise CsptError(f"{config.distill_from}: the teacher takes {arch.in_chans} band(s), the student "
-                        f"{config.in_chans} (--bands {' '.join(map(str, config.bands or [])) or 'all'} of "
-                        f"{', '.join(map(str, config.data[:2]))}): their inputs do not correspond")
+    student = config_bands(config)
+    teacher_bands = checkpoint_bands(checkpoint)
+    seen = None
+    if teacher_bands and student and (arch.in_chans != config.in_chans or list(teacher_bands) != list(student)):
+        seen = stand_ins(teacher_bands, student)
+    if seen is None and arch.in_chans != config.in_chans:
+        raise CsptError(f"{config.distill_from}: the teacher takes {arch.in_chans} band(s) "
+                        f"({describe_bands(teacher_bands) if teacher_bands else 'not described'}), the student "
+                        f"{config.in_chans} ({describe_bands(student) if student else 'not described'}; --bands "
+                        f"{' '.join(map(str, config.bands or [])) or 'all'} of {', '.join(map(str, config.data[:2]))})"
+                        ": no student band lies within 0.1 um of each teacher band (--sensor or --wavelengths say "
+                        "what the bands are)")
+    if seen is not None:
+        log.info("teacher: sees the student's bands %s", ", ".join(f"{student[i].name} for {band.name}"
+                                                                  for i, band in zip(seen, teacher_bands)))
     if arch.patch_size != config.patch_size:
         raise CsptError(f"{config.distill_from}: the teacher's patches are {arch.patch_size} px, the student's "
                         f"{config.patch_size}: their tokens do not correspond")
@@ -333,7 +353,7 @@ def load_teacher(config: PretrainConfig) -> tuple[VisionTransformer, PixelContra
     contract = recorded_contract(checkpoint) or PixelContract(*map(tuple, default_normalisation(arch.in_chans)))
     log.info("teacher: normalises the student's pixels with mean %s, std %s", list(contract.mean),
              list(contract.std))
-    return teacher.eval().requires_grad_(False), contract
+    return teacher.eval().requires_grad_(False), contract, seen
 
 
 def export_encoder(model: MaskedAutoencoderViT, config: PretrainConfig, run_dir: Path, images: int,

@@ -20,6 +20,7 @@ a value, not a sum).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,7 +32,8 @@ from cspt.data.bands import Band, nearest
 #: a source band keeps its filter on a target band at most this far in wavelength (um): Sentinel-2's red
 #: (0.665) and an RGB camera's (0.640) are the same band to a patch embedding
 CLAIM_UM = 0.05
-METHODS = ("wavelength", "cyclic", "random")
+#: the least and the most :func:`matched_scale` changes a patch embedding by
+SCALE_RANGE = (0.1, 10.0)
 
 
 @dataclass(frozen=True)
@@ -152,12 +154,13 @@ def matched_scale(source_weight: torch.Tensor, adapted_weight: torch.Tensor, pla
     H, W)``) the spread of the source filters' tokens on the same crops seen as the source's bands: each
     source band its claimed target band, an unclaimed one the mean of the target bands.
 
-    1 when the target bands beyond the claimed ones are zero: the tokens are then the source model's."""
+    1 when the target bands beyond the claimed ones are zero: the tokens are then the source model's. Kept
+    within ``SCALE_RANGE``; 1 where crops without spread cannot say (constant or empty crops)."""
     patch = source_weight.shape[-1]
     counterpart = images.mean(1)
     seen = torch.stack([images[:, plan.claimed[s]] if s in plan.claimed else counterpart
                         for s in range(source_weight.shape[1])], 1)
     reference = F.conv2d(seen.float(), source_weight.float(), stride=patch)
     adapted = F.conv2d(images.float(), adapted_weight.float(), stride=patch)
-    spread = adapted.var(dim=(0, 2, 3)).mean()
-    return float((reference.var(dim=(0, 2, 3)).mean() / spread).sqrt()) if spread > 0 else 1.0
+    ratio = float((reference.var(dim=(0, 2, 3)).mean() / adapted.var(dim=(0, 2, 3)).mean()).sqrt())
+    return min(max(ratio, SCALE_RANGE[0]), SCALE_RANGE[1]) if math.isfinite(ratio) and ratio > 0 else 1.0
