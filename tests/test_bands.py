@@ -253,3 +253,56 @@ def test_crops_without_spread_leave_the_embedding_unscaled():
     weight = torch.randn(8, 3, 4, 4)
     assert matched_scale(weight, adapt_filters(weight, plan, torch.zeros(8, 4, 4, 4)), plan,
                          torch.zeros(2, 4, 8, 8)) == 1.0
+
+
+def test_a_replay_pool_of_another_sensor_feeds_the_bands_it_has_and_the_others_leave_the_loss(tmp_path):
+    from PIL import Image
+
+    from cspt.data.bands import band_feed
+    from cspt.data.unlabelled import ReplayMix
+
+    feed = band_feed(SENSORS["worldview3-4band"], NATURAL_RGB)  # blue, green, red, nir1 from red, green, blue
+    assert feed.read == (1, 2, 3) and feed.feeds == (2, 1, 0, None)
+    four_band_scene(tmp_path, nir=0.5)
+    for i in range(3):
+        Image.fromarray((np.random.default_rng(i).random((64, 64, 3)) * 255).astype(np.uint8)).save(
+            tmp_path / f"photo{i}.png")
+    config = resolve_config(build_config(PretrainConfig, overrides={
+        "data": [str(tmp_path / "data")], "output": str(tmp_path / "run"), "sensor": "worldview3-4band",
+        "replay": [str(tmp_path / f"photo{i}.png") for i in range(3)], "replay_sensor": "rgb",
+        "replay_fraction": 0.5, **TINY_ARCH.to_dict(), "in_chans": None}))
+    task = PretrainTask(config)
+    mix, _ = task.train_data()
+    assert isinstance(mix, ReplayMix) and mix.feeds == (2, 1, 0, None)
+    samples = [mix[(0, seed)] for seed in range(16)]
+    replayed = [s for s in samples if s["replayed"]]
+    assert replayed and len(replayed) < len(samples)
+    for sample in samples:
+        assert sample["valid"].shape == (4, 32, 32)
+        assert sample["valid"][3].any() != bool(sample["replayed"])  # a photo has no near-infrared
+    assert all(torch.all(s["image"][3] == 0) for s in replayed)
+    model = task.build_model(load_init=False)
+    images = torch.stack([s["image"] for s in replayed])
+    valid = torch.stack([s["valid"] for s in replayed])
+    _, pred, mask = model(images)
+    other = images.clone()
+    other[:, 3] = 5.0  # what a band without data holds does not reach the loss
+    assert torch.equal(model.forward_loss(images, pred, mask, valid), model.forward_loss(other, pred, mask, valid))
+    assert not torch.equal(model.forward_loss(images, pred, mask, valid[:, 0]),
+                           model.forward_loss(other, pred, mask, valid[:, 0]))
+
+
+def test_a_replay_pool_whose_bands_cannot_be_mapped_is_refused_in_one_line(tmp_path):
+    from PIL import Image
+
+    from cspt.tasks.pretrain import replay_band_map
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
+    sar = PixelContract((0.5,) * 2, (0.25,) * 2, spectral=SENSORS["sentinel1-grd"])
+    with pytest.raises(CsptError, match=r"--replay: no band of .*photo.png \(red 0.64 um, .*\) lies within 0.1 um of "
+                                        r"the model's \(VV 55465 um 10 m"):
+        replay_band_map(sar, [photo], "rgb")
+    undescribed = PixelContract((0.5,) * 4, (0.25,) * 4)
+    with pytest.raises(CsptError, match=r"--replay: .*photo.png has 3 band\(s\), the model 4 whose bands are not"):
+        replay_band_map(undescribed, [photo], None)

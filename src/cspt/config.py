@@ -151,6 +151,10 @@ class PretrainConfig(TrainConfig, EncoderConfig):
     replay: list[str] | None = option(None, "source-domain images (e.g. the natural source's own data) mixed into "
                                       "every batch, against forgetting", nargs="+")
     replay_fraction: float = option(0.25, "with --replay: the share of samples drawn from it (seeded per sample)")
+    replay_sensor: str | None = option(None, "with --replay: the replay images' band layout (as --sensor; rgb for "
+                                       "photos) when their bands differ from the model's: each model band is fed "
+                                       "by the replay band nearest it in wavelength, the others masked out of input "
+                                       "and loss (default: the files' own band descriptions)")
     vis_every: int = option(10, "write a reconstruction grid every N epochs (0: never)")
     probe_target: str | None = option(None, "labelled target images (ImageFolder or CSV): kNN-probe them "
                                       "every --probe-every epochs (is the pretraining helping?)")

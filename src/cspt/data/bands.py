@@ -231,9 +231,25 @@ def display_order(bands: Sequence[Band] | None, count: int) -> tuple[list[int], 
 STAND_IN_UM = 0.1
 
 
-def stand_ins(wanted: Sequence[Band], available: Sequence[Band]) -> list[int] | None:
-    """For each ``wanted`` optical band (a teacher's), the 0-based index of the ``available`` band (a student's)
-    nearest to it within ``STAND_IN_UM``; None when one has none (or is not an optical band)."""
-    found = [nearest(available, band.wavelength, STAND_IN_UM) if band.kind == "optical" else None
-             for band in wanted]
-    return None if any(i is None for i in found) else found
+def stand_ins(wanted: Sequence[Band], available: Sequence[Band]) -> list[int | None]:
+    """For each ``wanted`` band, the 0-based index of the optical ``available`` band nearest to it within
+    ``STAND_IN_UM`` (None: none, or ``wanted`` is not an optical band)."""
+    return [nearest(available, band.wavelength, STAND_IN_UM) if band.kind == "optical" else None for band in wanted]
+
+
+@dataclass(frozen=True)
+class BandFeed:
+    """Which bands of another source's files (a replay pool of another sensor) feed which model bands."""
+
+    read: tuple[int, ...]  #: the source bands read, 1-based, in order
+    feeds: tuple[int | None, ...]  #: per model band, its source band's position in ``read`` (None: masked out)
+
+
+def band_feed(model: Sequence[Band], source: Sequence[Band]) -> BandFeed | None:
+    """Each model band fed by the source band nearest it in wavelength (:func:`stand_ins`); None when no model
+    band has one."""
+    found = stand_ins(model, source)
+    read = sorted({f for f in found if f is not None})
+    if not read:
+        return None
+    return BandFeed(tuple(f + 1 for f in read), tuple(None if f is None else read.index(f) for f in found))

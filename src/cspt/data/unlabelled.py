@@ -208,14 +208,19 @@ class ReplayMix(Dataset):
     from its seed alone, so a batch is the same on resume and with any number of workers
     or processes; about ``fraction`` of every batch is source data. Each set keeps its
     own normalisation (source images: the model's statistics, without the target's scaling).
+
+    ``feeds`` (a source of other bands): for each model band, the source band that fills it (None: zero,
+    masked out). Every sample's ``valid`` is then per band, ``(bands, H, W)``, so the MAE's loss leaves
+    the bands a replayed sample lacks out.
     """
 
     thread_safe = True
 
-    def __init__(self, target: UnlabelledImages, source: UnlabelledImages, fraction: float):
+    def __init__(self, target: UnlabelledImages, source: UnlabelledImages, fraction: float,
+                 feeds: Sequence[int | None] | None = None):
         if not 0.0 < fraction < 1.0:
             raise CsptError(f"--replay-fraction {fraction} must lie strictly between 0 and 1")
-        self.target, self.source, self.fraction = target, source, fraction
+        self.target, self.source, self.fraction, self.feeds = target, source, fraction, feeds
 
     def __len__(self) -> int:
         return len(self.target)
@@ -229,8 +234,23 @@ class ReplayMix(Dataset):
         draw = torch.Generator().manual_seed(seed ^ REPLAY_SALT)
         if float(torch.rand(1, generator=draw)) < self.fraction:
             chosen = int(torch.randint(len(self.source), (1,), generator=draw))
-            return {**self.source[(chosen, seed)], "replayed": 1}
-        return {**self.target[(index, seed)], "replayed": 0}
+            return self.fed({**self.source[(chosen, seed)], "replayed": 1})
+        sample = {**self.target[(index, seed)], "replayed": 0}
+        if self.feeds is not None:
+            sample["valid"] = sample["valid"][None].expand(len(self.feeds), -1, -1).clone()
+        return sample
+
+    def fed(self, sample: dict) -> dict:
+        """A replayed sample on the model's bands (:attr:`feeds`), its validity per band."""
+        if self.feeds is None:
+            return sample
+        image, valid = sample["image"], sample["valid"]
+        bands = torch.zeros(len(self.feeds), *image.shape[1:], dtype=image.dtype)
+        per_band = torch.zeros(len(self.feeds), *valid.shape, dtype=torch.bool)
+        for band, source in enumerate(self.feeds):
+            if source is not None:
+                bands[band], per_band[band] = image[source], valid
+        return {**sample, "image": bands, "valid": per_band}
 
 
 def collate(samples: list[dict]) -> dict:

@@ -179,7 +179,9 @@ class MaskedAutoencoderViT(VisionTransformer):
         return target, mean, std
 
     def scored_patches(self, valid: torch.Tensor) -> torch.Tensor:
-        """``(B, L)`` 1.0 for the patches at least half of whose pixels hold data (``valid`` ``(B, H, W)``)."""
+        """``(B, L)`` 1.0 for the patches at least half of whose pixels hold data (``valid`` ``(B, H, W)``, or per
+        band ``(B, C, H, W)``: data in any band)."""
+        valid = valid.any(1) if valid.dim() == 4 else valid
         share = F.avg_pool2d(valid[:, None].float(), self.arch.patch_size)
         return (share.flatten(1) >= 0.5).float()
 
@@ -187,12 +189,14 @@ class MaskedAutoencoderViT(VisionTransformer):
                      valid: torch.Tensor | None = None) -> torch.Tensor:
         """Mean squared error over the masked patches. With ``valid`` ``(B, H, W)``: only the patches mostly
         with data are scored, and within them only the pixels with data (in the error and in the per-patch
-        mean and std of ``norm_pix_loss``), so what fills the pixels without data never reaches the loss."""
+        mean and std of ``norm_pix_loss``), so what fills the pixels without data never reaches the loss.
+        ``valid`` ``(B, C, H, W)`` says it per band (a replayed image of another sensor lacks some bands)."""
         target = self.patchify(images).float()
         if valid is None:
             weights = torch.ones_like(target)
         else:
-            weights = self.patchify(valid[:, None].expand_as(images).to(target.dtype)).float()
+            per_band = valid if valid.dim() == 4 else valid[:, None].expand_as(images)
+            weights = self.patchify(per_band.to(target.dtype)).float()
         count = weights.sum(dim=-1, keepdim=True).clamp(min=1)
         if self.norm_pix_loss:
             mean = (target * weights).sum(dim=-1, keepdim=True) / count
@@ -208,7 +212,7 @@ class MaskedAutoencoderViT(VisionTransformer):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns ``(loss, pred, mask)``; ``noise`` ``(B, L)`` fixes the masks when given, or
         ``ids_shuffle`` = :func:`masking_order` of it, computed beforehand (by the loader); ``valid``
-        ``(B, H, W)`` leaves patches that are mostly without data out of the loss."""
+        ``(B, H, W)`` (or ``(B, C, H, W)``, per band) leaves what has no data out of the loss."""
         ratio = self.mask_ratio if mask_ratio is None else mask_ratio
         tokens, mask, ids_restore = self.forward_encoder(images, ratio, noise, ids_shuffle)
         pred = self.forward_decoder(tokens, ids_restore)

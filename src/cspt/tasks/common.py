@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from cspt.config import EncoderConfig, PyramidConfig, TrainConfig, save_config
 from cspt.data.aoi import SceneArea, scene_area
-from cspt.data.bands import NATURAL_RGB, Band, file_bands, given_bands, is_radar, sensor_bands
+from cspt.data.bands import NATURAL_RGB, Band, BandFeed, file_bands, given_bands, is_radar, sensor_bands
 from cspt.data.bands import describe as describe_bands
 from cspt.data.bands import select as select_bands
 from cspt.data.georaster import georeference_of
@@ -199,13 +199,19 @@ def checkpoint_contract(checkpoint: Checkpoint, bands: int, mean: Sequence[float
     return contract
 
 
-def source_contract(target: PixelContract, files: Sequence[Path], role: str) -> PixelContract:
+def source_contract(target: PixelContract, files: Sequence[Path], role: str,
+                    feed: BandFeed | None = None) -> PixelContract:
     """How images of another source (replay, a probe's source set, ``gap``'s source) become inputs of a model
     fed by ``target``: the model's mean/std, every band of the source files (grey, or the model's band count),
     and their own scaling (``auto``: the dtype scale for 8-bit photos, else measured on them); SAR read in the
-    model's decibels."""
-    contract = PixelContract(target.mean, target.std, max_image_pixels=target.max_image_pixels,
-                             decibels=target.decibels)
+    model's decibels. With ``feed`` (another sensor's bands): the source bands it reads, each normalised as the
+    first model band it feeds."""
+    mean, std, bands = target.mean, target.std, None
+    if feed is not None:
+        first = [feed.feeds.index(position) for position in range(len(feed.read))]
+        mean, std = tuple(target.mean[b] for b in first), tuple(target.std[b] for b in first)
+        bands = feed.read
+    contract = PixelContract(mean, std, bands, max_image_pixels=target.max_image_pixels, decibels=target.decibels)
     for path in files:
         try:
             contract.info(path)

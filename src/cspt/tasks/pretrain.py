@@ -18,10 +18,11 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from cspt.config import PretrainConfig
+from cspt.data.bands import BandFeed, band_feed, file_bands, stand_ins
 from cspt.data.bands import describe as describe_bands
-from cspt.data.bands import stand_ins
 from cspt.data.device_decode import decode_batch
 from cspt.data.files import find_images
+from cspt.data.images import ImageReadError, image_info
 from cspt.data.normalisation import default_normalisation
 from cspt.data.pixels import PixelContract
 from cspt.data.unlabelled import (
@@ -164,10 +165,12 @@ class PretrainTask(Task):
         read through its own pixel contract (:func:`~cspt.tasks.common.source_contract`)."""
         cfg = self.config
         files = find_images(cfg.replay)
-        contract = source_contract(self.contract, files, "--replay")
-        if target.decode_on_device and (contract.low, contract.high) != (self.contract.low, self.contract.high):
+        feed = replay_band_map(self.contract, files, cfg.replay_sensor)
+        contract = source_contract(self.contract, files, "--replay", feed)
+        if target.decode_on_device and (feed is not None or (contract.low, contract.high) != (self.contract.low,
+                                                                                               self.contract.high)):
             raise CsptError("--replay with --decode-on device needs the target and the replay images on the same "
-                            "scale (--scale dtype for both): the device scales a batch with one contract")
+                            "scale (--scale dtype for both) and bands: the device scales a batch with one contract")
         scan = scan_images(files, cfg.tile_size)
         for message in scan.unreadable:
             log.warning("skipped unreadable replay image: %s", message)
@@ -175,7 +178,7 @@ class PretrainTask(Task):
                  100 * cfg.replay_fraction, contract.describe())
         source = UnlabelledImages(scan.entries, contract, cfg.img_size, cfg.patch_size, cfg.tile_size,
                                   cfg.min_scale, target.decode_on_device)
-        return ReplayMix(target, source, cfg.replay_fraction)
+        return ReplayMix(target, source, cfg.replay_fraction, feed.feeds if feed else None)
 
     def training_step(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
         self.counts["nodata"] += batch["nodata_windows"]
@@ -193,12 +196,15 @@ class PretrainTask(Task):
         """The student's normalised batch as the teacher's contract normalises it (the same 0-1 pixels of the
         bands the teacher sees, the teacher's mean/std; invalid pixels 0)."""
         student, teacher = self.contract, self.teacher_contract
-        if self.teacher_bands is None and (student.mean, student.std) == (teacher.mean, teacher.std):
+        if self.teacher_bands is None and (student.mean, student.std) == (teacher.mean, teacher.std) \
+                and valid.dim() == 3:
             return images
         pixels = student.unnormalise(images)
         if self.teacher_bands is not None:
             pixels = pixels[:, self.teacher_bands]
         mean, std = teacher.mean_tensor.to(images.device), teacher.std_tensor.to(images.device)
+        if valid.dim() == 4:  # per band (a replay of another sensor): the teacher needs data in the bands it sees
+            valid = (valid if self.teacher_bands is None else valid[:, self.teacher_bands]).all(1)
         return (pixels - mean) / std * valid[:, None]
 
     def loss_parts(self, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -319,6 +325,39 @@ def teacher_identity(config: PretrainConfig) -> dict[str, Any]:
     return teacher_identity_of(str(config.distill_from))
 
 
+def replay_band_map(target: PixelContract, files: Sequence[Path], sensor: str | None) -> BandFeed | None:
+    """Which replay bands feed which model bands, each the nearest in wavelength within 0.1 um (the others
+    masked out); None when the replay images have the model's bands (or are grey)."""
+    first = next((path for path in files if readable(path)), None)
+    if first is None:
+        return None
+    available = file_bands(first, sensor)
+    if sensor is None and len(available) in (1, target.in_chans):
+        return None
+    if not target.spectral:
+        raise CsptError(f"--replay: {first} has {len(available)} band(s), the model {target.in_chans} whose bands are "
+                        "not described (--sensor or --band-names/--wavelengths say what they are)")
+    feed = band_feed(target.spectral, available)
+    if feed is None:
+        raise CsptError(f"--replay: no band of {first} ({describe_bands(available)}) lies within 0.1 um of the "
+                        f"model's ({describe_bands(target.spectral)}); --replay-sensor says what its bands are")
+    if feed.read == tuple(range(1, target.in_chans + 1)) and feed.feeds == tuple(range(target.in_chans)):
+        return None
+    log.info("replay: model bands fed by %s", ", ".join(
+        f"{band.name}={available[feed.read[f] - 1].name if f is not None else 'masked'}"
+        for band, f in zip(target.spectral, feed.feeds)))
+    return feed
+
+
+def readable(path: Path) -> bool:
+    """Whether an image's header can be read."""
+    try:
+        image_info(path)
+    except ImageReadError:
+        return False
+    return True
+
+
 def load_teacher(config: PretrainConfig) -> tuple[VisionTransformer, PixelContract, list[int] | None]:
     """The frozen ``--distill-from`` encoder at the student's input size (same patch grid), in eval mode, the
     pixel contract it was trained with (its normalisation applies to the student's pixels), and the student's
@@ -330,7 +369,8 @@ def load_teacher(config: PretrainConfig) -> tuple[VisionTransformer, PixelContra
     teacher_bands = checkpoint_bands(checkpoint)
     seen = None
     if teacher_bands and student and (arch.in_chans != config.in_chans or list(teacher_bands) != list(student)):
-        seen = stand_ins(teacher_bands, student)
+        found = stand_ins(teacher_bands, student)
+        seen = None if None in found else found
     if seen is None and arch.in_chans != config.in_chans:
         raise CsptError(f"{config.distill_from}: the teacher takes {arch.in_chans} band(s) "
                         f"({describe_bands(teacher_bands) if teacher_bands else 'not described'}), the student "
