@@ -158,6 +158,12 @@ def image_info(path: str | Path) -> ImageInfo:
         raise ImageReadError(f"{path}: cannot read image header ({_reason(err)})") from None
 
 
+def dtype_kind(name: str) -> str:
+    """NumPy's kind letter of a GDAL data type name (``u``, ``i``, ``f``; ``c`` for every complex type, GDAL's
+    complex integers too, which NumPy does not know)."""
+    return "c" if name.startswith("complex") else np.dtype(name).kind
+
+
 def may_lack_data(path: str | Path) -> bool:
     """Whether a file can hold pixels without data by itself: a nodata value, mask or alpha band, or a
     floating-point type (NaN); cheap, from the header."""
@@ -165,7 +171,7 @@ def may_lack_data(path: str | Path) -> bool:
     try:
         if is_raster(path):
             with open_raster(path) as src:
-                return np.dtype(src.dtypes[0]).kind == "f" or any(
+                return dtype_kind(src.dtypes[0]) in "fc" or any(
                     flags != [MaskFlags.all_valid] for flags in src.mask_flag_enums)
         with open_pil(path, None) as img:
             return img.mode in PIL_ALPHA or img.mode == "F" or (img.mode == "P" and "transparency" in img.info)

@@ -36,7 +36,7 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from cspt.atomic import atomic_write
-from cspt.data.bands import Band, describe, is_radar
+from cspt.data.bands import Band, describe, display_order, is_radar
 from cspt.data.images import (
     DEFAULT_MAX_IMAGE_PIXELS,
     ImageInfo,
@@ -253,6 +253,11 @@ class PixelContract:
     def valid(self, path: str | Path, window: WindowBox | None = None) -> np.ndarray:
         """Which pixels of a window hold data under this contract."""
         return self.read_unit(path, window)[1]
+
+    def picture(self, pixels: Pixels) -> np.ndarray:
+        """``(H, W, 3)`` 0-1 pixels to draw: true or false colour from the bands (:func:`display_order`)."""
+        order = display_order(self.spectral, pixels.image.shape[0])[0]
+        return pixels.image[order].permute(1, 2, 0).numpy()
 
     def may_lack_data(self, path: str | Path) -> bool:
         """Whether some pixel of a file may be invalid under this contract (from the header)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cspt.data.images import ImageReadError, image_info
+from cspt.data.images import ImageReadError, dtype_kind, image_info
 from cspt.data.pixels import PixelContract
 from cspt.data.stats import valid_pixels
 from cspt.errors import CsptError
@@ -42,7 +42,7 @@ class Scaling:
 
     def describe(self, dtype: str | None = None) -> str:
         """One line for the log: the range of every band, also in raw values for integer data."""
-        peak = np.iinfo(np.dtype(dtype)).max if dtype and np.issubdtype(np.dtype(dtype), np.integer) else None
+        peak = np.iinfo(np.dtype(dtype)).max if dtype and dtype_kind(dtype) in "ui" else None
         bands = []
         for band, (low, high) in enumerate(zip(self.low, self.high), 1):
             raw = f" (raw {low * peak:.0f}-{high * peak:.0f})" if peak else ""

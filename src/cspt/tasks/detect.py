@@ -299,7 +299,7 @@ def draw_boxes(image: Path, found: dict[str, torch.Tensor], classes: Sequence[st
     matching one at IoU 0.5 (VOC's rule) is green, a false alarm red, one on a difficult object grey,
     and each labelled object that no detection found is outlined in cyan.
     """
-    canvas = Image.fromarray(display_rgb(contract.read(image).image.permute(1, 2, 0).numpy()))
+    canvas = Image.fromarray(display_rgb(contract.picture(contract.read(image))))
     pen = ImageDraw.Draw(canvas)
     colours = [OUTCOME_COLOURS[0]] * len(found["scores"])
     if truth is not None:

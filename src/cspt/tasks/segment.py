@@ -407,7 +407,7 @@ def write_overlay(path: Path, labels: np.ndarray, colors: np.ndarray, folder: Pa
     """``NAME_overlay.jpg``: the class colours blended over the image (or ``area``'s window of it) as its
     contract scales it."""
     box = None if area is None else (area.top, area.left, area.height, area.width)
-    picture = display_rgb(contract.read(path, box).image.permute(1, 2, 0).numpy())
+    picture = display_rgb(contract.picture(contract.read(path, box)))
     target = folder / f"{path.stem}_overlay.jpg"
     Image.fromarray((0.5 * picture + 0.5 * painted(labels, colors)).astype(np.uint8)).save(target, quality=90)
     return target
