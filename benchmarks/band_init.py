@@ -12,7 +12,8 @@ pretrains the natural-image tiny MAE (``cspt:mae-tiny-tinyimagenet``) with
 Measured on the held-out tile's fixed crops and masks (pretraining's own held-out crops, seed-0 masks), before
 training (the adaptation alone) and after: the reconstruction error of the masked patches on red, green and
 blue, the bands every arm has (each band normalised per patch, so arms of 3 and 4 bands compare), and for the
-4-band arms on near-infrared. Prints each arm's mean and spread over seeds and the paired 95% interval of
+4-band arms on near-infrared; and pretraining's own held-out MAE loss (over the arm's bands: the 4-band arms
+compare with each other, not with ``rgb``). Prints each arm's mean and spread over seeds and the paired 95% interval of
 ``wavelength`` minus each other arm. Usage (about 20 s per run on 2 cores):
 
     python benchmarks/band_init.py [--seeds 0 1 2 3 4] [--epochs 3] [--work DIR]
@@ -21,6 +22,7 @@ blue, the bands every arm has (each band normalised per patch, so arms of 3 and 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -89,7 +91,9 @@ def run_arm(arm: str, seed: int, pool: Path, held: Path, epochs: int | None, wor
     state = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["model"]
     trained = PretrainTask(config).build_model(load_init=False)
     trained.load_state_dict(state)
-    return {"before": before, "after": band_errors(trained, config, held)}
+    heldout = json.loads((run_dir / "heldout.json").read_text())
+    return {"before": before, "after": band_errors(trained, config, held),
+            "mae": {"before": heldout[0]["mae_loss"], "after": heldout[-1]["mae_loss"]}}
 
 
 def paired(a: list[float], b: list[float]) -> str:
@@ -108,13 +112,15 @@ def main() -> None:
     pool, held = unpack_tiles(work / "tiles")
     results = {arm: [run_arm(arm, seed, pool, held, args.epochs, work) for seed in args.seeds] for arm in ARMS}
     print(f"\nheld-out reconstruction error of the masked patches (ms3), seeds {args.seeds}, mean ± std")
-    print("| arm | RGB before | RGB after | NIR before | NIR after |\n|---|---|---|---|---|")
+    print("| arm | RGB before | RGB after | NIR before | NIR after | MAE loss before | MAE loss after |\n"
+          "|---|---|---|---|---|---|---|")
     rgb = {arm: {when: [statistics.mean(r[when][c] for c in COLOURS) for r in runs] for when in ("before", "after")}
            for arm, runs in results.items()}
     for arm, runs in results.items():
         cells = [mean_and_spread(rgb[arm][when]) for when in ("before", "after")]
         cells += [mean_and_spread([r[when][NIR] for r in runs]) if NIR in runs[0][when] else "-"
                   for when in ("before", "after")]
+        cells += [mean_and_spread([r["mae"][when] for r in runs]) for when in ("before", "after")]
         print(f"| {arm} | {' | '.join(cells)} |")
     print("\nwavelength minus each arm, paired by seed (mean [95% interval]; negative: wavelength better)")
     for arm in ARMS:
