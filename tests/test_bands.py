@@ -263,18 +263,26 @@ def test_a_replay_pool_of_another_sensor_feeds_the_bands_it_has_and_the_others_l
     from cspt.data.unlabelled import ReplayMix
 
     feed = band_feed(SENSORS["worldview3-4band"], NATURAL_RGB)  # blue, green, red, nir1 from red, green, blue
-    assert feed.read == (1, 2, 3) and feed.feeds == (2, 1, 0, None)
+    assert feed.read == (3, 2, 1) and feed.feeds == (0, 1, 2, None)
+    eight = band_feed(SENSORS["worldview3"], NATURAL_RGB)  # a photo's red feeds red, not also yellow or red-edge
+    assert eight.read == (3, 2, 1) and eight.feeds == (None, 0, 1, None, 2, None, None, None)
     four_band_scene(tmp_path, nir=0.5)
+    Image.fromarray(np.full((64, 64), 90, np.uint8)).save(tmp_path / "grey.png")  # first, and grey: left out
     for i in range(3):
         Image.fromarray((np.random.default_rng(i).random((64, 64, 3)) * 255).astype(np.uint8)).save(
             tmp_path / f"photo{i}.png")
     config = resolve_config(build_config(PretrainConfig, overrides={
         "data": [str(tmp_path / "data")], "output": str(tmp_path / "run"), "sensor": "worldview3-4band",
-        "replay": [str(tmp_path / f"photo{i}.png") for i in range(3)], "replay_sensor": "rgb",
-        "replay_fraction": 0.5, **TINY_ARCH.to_dict(), "in_chans": None}))
+        "replay": [str(tmp_path / "grey.png")] + [str(tmp_path / f"photo{i}.png") for i in range(3)],
+        "replay_sensor": "rgb", "replay_fraction": 0.5, **TINY_ARCH.to_dict(), "in_chans": None}))
     task = PretrainTask(config)
     mix, _ = task.train_data()
-    assert isinstance(mix, ReplayMix) and mix.feeds == (2, 1, 0, None)
+    assert isinstance(mix, ReplayMix) and mix.feeds == (0, 1, 2, None)
+    assert [e.path.name for e in mix.source.entries] == ["photo0.png", "photo1.png", "photo2.png"]
+    photo = mix.fed(mix.source[(0, 0)])["image"]  # each band normalised as the model band it feeds
+    raw = mix.source.contract.read(tmp_path / "photo0.png")
+    assert mix.source.contract.bands == (3, 2, 1) and mix.source.contract.mean == task.contract.mean[:3]
+    assert photo.shape[0] == 4 and raw.image.shape[0] == 3
     samples = [mix[(0, seed)] for seed in range(16)]
     replayed = [s for s in samples if s["replayed"]]
     assert replayed and len(replayed) < len(samples)

@@ -52,6 +52,13 @@ def test_patches_without_data_take_no_part_in_the_distillation(target):
     assert torch.allclose(model.last_parts["distill"], first, atol=1e-6)
     model(images, ids_shuffle=ids_shuffle, teacher_tokens=changed)  # without the mask, it does
     assert not torch.allclose(model.last_parts["distill"], first, atol=1e-3)
+    # per band (a replayed photo of another sensor, one band short): no band, no guidance; the loss still learns
+    per_band = torch.ones(3, 3, 32, 32, dtype=torch.bool)
+    per_band[:, 2, :, :16] = False
+    model(images, ids_shuffle=ids_shuffle, valid=per_band, teacher_tokens=guide)
+    assert torch.allclose(model.last_parts["distill"], first, atol=1e-6)
+    model(images, ids_shuffle=ids_shuffle, valid=per_band, teacher_tokens=changed)
+    assert torch.allclose(model.last_parts["distill"], first, atol=1e-6)
 
 
 def test_the_student_and_projector_learn_to_match_a_frozen_teacher_which_is_never_saved():

@@ -237,19 +237,36 @@ def stand_ins(wanted: Sequence[Band], available: Sequence[Band]) -> list[int | N
     return [nearest(available, band.wavelength, STAND_IN_UM) if band.kind == "optical" else None for band in wanted]
 
 
+def claims(source: Sequence[Band], target: Sequence[Band], tolerance: float) -> dict[int, int]:
+    """Each optical ``source`` band's nearest optical ``target`` band within ``tolerance`` um (0-based indices,
+    source -> target); a target band two source bands reach goes to the nearer one."""
+    found: dict[int, int] = {}
+    for s, band in enumerate(source):
+        t = nearest(target, band.wavelength, tolerance) if band.kind == "optical" else None
+        if t is None:
+            continue
+        rival = next((r for r, taken in found.items() if taken == t), None)
+        if rival is None or abs(target[t].wavelength - band.wavelength) < abs(target[t].wavelength -
+                                                                              source[rival].wavelength):
+            found.pop(rival, None)
+            found[s] = t
+    return found
+
+
 @dataclass(frozen=True)
 class BandFeed:
     """Which bands of another source's files (a replay pool of another sensor) feed which model bands."""
 
-    read: tuple[int, ...]  #: the source bands read, 1-based, in order
+    read: tuple[int, ...]  #: the source bands read, 1-based, one per model band fed, in the model's order
     feeds: tuple[int | None, ...]  #: per model band, its source band's position in ``read`` (None: masked out)
 
 
 def band_feed(model: Sequence[Band], source: Sequence[Band]) -> BandFeed | None:
-    """Each model band fed by the source band nearest it in wavelength (:func:`stand_ins`); None when no model
-    band has one."""
-    found = stand_ins(model, source)
-    read = sorted({f for f in found if f is not None})
-    if not read:
+    """Each source band feeds the model band nearest it within ``STAND_IN_UM`` (:func:`claims`: a photo's red
+    feeds red, not also red-edge); None when no model band is fed."""
+    fed = {t: s for s, t in claims(source, model, STAND_IN_UM).items()}
+    if not fed:
         return None
-    return BandFeed(tuple(f + 1 for f in read), tuple(None if f is None else read.index(f) for f in found))
+    order = sorted(fed)
+    return BandFeed(tuple(fed[t] + 1 for t in order), tuple(order.index(t) if t in fed else None
+                                                            for t in range(len(model))))

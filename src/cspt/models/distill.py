@@ -84,8 +84,10 @@ class TeacherGuidedMAE(MaskedAutoencoderViT):
         self._captured = None
         keep = ids_shuffle[:, :student.shape[1]]
         # patches mostly without data are compared neither as tokens nor inside the pooled means
+        # per-band validity (a replay of another sensor): guided only where every band has data, as the teacher
+        # may need the bands a replayed image lacks
         with_data = torch.ones(teacher_tokens.shape[:2], device=images.device) if valid is None else \
-            self.scored_patches(valid)
+            self.scored_patches(valid.all(1) if valid.dim() == 4 else valid)
         visible = with_data.gather(1, keep)
         if self.target == "pooled":
             predicted = self.distill_head(masked_mean(student, visible))

@@ -205,11 +205,11 @@ def source_contract(target: PixelContract, files: Sequence[Path], role: str,
     fed by ``target``: the model's mean/std, every band of the source files (grey, or the model's band count),
     and their own scaling (``auto``: the dtype scale for 8-bit photos, else measured on them); SAR read in the
     model's decibels. With ``feed`` (another sensor's bands): the source bands it reads, each normalised as the
-    first model band it feeds."""
+    model band it feeds."""
     mean, std, bands = target.mean, target.std, None
     if feed is not None:
-        first = [feed.feeds.index(position) for position in range(len(feed.read))]
-        mean, std = tuple(target.mean[b] for b in first), tuple(target.std[b] for b in first)
+        fed = [feed.feeds.index(position) for position in range(len(feed.read))]
+        mean, std = tuple(target.mean[b] for b in fed), tuple(target.std[b] for b in fed)
         bands = feed.read
     contract = PixelContract(mean, std, bands, max_image_pixels=target.max_image_pixels, decibels=target.decibels)
     for path in files:

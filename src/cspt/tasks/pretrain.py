@@ -162,18 +162,26 @@ class PretrainTask(Task):
 
     def with_replay(self, target: UnlabelledImages) -> ReplayMix:
         """The target images with ``--replay-fraction`` of the samples drawn from ``--replay`` instead, each
-        read through its own pixel contract (:func:`~cspt.tasks.common.source_contract`)."""
+        read through its own pixel contract (:func:`~cspt.tasks.common.source_contract`); a pool of another
+        sensor through its :func:`replay_band_map`, its images without those bands (grey ones) left out."""
         cfg = self.config
         files = find_images(cfg.replay)
         feed = replay_band_map(self.contract, files, cfg.replay_sensor)
-        contract = source_contract(self.contract, files, "--replay", feed)
+        scan = scan_images(files, cfg.tile_size)
+        for message in scan.unreadable:
+            log.warning("skipped unreadable replay image: %s", message)
+        if feed is not None:
+            entries = [entry for entry in scan.entries if entry.info.bands >= max(feed.read)]
+            if len(entries) < len(scan.entries):
+                log.warning("replay: %d image(s) with fewer than %d bands left out (grey?)",
+                            len(scan.entries) - len(entries), max(feed.read))
+            scan = dataclasses.replace(scan, entries=entries)
+        contract = source_contract(self.contract, list(dict.fromkeys(e.path for e in scan.entries)), "--replay",
+                                   feed)
         if target.decode_on_device and (feed is not None or (contract.low, contract.high) != (self.contract.low,
                                                                                                self.contract.high)):
             raise CsptError("--replay with --decode-on device needs the target and the replay images on the same "
                             "scale (--scale dtype for both) and bands: the device scales a batch with one contract")
-        scan = scan_images(files, cfg.tile_size)
-        for message in scan.unreadable:
-            log.warning("skipped unreadable replay image: %s", message)
         log.info("replay: %d source samples, %.0f%% of every batch on average; pixels: %s", len(scan.entries),
                  100 * cfg.replay_fraction, contract.describe())
         source = UnlabelledImages(scan.entries, contract, cfg.img_size, cfg.patch_size, cfg.tile_size,
@@ -326,13 +334,15 @@ def teacher_identity(config: PretrainConfig) -> dict[str, Any]:
 
 
 def replay_band_map(target: PixelContract, files: Sequence[Path], sensor: str | None) -> BandFeed | None:
-    """Which replay bands feed which model bands, each the nearest in wavelength within 0.1 um (the others
-    masked out); None when the replay images have the model's bands (or are grey)."""
-    first = next((path for path in files if readable(path)), None)
+    """Which replay bands feed which model bands: each replay band the model band nearest it in wavelength
+    (within 0.1 um), the others masked out; None when the replay images have the model's bands (in its order),
+    carry no description of theirs, or are grey. Read from the first readable image of more than one band."""
+    first = next((path for path in files if band_count(path) > 1), None)
     if first is None:
         return None
     available = file_bands(first, sensor)
-    if sensor is None and len(available) in (1, target.in_chans):
+    described = any(b.kind != "unknown" for b in available)
+    if len(available) == target.in_chans and (not described or not target.spectral):
         return None
     if not target.spectral:
         raise CsptError(f"--replay: {first} has {len(available)} band(s), the model {target.in_chans} whose bands are "
@@ -341,7 +351,8 @@ def replay_band_map(target: PixelContract, files: Sequence[Path], sensor: str | 
     if feed is None:
         raise CsptError(f"--replay: no band of {first} ({describe_bands(available)}) lies within 0.1 um of the "
                         f"model's ({describe_bands(target.spectral)}); --replay-sensor says what its bands are")
-    if feed.read == tuple(range(1, target.in_chans + 1)) and feed.feeds == tuple(range(target.in_chans)):
+    if len(available) == target.in_chans and feed.feeds == tuple(range(target.in_chans)) \
+            and feed.read == tuple(range(1, target.in_chans + 1)):
         return None
     log.info("replay: model bands fed by %s", ", ".join(
         f"{band.name}={available[feed.read[f] - 1].name if f is not None else 'masked'}"
@@ -349,13 +360,12 @@ def replay_band_map(target: PixelContract, files: Sequence[Path], sensor: str | 
     return feed
 
 
-def readable(path: Path) -> bool:
-    """Whether an image's header can be read."""
+def band_count(path: Path) -> int:
+    """An image's band count from its header (0: unreadable)."""
     try:
-        image_info(path)
+        return image_info(path).bands
     except ImageReadError:
-        return False
-    return True
+        return 0
 
 
 def load_teacher(config: PretrainConfig) -> tuple[VisionTransformer, PixelContract, list[int] | None]:

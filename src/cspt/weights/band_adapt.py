@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cspt.data.bands import Band, nearest
+from cspt.data.bands import Band, claims
 
 #: a source band keeps its filter on a target band at most this far in wavelength (um): Sentinel-2's red
 #: (0.665) and an RGB camera's (0.640) are the same band to a patch embedding
@@ -76,7 +76,7 @@ def plan_bands(source: Sequence[Band] | None, target: Sequence[Band] | None, met
             mixing[t, t % source_chans] = 1.0
         mixing = mixing * (source_chans / target_chans) if target_chans > 1 else torch.ones(1, source_chans)
         return BandPlan("cyclic", mixing, {})
-    claimed = _claims(source, target)
+    claimed = claims(source, target, CLAIM_UM)
     mixing = torch.full((target_chans, source_chans), float("nan"))
     for s, t in claimed.items():
         mixing[t] = F.one_hot(torch.tensor(s), source_chans).float()
@@ -86,22 +86,6 @@ def plan_bands(source: Sequence[Band] | None, target: Sequence[Band] | None, met
         mixing[t] = _interpolated(source, band) if band.kind == "optical" else torch.full((source_chans,),
                                                                                          1 / source_chans)
     return BandPlan(method, mixing, claimed)
-
-
-def _claims(source: Sequence[Band], target: Sequence[Band]) -> dict[int, int]:
-    """Each source band's nearest target band within ``CLAIM_UM``; a target band claimed twice goes to the
-    nearer source band."""
-    claims: dict[int, int] = {}
-    for s, band in enumerate(source):
-        t = nearest(target, band.wavelength, CLAIM_UM) if band.kind == "optical" else None
-        if t is None:
-            continue
-        rival = next((r for r, taken in claims.items() if taken == t), None)
-        gap = abs(target[t].wavelength - band.wavelength)
-        if rival is None or gap < abs(target[t].wavelength - source[rival].wavelength):
-            claims.pop(rival, None)
-            claims[s] = t
-    return claims
 
 
 def _interpolated(source: Sequence[Band], band: Band) -> torch.Tensor:
