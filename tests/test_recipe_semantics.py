@@ -23,11 +23,12 @@ from PIL import Image
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
 
 from cspt.config import ClassifyConfig, DetectConfig, PretrainConfig, SegmentConfig, build_config
+from cspt.data.bands import sensor_bands
 from cspt.data.classification import LabelledSet
 from cspt.data.detection import Annotations
 from cspt.engine.run_log import read_log
 from cspt.tasks import classify, detect, pretrain, segment
-from tests.conftest import NATURAL_MAE, ROOT, SHARED, needs
+from tests.conftest import NATURAL_MAE, ROOT, SHARED, needs, write_geotiff
 
 RECIPE_FILES = sorted({p.resolve() for p in [*(ROOT / "configs").rglob("*.yaml"),
                                              *(ROOT / "src" / "cspt" / "recipes").glob("*.yaml")]})
@@ -197,10 +198,16 @@ def recipe_data(kind: str, config, tmp_path: Path, neon: Path | None) -> dict:
     if kind == "pretrain":
         count = 2 * 4 * config.accum_iter
         files = tmp_path / "images.txt"
-        files.write_text("".join(f"{f}\n" for f, _ in rsscn7_files(count)))
+        photos = [f for f, _ in rsscn7_files(count)]
+        if config.sensor:  # a sensor's recipe: real photos as that sensor's band count (uint16, 0 = nodata)
+            bands = len(sensor_bands(config.sensor))
+            photos = [write_geotiff(tmp_path / "scenes" / f"{i}.tif", np.resize(
+                np.asarray(Image.open(f).convert("RGB")).transpose(2, 0, 1).astype(np.uint16) * 40 + 1,
+                (bands, *Image.open(f).size[::-1]))) for i, f in enumerate(photos)]
+        files.write_text("".join(f"{f}\n" for f in photos))
         teacher = {"distill_from": str(needs(NATURAL_MAE))} if config.distill_from else {}  # the shared stand-in
         return {"data": [str(files)], "batch_size": 4, "img_size": 32, "decoder_dim": 32, "decoder_depth": 1,
-                "decoder_num_heads": 2, **teacher}
+                "decoder_num_heads": 2, "samples_per_epoch": None, **teacher}  # one crop per image: two steps
     if kind == "classify":
         train = rsscn7_files(2 * 4 * config.accum_iter)
         return {"train": str(write_csv(train, tmp_path / "train.csv")), "data": None, "img_size": 32,
