@@ -340,13 +340,9 @@ def checkpoint_bands(checkpoint: Checkpoint) -> tuple[Band, ...] | None:
     recorded = recorded_contract(checkpoint)
     if recorded is not None and recorded.spectral:
         return recorded.spectral
-    chans = (checkpoint.arch or {}).get("in_chans") or _input_bands(checkpoint)
-    return NATURAL_RGB if chans == 3 and (recorded is None or not recorded.bands) else None
-
-
-def _input_bands(checkpoint: Checkpoint) -> int | None:
     weight = checkpoint.state_dict.get("patch_embed.proj.weight")
-    return None if weight is None else int(weight.shape[1])
+    rgb = weight is not None and weight.shape[1] == 3 and (recorded is None or not recorded.bands)
+    return NATURAL_RGB if rgb else None
 
 
 def sample_crops(contract: PixelContract, files: Sequence[Path], img_size: int, limit: int = 16) -> Tensor | None:

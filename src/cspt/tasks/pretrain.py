@@ -22,7 +22,6 @@ from cspt.data.bands import BandFeed, band_feed, file_bands, stand_ins
 from cspt.data.bands import describe as describe_bands
 from cspt.data.device_decode import decode_batch
 from cspt.data.files import find_images
-from cspt.data.images import ImageReadError, image_info
 from cspt.data.normalisation import default_normalisation
 from cspt.data.pixels import PixelContract
 from cspt.data.unlabelled import (
@@ -165,11 +164,10 @@ class PretrainTask(Task):
         read through its own pixel contract (:func:`~cspt.tasks.common.source_contract`); a pool of another
         sensor through its :func:`replay_band_map`, its images without those bands (grey ones) left out."""
         cfg = self.config
-        files = find_images(cfg.replay)
-        feed = replay_band_map(self.contract, files, cfg.replay_sensor)
-        scan = scan_images(files, cfg.tile_size)
+        scan = scan_images(find_images(cfg.replay), cfg.tile_size)
         for message in scan.unreadable:
             log.warning("skipped unreadable replay image: %s", message)
+        feed = replay_band_map(self.contract, [e.path for e in scan.entries if e.info.bands > 1], cfg.replay_sensor)
         if feed is not None:
             entries = [entry for entry in scan.entries if entry.info.bands >= max(feed.read)]
             if len(entries) < len(scan.entries):
@@ -336,10 +334,11 @@ def teacher_identity(config: PretrainConfig) -> dict[str, Any]:
 def replay_band_map(target: PixelContract, files: Sequence[Path], sensor: str | None) -> BandFeed | None:
     """Which replay bands feed which model bands: each replay band the model band nearest it in wavelength
     (within 0.1 um), the others masked out; None when the replay images have the model's bands (in its order),
-    carry no description of theirs, or are grey. Read from the first readable image of more than one band."""
-    first = next((path for path in files if band_count(path) > 1), None)
-    if first is None:
+    carry no description of theirs, or are grey. Read from the first of ``files`` (the readable images of more
+    than one band)."""
+    if not files:
         return None
+    first = files[0]
     available = file_bands(first, sensor)
     described = any(b.kind != "unknown" for b in available)
     if len(available) == target.in_chans and (not described or not target.spectral):
@@ -358,14 +357,6 @@ def replay_band_map(target: PixelContract, files: Sequence[Path], sensor: str | 
         f"{band.name}={available[feed.read[f] - 1].name if f is not None else 'masked'}"
         for band, f in zip(target.spectral, feed.feeds)))
     return feed
-
-
-def band_count(path: Path) -> int:
-    """An image's band count from its header (0: unreadable)."""
-    try:
-        return image_info(path).bands
-    except ImageReadError:
-        return 0
 
 
 def load_teacher(config: PretrainConfig) -> tuple[VisionTransformer, PixelContract, list[int] | None]:
