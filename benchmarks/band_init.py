@@ -7,14 +7,18 @@ pretrains the natural-image tiny MAE (``cspt:mae-tiny-tinyimagenet``) with
 ``configs/pretrain/sentinel2_tiny_cpu.yaml`` and ``--sensor worldview3-4band``, one run per seed:
 
 - ``rgb``: ``--bands red green blue`` (the model stays RGB);
-- ``wavelength``, ``cyclic``, ``random``: all four bands, ``--band-init`` so.
+- ``wavelength``, ``cyclic``, ``random``: all four bands, ``--band-init`` so;
+- ``groups``: all four bands, ``--band-init wavelength`` and two spectral band groups (``--band-groups
+  blue,green,red nir1``, SatMAE style, each group masked on its own in training).
 
 Measured on the held-out tile's fixed crops and masks (pretraining's own held-out crops, seed-0 masks), before
 training (the adaptation alone) and after: the reconstruction error of the masked patches on red, green and
 blue, the bands every arm has (each band normalised per patch, so arms of 3 and 4 bands compare), and for the
-4-band arms on near-infrared; and pretraining's own held-out MAE loss (over the arm's bands: the 4-band arms
-compare with each other, not with ``rgb``). Prints each arm's mean and spread over seeds and the paired 95% interval of
-``wavelength`` minus each other arm. Usage (about 20 s per run on 2 cores):
+4-band arms on near-infrared; and pretraining's own held-out MAE loss (over the arm's bands: the ungrouped
+4-band arms compare with each other, not with ``rgb`` or ``groups``, whose loss normalises each group's patch
+apart). Every arm's errors are measured on the same masked locations (``groups``: both groups masked
+alike). Prints each arm's mean and spread over seeds and the paired 95% interval of ``wavelength`` minus
+each other arm. Usage (about 20 s per run on 2 cores):
 
     python benchmarks/band_init.py [--seeds 0 1 2 3 4] [--epochs 3] [--work DIR]
 """
@@ -47,7 +51,8 @@ from cspt.weights.load import load_checkpoint  # noqa: E402
 WHEEL = ROOT / ".cache" / "wheels" / "solaris-0.4.0-py3-none-any.whl"
 RECIPE = ROOT / "configs" / "pretrain" / "sentinel2_tiny_cpu.yaml"
 ARMS = {"rgb": {"bands": ["red", "green", "blue"]}, "wavelength": {"band_init": "wavelength"},
-        "cyclic": {"band_init": "cyclic"}, "random": {"band_init": "random"}}
+        "cyclic": {"band_init": "cyclic"}, "random": {"band_init": "random"},
+        "groups": {"band_init": "wavelength", "band_groups": ["blue,green,red", "nir1"]}}
 COLOURS, NIR = ("red", "green", "blue"), "nir1"
 
 
@@ -62,19 +67,30 @@ def unpack_tiles(folder: Path) -> tuple[Path, Path]:
 
 @torch.no_grad()
 def band_errors(model: MaskedAutoencoderViT, config: PretrainConfig, held: Path) -> dict[str, float]:
-    """Per band: the mean squared error of the masked patches, prediction and truth both normalised by the
-    true patch's own mean and std in that band."""
+    """Per band, over the masked patches (the same masked locations for every arm, band groups masked alike):
+    ``NAME``, the mean squared error with prediction and truth both normalised by the true patch's own mean
+    and std in that band; ``NAME shape``, the same with the prediction normalised by its own (2 x (1 - the
+    correlation), blind to a band's offset and gain). The reconstruction undoes the normalised-pixel target
+    with the true patch's statistics (as MAE pictures do): over all bands without groups, over a group's
+    bands with them, so a one-band group gets its band's offset and gain from the truth and only its
+    ``shape`` error compares with the ungrouped arms'."""
     contract = contract_of(config)
-    images, _, noise = fixed_crops(contract, [held], config.tile_size, config.img_size, model.arch.grid_size)
+    length = model.arch.grid_size**2
+    images, _, noise = fixed_crops(contract, [held], config.tile_size, config.img_size, length)
     model.eval()
+    model.group_masking = "shared"
     result = model.reconstruct(images, noise=noise)
+    mask = result.mask[:, :length]  # the first group's, which every group shares
     errors = {}
     for band, spec in enumerate(contract.spectral):
         truth = model.patchify(images[:, band : band + 1])
         guess = model.patchify(result.reconstruction[:, band : band + 1])
         mean, std = truth.mean(-1, keepdim=True), (truth.var(-1, keepdim=True) + 1e-6).sqrt()
         per_patch = (((guess - mean) / std - (truth - mean) / std) ** 2).mean(-1)
-        errors[spec.name] = float((per_patch * result.mask).sum() / result.mask.sum())
+        errors[spec.name] = float((per_patch * mask).sum() / mask.sum())
+        own = (guess - guess.mean(-1, keepdim=True)) / (guess.var(-1, keepdim=True) + 1e-6).sqrt()
+        per_patch = ((own - (truth - mean) / std) ** 2).mean(-1)
+        errors[f"{spec.name} shape"] = float((per_patch * mask).sum() / mask.sum())
     return errors
 
 
@@ -87,7 +103,8 @@ def run_arm(arm: str, seed: int, pool: Path, held: Path, epochs: int | None, wor
     torch.manual_seed(seed)
     before = band_errors(PretrainTask(config, load_checkpoint(config.init)).build_model(load_init=True), config,
                          held)
-    run_dir = Path(pretrain(config))
+    finished = Path(config.output) / "heldout.json"
+    run_dir = Path(config.output) if finished.is_file() else Path(pretrain(config))  # --work reuses finished runs
     state = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["model"]
     trained = PretrainTask(config).build_model(load_init=False)
     trained.load_state_dict(state)
@@ -111,25 +128,32 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="band_init_"))
     pool, held = unpack_tiles(work / "tiles")
     results = {arm: [run_arm(arm, seed, pool, held, args.epochs, work) for seed in args.seeds] for arm in ARMS}
-    print(f"\nheld-out reconstruction error of the masked patches (ms3), seeds {args.seeds}, mean ± std")
+    for suffix, what in (("", "error"), (" shape", "shape error (prediction normalised by its own statistics)")):
+        print_table(results, suffix, f"held-out reconstruction {what} of the masked patches (ms3), seeds "
+                                     f"{args.seeds}, mean ± std")
+
+
+def print_table(results: dict[str, list[dict]], suffix: str, title: str) -> None:
+    """One metric (band name + ``suffix``) per arm, before and after, and wavelength minus each other arm."""
+    print(f"\n{title}")
     print("| arm | RGB before | RGB after | NIR before | NIR after | MAE loss before | MAE loss after |\n"
           "|---|---|---|---|---|---|---|")
-    rgb = {arm: {when: [statistics.mean(r[when][c] for c in COLOURS) for r in runs] for when in ("before", "after")}
-           for arm, runs in results.items()}
+    nir = NIR + suffix
+    rgb = {arm: {when: [statistics.mean(r[when][c + suffix] for c in COLOURS) for r in runs]
+                 for when in ("before", "after")} for arm, runs in results.items()}
     for arm, runs in results.items():
         cells = [mean_and_spread(rgb[arm][when]) for when in ("before", "after")]
-        cells += [mean_and_spread([r[when][NIR] for r in runs]) if NIR in runs[0][when] else "-"
+        cells += [mean_and_spread([r[when][nir] for r in runs]) if nir in runs[0][when] else "-"
                   for when in ("before", "after")]
         cells += [mean_and_spread([r["mae"][when] for r in runs]) for when in ("before", "after")]
         print(f"| {arm} | {' | '.join(cells)} |")
     print("\nwavelength minus each arm, paired by seed (mean [95% interval]; negative: wavelength better)")
-    for arm in ARMS:
+    for arm in results:
         if arm != "wavelength":
             print(f"- {arm}: RGB before {paired(rgb['wavelength']['before'], rgb[arm]['before'])}, "
                   f"after {paired(rgb['wavelength']['after'], rgb[arm]['after'])}"
                   + ("" if arm == "rgb" else ", NIR after " + paired(
-                      [r["after"][NIR] for r in results["wavelength"]], [r["after"][NIR] for r in results[arm]])))
-
+                      [r["after"][nir] for r in results["wavelength"]], [r["after"][nir] for r in results[arm]])))
 
 if __name__ == "__main__":
     main()

@@ -44,7 +44,7 @@ def scene_losses(checkpoint: str | Path, scenes: list[Path], tile_size: int) -> 
     contract = checkpoint_contract(loaded, arch.in_chans)
     losses = []
     for scene in scenes:
-        images, valid, _ = fixed_crops(contract, [str(scene)], tile_size, arch.img_size, arch.grid_size, limit=64)
+        images, valid, _ = fixed_crops(contract, [str(scene)], tile_size, arch.img_size, arch.grid_size**2, limit=64)
         draws = torch.Generator().manual_seed(0)
         losses.append(statistics.mean(
             float(model(images, noise=torch.rand(len(images), arch.grid_size**2, generator=draws), valid=valid)[0])

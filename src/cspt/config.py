@@ -93,6 +93,11 @@ class EncoderConfig:
                                              "thermal above 3, SAR above 1000, e.g. 55465 for C-band)", nargs="+")
     band_gsd: list[float] | None = option(None, "ground sample distance per model band in metres (0: unknown)",
                                           nargs="+")
+    band_groups: list[str] | None = option(None, "spectral band groups (SatMAE): each group its own patch "
+                                           "embedding and token per location, with a learned group encoding; "
+                                           "each group its bands by name or number as --bands, comma-separated "
+                                           "(e.g. B02,B03,B04 B05,B06,B07 B11,B12); every model band in one group",
+                                           nargs="+")
     band_init: str = option("wavelength", "how an --init encoder with other bands gets its new patch-embedding "
                             "filters: wavelength (each band from the nearest RGB filters, their sum's spread "
                             "matched on the data; needs known wavelengths, else cyclic), cyclic (timm: the RGB "
@@ -124,6 +129,8 @@ class PretrainConfig(TrainConfig, EncoderConfig):
     decoder_depth: int | None = option(None, "decoder blocks (default 8)")
     decoder_num_heads: int | None = option(None, "decoder attention heads (default width/32)")
     mask_ratio: float = option(0.75, "fraction of patches masked")
+    group_masking: str = option("independent", "with --band-groups: mask each group's patches on its own, or the "
+                                "same locations in every group", choices=["independent", "shared"])
     norm_pix_loss: bool = option(True, "regress per-patch normalised pixels")
     min_scale: float = option(0.2, "RandomResizedCrop minimum area fraction")
     tile_size: int | None = option(None, "images larger than twice this are sampled as random "

@@ -96,20 +96,29 @@ def to_display(images: torch.Tensor, contract: PixelContract, order: Sequence[in
     return (pixels[:, order].permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
 
 
+def group_order(group: Sequence[int], contract: PixelContract) -> list[int]:
+    """The bands of a band group a picture shows as red, green and blue (grey for one or two)."""
+    spectral = [contract.spectral[b] for b in group] if contract.spectral else None
+    return [group[i] for i in display_order(spectral, len(group))[0]]
+
+
 def reconstruction_grid(model: MaskedAutoencoderViT, images: torch.Tensor, contract: PixelContract,
                         noise: torch.Tensor | None = None) -> Image.Image:
     """One row per image, four columns; masked patches shown at the band means (grey). Images of more than
     three bands are drawn in true or false colour (:func:`~cspt.data.bands.display_order`), and the first
-    image then again band by band, one grey row each."""
+    image then again band by band, one grey row each; a model with band groups draws the first image group
+    by group instead (each group's own masks; a group of three or more bands in colour)."""
     was_training = model.training
     model.eval()
     result = model.reconstruct(images, noise=noise)
     model.train(was_training)
     steps = (images, result.masked, result.reconstruction, result.pasted)
     columns = [to_display(t, contract) for t in steps]
-    if images.shape[1] > 3:
-        columns = [np.concatenate([colour] + [to_display(t[:1], contract, [band] * 3)
-                                              for band in range(images.shape[1])])
+    panels = [[band] * 3 for band in range(images.shape[1])] if images.shape[1] > 3 else []
+    if model.arch.band_groups:
+        panels = [group_order(group, contract) for group in model.arch.band_groups]
+    if panels:
+        columns = [np.concatenate([colour] + [to_display(t[:1], contract, order) for order in panels])
                    for colour, t in zip(columns, steps)]
     rows, height, width = columns[0].shape[0], images.shape[2], images.shape[3]
     canvas = np.full((rows * (height + GAP) - GAP, 4 * (width + GAP) - GAP, 3), 255, dtype=np.uint8)

@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 
 from cspt.data.bands import display_order  # noqa: E402
 from cspt.data.pixels import read_contract  # noqa: E402
+from cspt.engine.run_dir import saved_config  # noqa: E402
 from cspt.engine.run_log import read_log  # noqa: E402
 from cspt.errors import CsptError  # noqa: E402
 
@@ -105,7 +106,12 @@ def example_figures(run_dir: Path, kind: str) -> list[tuple[Path, str]]:
         figures = []
         contract = read_contract(run_dir)
         bands = ""
-        if contract is not None and contract.in_chans > 3:
+        groups = (saved_config(run_dir) or {}).get("band_groups")
+        if contract is not None and groups:
+            bands = f"; then the first image band group by band group ({'; '.join(groups)})"
+            if contract.in_chans > 3:
+                bands = f"; {display_order(contract.spectral, contract.in_chans)[1]}{bands}"
+        elif contract is not None and contract.in_chans > 3:
             names = [b.name for b in contract.spectral] if contract.spectral else range(1, contract.in_chans + 1)
             bands = (f"; {display_order(contract.spectral, contract.in_chans)[1]}, then the first image band by "
                      f"band ({', '.join(map(str, names))})")

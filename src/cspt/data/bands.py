@@ -172,6 +172,42 @@ def select(tokens: Sequence[str | int], available: Sequence[Band], path: Path) -
     return chosen
 
 
+def group_bands(groups: Sequence[str], numbers: Sequence[int], names: Sequence[str] | None
+                ) -> tuple[tuple[int, ...], ...]:
+    """``--band-groups`` (each group its bands by name or by number as in ``--bands``, comma-separated) as
+    0-based positions among the model's bands (file band ``numbers``, named ``names``); one-line errors for a
+    band the model does not take, or one left out or given twice."""
+    by_name = {name.lower(): i for i, name in enumerate(names or [])}
+    by_number = {number: i for i, number in enumerate(numbers)}
+    result = []
+    for group in groups:
+        positions = []
+        for token in filter(None, (t.strip() for t in str(group).split(","))):
+            if token.lower() in by_name:
+                positions.append(by_name[token.lower()])
+            elif re.fullmatch(r"\d+", token) and int(token) in by_number:
+                positions.append(by_number[int(token)])
+            else:
+                labels = " ".join(names or map(str, numbers))
+                raise CsptError(f"--band-groups: the model takes no band {token!r} (its bands: {labels})")
+        result.append(tuple(positions))
+    used = sorted(b for group in result for b in group)
+    if used != list(range(len(numbers))):
+        labels = list(names or map(str, numbers))
+        missing = [labels[i] for i in range(len(numbers)) if i not in used]
+        twice = sorted({labels[i] for i in used if used.count(i) > 1})
+        raise CsptError(f"--band-groups {' '.join(map(str, groups))}: every model band must be in exactly one group"
+                        + (f"; left out: {' '.join(missing)}" if missing else "")
+                        + (f"; given twice: {' '.join(twice)}" if twice else ""))
+    return tuple(result)
+
+
+def group_labels(groups: Sequence[Sequence[int]], numbers: Sequence[int], names: Sequence[str] | None) -> list[str]:
+    """Band groups (0-based model bands) as ``--band-groups`` values: names where known, else file numbers."""
+    labels = list(names) if names else [str(n) for n in numbers]
+    return [",".join(labels[b] for b in group) for group in groups]
+
+
 def given_bands(count: int, names: Sequence[str] | None, wavelengths: Sequence[float] | None,
                 gsd: Sequence[float] | None, found: Sequence[Band]) -> tuple[Band, ...]:
     """The selected bands' metadata: ``found`` (the file's, already selected) overridden by explicit flags."""

@@ -104,7 +104,7 @@ class UnlabelledImages(Dataset):
 
     def __init__(self, entries: Sequence[Entry], contract: PixelContract, img_size: int, patch_size: int,
                  tile_size: int, min_scale: float = 0.2, decode_on_device: bool = False,
-                 samples_per_epoch: int | None = None, sample_by: str = "area"):
+                 samples_per_epoch: int | None = None, sample_by: str = "area", noise_groups: int = 1):
         if not entries:
             raise CsptError("no readable images in the data given")
         self.entries = list(entries)
@@ -114,7 +114,8 @@ class UnlabelledImages(Dataset):
         self.weights = file_weights(self.entries) if sample_by == "files" else None
         self.contract = contract
         self.img_size = img_size
-        self.num_patches = (img_size // patch_size) ** 2
+        #: mask noise values a sample draws: the patches, once per independently masked band group
+        self.noise_length = (img_size // patch_size) ** 2 * noise_groups
         self.tile_size = tile_size
         self.min_scale = min_scale
         self.decode_on_device = (decode_on_device and contract.in_chans == 3 and contract.bands is None
@@ -153,7 +154,7 @@ class UnlabelledImages(Dataset):
         (pixels, redrawn), _, skipped = load_or_replace(lambda i: self.random_crop(self.entries[i], generator),
                                                         index, len(self.entries), generator)
         flip = bool(torch.rand(1, generator=generator) < 0.5)
-        noise = torch.rand(self.num_patches, generator=generator)
+        noise = torch.rand(self.noise_length, generator=generator)
         sample = {"noise": noise, "skipped": skipped, "nodata_windows": redrawn}
         if isinstance(pixels, EncodedCrop):
             return {**sample, "image": pixels, "flip": flip}

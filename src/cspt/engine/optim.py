@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-NO_DECAY_NAMES = ("cls_token", "pos_embed", "mask_token", "decoder_pos_embed", "dist_token", "reg_token")
+NO_DECAY_NAMES = ("cls_token", "pos_embed", "mask_token", "decoder_pos_embed", "dist_token", "reg_token", "group_embed",
+                  "decoder_group_embed")
 
 
 def adamw(groups: list[dict], betas: Sequence[float], fused: bool = True) -> torch.optim.AdamW:

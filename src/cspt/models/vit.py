@@ -8,12 +8,14 @@ timm names, so weights move between the three without renaming.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from typing import Any
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from cspt.errors import CsptError
+from cspt.models.band_groups import BandGroups, GroupedPatchEmbed, GroupedVisionTransformer, check_band_groups
 
 #: width, depth, heads of the standard ViT sizes (MAE decoders default to 512 x 8).
 VIT_PRESETS: dict[str, dict[str, int]] = {
@@ -39,6 +41,7 @@ class ArchConfig:
     decoder_dim: int = 512
     decoder_depth: int = 8
     decoder_num_heads: int = 16
+    band_groups: BandGroups | None = None  #: 0-based bands of each spectral group (SatMAE); None: one token per patch
 
     def __post_init__(self) -> None:
         if self.img_size % self.patch_size:
@@ -53,6 +56,16 @@ class ArchConfig:
                 raise CsptError(f"{name} {dim} is not divisible by {heads} attention heads")
         if self.in_chans < 1:
             raise CsptError(f"in_chans must be at least 1, got {self.in_chans}")
+        if self.band_groups is not None:
+            try:
+                object.__setattr__(self, "band_groups", check_band_groups(self.band_groups, self.in_chans))
+            except ValueError as error:
+                raise CsptError(str(error)) from None
+
+    @property
+    def num_groups(self) -> int:
+        """Tokens per patch location: the band groups, else 1."""
+        return len(self.band_groups) if self.band_groups else 1
 
     @property
     def grid_size(self) -> int:
@@ -60,7 +73,10 @@ class ArchConfig:
         return self.img_size // self.patch_size
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        values = asdict(self)
+        if self.band_groups is not None:  # lists, for JSON and YAML
+            values["band_groups"] = [list(group) for group in self.band_groups]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> "ArchConfig":
@@ -104,15 +120,21 @@ def build_encoder(arch: ArchConfig, learn_pos_embed: bool = False, **kwargs: Any
     pretraining, frozen-feature probes). Extra keyword arguments go to timm
     (``num_classes``, ``global_pool``, ``drop_path_rate``).
     """
-    encoder = VisionTransformer(**vit_kwargs(arch, **kwargs))
+    if arch.band_groups:
+        encoder = GroupedVisionTransformer(band_groups=arch.band_groups, **vit_kwargs(arch, **kwargs))
+    else:
+        encoder = VisionTransformer(**vit_kwargs(arch, **kwargs))
     set_sincos_pos_embed(encoder.pos_embed, arch.grid_size)
     encoder.pos_embed.requires_grad_(learn_pos_embed)
     return encoder
 
 
 def vit_kwargs(arch: ArchConfig, **overrides: Any) -> dict:
-    """timm ``VisionTransformer`` arguments for ``arch`` (no classifier head by default)."""
+    """timm ``VisionTransformer`` arguments for ``arch`` (no classifier head by default; band groups embed
+    each group on its own)."""
+    grouped = {"embed_layer": partial(GroupedPatchEmbed, band_groups=arch.band_groups)} if arch.band_groups else {}
     return {
+        **grouped,
         "img_size": arch.img_size,
         "patch_size": arch.patch_size,
         "in_chans": arch.in_chans,
@@ -134,7 +156,7 @@ def vit_layer_id(name: str, depth: int) -> int:
     block ``i``; ``depth + 1``: whatever sits above the blocks (final norm, pooling norm,
     head), as in BEiT and MAE fine-tuning.
     """
-    if name.startswith(("patch_embed.", "cls_token", "pos_embed", "reg_token", "dist_token")):
+    if name.startswith(("patch_embed.", "cls_token", "pos_embed", "group_embed", "reg_token", "dist_token")):
         return 0
     if name.startswith("blocks."):
         return int(name.split(".")[1]) + 1

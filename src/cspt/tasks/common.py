@@ -18,7 +18,17 @@ from torch import Tensor, nn
 
 from cspt.config import EncoderConfig, PyramidConfig, TrainConfig, save_config
 from cspt.data.aoi import SceneArea, scene_area
-from cspt.data.bands import NATURAL_RGB, Band, BandFeed, file_bands, given_bands, is_radar, sensor_bands
+from cspt.data.bands import (
+    NATURAL_RGB,
+    Band,
+    BandFeed,
+    file_bands,
+    given_bands,
+    group_bands,
+    group_labels,
+    is_radar,
+    sensor_bands,
+)
 from cspt.data.bands import describe as describe_bands
 from cspt.data.bands import select as select_bands
 from cspt.data.georaster import georeference_of
@@ -68,12 +78,14 @@ def resolved_encoder_fields(config: EncoderConfig, init: Checkpoint | None,
     files = functools.cache(data_files)
     recorded = recorded_contract(init) if init is not None else None
     numbers, available = selected_bands(config, files)
-    explicit = {k: getattr(config, k, None) for k in ARCH_KEYS}
+    explicit = {k: getattr(config, k, None) for k in ARCH_KEYS if k != "band_groups"}  # names: resolved below
     if numbers or (config.sensor and available):  # the model takes the bands named
         explicit["in_chans"] = explicit["in_chans"] or len(numbers or available)
-    arch = resolve_arch(explicit, config.model, init.arch if init else {})
+    inferred = dict(init.arch) if init else {}
+    init_groups = inferred.pop("band_groups", None)  # kept below where they still fit the model's bands
+    arch = resolve_arch(explicit, config.model, inferred)
     names = {f.name for f in dataclasses.fields(config)}
-    fields = {k: v for k, v in arch.to_dict().items() if k in names}
+    fields = {k: v for k, v in arch.to_dict().items() if k in names and k != "band_groups"}
     recorded_stats = (recorded.mean, recorded.std) if recorded is not None else None
     fields["mean"], fields["std"] = resolve_normalisation(config.mean, config.std, arch.in_chans,
                                                           recorded_stats, init.path if init else None)
@@ -92,6 +104,7 @@ def resolved_encoder_fields(config: EncoderConfig, init: Checkpoint | None,
         fields["wavelengths"] = [b.wavelength for b in spectral]
         fields["band_gsd"] = [b.gsd for b in spectral]
         log.info("bands: %s", describe_bands(spectral))
+    fields["band_groups"] = resolved_band_groups(config, arch.in_chans, numbers, spectral, init, init_groups)
     if recorded is not None and decibels is None and recorded.decibels and (spectral is None or is_radar(spectral)):
         decibels = fields["decibels"] = recorded.decibels
         log.info("decibels: %s values, as %s recorded", decibels, init.path)
@@ -105,6 +118,27 @@ def resolved_encoder_fields(config: EncoderConfig, init: Checkpoint | None,
         log.info("scaling: %s", scaling.describe(data_type(files())))
         fields["scale_low"], fields["scale_high"] = scaling.low, scaling.high
     return fields
+
+
+def resolved_band_groups(config: EncoderConfig, in_chans: int, numbers: Sequence[int],
+                         spectral: Sequence[Band] | None, init: Checkpoint | None,
+                         init_groups: Sequence[Sequence[int]] | None) -> list[str] | None:
+    """``--band-groups`` checked against the model's bands, else the groups of an ``--init`` encoder that had
+    them (as names where known) when the model has as many bands; None without groups."""
+    model_numbers = list(numbers) or list(range(1, in_chans + 1))
+    names = [b.name for b in spectral] if spectral else None
+    if config.band_groups:
+        group_bands(config.band_groups, model_numbers, names)
+        return list(config.band_groups)
+    if not init_groups:
+        return None
+    if sum(map(len, init_groups)) != in_chans:
+        log.warning("band groups: %s has %d, the model takes %d bands: no groups (--band-groups to give some)",
+                    init.path if init else "--init", sum(map(len, init_groups)), in_chans)
+        return None
+    groups = group_labels(init_groups, model_numbers, names)
+    log.info("band groups: %s, as %s recorded", " ".join(groups), init.path if init else "--init")
+    return groups
 
 
 def selected_bands(config: EncoderConfig, files: Callable[[], list[Path]]) -> tuple[list[int], tuple[Band, ...]]:
@@ -300,8 +334,13 @@ def resolved_taps(config: PyramidConfig) -> list[int]:
 
 
 def arch_of(config: EncoderConfig) -> ArchConfig:
-    """The architecture a resolved config describes (decoder fields default when absent)."""
-    return ArchConfig.from_dict(dataclasses.asdict(config))
+    """The architecture a resolved config describes (decoder fields default when absent; band groups as 0-based
+    model bands)."""
+    values = dataclasses.asdict(config)
+    if config.band_groups:
+        numbers = [int(b) for b in config.bands] if config.bands else list(range(1, (config.in_chans or 0) + 1))
+        values["band_groups"] = group_bands(config.band_groups, numbers, config.band_names)
+    return ArchConfig.from_dict(values)
 
 
 def load_init_weights(model: nn.Module, config: EncoderConfig, init: Checkpoint | None,
@@ -327,10 +366,16 @@ def load_init_weights(model: nn.Module, config: EncoderConfig, init: Checkpoint 
             report.adapted.append("patch embedding not scaled: no training image to measure on")
         else:
             weight = model.get_parameter("patch_embed.proj.weight")
-            scale = matched_scale(init.state_dict["patch_embed.proj.weight"], weight, report.band_plan, crops)
-            weight.data.mul_(scale)
-            report.adapted.append(f"patch embedding scaled by {scale:.4f}: its tokens on {len(crops)} training "
-                                  "crops spread as the source filters' on their counterpart bands")
+            groups = arch_of(config).band_groups or (tuple(range(weight.shape[1])),)
+            scales = []
+            for group in groups:  # each band group's tokens come from its own bands' filters
+                scale = matched_scale(init.state_dict["patch_embed.proj.weight"], weight, report.band_plan, crops,
+                                      group)
+                weight.data[:, list(group)] *= scale
+                scales.append(f"{scale:.4f}")
+            report.adapted.append(f"patch embedding scaled by {', '.join(scales)}"
+                                  f"{' (per band group)' if len(groups) > 1 else ''}: its tokens on {len(crops)} "
+                                  "training crops spread as the source filters' on their counterpart bands")
     for line in report.lines():
         log.info("init: %s", line)
 

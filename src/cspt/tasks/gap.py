@@ -105,7 +105,7 @@ def encode(model: MaskedAutoencoderViT, data: LabelledImages, device: torch.devi
             continue
         features.append(pooled_features(model, images).float().cpu())
         if with_loss:
-            noise = torch.rand(len(images), model.patch_embed.num_patches, generator=generator)
+            noise = torch.rand(len(images), model.mask_noise_length, generator=generator)
             valid = batch["valid"].to(device)  # pixels without data are not scored, as in pretraining
             total += float(model(images, noise=noise.to(device), valid=valid)[0]) * len(images)
             count += len(images)

@@ -36,7 +36,7 @@ from cspt.data.windows import window_starts
 from cspt.engine.trainer import Task, Trainer
 from cspt.errors import CsptError
 from cspt.models.distill import TeacherGuidedMAE, teacher_tokens
-from cspt.models.mae import DECODER_PREFIXES, MaskedAutoencoderViT, masking_order
+from cspt.models.mae import DECODER_PREFIXES, MaskedAutoencoderViT, mask_noise_length, masking_order, noise_groups
 from cspt.models.vit import build_encoder, resolve_arch
 from cspt.plots import reconstruction_grid, save_grid
 from cspt.tasks.common import (
@@ -78,21 +78,24 @@ def resolve_config(config: PretrainConfig, init: Checkpoint | None = None) -> Pr
         init = load_checkpoint(config.distill_from, config.trust_checkpoint)
         log.info("architecture and normalisation of the fresh student: the teacher's, %s", config.distill_from)
     fields = resolved_encoder_fields(config, init, images_in(list(config.data)))
+    if config.distill_from and fields["band_groups"]:
+        raise CsptError("--band-groups with --distill-from is not supported: the teacher's tokens are one per patch")
     return dataclasses.replace(config, **fields, tile_size=config.tile_size or 4 * fields["img_size"])
 
 
-def with_masking_order(collate_fn: Callable[[list[dict]], dict], samples: list[dict]) -> dict:
-    """The batch, with its masking order sorted in the loader, off the training device's critical path."""
+def with_masking_order(collate_fn: Callable[[list[dict]], dict], groups: int, samples: list[dict]) -> dict:
+    """The batch, with its masking order (``groups`` blocks of noise each sorted on its own) sorted in the
+    loader, off the training device's critical path."""
     batch = collate_fn(samples)
-    return {**batch, "ids_shuffle": masking_order(batch["noise"])}
+    return {**batch, "ids_shuffle": masking_order(batch["noise"], groups)}
 
 
 def fixed_crops(contract: PixelContract, sources: Sequence[str | Path], tile_size: int, img_size: int,
-                grid_size: int, limit: int = HELDOUT_IMAGES) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                noise_length: int, limit: int = HELDOUT_IMAGES) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The crops pretraining measures its MAE loss on: a regular grid of windows half a tile wide (the scale of
     a training crop) over every image of ``sources``, at most ``limit`` of them spread evenly, each resized to
-    ``img_size`` and normalised; their valid masks, and fixed mask noise (``grid_size`` x ``grid_size``
-    patches, seed 0), so every measurement sees the same crops and masks."""
+    ``img_size`` and normalised; their valid masks, and fixed mask noise (``noise_length`` values a crop, the
+    model's ``mask_noise_length``; seed 0), so every measurement sees the same crops and masks."""
     side = tile_size // 2
     boxes = []
     for path in find_images(list(sources)):
@@ -103,7 +106,7 @@ def fixed_crops(contract: PixelContract, sources: Sequence[str | Path], tile_siz
     chosen = [boxes[round(i * len(boxes) / min(len(boxes), limit))] for i in range(min(len(boxes), limit))]
     crops = [contract.read(path, box).resized([img_size, img_size]) for path, box in chosen]
     images = torch.stack([contract.normalise(crop) for crop in crops])
-    noise = torch.rand(len(images), grid_size**2, generator=torch.Generator().manual_seed(0))
+    noise = torch.rand(len(images), noise_length, generator=torch.Generator().manual_seed(0))
     return images, torch.stack([crop.valid for crop in crops]), noise
 
 
@@ -119,6 +122,7 @@ class PretrainTask(Task):
         self.teacher: VisionTransformer | None = None  #: the frozen --distill-from encoder (never saved)
         self.teacher_contract: PixelContract | None = None  #: how the teacher's inputs are normalised
         self.teacher_bands: list[int] | None = None  #: the student's bands the teacher sees (None: all)
+        self.noise_groups = noise_groups(self.arch, config.group_masking)  #: blocks of mask noise a sample draws
 
     def build_model(self, load_init: bool) -> nn.Module:
         cfg = self.config
@@ -127,7 +131,7 @@ class PretrainTask(Task):
             model = TeacherGuidedMAE(self.arch, self.teacher.embed_dim, cfg.mask_ratio, cfg.norm_pix_loss,
                                      cfg.distill_target, cfg.distill_block, cfg.distill_loss, cfg.distill_weight)
         else:
-            model = MaskedAutoencoderViT(self.arch, cfg.mask_ratio, cfg.norm_pix_loss)
+            model = MaskedAutoencoderViT(self.arch, cfg.mask_ratio, cfg.norm_pix_loss, cfg.group_masking)
         if load_init:
             load_init_weights(model, self.config, self.init, data_files=images_in(list(self.config.data)))
         self.init = None
@@ -150,14 +154,16 @@ class PretrainTask(Task):
                             self.dist.is_main)
         on_device = cfg.decode_on == "device"
         self.dataset = UnlabelledImages(scan.entries, self.contract, cfg.img_size, cfg.patch_size, cfg.tile_size,
-                                        cfg.min_scale, on_device, cfg.samples_per_epoch, cfg.sample_by)
+                                        cfg.min_scale, on_device, cfg.samples_per_epoch, cfg.sample_by,
+                                        self.noise_groups)
         self.files = files
         dataset = self.with_replay(self.dataset) if cfg.replay else self.dataset
         if on_device and not self.dataset.decode_on_device:
             log.info("--decode-on device: only 3-band JPEGs read with every band decode on the device; these "
                      "images load as before")
         return dataset, functools.partial(with_masking_order,
-                                          collate_for_device if self.dataset.decode_on_device else collate)
+                                          collate_for_device if self.dataset.decode_on_device else collate,
+                                          self.noise_groups)
 
     def with_replay(self, target: UnlabelledImages) -> ReplayMix:
         """The target images with ``--replay-fraction`` of the samples drawn from ``--replay`` instead, each
@@ -183,7 +189,7 @@ class PretrainTask(Task):
         log.info("replay: %d source samples, %.0f%% of every batch on average; pixels: %s", len(scan.entries),
                  100 * cfg.replay_fraction, contract.describe())
         source = UnlabelledImages(scan.entries, contract, cfg.img_size, cfg.patch_size, cfg.tile_size,
-                                  cfg.min_scale, target.decode_on_device)
+                                  cfg.min_scale, target.decode_on_device, noise_groups=self.noise_groups)
         return ReplayMix(target, source, cfg.replay_fraction, feed.feeds if feed else None)
 
     def training_step(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
@@ -229,7 +235,7 @@ class PretrainTask(Task):
 
     def _write_reconstructions(self, model: MaskedAutoencoderViT, name: str, run_dir: Path) -> None:
         images, _ = evaluation_images(self.dataset, VIS_IMAGES)
-        noise = torch.rand(len(images), self.dataset.num_patches, generator=torch.Generator().manual_seed(0))
+        noise = torch.rand(len(images), self.dataset.noise_length, generator=torch.Generator().manual_seed(0))
         device = next(model.parameters()).device
         grid = reconstruction_grid(model, images.to(device), self.contract, noise.to(device))
         save_grid(grid, run_dir / "reconstructions" / f"{name}.png")
@@ -238,7 +244,8 @@ class PretrainTask(Task):
     def measured_crops(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """The held-out crops (``--eval-data``), and crops of the pool by the same rule for comparison."""
         cfg = self.config
-        return {name: fixed_crops(self.contract, sources, cfg.tile_size, cfg.img_size, self.arch.grid_size)
+        return {name: fixed_crops(self.contract, sources, cfg.tile_size, cfg.img_size,
+                                  mask_noise_length(self.arch, cfg.group_masking))
                 for name, sources in (("heldout", cfg.eval_data), ("pool", cfg.data))}
 
     @torch.no_grad()

@@ -32,5 +32,5 @@ def visualize_checkpoint(checkpoint: str | Path, images: Sequence[str], output: 
     scan = scan_images(find_images(list(images)), 4 * arch.img_size)
     dataset = UnlabelledImages(scan.entries, contract, arch.img_size, arch.patch_size, 4 * arch.img_size)
     batch, _ = evaluation_images(dataset, count)
-    noise = torch.rand(len(batch), dataset.num_patches, generator=torch.Generator().manual_seed(seed))
+    noise = torch.rand(len(batch), model.mask_noise_length, generator=torch.Generator().manual_seed(seed))
     return save_grid(reconstruction_grid(model, batch, contract, noise), output)

@@ -133,10 +133,11 @@ def adapt_prediction(weight: torch.Tensor, bias: torch.Tensor, plan: BandPlan, f
 
 @torch.no_grad()
 def matched_scale(source_weight: torch.Tensor, adapted_weight: torch.Tensor, plan: BandPlan,
-                  images: torch.Tensor) -> float:
+                  images: torch.Tensor, bands: Sequence[int] | None = None) -> float:
     """The factor that gives the adapted filters' tokens on ``images`` (normalised target crops, ``(B, target,
     H, W)``) the spread of the source filters' tokens on the same crops seen as the source's bands: each
-    source band its claimed target band, an unclaimed one the mean of the target bands.
+    source band its claimed target band, an unclaimed one the mean of the target bands. With ``bands`` (a
+    spectral band group), the tokens of those bands' filters alone.
 
     1 when the target bands beyond the claimed ones are zero: the tokens are then the source model's. Kept
     within ``SCALE_RANGE``; 1 where crops without spread cannot say (constant or empty crops)."""
@@ -145,6 +146,7 @@ def matched_scale(source_weight: torch.Tensor, adapted_weight: torch.Tensor, pla
     seen = torch.stack([images[:, plan.claimed[s]] if s in plan.claimed else counterpart
                         for s in range(source_weight.shape[1])], 1)
     reference = F.conv2d(seen.float(), source_weight.float(), stride=patch)
-    adapted = F.conv2d(images.float(), adapted_weight.float(), stride=patch)
+    chosen = list(bands) if bands is not None else list(range(images.shape[1]))
+    adapted = F.conv2d(images[:, chosen].float(), adapted_weight[:, chosen].float(), stride=patch)
     ratio = float((reference.var(dim=(0, 2, 3)).mean() / adapted.var(dim=(0, 2, 3)).mean()).sqrt())
     return min(max(ratio, SCALE_RANGE[0]), SCALE_RANGE[1]) if math.isfinite(ratio) and ratio > 0 else 1.0

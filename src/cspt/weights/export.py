@@ -114,6 +114,9 @@ def export_hugging_face(checkpoint: Checkpoint, arch: ArchConfig, folder: Path, 
     if not checkpoint.has_decoder:
         raise CsptError(f"{checkpoint.path}: has no MAE decoder, which ViTMAEForPreTraining needs; "
                         "use --to timm for the encoder")
+    if arch.band_groups:
+        raise CsptError(f"{checkpoint.path}: has spectral band groups, which ViTMAEForPreTraining cannot hold; "
+                        "use --to timm (cspt reads the groups from its description)")
     config = ViTMAEConfig(
         hidden_size=arch.embed_dim, num_hidden_layers=arch.depth, num_attention_heads=arch.num_heads,
         intermediate_size=int(arch.embed_dim * arch.mlp_ratio), image_size=arch.img_size,

@@ -25,7 +25,7 @@ from safetensors.torch import load_file as load_safetensors
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-from cspt.data.bands import Band
+from cspt.data.bands import Band, group_bands
 from cspt.errors import CsptError
 from cspt.models.mae import DECODER_PREFIXES
 from cspt.models.vit import VIT_PRESETS, sincos_pos_embed
@@ -109,7 +109,22 @@ class Checkpoint:
         for name, value in heads.items():
             if name != "decoder_num_heads" or "decoder_dim" in arch:
                 arch[name] = value
+        if "group_embed" in self.state_dict:
+            arch["band_groups"] = self.band_groups(arch["in_chans"])
         return arch
+
+    def band_groups(self, in_chans: int) -> list[list[int]]:
+        """The spectral band groups (0-based bands) of an encoder with group tokens, as its description or its
+        stored config records them; a one-line error when neither does."""
+        recorded = (self.described.get("architecture") or {}).get("band_groups")
+        if recorded:
+            return recorded
+        config = self.declared
+        if config.get("band_groups"):
+            numbers = [int(b) for b in config.get("bands") or []] or list(range(1, in_chans + 1))
+            return [list(group) for group in group_bands(config["band_groups"], numbers, config.get("band_names"))]
+        raise CsptError(f"{self.path}: has band-group tokens (group_embed) but no record of which bands form the "
+                        "groups (its description or config)")
 
     @property
     def heads_note(self) -> str:
