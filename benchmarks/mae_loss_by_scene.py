@@ -38,16 +38,18 @@ def scene_losses(checkpoint: str | Path, scenes: list[Path], tile_size: int) -> 
     """The MAE loss of ``checkpoint`` on each scene's fixed crops (mean over ``MASK_DRAWS`` mask draws)."""
     loaded = load_checkpoint(checkpoint)
     arch = resolve_arch({}, None, loaded.arch)
-    model = MaskedAutoencoderViT(arch)
+    model = MaskedAutoencoderViT(arch, group_masking=loaded.group_masking)
     load_into_model(model, loaded)
     model.eval()
     contract = checkpoint_contract(loaded, arch.in_chans)
     losses = []
     for scene in scenes:
-        images, valid, _ = fixed_crops(contract, [str(scene)], tile_size, arch.img_size, arch.grid_size**2, limit=64)
+        images, valid, _ = fixed_crops(contract, [str(scene)], tile_size, arch.img_size, model.mask_noise_length,
+                                       limit=64)
         draws = torch.Generator().manual_seed(0)
         losses.append(statistics.mean(
-            float(model(images, noise=torch.rand(len(images), arch.grid_size**2, generator=draws), valid=valid)[0])
+            float(model(images, noise=torch.rand(len(images), model.mask_noise_length, generator=draws),
+                        valid=valid)[0])
             for _ in range(MASK_DRAWS)))
     return losses
 

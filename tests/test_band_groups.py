@@ -12,15 +12,18 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
 from cspt.config import ClassifyConfig, PretrainConfig, build_config
-from cspt.data.bands import SENSORS, group_bands
+from cspt.data.bands import SENSORS, group_bands, group_labels
 from cspt.data.pixels import PixelContract
 from cspt.errors import CsptError
 from cspt.models.band_groups import GroupedVisionTransformer
+from cspt.models.classifier import pooled_features
 from cspt.models.mae import MaskedAutoencoderViT
 from cspt.models.pyramid import ViTFeaturePyramid
 from cspt.models.vit import ArchConfig, build_encoder
 from cspt.plots import group_order, reconstruction_grid
 from cspt.tasks.classify import finetune_classify
+from cspt.tasks.classify import resolve_config as resolve_classify
+from cspt.tasks.common import arch_of, load_init_weights
 from cspt.tasks.pretrain import PretrainTask, pretrain, resolve_config
 from cspt.weights.load import load_checkpoint
 from tests.conftest import TINY_ARCH, run_cli, write_geotiff
@@ -133,6 +136,9 @@ def test_band_groups_by_name_or_number_and_mistakes_in_one_line():
     names = ["blue", "green", "red", "nir1"]
     assert group_bands(["blue,green,red", "nir1"], [1, 2, 3, 4], names) == ((0, 1, 2), (3,))
     assert group_bands(["3,2", "4"], [4, 3, 2], None) == ((1, 2), (0,))  # numbers as in --bands: file bands
+    # bands named after their position ("1", "2"... when nothing names them): a number is still a file band
+    assert group_bands(["8,2", "4,3"], [8, 4, 3, 2], ["1", "2", "3", "4"]) == ((0, 3), (1, 2))
+    assert group_labels(((0, 3), (1, 2)), [8, 4, 3, 2], ["1", "2", "3", "4"]) == ["8,2", "4,3"]
     for groups, message in ((["blue,green", "nir1"], "left out: red"), (["blue,green,red,nir1", "red"],
                                                                           "given twice: red"),
                             (["blue,green,red", "swir"], "no band 'swir'")):
@@ -181,6 +187,16 @@ def test_a_grouped_run_pretrains_from_the_rgb_mae_resumes_and_fine_tunes_with_it
     run_dir = Path(finetune_classify(classify))
     assert (run_dir / "classifier.safetensors").is_file()
     assert "- blue,green,red" in (run_dir / "config.yaml").read_text()
+    # the same bands in another order: the recorded groups no longer say which bands they hold, so none
+    encoder = load_checkpoint(run / "encoder.safetensors")
+    reordered = resolve_classify(dataclasses.replace(classify, bands=["4", "3", "2", "1"]), encoder)
+    assert reordered.band_groups is None and reordered.band_names == ["nir1", "red", "green", "blue"]
+    # regrouped: the source's group encodings are not carried onto other groups, nor is a grouped source rescaled
+    regrouped = resolve_classify(dataclasses.replace(classify, band_groups=["blue", "green,red,nir1"]), encoder)
+    model = build_encoder(arch_of(regrouped))
+    load_init_weights(model, regrouped, encoder, data_files=lambda: sorted(data.rglob("*.tif")))
+    assert torch.equal(model.group_embed, torch.zeros_like(model.group_embed))
+    assert torch.equal(model.patch_embed.proj.weight, encoder.state_dict["patch_embed.proj.weight"].float())
 
 
 def test_grouped_pyramids_average_each_locations_group_tokens():
@@ -197,6 +213,17 @@ def test_grouped_pyramids_average_each_locations_group_tokens():
     assert torch.allclose(tokens, expected, atol=1e-6)
     pyramid = ViTFeaturePyramid(build_encoder(GROUPED), taps=[0, 1, 1, 1])
     assert [tuple(m.shape[-2:]) for m in pyramid(images)] == [(16, 16), (8, 8), (4, 4), (2, 2)]
+
+
+def test_a_grouped_mae_gives_pooled_features_and_refuses_noise_of_another_masking():
+    _, grouped = twin(FOUR, [[0, 1, 2], [3]])
+    images = torch.randn(2, 4, 32, 32)
+    assert pooled_features(grouped, images).shape == (2, 64)  # --probe-every and cspt gap use it
+    encoder = build_encoder(GROUPED)
+    encoder.load_state_dict(grouped.encoder_state_dict())
+    assert torch.allclose(pooled_features(grouped, images), pooled_features(encoder, images), atol=1e-5)
+    with pytest.raises(CsptError, match="mask noise of 16 values"):
+        grouped(images, noise=torch.rand(2, 16))  # independent masking takes a block of noise per group
 
 
 def test_band_groups_refuse_what_they_cannot_do_in_one_line(tmp_path):

@@ -175,18 +175,19 @@ def select(tokens: Sequence[str | int], available: Sequence[Band], path: Path) -
 def group_bands(groups: Sequence[str], numbers: Sequence[int], names: Sequence[str] | None
                 ) -> tuple[tuple[int, ...], ...]:
     """``--band-groups`` (each group its bands by name or by number as in ``--bands``, comma-separated) as
-    0-based positions among the model's bands (file band ``numbers``, named ``names``); one-line errors for a
-    band the model does not take, or one left out or given twice."""
+    0-based positions among the model's bands (file band ``numbers``, named ``names``); a token of digits is a
+    file band number, as in ``--bands``. One-line errors for a band the model does not take, or one left out
+    or given twice."""
     by_name = {name.lower(): i for i, name in enumerate(names or [])}
     by_number = {number: i for i, number in enumerate(numbers)}
     result = []
     for group in groups:
         positions = []
         for token in filter(None, (t.strip() for t in str(group).split(","))):
-            if token.lower() in by_name:
-                positions.append(by_name[token.lower()])
-            elif re.fullmatch(r"\d+", token) and int(token) in by_number:
+            if re.fullmatch(r"\d+", token) and int(token) in by_number:
                 positions.append(by_number[int(token)])
+            elif not re.fullmatch(r"\d+", token) and token.lower() in by_name:
+                positions.append(by_name[token.lower()])
             else:
                 labels = " ".join(names or map(str, numbers))
                 raise CsptError(f"--band-groups: the model takes no band {token!r} (its bands: {labels})")
@@ -203,8 +204,10 @@ def group_bands(groups: Sequence[str], numbers: Sequence[int], names: Sequence[s
 
 
 def group_labels(groups: Sequence[Sequence[int]], numbers: Sequence[int], names: Sequence[str] | None) -> list[str]:
-    """Band groups (0-based model bands) as ``--band-groups`` values: names where known, else file numbers."""
-    labels = list(names) if names else [str(n) for n in numbers]
+    """Band groups (0-based model bands) as ``--band-groups`` values: names where known (none of digits only),
+    else file numbers."""
+    named = names and not any(re.fullmatch(r"\d+", name) for name in names)
+    labels = list(names) if named else [str(n) for n in numbers]
     return [",".join(labels[b] for b in group) for group in groups]
 
 

@@ -35,12 +35,6 @@ def check_band_groups(groups: Sequence[Sequence[int]], in_chans: int) -> BandGro
     return groups
 
 
-def group_rows(groups: BandGroups, in_chans: int, pixels: int) -> list[torch.Tensor]:
-    """Per group, the positions of its values in a patchified patch (``pixels`` pixels, bands last)."""
-    return [torch.tensor([pixel * in_chans + band for pixel in range(pixels) for band in group])
-            for group in groups]
-
-
 def tile_per_group(per_location: torch.Tensor, group_embed: torch.Tensor | None) -> torch.Tensor:
     """``(1, L, D)`` values of each location for every group's tokens, ``(1, G * L, D)``, plus each group's
     encoding ``(1, G, D)`` (None: one group, nothing added)."""
@@ -48,6 +42,14 @@ def tile_per_group(per_location: torch.Tensor, group_embed: torch.Tensor | None)
         return per_location
     groups, length = group_embed.shape[1], per_location.shape[1]
     return per_location.repeat(1, groups, 1) + group_embed.repeat_interleave(length, dim=1)
+
+
+def grouped_pos_embed(vit: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
+    """timm's ``_pos_embed`` for band-group tokens ``(B, G * L, D)`` of a ViT with a ``group_embed``: the cls
+    token first, every token its location's position plus its group's encoding."""
+    positions = tile_per_group(vit.pos_embed[:, vit.num_prefix_tokens:], vit.group_embed)
+    cls = (vit.cls_token + vit.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+    return vit.pos_drop(torch.cat([cls, x + positions], dim=1))
 
 
 class GroupedPatchEmbed(PatchEmbed):
@@ -58,6 +60,8 @@ class GroupedPatchEmbed(PatchEmbed):
         self.band_groups = band_groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.img_size is not None and tuple(x.shape[-2:]) != tuple(self.img_size):
+            raise ValueError(f"input images are {tuple(x.shape[-2:])}, the model expects {tuple(self.img_size)}")
         weight, bias, stride = self.proj.weight, self.proj.bias, self.proj.stride
         return torch.cat([F.conv2d(x[:, list(group)], weight[:, list(group)], bias, stride).flatten(2).transpose(1, 2)
                           for group in self.band_groups], dim=1)
@@ -74,9 +78,7 @@ class GroupedVisionTransformer(VisionTransformer):
         self.group_embed = nn.Parameter(torch.zeros(1, len(band_groups), self.embed_dim))
 
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
-        positions = tile_per_group(self.pos_embed[:, self.num_prefix_tokens:], self.group_embed)
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
-        return self.pos_drop(torch.cat([cls, x + positions], dim=1))
+        return grouped_pos_embed(self, x)
 
     def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
                               output_fmt: str = "NCHW", intermediates_only: bool = False, **kwargs: Any) -> Any:

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cspt.errors import CsptError
-from cspt.models.band_groups import tile_per_group
+from cspt.models.band_groups import grouped_pos_embed, tile_per_group
 from cspt.models.vit import ArchConfig, set_sincos_pos_embed, vit_kwargs
 
 DECODER_PREFIXES = ("mask_token", "decoder_")
@@ -75,11 +75,17 @@ class MaskedAutoencoderViT(VisionTransformer):
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
         self.group_masking = group_masking
-        groups = arch.band_groups or (tuple(range(arch.in_chans)),)
-        band_group = [next(g for g, group in enumerate(groups) if band in group) for band in range(arch.in_chans)]
-        #: the band group of each value of a patchified patch (pixels x bands, bands last)
-        self.register_buffer("value_group", torch.tensor(band_group * arch.patch_size**2), persistent=False)
         grouped = arch.band_groups is not None
+        if grouped:
+            band_group = torch.tensor([next(g for g, group in enumerate(arch.band_groups) if band in group)
+                                       for band in range(arch.in_chans)])
+            #: (C, G): 1 where a band belongs to a group
+            self.register_buffer("band_onehot", F.one_hot(band_group, arch.num_groups).float(), persistent=False)
+            value_group = band_group.repeat(arch.patch_size**2)  # of each value of a patchified patch
+            #: the values of a patchified patch ordered group by group, and the permutation back
+            self.register_buffer("value_order", value_group.argsort(stable=True), persistent=False)
+            self.register_buffer("value_restore", self.value_order.argsort(), persistent=False)
+            self.group_values = [len(group) * arch.patch_size**2 for group in arch.band_groups]
         self.group_embed = nn.Parameter(torch.zeros(1, arch.num_groups, arch.embed_dim)) if grouped else None
         num_patches = arch.grid_size**2
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
@@ -122,6 +128,10 @@ class MaskedAutoencoderViT(VisionTransformer):
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """timm's, or with band groups their tiled positions and encodings (for ``forward_features``)."""
+        return super()._pos_embed(x) if self.group_embed is None else grouped_pos_embed(self, x)
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         """The encoder's weights under plain timm ViT names (no decoder, no mask token)."""
@@ -166,6 +176,9 @@ class MaskedAutoencoderViT(VisionTransformer):
             if noise is None:
                 noise = torch.rand(batch, self.mask_noise_length, device=device)
             ids_shuffle = masking_order(noise, noise.shape[1] // length)
+        if ids_shuffle.shape[1] != self.mask_noise_length:
+            raise CsptError(f"mask noise of {ids_shuffle.shape[1]} values a sample, the model masks with "
+                            f"{self.mask_noise_length} (--group-masking {self.group_masking})")
         if ids_shuffle.shape[1] == length and groups > 1:  # the same locations in every group
             ids_shuffle = torch.cat([ids_shuffle + g * length for g in range(groups)], dim=1)
         n_keep = int(length * (1 - mask_ratio))
@@ -230,26 +243,30 @@ class MaskedAutoencoderViT(VisionTransformer):
         if self.arch.band_groups is None:
             return self.decoder_pred(x)
         per_group = x.reshape(b, self.arch.num_groups, -1, dim)
-        pred = torch.empty(b, per_group.shape[2], self.decoder_pred.out_features, device=x.device,
-                           dtype=torch.promote_types(x.dtype, self.decoder_pred.weight.dtype))
-        for g in range(self.arch.num_groups):
-            rows = (self.value_group == g).nonzero().squeeze(1)
-            part = F.linear(per_group[:, g], self.decoder_pred.weight[rows], self.decoder_pred.bias[rows])
-            pred = pred.index_copy(2, rows, part.to(pred.dtype))
-        return pred
+        weights = self.decoder_pred.weight.index_select(0, self.value_order).split(self.group_values)
+        biases = self.decoder_pred.bias.index_select(0, self.value_order).split(self.group_values)
+        parts = [F.linear(per_group[:, g], w, bias) for g, (w, bias) in enumerate(zip(weights, biases))]
+        return torch.cat(parts, dim=-1).index_select(-1, self.value_restore)
 
     def per_value(self, per_token: torch.Tensor) -> torch.Tensor:
-        """``(B, G * L)`` (or ``(B, G * L, K)``) values of each token spread over the values of its band group
-        in the patchified image, ``(B, L, p*p*C)`` (``(B, L, p*p*C, K)``)."""
-        b, groups = per_token.shape[0], self.arch.num_groups
-        blocks = per_token.reshape(b, groups, -1, *per_token.shape[2:])
-        return blocks.index_select(1, self.value_group).transpose(1, 2)
+        """``(B, G * L)`` values of each token spread over the values of its band group in the patchified
+        image, ``(B, L, p*p*C)``; without groups ``(B, L, 1)``, which broadcasts over a patch's values."""
+        if self.arch.band_groups is None:
+            return per_token.unsqueeze(-1)
+        b, (groups, length) = per_token.shape[0], (self.arch.num_groups, self.arch.grid_size**2)
+        per_group = per_token.reshape(b, groups, length).transpose(1, 2)  # (B, L, G); no matmul: kept in fp32
+        per_band = (per_group.unsqueeze(2) * self.band_onehot).sum(-1)  # (B, L, C)
+        return per_band.unsqueeze(2).expand(-1, -1, self.arch.patch_size**2, -1).reshape(b, length, -1)
 
     def group_sums(self, values: torch.Tensor) -> torch.Tensor:
-        """``(B, L, p*p*C)`` summed over each band group's values, as ``(B, G * L)`` (group by group)."""
+        """``(B, L, p*p*C)`` summed over each band group's values, as ``(B, G * L)`` (group by group); without
+        groups over each patch's values, ``(B, L)``."""
+        if self.arch.band_groups is None:
+            return values.sum(-1)
         b, length = values.shape[:2]
-        sums = values.new_zeros(b, length, self.arch.num_groups).index_add_(2, self.value_group, values)
-        return sums.transpose(1, 2).flatten(1)
+        per_band = values.reshape(b, length, -1, self.arch.in_chans).sum(2)  # (B, L, C)
+        per_group = (per_band.unsqueeze(-1) * self.band_onehot).sum(2)  # (B, L, G); no matmul: kept in fp32
+        return per_group.transpose(1, 2).flatten(1)
 
     def patch_statistics(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Patchified images with each token's mean and std (as used by ``norm_pix_loss``), spread over its

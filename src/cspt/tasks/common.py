@@ -104,7 +104,8 @@ def resolved_encoder_fields(config: EncoderConfig, init: Checkpoint | None,
         fields["wavelengths"] = [b.wavelength for b in spectral]
         fields["band_gsd"] = [b.gsd for b in spectral]
         log.info("bands: %s", describe_bands(spectral))
-    fields["band_groups"] = resolved_band_groups(config, arch.in_chans, numbers, spectral, init, init_groups)
+    fields["band_groups"] = resolved_band_groups(config, arch.in_chans, numbers, spectral, init, init_groups,
+                                                 recorded)
     if recorded is not None and decibels is None and recorded.decibels and (spectral is None or is_radar(spectral)):
         decibels = fields["decibels"] = recorded.decibels
         log.info("decibels: %s values, as %s recorded", decibels, init.path)
@@ -122,9 +123,10 @@ def resolved_encoder_fields(config: EncoderConfig, init: Checkpoint | None,
 
 def resolved_band_groups(config: EncoderConfig, in_chans: int, numbers: Sequence[int],
                          spectral: Sequence[Band] | None, init: Checkpoint | None,
-                         init_groups: Sequence[Sequence[int]] | None) -> list[str] | None:
+                         init_groups: Sequence[Sequence[int]] | None,
+                         recorded: PixelContract | None) -> list[str] | None:
     """``--band-groups`` checked against the model's bands, else the groups of an ``--init`` encoder that had
-    them (as names where known) when the model has as many bands; None without groups."""
+    them (as names where known) when the model takes the same bands in the same order; None without groups."""
     model_numbers = list(numbers) or list(range(1, in_chans + 1))
     names = [b.name for b in spectral] if spectral else None
     if config.band_groups:
@@ -132,9 +134,14 @@ def resolved_band_groups(config: EncoderConfig, in_chans: int, numbers: Sequence
         return list(config.band_groups)
     if not init_groups:
         return None
-    if sum(map(len, init_groups)) != in_chans:
-        log.warning("band groups: %s has %d, the model takes %d bands: no groups (--band-groups to give some)",
-                    init.path if init else "--init", sum(map(len, init_groups)), in_chans)
+    if recorded is not None and recorded.spectral and names:
+        same = [b.name for b in recorded.spectral] == names
+    else:
+        recorded_numbers = list(recorded.bands or range(1, recorded.in_chans + 1)) if recorded else None
+        same = recorded_numbers == model_numbers if recorded else not numbers
+    if not same or sum(map(len, init_groups)) != in_chans:
+        log.warning("band groups: %s was grouped over other bands than this model's: no groups (--band-groups "
+                    "to give some)", init.path if init else "--init")
         return None
     groups = group_labels(init_groups, model_numbers, names)
     log.info("band groups: %s, as %s recorded", " ".join(groups), init.path if init else "--init")
@@ -355,18 +362,25 @@ def load_init_weights(model: nn.Module, config: EncoderConfig, init: Checkpoint 
         return
     init = init or load_checkpoint(config.init, config.trust_checkpoint)
     log_normalisation(config.mean, config.std, init.normalisation, init.path)
+    source_groups = init.arch.get("band_groups") if "group_embed" in init.state_dict else None
+    groups = arch_of(config).band_groups
+    if source_groups is not None and [list(g) for g in groups or []] != source_groups:
+        drop += ("group_embed", "decoder_group_embed")  # encodings of other groups: fresh ones
     if drop:
         state = {k: v for k, v in init.state_dict.items() if not k.startswith(drop)}
         init = dataclasses.replace(init, state_dict=state)
     contract = contract_of(config)
     report = load_into_model(model, init, checkpoint_bands(init), contract.spectral, config.band_init)
-    if report.band_plan is not None and report.band_plan.method == "wavelength":
+    plan = report.band_plan
+    if plan is not None and plan.method == "wavelength":
         crops = sample_crops(contract, data_files(), config.img_size)
-        if crops is None:
+        if source_groups is not None:
+            report.adapted.append("patch embedding not scaled: the source embeds its band groups apart")
+        elif crops is None:
             report.adapted.append("patch embedding not scaled: no training image to measure on")
         else:
             weight = model.get_parameter("patch_embed.proj.weight")
-            groups = arch_of(config).band_groups or (tuple(range(weight.shape[1])),)
+            groups = groups or (tuple(range(weight.shape[1])),)
             scales = []
             for group in groups:  # each band group's tokens come from its own bands' filters
                 scale = matched_scale(init.state_dict["patch_embed.proj.weight"], weight, report.band_plan, crops,

@@ -52,7 +52,7 @@ def domain_gap(checkpoint: str | Path, source: Sequence[str | Path], target: Seq
     """
     loaded = load_checkpoint(checkpoint, trust)
     arch = resolve_arch({"img_size": img_size}, None, loaded.arch)
-    model = MaskedAutoencoderViT(arch)
+    model = MaskedAutoencoderViT(arch, group_masking=loaded.group_masking)
     report = load_into_model(model, loaded)
     target_contract = checkpoint_contract(loaded, arch.in_chans, max_image_pixels=max_image_pixels)
     source_files = sample_files(source, 2 * max_images, seed)

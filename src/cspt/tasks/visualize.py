@@ -26,7 +26,7 @@ def visualize_checkpoint(checkpoint: str | Path, images: Sequence[str], output: 
     if not ckpt.has_decoder:
         raise CsptError(f"{checkpoint}: has no MAE decoder, so it cannot reconstruct images")
     arch = resolve_arch({"img_size": img_size}, None, ckpt.arch)
-    model = MaskedAutoencoderViT(arch, mask_ratio)
+    model = MaskedAutoencoderViT(arch, mask_ratio, group_masking=ckpt.group_masking)
     load_into_model(model, ckpt)
     contract = checkpoint_contract(ckpt, arch.in_chans, mean, std, max_image_pixels)
     scan = scan_images(find_images(list(images)), 4 * arch.img_size)

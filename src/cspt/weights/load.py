@@ -113,6 +113,11 @@ class Checkpoint:
             arch["band_groups"] = self.band_groups(arch["in_chans"])
         return arch
 
+    @property
+    def group_masking(self) -> str:
+        """How a band-grouped MAE masked its groups in training, as its stored config says (else independent)."""
+        return str(self.declared.get("group_masking") or "independent")
+
     def band_groups(self, in_chans: int) -> list[list[int]]:
         """The spectral band groups (0-based bands) of an encoder with group tokens, as its description or its
         stored config records them; a one-line error when neither does."""
