@@ -9,7 +9,8 @@ pretrains the natural-image tiny MAE (``cspt:mae-tiny-tinyimagenet``) with
 - ``rgb``: ``--bands red green blue`` (the model stays RGB);
 - ``wavelength``, ``cyclic``, ``random``: all four bands, ``--band-init`` so;
 - ``groups``: all four bands, ``--band-init wavelength`` and two spectral band groups (``--band-groups
-  blue,green,red nir1``, SatMAE style, each group masked on its own in training).
+  blue,green,red nir1``, SatMAE style, each group masked on its own in training);
+- ``groups_shared``: the same with both groups masked alike in training (``--group-masking shared``).
 
 Measured on the held-out tile's fixed crops and masks (pretraining's own held-out crops, seed-0 masks), before
 training (the adaptation alone) and after: the reconstruction error of the masked patches on red, green and
@@ -26,7 +27,6 @@ each other arm. Usage (about 20 s per run on 2 cores):
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -52,7 +52,9 @@ WHEEL = ROOT / ".cache" / "wheels" / "solaris-0.4.0-py3-none-any.whl"
 RECIPE = ROOT / "configs" / "pretrain" / "sentinel2_tiny_cpu.yaml"
 ARMS = {"rgb": {"bands": ["red", "green", "blue"]}, "wavelength": {"band_init": "wavelength"},
         "cyclic": {"band_init": "cyclic"}, "random": {"band_init": "random"},
-        "groups": {"band_init": "wavelength", "band_groups": ["blue,green,red", "nir1"]}}
+        "groups": {"band_init": "wavelength", "band_groups": ["blue,green,red", "nir1"]},
+        "groups_shared": {"band_init": "wavelength", "band_groups": ["blue,green,red", "nir1"],
+                          "group_masking": "shared"}}
 COLOURS, NIR = ("red", "green", "blue"), "nir1"
 
 
@@ -67,21 +69,24 @@ def unpack_tiles(folder: Path) -> tuple[Path, Path]:
 
 @torch.no_grad()
 def band_errors(model: MaskedAutoencoderViT, config: PretrainConfig, held: Path) -> dict[str, float]:
-    """Per band, over the masked patches (the same masked locations for every arm, band groups masked alike):
-    ``NAME``, the mean squared error with prediction and truth both normalised by the true patch's own mean
+    """``mae``: pretraining's held-out MAE loss (its crops, masks and the arm's own group masking). Per band,
+    over the masked patches mostly with data (the same masked locations for every arm, band groups masked
+    alike): ``NAME``,
+    the mean squared error with prediction and truth both normalised by the true patch's own mean
     and std in that band; ``NAME shape``, the same with the prediction normalised by its own (2 x (1 - the
     correlation), blind to a band's offset and gain). The reconstruction undoes the normalised-pixel target
     with the true patch's statistics (as MAE pictures do): over all bands without groups, over a group's
     bands with them, so a one-band group gets its band's offset and gain from the truth and only its
     ``shape`` error compares with the ungrouped arms'."""
     contract = contract_of(config)
-    length = model.arch.grid_size**2
-    images, _, noise = fixed_crops(contract, [held], config.tile_size, config.img_size, length)
+    images, valid, own = fixed_crops(contract, [held], config.tile_size, config.img_size, model.mask_noise_length)
     model.eval()
+    errors = {"mae": float(model(images, noise=own, valid=valid)[0])}  # pretraining's held-out MAE loss
+    length = model.arch.grid_size**2
     model.group_masking = "shared"
-    result = model.reconstruct(images, noise=noise)
-    mask = result.mask[:, :length]  # the first group's, which every group shares
-    errors = {}
+    result = model.reconstruct(images, noise=torch.rand(len(images), length,
+                                                        generator=torch.Generator().manual_seed(0)))
+    mask = result.mask[:, :length] * model.scored_patches(valid)  # masked (every group alike), with data
     for band, spec in enumerate(contract.spectral):
         truth = model.patchify(images[:, band : band + 1])
         guess = model.patchify(result.reconstruction[:, band : band + 1])
@@ -108,9 +113,8 @@ def run_arm(arm: str, seed: int, pool: Path, held: Path, epochs: int | None, wor
     state = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["model"]
     trained = PretrainTask(config).build_model(load_init=False)
     trained.load_state_dict(state)
-    heldout = json.loads((run_dir / "heldout.json").read_text())
-    return {"before": before, "after": band_errors(trained, config, held),
-            "mae": {"before": heldout[0]["mae_loss"], "after": heldout[-1]["mae_loss"]}}
+    after = band_errors(trained, config, held)
+    return {"before": before, "after": after, "mae": {"before": before.pop("mae"), "after": after.pop("mae")}}
 
 
 def paired(a: list[float], b: list[float]) -> str:

@@ -21,8 +21,8 @@ from safetensors.torch import load_file
 from cspt.config import PretrainConfig
 from cspt.data.pixels import PixelContract
 from cspt.engine.run_log import read_log
-from cspt.tasks.pretrain import pretrain
-from tests.conftest import NATURAL_MAE, TINY_ARCH, TINY_FLAGS, TINY_IMAGENET, needs, run_cli, write_rgb
+from cspt.tasks.pretrain import fixed_crops, pretrain
+from tests.conftest import NATURAL_MAE, TINY_ARCH, TINY_FLAGS, TINY_IMAGENET, needs, run_cli, write_geotiff, write_rgb
 
 FAST = ["--num-workers", "0", "--warmup-epochs", "0", "--vis-every", "0", "--log-every", "1", "--device", "cpu"]
 
@@ -315,3 +315,19 @@ def test_compiled_training_step_follows_the_eager_one(rsscn7_list, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "compiled the training step: the first step took" in result.stderr
     assert len(losses(eager)) == 3 and np.allclose(losses(eager), losses(compiled), atol=1e-4)
+
+
+def test_held_out_crops_are_windows_with_data_where_the_scene_has_them(tmp_path):
+    """A scene whose left half is a -9999 border: the evenly spread windows (the first of every row) all fall in
+    it, so windows with data take their place; the same crops every time."""
+    pixels = np.random.default_rng(0).integers(0, 3000, size=(1, 256, 256)).astype(np.int16)
+    pixels[:, :, :128] = -9999
+    scene = write_geotiff(tmp_path / "scene.tif", pixels, nodata=-9999)
+    contract = PixelContract((0.5,), (0.25,), nodata=-9999, low=(0.0,), high=(3000 / 32767,))
+    images, valid, noise = fixed_crops(contract, [scene], 64, 32, 16, limit=8)
+    assert len(images) == 8 and noise.shape == (8, 16)
+    assert all(float(v.float().mean()) >= 0.5 for v in valid)
+    again, _, _ = fixed_crops(contract, [scene], 64, 32, 16, limit=8)
+    assert torch.equal(images, again)
+    nothing = write_geotiff(tmp_path / "border.tif", np.full((1, 64, 64), -9999, np.int16), nodata=-9999)
+    assert len(fixed_crops(contract, [nothing], 64, 32, 16, limit=8)[0]) == 4  # all empty: still measured

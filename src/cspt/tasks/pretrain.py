@@ -25,6 +25,7 @@ from cspt.data.files import find_images
 from cspt.data.normalisation import default_normalisation
 from cspt.data.pixels import PixelContract
 from cspt.data.unlabelled import (
+    MAX_NODATA_SHARE,
     ReplayMix,
     UnlabelledImages,
     collate,
@@ -93,9 +94,10 @@ def with_masking_order(collate_fn: Callable[[list[dict]], dict], groups: int, sa
 def fixed_crops(contract: PixelContract, sources: Sequence[str | Path], tile_size: int, img_size: int,
                 noise_length: int, limit: int = HELDOUT_IMAGES) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The crops pretraining measures its MAE loss on: a regular grid of windows half a tile wide (the scale of
-    a training crop) over every image of ``sources``, at most ``limit`` of them spread evenly, each resized to
-    ``img_size`` and normalised; their valid masks, and fixed mask noise (``noise_length`` values a crop, the
-    model's ``mask_noise_length``; seed 0), so every measurement sees the same crops and masks."""
+    a training crop) over every image of ``sources``, at most ``limit`` of them spread evenly (windows mostly
+    without data, as training skips them, left out while others remain), each resized to ``img_size`` and
+    normalised; their valid masks, and fixed mask noise (``noise_length`` values a crop, the model's
+    ``mask_noise_length``; seed 0), so every measurement sees the same crops and masks."""
     side = tile_size // 2
     boxes = []
     for path in find_images(list(sources)):
@@ -103,8 +105,16 @@ def fixed_crops(contract: PixelContract, sources: Sequence[str | Path], tile_siz
         tops, lefts = window_starts(info.height, side, side), window_starts(info.width, side, side)
         size = (min(side, info.height), min(side, info.width))
         boxes += [(path, (top, left, *size)) for top in tops for left in lefts]
-    chosen = [boxes[round(i * len(boxes) / min(len(boxes), limit))] for i in range(min(len(boxes), limit))]
-    crops = [contract.read(path, box).resized([img_size, img_size]) for path, box in chosen]
+    count = min(len(boxes), limit)
+    spread = [round(i * len(boxes) / count) for i in range(count)]
+    kept, empty, first = [], [], set(spread)
+    for index in spread + [i for i in range(len(boxes)) if i not in first]:  # the spread ones first
+        path, box = boxes[index]
+        crop = contract.read(path, box).resized([img_size, img_size])
+        (kept if float(crop.valid.float().mean()) >= 1 - MAX_NODATA_SHARE else empty).append((index, crop))
+        if len(kept) == count:
+            break
+    crops = [crop for _, crop in sorted(kept or empty[:count], key=lambda pair: pair[0])]
     images = torch.stack([contract.normalise(crop) for crop in crops])
     noise = torch.rand(len(images), noise_length, generator=torch.Generator().manual_seed(0))
     return images, torch.stack([crop.valid for crop in crops]), noise
