@@ -27,6 +27,7 @@ each other arm. Usage (about 20 s per run on 2 cores):
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -108,8 +109,9 @@ def run_arm(arm: str, seed: int, pool: Path, held: Path, epochs: int | None, wor
     torch.manual_seed(seed)
     before = band_errors(PretrainTask(config, load_checkpoint(config.init)).build_model(load_init=True), config,
                          held)
-    finished = Path(config.output) / "heldout.json"
-    run_dir = Path(config.output) if finished.is_file() else Path(pretrain(config))  # --work reuses finished runs
+    heldout = Path(config.output) / "heldout.json"
+    finished = heldout.is_file() and json.loads(heldout.read_text())[-1]["epoch"] == config.epochs
+    run_dir = Path(config.output) if finished else Path(pretrain(config))  # --work reuses finished runs
     state = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["model"]
     trained = PretrainTask(config).build_model(load_init=False)
     trained.load_state_dict(state)

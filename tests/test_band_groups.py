@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
 from cspt.config import ClassifyConfig, PretrainConfig, build_config
-from cspt.data.bands import SENSORS, group_bands, group_labels
+from cspt.data.bands import SENSORS, Band, group_bands, group_labels
 from cspt.data.pixels import PixelContract
 from cspt.errors import CsptError
 from cspt.models.band_groups import GroupedVisionTransformer
@@ -23,7 +23,7 @@ from cspt.models.vit import ArchConfig, build_encoder
 from cspt.plots import group_order, reconstruction_grid
 from cspt.tasks.classify import finetune_classify
 from cspt.tasks.classify import resolve_config as resolve_classify
-from cspt.tasks.common import arch_of, load_init_weights
+from cspt.tasks.common import arch_of, load_init_weights, same_bands
 from cspt.tasks.pretrain import PretrainTask, pretrain, resolve_config
 from cspt.weights.load import load_checkpoint
 from tests.conftest import TINY_ARCH, run_cli, write_geotiff
@@ -160,7 +160,8 @@ def test_a_grouped_run_pretrains_from_the_rgb_mae_resumes_and_fine_tunes_with_it
     pool = write_four_band_pool(tmp_path / "pool")
     config = build_config(PretrainConfig, overrides={
         "data": [str(pool)], "output": str(tmp_path / "run"), "init": PACKAGED_MAE, "sensor": "worldview3-4band",
-        "band_groups": ["blue,green,red", "nir1"], "epochs": 1, "batch_size": 4, "samples_per_epoch": 8,
+        "band_groups": ["blue,green,red", "nir1"], "group_masking": "shared", "epochs": 1, "batch_size": 4,
+        "samples_per_epoch": 8,
         "num_workers": 0, "device": "cpu", "vis_every": 0})
     init = load_checkpoint(PACKAGED_MAE)
     resolved = resolve_config(config, init)
@@ -174,6 +175,10 @@ def test_a_grouped_run_pretrains_from_the_rgb_mae_resumes_and_fine_tunes_with_it
     checkpoint = load_checkpoint(run)
     assert checkpoint.arch["band_groups"] == [[0, 1, 2], [3]]
     assert load_checkpoint(run / "encoder.safetensors").arch["band_groups"] == [[0, 1, 2], [3]]
+    exported = run_cli("export", str(run), "--to", "mae", "--output", str(tmp_path / "mae.pth"))
+    assert exported.returncode == 0, exported.stderr
+    for source in (run, run / "encoder.safetensors", tmp_path / "mae.pth"):  # how it masked travels with it
+        assert load_checkpoint(source).group_masking == "shared"
     resumed = run_cli("pretrain", "--resume", str(run), "--epochs", "2")
     assert resumed.returncode == 0, resumed.stderr
     # fine-tuning from the grouped encoder inherits its groups, named by band
@@ -197,6 +202,20 @@ def test_a_grouped_run_pretrains_from_the_rgb_mae_resumes_and_fine_tunes_with_it
     load_init_weights(model, regrouped, encoder, data_files=lambda: sorted(data.rglob("*.tif")))
     assert torch.equal(model.group_embed, torch.zeros_like(model.group_embed))
     assert torch.equal(model.patch_embed.proj.weight, encoder.state_dict["patch_embed.proj.weight"].float())
+
+
+def test_recorded_groups_follow_the_bands_not_their_positions():
+    def by_position(wavelengths):  # bands nothing names: "1", "2"... with wavelengths given
+        return tuple(Band(str(i + 1), w) for i, w in enumerate(wavelengths))
+
+    recorded = PixelContract((0.5,) * 3, (0.25,) * 3, bands=(4, 3, 2), spectral=by_position([0.83, 0.66, 0.56]))
+    assert same_bands(recorded, [4, 3, 2], by_position([0.83, 0.66, 0.56]), [4, 3, 2])
+    assert not same_bands(recorded, [2, 3, 4], by_position([0.56, 0.66, 0.83]), [2, 3, 4])
+    wv = SENSORS["worldview3-4band"]
+    named = PixelContract((0.5,) * 4, (0.25,) * 4, spectral=wv)
+    assert same_bands(named, [1, 2, 3, 4], wv, [])
+    assert same_bands(named, [5, 6, 7, 8], wv, [5, 6, 7, 8])  # the same named bands elsewhere in another file
+    assert not same_bands(named, [4, 3, 2, 1], wv[::-1], [4, 3, 2, 1])
 
 
 def test_grouped_pyramids_average_each_locations_group_tokens():

@@ -319,14 +319,17 @@ def test_compiled_training_step_follows_the_eager_one(rsscn7_list, tmp_path):
 
 def test_held_out_crops_are_windows_with_data_where_the_scene_has_them(tmp_path):
     """A scene whose left half is a -9999 border: the evenly spread windows (the first of every row) all fall in
-    it, so windows with data take their place; the same crops every time."""
-    pixels = np.random.default_rng(0).integers(0, 3000, size=(1, 256, 256)).astype(np.int16)
+    it, so windows with data take their place, themselves spread over the scene; the same crops every time."""
+    rows = np.arange(256, dtype=np.int16)[:, None] * 10  # the value tells the row
+    pixels = np.broadcast_to(rows, (1, 256, 256)).copy()
     pixels[:, :, :128] = -9999
     scene = write_geotiff(tmp_path / "scene.tif", pixels, nodata=-9999)
-    contract = PixelContract((0.5,), (0.25,), nodata=-9999, low=(0.0,), high=(3000 / 32767,))
+    contract = PixelContract((0.5,), (0.25,), nodata=-9999, low=(0.0,), high=(2560 / 32767,))
     images, valid, noise = fixed_crops(contract, [scene], 64, 32, 16, limit=8)
     assert len(images) == 8 and noise.shape == (8, 16)
     assert all(float(v.float().mean()) >= 0.5 for v in valid)
+    centre_rows = sorted(round(float(contract.unnormalise(image).mean()) * 2560 / 10) for image in images)
+    assert centre_rows[0] < 64 and centre_rows[-1] > 192, centre_rows  # from the top and the bottom quarter
     again, _, _ = fixed_crops(contract, [scene], 64, 32, 16, limit=8)
     assert torch.equal(images, again)
     nothing = write_geotiff(tmp_path / "border.tif", np.full((1, 64, 64), -9999, np.int16), nodata=-9999)

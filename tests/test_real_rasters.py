@@ -108,8 +108,9 @@ def test_landsat_nodata_border_is_never_trained_on_scored_or_predicted(solaris: 
 
 #: each real raster of the solaris wheel, the flags that say what its bands are, the band names recorded, and the
 #: held-out MAE loss after 48 steps as a share of the loss before. The 4-band WorldView tiles fall by a third.
-#: Per-patch-normalised SAR speckle and 30 m Landsat fields do not move at this budget (measured: 0.980 to 0.980,
-#: 0.870 to 0.871), so there the test asks only that the adapted model does not get worse.
+#: Per-patch-normalised SAR speckle and 30 m Landsat fields do not move at this budget (measured on the held-out
+#: windows with data: 0.979 to 0.978, 0.893 to 0.894), so there the test asks only that the adapted model does not
+#: get worse.
 SENSOR_CASES = {
     "worldview_ms": (["preproc_tutorial/ms1.tif", "preproc_tutorial/ms2.tif"], ["--sensor", "worldview3-4band"],
                      ["blue", "green", "red", "nir1"], 0.8),

@@ -134,18 +134,28 @@ def resolved_band_groups(config: EncoderConfig, in_chans: int, numbers: Sequence
         return list(config.band_groups)
     if not init_groups:
         return None
-    if recorded is not None and recorded.spectral and names:
-        same = [b.name for b in recorded.spectral] == names
-    else:
-        recorded_numbers = list(recorded.bands or range(1, recorded.in_chans + 1)) if recorded else None
-        same = recorded_numbers == model_numbers if recorded else not numbers
-    if not same or sum(map(len, init_groups)) != in_chans:
+    if not same_bands(recorded, model_numbers, spectral, numbers) or sum(map(len, init_groups)) != in_chans:
         log.warning("band groups: %s was grouped over other bands than this model's: no groups (--band-groups "
                     "to give some)", init.path if init else "--init")
         return None
     groups = group_labels(init_groups, model_numbers, names)
     log.info("band groups: %s, as %s recorded", " ".join(groups), init.path if init else "--init")
     return groups
+
+
+def same_bands(recorded: PixelContract | None, model_numbers: Sequence[int], spectral: Sequence[Band] | None,
+               numbers: Sequence[int]) -> bool:
+    """Whether the model takes the bands a checkpoint recorded, in the same order: by name where both sides
+    name them (names of digits only are positions, not names), else by file number and any known wavelength."""
+    if recorded is None:
+        return not numbers
+    ours, theirs = list(spectral or []), list(recorded.spectral or [])
+    if ours and theirs and not any(b.name.isdigit() for b in ours + theirs):
+        return [b.name for b in theirs] == [b.name for b in ours]
+    if list(recorded.bands or range(1, recorded.in_chans + 1)) != list(model_numbers):
+        return False
+    return not (ours and theirs) or all(a.wavelength == b.wavelength or not (a.wavelength and b.wavelength)
+                                        for a, b in zip(ours, theirs, strict=True))
 
 
 def selected_bands(config: EncoderConfig, files: Callable[[], list[Path]]) -> tuple[list[int], tuple[Band, ...]]:

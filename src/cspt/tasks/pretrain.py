@@ -65,6 +65,9 @@ log = logging.getLogger("cspt")
 VIS_IMAGES = 8
 #: fixed crops of --eval-data the held-out MAE loss is measured on
 HELDOUT_IMAGES = 32
+#: held-out windows read to find windows with data: at most this many times the crops wanted
+REPLACEMENT_READS = 4
+GOLDEN = (5**0.5 - 1) / 2  #: spreads the other windows evenly over the grid, whatever their number
 #: the held-out MAE loss per epoch (0: before training), in a pretraining run
 HELDOUT_FILE = "heldout.json"
 
@@ -94,10 +97,13 @@ def with_masking_order(collate_fn: Callable[[list[dict]], dict], groups: int, sa
 def fixed_crops(contract: PixelContract, sources: Sequence[str | Path], tile_size: int, img_size: int,
                 noise_length: int, limit: int = HELDOUT_IMAGES) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The crops pretraining measures its MAE loss on: a regular grid of windows half a tile wide (the scale of
-    a training crop) over every image of ``sources``, at most ``limit`` of them spread evenly (windows mostly
-    without data, as training skips them, left out while others remain), each resized to ``img_size`` and
-    normalised; their valid masks, and fixed mask noise (``noise_length`` values a crop, the model's
-    ``mask_noise_length``; seed 0), so every measurement sees the same crops and masks."""
+    a training crop) over every image of ``sources``, at most ``limit`` of them spread evenly, each resized to
+    ``img_size`` and normalised; their valid masks, and fixed mask noise (``noise_length`` values a crop, the
+    model's ``mask_noise_length``; seed 0), so every measurement sees the same crops and masks.
+
+    Windows mostly without data (which training skips) give way to other windows, themselves spread over the
+    grid, read at most ``REPLACEMENT_READS`` x ``limit`` in all; only where no window has data are empty ones
+    measured."""
     side = tile_size // 2
     boxes = []
     for path in find_images(list(sources)):
@@ -107,14 +113,20 @@ def fixed_crops(contract: PixelContract, sources: Sequence[str | Path], tile_siz
         boxes += [(path, (top, left, *size)) for top in tops for left in lefts]
     count = min(len(boxes), limit)
     spread = [round(i * len(boxes) / count) for i in range(count)]
-    kept, empty, first = [], [], set(spread)
-    for index in spread + [i for i in range(len(boxes)) if i not in first]:  # the spread ones first
-        path, box = boxes[index]
-        crop = contract.read(path, box).resized([img_size, img_size])
-        (kept if float(crop.valid.float().mean()) >= 1 - MAX_NODATA_SHARE else empty).append((index, crop))
+    chosen = set(spread)
+    others = sorted((i for i in range(len(boxes)) if i not in chosen), key=lambda i: (i * GOLDEN) % 1)
+    kept, empty = [], []
+    for index in (spread + others)[: REPLACEMENT_READS * limit]:  # the spread ones first, then others spread too
+        crop = contract.read(boxes[index][0], boxes[index][1]).resized([img_size, img_size])
+        if float(crop.valid.float().mean()) >= 1 - MAX_NODATA_SHARE:
+            kept.append((index, crop))
+        else:
+            empty.append(index)
         if len(kept) == count:
             break
-    crops = [crop for _, crop in sorted(kept or empty[:count], key=lambda pair: pair[0])]
+    if not kept:
+        kept = [(i, contract.read(*boxes[i]).resized([img_size, img_size])) for i in empty[:count]]
+    crops = [crop for _, crop in sorted(kept, key=lambda pair: pair[0])]
     images = torch.stack([contract.normalise(crop) for crop in crops])
     noise = torch.rand(len(images), noise_length, generator=torch.Generator().manual_seed(0))
     return images, torch.stack([crop.valid for crop in crops]), noise
@@ -423,6 +435,8 @@ def export_encoder(model: MaskedAutoencoderViT, config: PretrainConfig, run_dir:
         stage["teacher"] = teacher_identity(config)
     info = {"architecture": arch_of(config).to_dict(), "format": "timm", "pixels": contract_of(config).to_dict(),
             "lineage": parents + [stage]}
+    if config.band_groups:
+        info["group_masking"] = config.group_masking
     target = write_weights(model.state_dict(), run_dir / "encoder.safetensors", info)
     log.info("exported the encoder to %s", target)
     return target

@@ -92,6 +92,8 @@ def export_checkpoint(source: str | Path, to: str, output: str | Path, trust: bo
     arch = resolve_arch({}, None, checkpoint.arch)
     described = description_of(checkpoint.path)
     info = {"architecture": arch.to_dict(), "format": to, "lineage": lineage_of(checkpoint.path, checkpoint.format)}
+    if arch.band_groups:
+        info["group_masking"] = checkpoint.group_masking
     if isinstance(described.get("pixels"), dict) or isinstance(described.get("mean"), list):
         info["pixels"] = PixelContract.from_description(described, arch.in_chans, checkpoint.path).to_dict()
     output = Path(output)

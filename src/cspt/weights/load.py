@@ -115,8 +115,9 @@ class Checkpoint:
 
     @property
     def group_masking(self) -> str:
-        """How a band-grouped MAE masked its groups in training, as its stored config says (else independent)."""
-        return str(self.declared.get("group_masking") or "independent")
+        """How a band-grouped MAE masked its groups in training, as its stored config or its description says
+        (else independent)."""
+        return str(self.declared.get("group_masking") or self.described.get("group_masking") or "independent")
 
     def band_groups(self, in_chans: int) -> list[list[int]]:
         """The spectral band groups (0-based bands) of an encoder with group tokens, as its description or its
