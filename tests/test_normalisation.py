@@ -14,6 +14,7 @@ from PIL import Image
 
 from cspt.config import ClassifyConfig, DetectConfig, PretrainConfig, ProbeConfig, SegmentConfig
 from cspt.data.normalisation import resolve_normalisation
+from cspt.errors import CsptError
 from cspt.tasks.classify import finetune_classify
 from cspt.tasks.detect import finetune_detect
 from cspt.tasks.pretrain import pretrain
@@ -45,6 +46,10 @@ def test_explicit_then_recorded_then_default():
     assert resolve_normalisation([0.1] * 4, [0.2] * 4, 4, (MEAN4, STD4), "run") == ([0.1] * 4, [0.2] * 4)
     assert resolve_normalisation(None, None, 3, (MEAN4, STD4), "run")[0] == [0.485, 0.456, 0.406]
     assert resolve_normalisation(None, None, 4) == ([0.5] * 4, [0.25] * 4)
+    for mean, std, flag in (([0.5] * 5, [0.25] * 4, "--mean"), ([0.5] * 4, [0.25] * 3, "--std")):
+        with pytest.raises(CsptError, match=f"{flag}: . value.s. for a model of 4 band") as error:
+            resolve_normalisation(mean, std, 4)
+        assert "\n" not in str(error.value)
 
 
 @pytest.mark.slow

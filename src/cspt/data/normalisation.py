@@ -6,6 +6,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from cspt.errors import CsptError
+
 log = logging.getLogger("cspt")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -28,6 +30,10 @@ def resolve_normalisation(mean: Sequence[float] | None, std: Sequence[float] | N
     trained with (a cspt run's ``encoder.json`` records them), when they are for ``bands``
     bands; else ImageNet's for RGB and 0.5/0.25 otherwise.
     """
+    for flag, values in (("--mean", mean), ("--std", std)):
+        if values is not None and len(values) != bands:
+            raise CsptError(f"{flag}: {len(values)} value(s) for a model of {bands} band(s) (--in-chans, --bands "
+                            "or --sensor say how many)")
     if recorded and len(recorded[0]) != bands:
         log.warning("normalisation: %s records %d-band statistics, the model has %d bands: not used",
                     recorded_with, len(recorded[0]), bands)
