@@ -203,6 +203,15 @@ def group_bands(groups: Sequence[str], numbers: Sequence[int], names: Sequence[s
     return tuple(result)
 
 
+def config_band_groups(config: dict, in_chans: int) -> tuple[tuple[int, ...], ...] | None:
+    """The 0-based band groups a resolved config's values (``band_groups``, ``bands``, ``band_names``) say, for
+    a model of ``in_chans`` bands; None without groups."""
+    if not config.get("band_groups"):
+        return None
+    numbers = [int(b) for b in config.get("bands") or []] or list(range(1, in_chans + 1))
+    return group_bands(config["band_groups"], numbers, config.get("band_names"))
+
+
 def group_labels(groups: Sequence[Sequence[int]], numbers: Sequence[int], names: Sequence[str] | None) -> list[str]:
     """Band groups (0-based model bands) as ``--band-groups`` values: names where known (none of digits only),
     else file numbers."""

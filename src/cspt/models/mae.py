@@ -86,6 +86,9 @@ class MaskedAutoencoderViT(VisionTransformer):
             self.register_buffer("value_order", value_group.argsort(stable=True), persistent=False)
             self.register_buffer("value_restore", self.value_order.argsort(), persistent=False)
             self.group_values = [len(group) * arch.patch_size**2 for group in arch.band_groups]
+            #: the same for the patch embedding's im2col columns (bands first, then pixels)
+            column_group = band_group.repeat_interleave(arch.patch_size**2)
+            self.register_buffer("column_order", column_group.argsort(stable=True), persistent=False)
         self.group_embed = nn.Parameter(torch.zeros(1, arch.num_groups, arch.embed_dim)) if grouped else None
         num_patches = arch.grid_size**2
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
@@ -219,14 +222,14 @@ class MaskedAutoencoderViT(VisionTransformer):
         if self.arch.band_groups is None:
             patches = patches.gather(1, ids.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
             return F.linear(patches, proj.weight.flatten(1), proj.bias)
-        length, weight = patches.shape[1], proj.weight.flatten(1)
+        length = patches.shape[1]
+        columns = patches.index_select(-1, self.column_order).split(self.group_values, dim=-1)
+        weights = proj.weight.flatten(1).index_select(1, self.column_order).split(self.group_values, dim=1)
         blocks = ids.reshape(ids.shape[0], self.arch.num_groups, -1)
         tokens = []
-        for g, group in enumerate(self.arch.band_groups):
-            columns = [band * p * p + i for band in group for i in range(p * p)]
-            chosen = patches[..., columns].gather(1, (blocks[:, g] - g * length).unsqueeze(-1).expand(-1, -1,
-                                                                                                      len(columns)))
-            tokens.append(F.linear(chosen, weight[:, columns], proj.bias))
+        for g, (group_columns, weight) in enumerate(zip(columns, weights)):
+            chosen = (blocks[:, g] - g * length).unsqueeze(-1).expand(-1, -1, group_columns.shape[-1])
+            tokens.append(F.linear(group_columns.gather(1, chosen), weight, proj.bias))
         return torch.cat(tokens, dim=1)
 
     def forward_decoder(self, tokens: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:

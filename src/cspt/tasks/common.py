@@ -22,6 +22,7 @@ from cspt.data.bands import (
     NATURAL_RGB,
     Band,
     BandFeed,
+    config_band_groups,
     file_bands,
     given_bands,
     group_bands,
@@ -354,9 +355,7 @@ def arch_of(config: EncoderConfig) -> ArchConfig:
     """The architecture a resolved config describes (decoder fields default when absent; band groups as 0-based
     model bands)."""
     values = dataclasses.asdict(config)
-    if config.band_groups:
-        numbers = [int(b) for b in config.bands] if config.bands else list(range(1, (config.in_chans or 0) + 1))
-        values["band_groups"] = group_bands(config.band_groups, numbers, config.band_names)
+    values["band_groups"] = config_band_groups(values, config.in_chans or 0)
     return ArchConfig.from_dict(values)
 
 
@@ -383,7 +382,7 @@ def load_init_weights(model: nn.Module, config: EncoderConfig, init: Checkpoint 
     report = load_into_model(model, init, checkpoint_bands(init), contract.spectral, config.band_init)
     plan = report.band_plan
     if plan is not None and plan.method == "wavelength":
-        crops = sample_crops(contract, data_files(), config.img_size)
+        crops = None if source_groups is not None else sample_crops(contract, data_files(), config.img_size)
         if source_groups is not None:
             report.adapted.append("patch embedding not scaled: the source embeds its band groups apart")
         elif crops is None:

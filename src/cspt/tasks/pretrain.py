@@ -117,7 +117,7 @@ def fixed_crops(contract: PixelContract, sources: Sequence[str | Path], tile_siz
     others = sorted((i for i in range(len(boxes)) if i not in chosen), key=lambda i: (i * GOLDEN) % 1)
     kept, empty = [], []
     for index in (spread + others)[: REPLACEMENT_READS * limit]:  # the spread ones first, then others spread too
-        crop = contract.read(boxes[index][0], boxes[index][1]).resized([img_size, img_size])
+        crop = contract.read(*boxes[index]).resized([img_size, img_size])
         if float(crop.valid.float().mean()) >= 1 - MAX_NODATA_SHARE:
             kept.append((index, crop))
         else:

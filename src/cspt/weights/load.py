@@ -25,7 +25,7 @@ from safetensors.torch import load_file as load_safetensors
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-from cspt.data.bands import Band, group_bands
+from cspt.data.bands import Band, config_band_groups
 from cspt.errors import CsptError
 from cspt.models.mae import DECODER_PREFIXES
 from cspt.models.vit import VIT_PRESETS, sincos_pos_embed
@@ -125,10 +125,9 @@ class Checkpoint:
         recorded = (self.described.get("architecture") or {}).get("band_groups")
         if recorded:
             return recorded
-        config = self.declared
-        if config.get("band_groups"):
-            numbers = [int(b) for b in config.get("bands") or []] or list(range(1, in_chans + 1))
-            return [list(group) for group in group_bands(config["band_groups"], numbers, config.get("band_names"))]
+        groups = config_band_groups(self.declared, in_chans)
+        if groups:
+            return [list(group) for group in groups]
         raise CsptError(f"{self.path}: has band-group tokens (group_embed) but no record of which bands form the "
                         "groups (its description or config)")
 
