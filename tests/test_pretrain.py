@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from cspt.config import PretrainConfig
 from cspt.data.pixels import PixelContract
 from cspt.engine.run_log import read_log
+from cspt.errors import CsptError
 from cspt.tasks.pretrain import fixed_crops, pretrain
 from tests.conftest import NATURAL_MAE, TINY_ARCH, TINY_FLAGS, TINY_IMAGENET, needs, run_cli, write_geotiff, write_rgb
 
@@ -334,3 +335,22 @@ def test_held_out_crops_are_windows_with_data_where_the_scene_has_them(tmp_path)
     assert torch.equal(images, again)
     nothing = write_geotiff(tmp_path / "border.tif", np.full((1, 64, 64), -9999, np.int16), nodata=-9999)
     assert len(fixed_crops(contract, [nothing], 64, 32, 16, limit=8)[0]) == 4  # all empty: still measured
+    # a truncated GeoTIFF among them is left out, as training skips it; nothing readable is one line
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(scene.read_bytes()[:300])
+    _, valid_with_broken, _ = fixed_crops(contract, [broken, scene], 64, 32, 16, limit=8)
+    assert len(valid_with_broken) == 8 and all(float(v.float().mean()) >= 0.5 for v in valid_with_broken)
+    with pytest.raises(CsptError, match="broken.tif: no readable image"):
+        fixed_crops(contract, [broken], 64, 32, 16, limit=8)
+
+
+def test_a_truncated_geotiff_first_in_the_pool_is_skipped_when_bands_are_named(tmp_path):
+    """The band names come from the first readable image: a broken one before it is skipped, not a traceback."""
+    pool = tmp_path / "pool"
+    good = write_geotiff(pool / "b.tif", np.random.default_rng(0).integers(1, 3000, (4, 64, 64)).astype(np.uint16))
+    (pool / "a.tif").write_bytes(good.read_bytes()[:300])
+    config = PretrainConfig(data=[str(pool)], eval_data=[str(pool)], output=str(tmp_path / "run"), epochs=1,
+                            samples_per_epoch=4, batch_size=4, sensor="worldview3-4band", bands=["red", "nir1"],
+                            num_workers=0, device="cpu", vis_every=0, **{**TINY_ARCH.to_dict(), "in_chans": None})
+    run = Path(pretrain(config))
+    assert json.loads((run / "heldout.json").read_text())[0]["mae_loss"] > 0

@@ -17,7 +17,7 @@ import re
 import struct
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ import numpy as np
 import rasterio
 from PIL import Image, UnidentifiedImageError
 from rasterio.enums import ColorInterp, MaskFlags
-from rasterio.errors import NotGeoreferencedWarning
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
@@ -96,14 +96,17 @@ def is_raster(path: Path) -> bool:
 
 @contextmanager
 def open_raster(path: Path) -> Iterator[rasterio.io.DatasetReader]:
-    """A rasterio dataset of a file, GDAL virtual path or shard member."""
-    with gdal_env():
-        if is_member(path):
-            with MemoryFile(member_bytes(path)) as memory, memory.open() as src:
-                yield src
-        else:
-            with rasterio.open(gdal_name(path)) as src:
-                yield src
+    """A rasterio dataset of a file, GDAL virtual path or shard member; a file GDAL cannot open is an
+    :class:`ImageReadError` naming it (to skip and count), whoever opens it."""
+    with gdal_env(), ExitStack() as stack:
+        try:
+            if is_member(path):
+                src = stack.enter_context(stack.enter_context(MemoryFile(member_bytes(path))).open())
+            else:
+                src = stack.enter_context(rasterio.open(gdal_name(path)))
+        except RasterioError as err:
+            raise ImageReadError(f"{path}: cannot read image header ({_reason(err)})") from None
+        yield src
 
 
 #: an archive handler given an absolute archive path (``/vsizip//data/a.zip/inner.tif``)

@@ -22,6 +22,7 @@ from cspt.data.bands import BandFeed, band_feed, file_bands, stand_ins
 from cspt.data.bands import describe as describe_bands
 from cspt.data.device_decode import decode_batch
 from cspt.data.files import find_images
+from cspt.data.images import ImageReadError
 from cspt.data.normalisation import default_normalisation
 from cspt.data.pixels import PixelContract
 from cspt.data.unlabelled import (
@@ -103,11 +104,14 @@ def fixed_crops(contract: PixelContract, sources: Sequence[str | Path], tile_siz
 
     Windows mostly without data (which training skips) give way to other windows, themselves spread over the
     grid, read at most ``REPLACEMENT_READS`` x ``limit`` in all; only where no window has data are empty ones
-    measured."""
+    measured. Unreadable files and windows are left out, as training skips them."""
     side = tile_size // 2
     boxes = []
     for path in find_images(list(sources)):
-        info = contract.info(path)
+        try:
+            info = contract.info(path)
+        except ImageReadError:
+            continue
         tops, lefts = window_starts(info.height, side, side), window_starts(info.width, side, side)
         size = (min(side, info.height), min(side, info.width))
         boxes += [(path, (top, left, *size)) for top in tops for left in lefts]
@@ -115,17 +119,26 @@ def fixed_crops(contract: PixelContract, sources: Sequence[str | Path], tile_siz
     spread = [round(i * len(boxes) / count) for i in range(count)]
     chosen = set(spread)
     others = sorted((i for i in range(len(boxes)) if i not in chosen), key=lambda i: (i * GOLDEN) % 1)
-    kept, empty = [], []
-    for index in (spread + others)[: REPLACEMENT_READS * limit]:  # the spread ones first, then others spread too
-        crop = contract.read(*boxes[index]).resized([img_size, img_size])
+    kept, empty, unreadable, reads = [], [], set(), 0
+    for index in spread + others:  # the spread ones first, then others spread too
+        if len(kept) == count or reads == REPLACEMENT_READS * limit:
+            break
+        if boxes[index][0] in unreadable:
+            continue
+        reads += 1
+        try:
+            crop = contract.read(*boxes[index]).resized([img_size, img_size])
+        except ImageReadError:
+            unreadable.add(boxes[index][0])
+            continue
         if float(crop.valid.float().mean()) >= 1 - MAX_NODATA_SHARE:
             kept.append((index, crop))
         else:
             empty.append(index)
-        if len(kept) == count:
-            break
     if not kept:
         kept = [(i, contract.read(*boxes[i]).resized([img_size, img_size])) for i in empty[:count]]
+    if not kept:
+        raise CsptError(f"{', '.join(map(str, sources))}: no readable image to measure the MAE loss on")
     crops = [crop for _, crop in sorted(kept, key=lambda pair: pair[0])]
     images = torch.stack([contract.normalise(crop) for crop in crops])
     noise = torch.rand(len(images), noise_length, generator=torch.Generator().manual_seed(0))
