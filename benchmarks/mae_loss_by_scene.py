@@ -1,10 +1,9 @@
 """Where consecutive pretraining lowers the MAE loss: scene by scene, before and after stage 2, over seeds.
 
-Stage 2 of ``cspt demo`` lowers the MAE loss on its pool and raises it on the held-out scenes it reports
-(benchmarks/README.md, demo_spread.py). This measures why: for every NEON scene the demo uses, the MAE
-loss of the natural-image source and of each seed's stage-2 model, on the crops and masks pretraining
-measures its held-out loss with (``cspt.tasks.pretrain.fixed_crops``: windows half a tile wide, each
-masked by the same fixed noise), averaged over four mask draws. Reads the stage-2 runs that
+Where does stage 2 of ``cspt demo`` lower the MAE loss, and where does it raise it? For every NEON scene the
+demo uses, the MAE loss of the natural-image source and of each seed's stage-2 model, on the crops and masks
+pretraining measures its held-out loss with (``cspt.tasks.pretrain.fixed_crops``: windows half the largest
+training crop, each masked by the same fixed noise), averaged over four mask draws. Reads the stage-2 runs that
 ``benchmarks/demo_spread.py`` wrote (``OUTPUT/pretrain_cspt_sN``); trains nothing.
 
 Usage: python benchmarks/mae_loss_by_scene.py [--runs runs/demo_spread]

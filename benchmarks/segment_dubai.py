@@ -35,6 +35,8 @@ TASK = "dubai"
 def spec_of(output: str, dubai: Path, seeds: int) -> dict:
     train = [str(dubai / f"tile_{i}") for i in TRAIN_TILES]
     val = [str(dubai / f"tile_{i}") for i in VAL_TILES]
+    # stage 2 crops from the default tiles (4 x the input, 256 px: crops shrunk 1.8-4x), about the scale at which
+    # the segmenter sees its quarter-resolution tiles
     pretrain = {**recipe("pretrain_tiny_cpu.yaml"), **PRETRAIN, "data": [f"{t}/images" for t in train],
                 "eval_data": [f"{t}/images" for t in val], "vis_every": PRETRAIN["epochs"], "device": "auto"}
     segment = {**recipe("segment_tiny_cpu.yaml"), "task": "segment", "images": train, "val_images": val,

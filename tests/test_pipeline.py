@@ -260,6 +260,7 @@ def test_demo_trains_on_no_held_out_scene_and_its_stage_2_is_a_real_stage(tmp_pa
     peak = max(schedule.lr(step) for step in range(schedule.total_steps))
     assert peak >= 1.5e-3 * 32 / 256 * 0.99, peak  # its blr 1.5e-3, ten times the ViT-B recipe's
     assert schedule.warmup_steps <= schedule.total_steps // 10
+    assert config.tile_size == detect["tile_size"]  # stage 2 crops the detector's tiles: the scale it adapts at
 
 
 def test_the_demo_source_travels_with_the_package_and_random_needs_asking(tmp_path, monkeypatch):

@@ -344,6 +344,24 @@ def test_held_out_crops_are_windows_with_data_where_the_scene_has_them(tmp_path)
         fixed_crops(contract, [broken], 64, 32, 16, limit=8)
 
 
+@pytest.mark.parametrize("height, width, rows", [
+    (96, 120, [23.5] * 2 + [71.5] * 2),  # too small to tile: its quadrants
+    (60, 120, [14.5] * 3 + [44.5] * 3),  # 2:1, so the largest training crop is 60 x 80: windows 30 x 40
+    (128, 128, [31.5] * 2 + [95.5] * 2),  # exactly twice the tile: still cropped whole
+    (129, 128, [15.5] * 4 + [47.5] * 4 + [79.5] * 4 + [111.5] * 4 + [112.5] * 4),  # tiled: half a tile
+])
+def test_held_out_windows_are_half_the_largest_training_crop(tmp_path, height, width, rows):
+    """Training crops a tile of a scene larger than twice the tile size (64 here), else the whole image, in boxes
+    of aspect 3/4-4/3: the held-out windows are half the largest such box, the scale training sees them at."""
+    values = np.arange(height, dtype=np.int16)[:, None] * 10  # the value tells the row
+    image = write_geotiff(tmp_path / "image.tif", np.broadcast_to(values, (1, height, width)).copy())
+    contract = PixelContract((0.5,), (0.25,), low=(0.0,), high=(1290 / 32767,))
+    images, _, _ = fixed_crops(contract, [image], 64, 32, 16, limit=64)
+    assert len(images) == len(rows)
+    centre_rows = sorted(float(contract.unnormalise(crop).mean()) * 1290 / 10 for crop in images)
+    assert np.allclose(centre_rows, rows, atol=0.5), centre_rows
+
+
 def test_a_truncated_geotiff_first_in_the_pool_is_skipped_when_bands_are_named(tmp_path):
     """The band names come from the first readable image: a broken one before it is skipped, not a traceback."""
     pool = tmp_path / "pool"

@@ -107,18 +107,19 @@ def test_landsat_nodata_border_is_never_trained_on_scored_or_predicted(solaris: 
 
 
 #: each real raster of the solaris wheel, the flags that say what its bands are, the band names recorded, and the
-#: held-out MAE loss after 48 steps as a share of the loss before. The 4-band WorldView tiles fall by a third.
-#: Per-patch-normalised SAR speckle and 30 m Landsat fields do not move at this budget (measured on the held-out
-#: windows with data: 0.979 to 0.978, 0.893 to 0.894), so there the test asks only that the adapted model does not
-#: get worse.
+#: held-out MAE loss after 48 steps (the default tiles, 4 x the input) as a share of the loss before. At this seed
+#: the 4-band WorldView tiles fall by 37%, SAR in decibels and the Landsat scene by 0.4% and 0.8% (over three seeds
+#: -38%, -0.3% and -0.5%, every interval clear of zero: benchmarks/README.md, sensor_loss.py); single-look complex
+#: SAR, per-patch-normalised speckle, rises 0.1% at every seed, so there the test asks only that it does not get
+#: worse by more than that.
 SENSOR_CASES = {
     "worldview_ms": (["preproc_tutorial/ms1.tif", "preproc_tutorial/ms2.tif"], ["--sensor", "worldview3-4band"],
                      ["blue", "green", "red", "nir1"], 0.8),
     "sar_db_with_nan": (["preproc_tutorial/sar_masked.tif"], ["--sensor", "sar-quad"], ["HH", "HV", "VH", "VV"],
-                        1.02),
+                        0.998),
     "sar_complex": (["preproc_tutorial/sar_vv.tif"], ["--in-chans", "1", "--band-names", "VV", "--wavelengths",
-                                                      "55465", "--decibels", "amplitude"], ["VV"], 1.02),
-    "landsat_int16_nodata": ([LANDSAT], ["--in-chans", "1"], None, 1.02),
+                                                      "55465", "--decibels", "amplitude"], ["VV"], 1.005),
+    "landsat_int16_nodata": ([LANDSAT], ["--in-chans", "1"], None, 0.998),
 }
 
 
@@ -133,7 +134,7 @@ def test_consecutive_pretraining_from_the_rgb_mae_runs_on_every_sensor(solaris: 
     data = [str(solaris / f) for f in files]
     result = run_cli("pretrain", "--init", "cspt:mae-tiny-tinyimagenet", "--data", *data, "--eval-data", *data,
                      "--output", str(run), "--epochs", "3", "--batch-size", "16", "--samples-per-epoch", "256",
-                     "--tile-size", "128", "--blr", "1.5e-3", "--vis-every", "3", *flags, *FAST)
+                     "--blr", "1.5e-3", "--vis-every", "3", *flags, *FAST)
     assert result.returncode == 0, result.stderr[-2000:]
     heldout = json.loads((run / "heldout.json").read_text())
     assert heldout[-1]["mae_loss"] < share * heldout[0]["mae_loss"], heldout

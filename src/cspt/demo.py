@@ -45,7 +45,8 @@ HELD_OUT = ("OSBS_029", "SOAP_061")  #: 61 + 37 crowns from Florida and Californ
 PRETRAIN_SCENES = tuple(f"{stem}.png" for stem in TRAIN_SCENES) + ("SOAP_031.png",)
 #: stage 2, the reproduction's recipe (docs/reproduction.md: blr 1.5e-3 at batch 32, 24 epochs of 38 steps, the
 #: warm-up 5% of the steps) on random crops of the three unlabelled scenes: 912 steps (crops spread by area; drawn
-#: from each scene alike, they did no better: benchmarks/README.md, demo_spread.py)
+#: from each scene alike, they did no better: benchmarks/README.md, demo_spread.py). The demo crops them from the
+#: detector's own tiles (``demo_spec``), so the encoder adapts at the scale detection sees
 PRETRAIN = {"epochs": 24, "samples_per_epoch": 38 * 32, "batch_size": 32, "blr": 1.5e-3, "warmup_epochs": 1.2}
 #: what a source checkpoint decides when there is one (the tiny recipes spell out the shared tiny MAE's)
 SHAPE_FIELDS = ("model", "embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "decoder_dim", "decoder_depth",
@@ -147,15 +148,17 @@ def demo_spec(output: str, init: str | None) -> dict:
     scenes = neon_scenes()
     data = Path(output) / "data"
     patch = load_checkpoint(init).arch["patch_size"] if init else None
-    pretrain = {**shaped_like(recipe("pretrain_tiny_cpu.yaml"), patch, 8), **PRETRAIN,
-                "data": [str(scenes / name) for name in PRETRAIN_SCENES],
-                "eval_data": [str(scenes / f"{stem}.png") for stem in HELD_OUT],  # scored, never trained on
-                "vis_every": PRETRAIN["epochs"], "device": "auto"}
     detect = {**shaped_like(recipe("detect_tiny_cpu.yaml"), patch, 16), "task": "detect",
               "train": str(crowns_csv(scenes, TRAIN_SCENES, data / "train.csv")), "images": str(scenes),
               "val": str(crowns_csv(scenes, HELD_OUT, data / "held_out.csv")), "classes": ["Tree"],
               "epochs": DETECT_EPOCHS, "warmup_epochs": DETECT_EPOCHS / 8, "eval_every": DETECT_EPOCHS,
               "device": "auto"}
+    # crops from the detector's tiles (57-128 px of a 128 px tile for a 64 px model): from the default 4x-input
+    # tiles, shrunk 1.8-4x, the held-out MAE loss rose at every seed (benchmarks/README.md, demo_spread.py)
+    pretrain = {**shaped_like(recipe("pretrain_tiny_cpu.yaml"), patch, 8), **PRETRAIN,
+                "tile_size": detect["tile_size"], "data": [str(scenes / name) for name in PRETRAIN_SCENES],
+                "eval_data": [str(scenes / f"{stem}.png") for stem in HELD_OUT],  # scored, never trained on
+                "vis_every": PRETRAIN["epochs"], "device": "auto"}
     return {"output": output, "source": init, "arms": ["direct", "cspt"], "pretrain": pretrain,
             "finetune": {"neon_trees": detect}, "evidence": recipe("evidence/demo.yaml")}
 

@@ -54,9 +54,13 @@ def random_box(height: int, width: int, min_scale: float, generator: torch.Gener
         w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
         if 0 < w <= width and 0 < h <= height:
             return int(u_top * (height - h + 1)), int(u_left * (width - w + 1)), h, w
-    # torchvision's fallback: the whole image, cut to the nearest allowed aspect ratio
-    h, w = min(height, round(width * 4 / 3)), min(width, round(height * 4 / 3))
+    h, w = largest_box(height, width)  # torchvision's fallback
     return (height - h) // 2, (width - w) // 2, h, w
+
+
+def largest_box(height: int, width: int) -> tuple[int, int]:
+    """The largest box :func:`random_box` takes: the whole image, cut to the nearest allowed aspect ratio."""
+    return min(height, round(width * 4 / 3)), min(width, round(height * 4 / 3))
 
 
 def random_resized_crop(pixels: Pixels, size: int, min_scale: float, generator: torch.Generator) -> Pixels:

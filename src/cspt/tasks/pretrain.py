@@ -25,6 +25,7 @@ from cspt.data.files import find_images
 from cspt.data.images import ImageReadError
 from cspt.data.normalisation import default_normalisation
 from cspt.data.pixels import PixelContract
+from cspt.data.sampling import largest_box
 from cspt.data.unlabelled import (
     MAX_NODATA_SHARE,
     ReplayMix,
@@ -97,23 +98,26 @@ def with_masking_order(collate_fn: Callable[[list[dict]], dict], groups: int, sa
 
 def fixed_crops(contract: PixelContract, sources: Sequence[str | Path], tile_size: int, img_size: int,
                 noise_length: int, limit: int = HELDOUT_IMAGES) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The crops pretraining measures its MAE loss on: a regular grid of windows half a tile wide (the scale of
-    a training crop) over every image of ``sources``, at most ``limit`` of them spread evenly, each resized to
-    ``img_size`` and normalised; their valid masks, and fixed mask noise (``noise_length`` values a crop, the
-    model's ``mask_noise_length``; seed 0), so every measurement sees the same crops and masks.
+    """The crops pretraining measures its MAE loss on: a regular grid of windows half as wide and high as the
+    largest crop training takes (from a tile of a scene larger than twice ``tile_size``, else from the whole
+    image; its aspect cut to 3/4-4/3), so at the scale of a small training crop, over every image of
+    ``sources``; at most ``limit`` of them spread evenly, each resized to ``img_size`` and normalised; their
+    valid masks, and fixed mask noise (``noise_length`` values a crop, the model's ``mask_noise_length``; seed
+    0), so every measurement sees the same crops and masks.
 
     Windows mostly without data (which training skips) give way to other windows, themselves spread over the
     grid, read at most ``REPLACEMENT_READS`` x ``limit`` in all; only where no window has data are empty ones
     measured. Unreadable files and windows are left out, as training skips them."""
-    side = tile_size // 2
     boxes = []
     for path in find_images(list(sources)):
         try:
             info = contract.info(path)
         except ImageReadError:
             continue
-        tops, lefts = window_starts(info.height, side, side), window_starts(info.width, side, side)
-        size = (min(side, info.height), min(side, info.width))
+        tiled = max(info.height, info.width) > 2 * tile_size  # as training samples it (scan_images)
+        source = (min(tile_size, info.height), min(tile_size, info.width)) if tiled else (info.height, info.width)
+        size = tuple(-(-side // 2) for side in largest_box(*source))  # half, rounded up
+        tops, lefts = window_starts(info.height, size[0], size[0]), window_starts(info.width, size[1], size[1])
         boxes += [(path, (top, left, *size)) for top in tops for left in lefts]
     count = min(len(boxes), limit)
     spread = [round(i * len(boxes) / count) for i in range(count)]
