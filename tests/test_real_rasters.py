@@ -111,7 +111,7 @@ def test_landsat_nodata_border_is_never_trained_on_scored_or_predicted(solaris: 
 #: the 4-band WorldView tiles fall by 37%, SAR in decibels and the Landsat scene by 0.4% and 0.8% (over three seeds
 #: -38%, -0.3% and -0.5%, every interval clear of zero: benchmarks/README.md, sensor_loss.py); single-look complex
 #: SAR, per-patch-normalised speckle, rises 0.1% at every seed, so there the test asks only that it does not get
-#: worse by more than that.
+#: worse by more than half a percent.
 SENSOR_CASES = {
     "worldview_ms": (["preproc_tutorial/ms1.tif", "preproc_tutorial/ms2.tif"], ["--sensor", "worldview3-4band"],
                      ["blue", "green", "red", "nir1"], 0.8),
