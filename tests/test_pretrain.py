@@ -22,7 +22,7 @@ from cspt.config import PretrainConfig
 from cspt.data.pixels import PixelContract
 from cspt.engine.run_log import read_log
 from cspt.errors import CsptError
-from cspt.tasks.pretrain import fixed_crops, pretrain
+from cspt.tasks.pretrain import fixed_crops, pretrain, with_mask_draws
 from tests.conftest import NATURAL_MAE, TINY_ARCH, TINY_FLAGS, TINY_IMAGENET, needs, run_cli, write_geotiff, write_rgb
 
 FAST = ["--num-workers", "0", "--warmup-epochs", "0", "--vis-every", "0", "--log-every", "1", "--device", "cpu"]
@@ -360,6 +360,20 @@ def test_held_out_windows_are_half_the_largest_training_crop(tmp_path, height, w
     assert len(images) == len(rows)
     centre_rows = sorted(float(contract.unnormalise(crop).mean()) * 1290 / 10 for crop in images)
     assert np.allclose(centre_rows, rows, atol=0.5), centre_rows
+
+
+def test_few_held_out_windows_are_each_measured_under_several_fixed_masks(tmp_path):
+    """One image too small to tile has four windows: each is measured under 32 // 4 = 8 masks, all different, the
+    first the one it had alone; enough windows are measured once each, as before."""
+    image = write_geotiff(tmp_path / "image.tif", np.random.default_rng(0).integers(0, 999, (1, 96, 96), np.int16))
+    contract = PixelContract((0.5,), (0.25,), low=(0.0,), high=(999 / 32767,))
+    crops = fixed_crops(contract, [image], 64, 32, 16, limit=32)
+    images, valid, noise = with_mask_draws(crops, 32)
+    assert len(crops[0]) == 4 and images.shape == (32, 1, 32, 32) and valid.shape == (32, 32, 32)
+    assert torch.equal(images[4:8], crops[0]) and torch.equal(noise[:4], crops[2])
+    assert len({tuple(row.argsort()[:4].tolist()) for row in noise}) == 32  # 32 different masks
+    many = fixed_crops(contract, [image], 16, 32, 16, limit=32)  # tiled at 16 px: 8 px windows, 144 of them
+    assert len(many[0]) == 32 and with_mask_draws(many, 32) is many
 
 
 def test_a_truncated_geotiff_first_in_the_pool_is_skipped_when_bands_are_named(tmp_path):

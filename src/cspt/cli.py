@@ -251,6 +251,7 @@ def add_data_commands(commands: argparse._SubParsersAction) -> None:
     stats.add_argument("--bands", type=int, nargs="+", help="only these bands, numbered from 1, in this order")
     stats.add_argument("--nodata", type=float, help="a raw value meaning 'no data' (besides each file's own)")
     stats.add_argument("--decibels", choices=["amplitude", "intensity"], help="SAR: values read as decibels")
+    stats.add_argument("--despeckle", type=int, help="SAR: an N x N boxcar mean of the intensity before decibels")
 
     vis = commands.add_parser("visualize", help="MAE reconstruction grid of a checkpoint on some images")
     vis.add_argument("--checkpoint", required=True, help="MAE checkpoint (with decoder)")
@@ -479,7 +480,8 @@ def run_stats(args: argparse.Namespace) -> None:
     from cspt.data.stats import band_statistics
 
     files = find_images(args.data)
-    result = band_statistics(files, args.max_images, bands=args.bands, nodata=args.nodata, decibels=args.decibels)
+    result = band_statistics(files, args.max_images, bands=args.bands, nodata=args.nodata, decibels=args.decibels,
+                             despeckle=args.despeckle)
     for message in result.skipped:
         log.warning("skipped: %s", message)
     dtype = data_type(files)
@@ -489,7 +491,7 @@ def run_stats(args: argparse.Namespace) -> None:
     print(f"mean: [{', '.join(f'{v:.6f}' for v in result.mean)}]")
     print(f"std: [{', '.join(f'{v:.6f}' for v in result.std)}]")
     contract = PixelContract((0.5,) * bands, (0.25,) * bands, tuple(args.bands) if args.bands else None,
-                             nodata=args.nodata, decibels=args.decibels)
+                             nodata=args.nodata, decibels=args.decibels, despeckle=args.despeckle)
     spread = measure_scaling(files, "percentile", contract)
     print(f"percentile_2: [{', '.join(f'{v:.6f}' for v in spread.low)}]")
     print(f"percentile_98: [{', '.join(f'{v:.6f}' for v in spread.high)}]")

@@ -106,6 +106,9 @@ class EncoderConfig:
     decibels: str | None = option(None, "SAR: read amplitude or intensity (power) values as decibels, floored at "
                                   "-50 dB (complex values are read as their amplitude)",
                                   choices=["amplitude", "intensity"])
+    despeckle: int | None = option(None, "SAR: average the intensity over an N x N boxcar (odd N, e.g. 3 or 5) "
+                                   "before --decibels, on the image's own pixel grid: for single-look complex "
+                                   "data, whose speckle leaves little to predict (GRD is multilooked already)")
     scale: str = option("auto", "how raw pixel values map to the 0-1 scale of --mean/--std: dtype (divide by the "
                         "type's maximum), percentile (each band's 2-98%% range, measured on the data), stats (the "
                         "data's own mean/std become --mean/--std), or a JSON file / run directory recording one; "

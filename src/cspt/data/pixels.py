@@ -2,8 +2,8 @@
 
 One order, everywhere::
 
-    read a window -> select bands -> valid mask -> (SAR: decibels) -> scale to [0, 1] -> augment -> normalise
-    -> invalid = 0
+    read a window -> select bands -> valid mask -> (SAR: despeckle, decibels) -> scale to [0, 1] -> augment
+    -> normalise -> invalid = 0
 
 A :class:`PixelContract` holds everything that order needs (the bands, the per-band
 scaling, the extra nodata value, the normalisation) and what the bands are (names,
@@ -43,6 +43,7 @@ from cspt.data.images import (
     ImageReadError,
     RawPixels,
     WindowBox,
+    dtype_kind,
     image_info,
     may_lack_data,
     read_raw,
@@ -50,10 +51,12 @@ from cspt.data.images import (
     to_unit_float,
 )
 from cspt.data.normalisation import default_normalisation
+from cspt.data.speckle import boxcar_mean, check_despeckle, margin_window
 from cspt.errors import CsptError
 
-#: the version of :meth:`PixelContract.to_dict`'s layout
-CONTRACT_VERSION = 1
+#: the version of :meth:`PixelContract.to_dict`'s layout: 2 added ``despeckle``, written as 1 without it (a release
+#: that reads only 1 then refuses a despeckled model instead of reading its pixels unfiltered)
+CONTRACT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class PixelContract:
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS  #: the largest JPEG/PNG decoded (None: no limit)
     spectral: tuple[Band, ...] | None = None  #: what each model band is (None: not known)
     decibels: str | None = None  #: SAR: ``amplitude`` or ``intensity`` values read as decibels (see to_decibels)
+    despeckle: int | None = None  #: SAR: the side of a boxcar mean of the intensity before decibels (odd, >= 3)
 
     def __post_init__(self) -> None:
         bands = len(self.mean)
@@ -117,6 +121,10 @@ class PixelContract:
             raise CsptError(f"pixel contract: metadata for {len(self.spectral)} bands, {bands} bands of mean/std")
         if self.decibels not in (None, *DECIBEL_INPUTS):
             raise CsptError(f"pixel contract: decibels of {self.decibels!r}; one of {', '.join(DECIBEL_INPUTS)}")
+        if self.despeckle is not None:
+            check_despeckle(self.despeckle, self.decibels, "pixel contract")
+            if self.despeckle == 1:
+                object.__setattr__(self, "despeckle", None)  # a 1 x 1 boxcar: none
 
     @property
     def in_chans(self) -> int:
@@ -131,7 +139,7 @@ class PixelContract:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready description (``version`` first)."""
-        values = {"version": CONTRACT_VERSION}
+        values = {"version": CONTRACT_VERSION if self.despeckle else 1}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if field.name == "spectral":
@@ -153,7 +161,8 @@ class PixelContract:
                        scaling=str(values.get("scaling", "dtype")),
                        max_image_pixels=values.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS),
                        spectral=None if values.get("spectral") is None else
-                       tuple(Band(**band) for band in values["spectral"]), decibels=values.get("decibels"))
+                       tuple(Band(**band) for band in values["spectral"]), decibels=values.get("decibels"),
+                       despeckle=values.get("despeckle"))
         except (KeyError, TypeError, ValueError) as err:
             raise CsptError(f"{source}: not a pixel contract ({type(err).__name__}: {err})") from None
 
@@ -186,6 +195,7 @@ class PixelContract:
         nodata = f", nodata {self.nodata:g}" if self.nodata is not None else ""
         nodata += f" ({describe(self.spectral)})" if self.spectral else ""
         nodata += f", {self.decibels} in dB" if self.decibels else ""
+        nodata += f" after a {self.despeckle}x{self.despeckle} boxcar" if self.despeckle else ""
         return (f"bands {bands}{nodata}; scaling {scale}; mean {[round(v, 4) for v in self.mean]}, "
                 f"std {[round(v, 4) for v in self.std]}")
 
@@ -206,7 +216,8 @@ class PixelContract:
 
     def read_unit(self, path: str | Path, window: WindowBox | None = None) -> tuple[np.ndarray, np.ndarray]:
         """:func:`read_unit` of a window under this contract's bands and nodata."""
-        return read_unit(path, window, self.bands, self.nodata, self.max_image_pixels, self.decibels)
+        return read_unit(path, window, self.bands, self.nodata, self.max_image_pixels, self.decibels,
+                         self.despeckle)
 
     def read(self, path: str | Path, window: WindowBox | None = None) -> Pixels:
         """A window (None: the whole image) as :class:`Pixels`: selected, masked, scaled, invalid at the mean."""
@@ -267,6 +278,8 @@ class PixelContract:
         """The file's header, checked against the contract's bands."""
         found = image_info(path)
         self.check_bands(found, Path(path))
+        if self.decibels == "intensity" and dtype_kind(found.dtype) == "c":
+            raise CsptError(f"{path}: complex values are read as their amplitude: use --decibels amplitude")
         return found
 
     # ------------------------------------------------------------ normalisation
@@ -310,12 +323,36 @@ def read_contract(folder: Path) -> PixelContract | None:
 
 def read_unit(path: str | Path, window: WindowBox | None = None, bands: Sequence[int] | None = None,
               nodata: float | None = None, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-              decibels: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The ``bands`` of a window on the dtype scale ``(H, W, bands)`` (``decibels``: in dB) and its valid mask
-    ``(H, W)``, unscaled (what :mod:`cspt.data.scaling` measures); invalid pixels hold 0."""
+              decibels: str | None = None, despeckle: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``bands`` of a window on the dtype scale ``(H, W, bands)`` (``decibels``: in dB; ``despeckle``: after
+    a boxcar mean of the intensity, :mod:`cspt.data.speckle`) and its valid mask ``(H, W)``, unscaled (what
+    :mod:`cspt.data.scaling` measures); invalid pixels hold 0."""
+    if despeckle and despeckle > 1:
+        return _despeckled_decibels(path, window, bands, nodata, max_pixels, decibels, despeckle)
     raw = read_raw(path, window, bands, max_pixels)
     valid = valid_mask(raw, nodata)
     unit = to_decibels(raw.values, decibels) if decibels else to_unit_float(raw.values)
+    unit[~valid] = 0.0
+    return unit, valid
+
+
+def _despeckled_decibels(path: str | Path, window: WindowBox | None, bands: Sequence[int] | None,
+                         nodata: float | None, max_pixels: int | None, decibels: str | None,
+                         size: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`read_unit` with a ``size`` x ``size`` boxcar mean of the intensity before decibels (read with the
+    filter's margin, so a pixel's value does not depend on the window it is read through)."""
+    check_despeckle(size, decibels, path)
+    inner = None
+    if window is not None:
+        info = image_info(path)
+        window, inner = margin_window(window, size // 2, info.height, info.width)
+    raw = read_raw(path, window, bands, max_pixels)
+    valid = valid_mask(raw, nodata)
+    intensity = np.square(raw.values, dtype=np.float64) if decibels == "amplitude" else raw.values
+    unit = to_decibels(boxcar_mean(intensity, valid, size), "intensity")
+    if inner is not None:
+        top, left, rows, cols = inner
+        unit, valid = unit[top:top + rows, left:left + cols], valid[top:top + rows, left:left + cols]
     unit[~valid] = 0.0
     return unit, valid
 

@@ -67,7 +67,7 @@ def sampled_pixels(files: Sequence[Path], contract: PixelContract, sample: int =
     rng = np.random.default_rng(seed)
     chunks, skipped = [], []
     for _, pixels, _ in valid_pixels(files, sample, seed, window, contract.bands, contract.nodata,
-                                      contract.decibels):
+                                      contract.decibels, contract.despeckle):
         if isinstance(pixels, str):
             skipped.append(pixels)
             continue
@@ -141,7 +141,7 @@ def resolve_scaling(scale: str, contract: PixelContract, files: Callable[[], Seq
         if explicit_statistics:
             return None
         if recorded is not None and recorded.in_chans == contract.in_chans and recorded.low is not None \
-                and recorded.decibels == contract.decibels:
+                and recorded.decibels == contract.decibels and recorded.despeckle == contract.despeckle:
             return Scaling(recorded.scaling, list(recorded.low), list(recorded.high))
         dtype = data_type(files())
         if dtype is None or (dtype in EIGHT_BIT and not contract.decibels):

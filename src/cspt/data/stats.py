@@ -27,9 +27,11 @@ class BandStatistics:
 
 def valid_pixels(files: Sequence[Path], max_images: int | None, seed: int = 0, window: int | None = None,
                  bands: Sequence[int] | None = None, nodata: float | None = None,
-                 decibels: str | None = None) -> Iterator[tuple[Path, np.ndarray | str, int]]:
+                 decibels: str | None = None, despeckle: int | None = None,
+                 ) -> Iterator[tuple[Path, np.ndarray | str, int]]:
     """Each file of a seeded sample of at most ``max_images`` of ``files`` with its valid pixels ``(N, bands)``
-    in float64 on the dtype scale (``bands`` selected, ``nodata`` left out; ``decibels``: SAR values in dB), or
+    in float64 on the dtype scale (``bands`` selected, ``nodata`` left out; ``decibels``: SAR values in dB, after
+    a ``despeckle`` boxcar), or
     why it cannot be read; and how many of its pixels were invalid.
 
     ``window``: read only a central window of at most this many pixels a side of each
@@ -41,7 +43,7 @@ def valid_pixels(files: Sequence[Path], max_images: int | None, seed: int = 0, w
     for path in files:
         try:
             unit, valid = read_unit(path, central_box(path, window) if window else None, bands, nodata,
-                                    decibels=decibels)
+                                    decibels=decibels, despeckle=despeckle)
         except ImageReadError as err:
             yield path, str(err), 0
             continue
@@ -50,11 +52,12 @@ def valid_pixels(files: Sequence[Path], max_images: int | None, seed: int = 0, w
 
 def band_statistics(files: Sequence[Path], max_images: int | None = 1000, seed: int = 0,
                     window: int | None = None, bands: Sequence[int] | None = None,
-                    nodata: float | None = None, decibels: str | None = None) -> BandStatistics:
+                    nodata: float | None = None, decibels: str | None = None,
+                    despeckle: int | None = None) -> BandStatistics:
     """Mean and std of every band on the dtype scale, over the :func:`valid_pixels` of a seeded sample."""
     total = total_sq = None
     count, width, used, invalid, skipped = 0, None, 0, 0, []
-    for path, pixels, masked in valid_pixels(files, max_images, seed, window, bands, nodata, decibels):
+    for path, pixels, masked in valid_pixels(files, max_images, seed, window, bands, nodata, decibels, despeckle):
         if isinstance(pixels, str):
             skipped.append(pixels)
             continue
@@ -105,7 +108,7 @@ def normalisation_mismatch(files: Sequence[Path], contract: PixelContract, sampl
     """
     try:
         data = band_statistics(files, sample, window=window, bands=contract.bands, nodata=contract.nodata,
-                               decibels=contract.decibels)
+                               decibels=contract.decibels, despeckle=contract.despeckle)
     except CsptError:  # nothing readable: the loader reports the files
         return None
     if len(data.mean) not in (1, contract.in_chans):

@@ -110,8 +110,14 @@ def resolved_encoder_fields(config: EncoderConfig, init: Checkpoint | None,
     if recorded is not None and decibels is None and recorded.decibels and (spectral is None or is_radar(spectral)):
         decibels = fields["decibels"] = recorded.decibels
         log.info("decibels: %s values, as %s recorded", decibels, init.path)
+    despeckle = config.despeckle
+    if recorded is not None and despeckle is None and recorded.despeckle and decibels == recorded.decibels:
+        despeckle = fields["despeckle"] = recorded.despeckle
+        log.info("despeckle: a %dx%d boxcar, as %s recorded (--despeckle 1 for none)", despeckle, despeckle,
+                 init.path)
     contract = PixelContract(tuple(fields["mean"]), tuple(fields["std"]), tuple(numbers) if numbers else None,
-                             nodata=nodata, max_image_pixels=config.max_image_pixels or None, decibels=decibels)
+                             nodata=nodata, max_image_pixels=config.max_image_pixels or None, decibels=decibels,
+                             despeckle=despeckle)
     check_data_bands(contract, files)
     if config.scale_low and config.scale_high:
         return fields
@@ -203,7 +209,7 @@ def contract_of(config: EncoderConfig) -> PixelContract:
                          if config.bands else None,
                          tuple(config.scale_low) if scaled else None, tuple(config.scale_high) if scaled else None,
                          config.nodata, f"--scale {config.scale}" if scaled else "dtype",
-                         config.max_image_pixels or None, config_bands(config), config.decibels)
+                         config.max_image_pixels or None, config_bands(config), config.decibels, config.despeckle)
 
 
 def config_bands(config: EncoderConfig) -> tuple[Band, ...] | None:
@@ -263,7 +269,8 @@ def source_contract(target: PixelContract, files: Sequence[Path], role: str,
         fed = [feed.feeds.index(position) for position in range(len(feed.read))]
         mean, std = tuple(target.mean[b] for b in fed), tuple(target.std[b] for b in fed)
         bands = feed.read
-    contract = PixelContract(mean, std, bands, max_image_pixels=target.max_image_pixels, decibels=target.decibels)
+    contract = PixelContract(mean, std, bands, max_image_pixels=target.max_image_pixels, decibels=target.decibels,
+                             despeckle=target.despeckle)
     for path in files:
         try:
             contract.info(path)

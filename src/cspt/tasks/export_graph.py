@@ -135,7 +135,7 @@ def reads_like_deepness(described: DescribedModel) -> bool:
     """Whether Deepness (8-bit pixels / 255, no nodata) feeds the model what cspt's contract does."""
     contract = described.info.contract
     first_bands = contract.bands in (None, tuple(range(1, contract.in_chans + 1)))
-    return contract.low is None and contract.nodata is None and first_bands
+    return contract.low is None and contract.nodata is None and contract.decibels is None and first_bands
 
 
 def export_graph(source: str | Path, to: str, output: str | Path, gsd: float | None = None) -> Path:

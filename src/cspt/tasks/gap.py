@@ -72,7 +72,7 @@ def domain_gap(checkpoint: str | Path, source: Sequence[str | Path], target: Seq
         features[name], losses[name] = encode(model, data, torch_device, seed, loaded.has_decoder)
         if name != "reference":
             stats = band_statistics(files, max_images=None, bands=contract.bands, nodata=contract.nodata,
-                                    decibels=contract.decibels)
+                                    decibels=contract.decibels, despeckle=contract.despeckle)
             bands[name] = {"mean": stats.mean, "std": stats.std, "pixels": contract.to_dict()}
     del losses["reference"]
     result = {

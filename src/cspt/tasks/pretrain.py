@@ -149,6 +149,20 @@ def fixed_crops(contract: PixelContract, sources: Sequence[str | Path], tile_siz
     return images, torch.stack([crop.valid for crop in crops]), noise
 
 
+def with_mask_draws(crops: tuple[torch.Tensor, torch.Tensor, torch.Tensor], measurements: int = HELDOUT_IMAGES,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`fixed_crops` measured under several fixed masks each when they are few: every crop repeated
+    ``measurements // crops`` times (at least once), each repeat with its own mask noise (seed 0; the first
+    draw is :func:`fixed_crops`'s). One 200 px image gives four windows; one mask each is too small a sample
+    of the MAE loss to see it move."""
+    images, valid, noise = crops
+    draws = max(1, measurements // len(images))
+    if draws == 1:
+        return crops
+    noise = torch.rand(draws * len(images), noise.shape[1], generator=torch.Generator().manual_seed(0))
+    return images.repeat(draws, 1, 1, 1), valid.repeat(draws, 1, 1), noise
+
+
 class PretrainTask(Task):
     """MAE on unlabelled images, for the :class:`~cspt.engine.Trainer`."""
 
@@ -281,10 +295,11 @@ class PretrainTask(Task):
 
     @functools.cached_property
     def measured_crops(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """The held-out crops (``--eval-data``), and crops of the pool by the same rule for comparison."""
+        """The held-out crops (``--eval-data``), and crops of the pool by the same rule for comparison (each under
+        several masks where they are few)."""
         cfg = self.config
-        return {name: fixed_crops(self.contract, sources, cfg.tile_size, cfg.img_size,
-                                  mask_noise_length(self.arch, cfg.group_masking))
+        return {name: with_mask_draws(fixed_crops(self.contract, sources, cfg.tile_size, cfg.img_size,
+                                                  mask_noise_length(self.arch, cfg.group_masking)))
                 for name, sources in (("heldout", cfg.eval_data), ("pool", cfg.data))}
 
     @torch.no_grad()
