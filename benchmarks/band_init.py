@@ -46,7 +46,7 @@ from cspt.config import PretrainConfig, build_config  # noqa: E402
 from cspt.models.mae import MaskedAutoencoderViT  # noqa: E402
 from cspt.report import mean_and_spread  # noqa: E402
 from cspt.tasks.common import contract_of  # noqa: E402
-from cspt.tasks.pretrain import PretrainTask, fixed_crops, pretrain, resolve_config  # noqa: E402
+from cspt.tasks.pretrain import PretrainTask, fixed_crops, pretrain, resolve_config, with_mask_draws  # noqa: E402
 from cspt.weights.load import load_checkpoint  # noqa: E402
 
 WHEEL = ROOT / ".cache" / "wheels" / "solaris-0.4.0-py3-none-any.whl"
@@ -82,7 +82,8 @@ def band_errors(model: MaskedAutoencoderViT, config: PretrainConfig, held: Path)
     contract = contract_of(config)
     images, valid, own = fixed_crops(contract, [held], config.tile_size, config.img_size, model.mask_noise_length)
     model.eval()
-    errors = {"mae": float(model(images, noise=own, valid=valid)[0])}  # pretraining's held-out MAE loss
+    measured, measured_valid, measured_noise = with_mask_draws((images, valid, own))  # as pretraining measures
+    errors = {"mae": float(model(measured, noise=measured_noise, valid=measured_valid)[0])}
     length = model.arch.grid_size**2
     model.group_masking = "shared"
     result = model.reconstruct(images, noise=torch.rand(len(images), length,

@@ -68,6 +68,7 @@ def test_a_despeckled_pixel_is_the_same_through_every_window_and_invalid_pixels_
         intensity = np.abs(src.read(1).astype(np.complex128)) ** 2
     expected = 10 * np.log10(neighbourhood_mean(intensity[..., None], valid, 3)[valid])
     assert np.allclose(whole[valid], expected, atol=1e-4) and (whole[~valid] == 0).all()
+    assert np.array_equal(SAR.read_unit(path, (-2, -1, 5, 6))[0], whole[:3, :5])  # clipped, as a plain read is
     for top in range(12 - 5 + 1):  # every window position, edges and the border included
         for left in range(12 - 6 + 1):
             unit, window_valid = SAR.read_unit(path, (top, left, 5, 6))

@@ -47,7 +47,9 @@ def margin_window(window: WindowBox, reach: int, height: int, width: int) -> tup
     """``window`` (top, left, height, width) widened by ``reach`` pixels on every side, within an image of
     ``height`` x ``width``; and where the original window lies inside the widened one."""
     top, left, rows, cols = window
-    outer_top, outer_left = min(max(top - reach, 0), top), min(max(left - reach, 0), left)  # never inside out
+    if top < 0 or left < 0:  # the part inside the image, as a plain read returns it
+        rows, cols, top, left = rows + min(top, 0), cols + min(left, 0), max(top, 0), max(left, 0)
+    outer_top, outer_left = max(top - reach, 0), max(left - reach, 0)
     outer_bottom, outer_right = min(top + rows + reach, height), min(left + cols + reach, width)
     outer = (outer_top, outer_left, outer_bottom - outer_top, outer_right - outer_left)
     return outer, (top - outer_top, left - outer_left, rows, cols)

@@ -151,10 +151,10 @@ def fixed_crops(contract: PixelContract, sources: Sequence[str | Path], tile_siz
 
 def with_mask_draws(crops: tuple[torch.Tensor, torch.Tensor, torch.Tensor], measurements: int = HELDOUT_IMAGES,
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`fixed_crops` measured under several fixed masks each when they are few: every crop repeated
-    ``measurements // crops`` times (at least once), each repeat with its own mask noise (seed 0; the first
-    draw is :func:`fixed_crops`'s). One 200 px image gives four windows; one mask each is too small a sample
-    of the MAE loss to see it move."""
+    """:func:`fixed_crops` measured under several fixed masks each when they are few (at most half of
+    ``measurements``): every crop repeated ``measurements // crops`` times, each repeat with its own mask noise
+    (seed 0; the first draw is :func:`fixed_crops`'s). One 200 px image gives four windows; one mask each is too
+    small a sample of the MAE loss to see it move."""
     images, valid, noise = crops
     draws = max(1, measurements // len(images))
     if draws == 1:
