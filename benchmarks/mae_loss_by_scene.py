@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from cspt.config import read_yaml  # noqa: E402
+from cspt.data.pixels import PixelContract  # noqa: E402
 from cspt.demo import HELD_OUT, PRETRAIN_SCENES, neon_scenes  # noqa: E402
 from cspt.models.mae import MaskedAutoencoderViT  # noqa: E402
 from cspt.models.vit import resolve_arch  # noqa: E402
@@ -32,24 +33,34 @@ from cspt.weights.load import load_checkpoint, load_into_model  # noqa: E402
 MASK_DRAWS = 4
 
 
-@torch.no_grad()
-def scene_losses(checkpoint: str | Path, scenes: list[Path], tile_size: int) -> list[float]:
-    """The MAE loss of ``checkpoint`` on each scene's fixed crops (mean over ``MASK_DRAWS`` mask draws)."""
+def load_mae(checkpoint: str | Path) -> tuple[MaskedAutoencoderViT, PixelContract]:
+    """The MAE of a checkpoint (with its decoder), in eval mode, and the pixel contract it records."""
     loaded = load_checkpoint(checkpoint)
     arch = resolve_arch({}, None, loaded.arch)
     model = MaskedAutoencoderViT(arch, group_masking=loaded.group_masking)
     load_into_model(model, loaded)
-    model.eval()
-    contract = checkpoint_contract(loaded, arch.in_chans)
+    return model.eval(), checkpoint_contract(loaded, arch.in_chans)
+
+
+@torch.no_grad()
+def loss_over_mask_draws(model: MaskedAutoencoderViT, images: torch.Tensor, valid: torch.Tensor,
+                         draws: int = MASK_DRAWS) -> float:
+    """The MAE loss on normalised ``images``, averaged over ``draws`` fixed mask draws (seed 0)."""
+    generator = torch.Generator().manual_seed(0)
+    return statistics.mean(
+        float(model(images, noise=torch.rand(len(images), model.mask_noise_length, generator=generator),
+                    valid=valid)[0])
+        for _ in range(draws))
+
+
+def scene_losses(checkpoint: str | Path, scenes: list[Path], tile_size: int) -> list[float]:
+    """The MAE loss of ``checkpoint`` on each scene's fixed crops (mean over ``MASK_DRAWS`` mask draws)."""
+    model, contract = load_mae(checkpoint)
     losses = []
     for scene in scenes:
-        images, valid, _ = fixed_crops(contract, [str(scene)], tile_size, arch.img_size, model.mask_noise_length,
-                                       limit=64)
-        draws = torch.Generator().manual_seed(0)
-        losses.append(statistics.mean(
-            float(model(images, noise=torch.rand(len(images), model.mask_noise_length, generator=draws),
-                        valid=valid)[0])
-            for _ in range(MASK_DRAWS)))
+        images, valid, _ = fixed_crops(contract, [str(scene)], tile_size, model.arch.img_size,
+                                       model.mask_noise_length, limit=64)
+        losses.append(loss_over_mask_draws(model, images, valid))
     return losses
 
 

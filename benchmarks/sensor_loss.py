@@ -47,16 +47,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from mae_loss_by_scene import load_mae, loss_over_mask_draws  # noqa: E402
 from paired import paired_interval  # noqa: E402
 
 from cspt.config import PretrainConfig, build_config, read_yaml  # noqa: E402
 from cspt.data.windows import window_starts  # noqa: E402
-from cspt.models.mae import MaskedAutoencoderViT  # noqa: E402
-from cspt.models.vit import resolve_arch  # noqa: E402
 from cspt.report import mean_and_spread  # noqa: E402
-from cspt.tasks.common import checkpoint_contract  # noqa: E402
 from cspt.tasks.pretrain import pretrain  # noqa: E402
-from cspt.weights.load import load_checkpoint, load_into_model  # noqa: E402
 
 WHEEL = ROOT / ".cache" / "wheels" / "solaris-0.4.0-py3-none-any.whl"
 RECIPE = ROOT / "configs" / "pretrain" / "tiny_cpu.yaml"
@@ -117,29 +114,20 @@ def run_case(case: str, seed: int, epochs: int, work: Path) -> tuple[float, floa
     return losses[0]["mae_loss"], losses[-1]["mae_loss"]
 
 
-@torch.no_grad()
 def window_losses(checkpoint: Path, raster: Path, sizes: Sequence[int]) -> list[float]:
     """The MAE loss of ``checkpoint`` on windows of each of ``sizes`` px (a grid at a quarter-window stride over
     the whole raster) resized to the model's input, averaged over ``MASK_DRAWS`` fixed mask draws."""
-    loaded = load_checkpoint(checkpoint)
-    arch = resolve_arch({}, None, loaded.arch)
-    model = MaskedAutoencoderViT(arch)
-    load_into_model(model, loaded)
-    model.eval()
-    contract = checkpoint_contract(loaded, arch.in_chans)
-    info = contract.info(raster)
+    model, contract = load_mae(checkpoint)
+    info, img_size = contract.info(raster), model.arch.img_size
     losses = []
     for size in sizes:
         stride = max(size // 4, 1)
         boxes = [(top, left, size, size) for top in window_starts(info.height, size, stride)
                  for left in window_starts(info.width, size, stride)]
-        crops = [contract.read(raster, box).resized([arch.img_size, arch.img_size]) for box in boxes]
+        crops = [contract.read(raster, box).resized([img_size, img_size]) for box in boxes]
         images = torch.stack([contract.normalise(crop) for crop in crops])
-        valid = torch.stack([crop.valid for crop in crops])
-        draws = torch.Generator().manual_seed(0)
-        losses.append(statistics.mean(
-            float(model(images, noise=torch.rand(len(images), model.mask_noise_length, generator=draws),
-                        valid=valid)[0]) for _ in range(MASK_DRAWS)))
+        losses.append(loss_over_mask_draws(model, images, torch.stack([crop.valid for crop in crops]),
+                                           MASK_DRAWS))
     return losses
 
 

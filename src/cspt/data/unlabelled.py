@@ -53,6 +53,11 @@ class ScanResult:
     unreadable: list[str]  #: "path: reason" for files whose header could not be read
 
 
+def is_tiled(info: ImageInfo, tile_size: int) -> bool:
+    """Whether training samples an image by tiles of ``tile_size`` (a scene larger than twice it), not whole."""
+    return max(info.height, info.width) > 2 * tile_size
+
+
 def scan_images(files: Sequence[Path], tile_size: int, threads: int = 8) -> ScanResult:
     """Read every header; scenes larger than twice ``tile_size`` give one entry per tile."""
 
@@ -69,7 +74,7 @@ def scan_images(files: Sequence[Path], tile_size: int, threads: int = 8) -> Scan
         if isinstance(info, str):
             unreadable.append(info)
             continue
-        if max(info.height, info.width) > 2 * tile_size:
+        if is_tiled(info, tile_size):
             count = max(1, info.height // tile_size) * max(1, info.width // tile_size)
             entries += [Entry(path, info, True)] * count
         else:

@@ -33,6 +33,7 @@ from cspt.data.unlabelled import (
     collate,
     collate_for_device,
     evaluation_images,
+    is_tiled,
     scan_images,
 )
 from cspt.data.windows import window_starts
@@ -114,7 +115,7 @@ def fixed_crops(contract: PixelContract, sources: Sequence[str | Path], tile_siz
             info = contract.info(path)
         except ImageReadError:
             continue
-        tiled = max(info.height, info.width) > 2 * tile_size  # as training samples it (scan_images)
+        tiled = is_tiled(info, tile_size)
         source = (min(tile_size, info.height), min(tile_size, info.width)) if tiled else (info.height, info.width)
         size = tuple(-(-side // 2) for side in largest_box(*source))  # half, rounded up
         tops, lefts = window_starts(info.height, size[0], size[0]), window_starts(info.width, size[1], size[1])
