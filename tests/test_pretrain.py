@@ -376,6 +376,15 @@ def test_few_held_out_windows_are_each_measured_under_several_fixed_masks(tmp_pa
     assert len(many[0]) == 32 and with_mask_draws(many, 32) is many
 
 
+def test_a_pool_of_only_corrupt_files_is_one_line_naming_one(tmp_path):
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "pool" / "broken.tif").write_bytes(b"II*\x00" + bytes(200))  # a TIFF whose header is cut off
+    config = PretrainConfig(data=[str(tmp_path / "pool")], output=str(tmp_path / "run"), epochs=1, samples_per_epoch=4,
+                            batch_size=4, num_workers=0, device="cpu", vis_every=0, **TINY_ARCH.to_dict())
+    with pytest.raises(CsptError, match=r"broken\.tif: .*\(no readable image among the 1 given\)$"):
+        pretrain(config)
+
+
 def test_a_truncated_geotiff_first_in_the_pool_is_skipped_when_bands_are_named(tmp_path):
     """The band names come from the first readable image: a broken one before it is skipped, not a traceback."""
     pool = tmp_path / "pool"

@@ -59,7 +59,8 @@ def is_tiled(info: ImageInfo, tile_size: int) -> bool:
 
 
 def scan_images(files: Sequence[Path], tile_size: int, threads: int = 8) -> ScanResult:
-    """Read every header; scenes larger than twice ``tile_size`` give one entry per tile."""
+    """Read every header; scenes larger than twice ``tile_size`` give one entry per tile. None readable: a one-line
+    error naming the first unreadable file."""
 
     def probe(path: Path) -> ImageInfo | str:
         try:
@@ -79,6 +80,8 @@ def scan_images(files: Sequence[Path], tile_size: int, threads: int = 8) -> Scan
             entries += [Entry(path, info, True)] * count
         else:
             entries.append(Entry(path, info, False))
+    if unreadable and not entries:
+        raise CsptError(f"{unreadable[0]} (no readable image among the {len(unreadable)} given)")
     return ScanResult(entries, unreadable)
 
 
