@@ -16,8 +16,9 @@ from PIL import Image
 
 from cspt.errors import CsptError
 from cspt.metrics import frechet_distance, mmd
-from cspt.pipeline import STAGE_FILE, plan, read_pipeline
+from cspt.pipeline import SOURCE_SHAPE, STAGE_FILE, plan, read_pipeline
 from cspt.tasks.gap import domain_gap
+from cspt.weights.load import load_checkpoint
 from tests.conftest import PLAIN_FINETUNE, TINY_IMAGENET, needs, run_cli
 
 
@@ -163,9 +164,10 @@ def test_seeds_and_budgets_make_one_chain_each_with_probes_and_a_report_averaged
     pretraining = [name for name, stage in stages.items() if stage.kind == "pretrain"]
     assert pretraining == ["pretrain_scratch_e1_s3", "pretrain_scratch_e2_s3", "pretrain_scratch_e1_s4",
                            "pretrain_scratch_e2_s4"]
-    for name in pretraining:  # the budget and seed of the chain, everything else from 'pretrain:'
+    shape = {k: v for k, v in load_checkpoint(natural_mae).arch.items() if k in SOURCE_SHAPE}  # the tiny ViT's
+    for name in pretraining:  # the budget and seed of the chain, the source's shape, everything else from 'pretrain:'
         epochs, seed = int(name.split("_e")[1][0]), int(name[-1])
-        assert stages[name].options == {**spec["pretrain"], "epochs": epochs, "seed": seed}
+        assert stages[name].options == {**shape, **spec["pretrain"], "epochs": epochs, "seed": seed}
         assert stages[name].init_from is None  # scratch: random initialisation
     assert stages["random_s3/rs"].init_from is None and stages["direct_s4/rs"].init_from == "source"
     assert stages["scratch_e2_s4/rs"].init_from == "pretrain_scratch_e2_s4"
@@ -270,7 +272,6 @@ def test_the_demo_source_travels_with_the_package_and_random_needs_asking(tmp_pa
     from cspt.demo import demo_source
     from cspt.errors import CsptError
     from cspt.tasks.common import recorded_contract
-    from cspt.weights.load import load_checkpoint
     from cspt.weights.packaged import PACKAGED
 
     monkeypatch.chdir(tmp_path)
@@ -298,7 +299,6 @@ def test_the_packaged_source_is_the_shared_checkpoint_in_half_precision(natural_
     import torch
 
     from cspt.weights.export import sha256_of
-    from cspt.weights.load import load_checkpoint
 
     original, packaged = load_checkpoint(natural_mae), load_checkpoint("cspt:mae-tiny-tinyimagenet")
     assert packaged.arch == original.arch and set(packaged.state_dict) == set(original.state_dict)
@@ -319,7 +319,6 @@ def test_the_demo_recipes_take_their_shape_from_a_source_of_another_architecture
     from cspt.demo import recipe, shaped_like
     from cspt.models import MaskedAutoencoderViT
     from cspt.tasks.common import resolved_encoder_fields
-    from cspt.weights.load import load_checkpoint
     from tests.conftest import TINY_ARCH
 
     source = tmp_path / "p16.pth"
@@ -335,6 +334,45 @@ def test_the_demo_recipes_take_their_shape_from_a_source_of_another_architecture
         assert (fields["embed_dim"], fields["depth"], fields["patch_size"]) == (64, 2, 16)
         if cls is PretrainConfig:
             assert (fields["decoder_dim"], fields["decoder_depth"]) == (48, 1)
+
+
+def test_arms_from_random_initialisation_take_the_source_architecture_unless_their_options_name_one(tmp_path):
+    """Without a shape in the spec, the random and scratch arms used to build the default ViT-B/16 beside a tiny
+    source: a comparison of architectures, not of initialisations."""
+    import dataclasses
+
+    from cspt.models import MaskedAutoencoderViT
+    from cspt.models.vit import resolve_arch
+    from tests.conftest import TINY_ARCH
+
+    source = tmp_path / "p16.pth"
+    torch.save({"model": MaskedAutoencoderViT(dataclasses.replace(TINY_ARCH, patch_size=16, img_size=48,
+                                                                  decoder_dim=48)).state_dict()}, source)
+    inferred = load_checkpoint(source).arch
+    spec = {"output": str(tmp_path / "pipe"), "source": str(source),
+            "arms": ["direct", "random", "cspt", "scratch", "fresh_teacher"],
+            "pretrain": {"data": ["pool"], "epochs": 1},
+            "finetune": {"trees": {"task": "detect", "train": "t.csv", "tile_size": 96},
+                         "scenes": {"task": "classify", "data": "c.csv", "img_size": 32, "depth": 1}}}
+
+    def built(stage, task_inferred):  # the ViT a stage builds: its options, then the shapes of what it starts from
+        explicit = {f.name: stage.options.get(f.name) for f in dataclasses.fields(TINY_ARCH)}
+        arch = resolve_arch(explicit, stage.options.get("model"), task_inferred)
+        encoder = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "img_size")
+        return arch if stage.kind == "pretrain" else {k: getattr(arch, k) for k in encoder}  # no decoder
+
+    stages = {stage.name: stage for stage in plan(spec)}
+    for arm in ("scratch", "fresh_teacher"):
+        assert built(stages[f"pretrain_{arm}"], None) == built(stages["pretrain"], inferred)
+        assert built(stages[f"pretrain_{arm}"], None).decoder_dim == 48
+    for task in ("trees", "scenes"):
+        assert built(stages[f"random/{task}"], None) == built(stages[f"direct/{task}"], inferred)
+    assert built(stages["random/trees"], None)["patch_size"] == 16
+    assert built(stages["random/scenes"], None)["depth"] == 1 and built(stages["random/scenes"], None)["img_size"] == 32
+    spec["finetune"]["trees"]["model"] = "vit_small"  # a preset: the options decide
+    random_trees = next(s for s in plan(spec) if s.name == "random/trees")
+    assert built(random_trees, None)["embed_dim"] == 384 and "patch_size" not in random_trees.options
+    assert "embed_dim" not in next(s for s in plan({**spec, "source": None}) if s.name == "random/scenes").options
 
 
 def test_report_and_palette_refuse_what_they_cannot_read(tmp_path):
