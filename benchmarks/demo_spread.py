@@ -10,8 +10,11 @@ differences): the number the demo records in ``src/cspt/recipes/evidence/demo.ya
 verdict on a single run is only as strong as this evidence. Also the held-out MAE loss of stage 2
 before and after, per seed.
 
+With ``--frozen-encoder``, each chain also fine-tunes its detector with the encoder frozen
+(``layer_decay: 0``) and the comparison is of those: a probe of what each start's features give.
+
 Usage: python benchmarks/demo_spread.py [--seeds 4] [--output runs/demo_spread] [--init SOURCE]
-       [--arms random direct cspt]
+       [--arms random direct cspt] [--frozen-encoder]
 """
 
 from __future__ import annotations
@@ -39,11 +42,19 @@ def main() -> None:
     parser.add_argument("--init", help="source checkpoint (default: the demo's)")
     parser.add_argument("--arms", nargs="+", default=["direct", "cspt"], choices=["random", "direct", "cspt"],
                         help="add random to measure the natural source against random initialisation too")
+    parser.add_argument("--frozen-encoder", action="store_true",
+                        help="also fine-tune every arm's detector with its encoder frozen (layer_decay 0: the "
+                             "encoder's lr is 0; the pyramid and heads train) and compare those: what each start's "
+                             "features give on their own")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     spec = {**demo_spec(args.output, demo_source(args.init)), "seeds": list(range(args.seeds)), "arms": args.arms}
     spec.pop("evidence", None)  # this benchmark measures the evidence; it does not judge by it
-    run_and_compare(spec, TASK, "map50", "mAP@0.5")
+    task = TASK
+    if args.frozen_encoder:  # beside the demo's own fine-tune, so the finished stages of both are reused
+        task = f"{TASK}_frozen"
+        spec["finetune"][task] = {**spec["finetune"][TASK], "layer_decay": 0.0}
+    run_and_compare(spec, task, "map50", "mAP@0.5")
 
 
 if __name__ == "__main__":

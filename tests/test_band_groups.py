@@ -23,7 +23,7 @@ from cspt.models.vit import ArchConfig, build_encoder
 from cspt.plots import group_order, reconstruction_grid
 from cspt.tasks.classify import finetune_classify
 from cspt.tasks.classify import resolve_config as resolve_classify
-from cspt.tasks.common import arch_of, load_init_weights, same_bands
+from cspt.tasks.common import arch_of, load_init_weights, same_bands, shape_source
 from cspt.tasks.pretrain import PretrainTask, pretrain, resolve_config
 from cspt.weights.load import load_checkpoint
 from tests.conftest import TINY_ARCH, run_cli, write_geotiff
@@ -202,6 +202,16 @@ def test_a_grouped_run_pretrains_from_the_rgb_mae_resumes_and_fine_tunes_with_it
     load_init_weights(model, regrouped, encoder, data_files=lambda: sorted(data.rglob("*.tif")))
     assert torch.equal(model.group_embed, torch.zeros_like(model.group_embed))
     assert torch.equal(model.patch_embed.proj.weight, encoder.state_dict["patch_embed.proj.weight"].float())
+    # --shape-from: the model and pixels fine-tuning from the encoder gets (groups, bands, scaling), random weights
+    shaped = dataclasses.replace(classify, init=None, shape_from=str(run / "encoder.safetensors"))
+    random_start = resolve_classify(shaped, shape_source(shaped))
+    assert dataclasses.replace(random_start, init=classify.init, shape_from=None) == resolve_classify(classify, encoder)
+    assert random_start.band_groups == ["blue,green,red", "nir1"] and random_start.scale_high is not None
+    model = build_encoder(arch_of(random_start))
+    load_init_weights(model, random_start, None)
+    assert not torch.allclose(model.patch_embed.proj.weight, encoder.state_dict["patch_embed.proj.weight"].float())
+    with pytest.raises(CsptError, match="--init takes both"):
+        shape_source(dataclasses.replace(shaped, init=classify.init))
 
 
 def test_recorded_groups_follow_the_bands_not_their_positions():

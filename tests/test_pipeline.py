@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import statistics
@@ -16,7 +17,7 @@ from PIL import Image
 
 from cspt.errors import CsptError
 from cspt.metrics import frechet_distance, mmd
-from cspt.pipeline import SOURCE_SHAPE, STAGE_FILE, plan, read_pipeline
+from cspt.pipeline import STAGE_FILE, plan, read_pipeline, stage_key
 from cspt.tasks.gap import domain_gap
 from cspt.weights.load import load_checkpoint
 from tests.conftest import PLAIN_FINETUNE, TINY_IMAGENET, needs, run_cli
@@ -164,10 +165,10 @@ def test_seeds_and_budgets_make_one_chain_each_with_probes_and_a_report_averaged
     pretraining = [name for name, stage in stages.items() if stage.kind == "pretrain"]
     assert pretraining == ["pretrain_scratch_e1_s3", "pretrain_scratch_e2_s3", "pretrain_scratch_e1_s4",
                            "pretrain_scratch_e2_s4"]
-    shape = {k: v for k, v in load_checkpoint(natural_mae).arch.items() if k in SOURCE_SHAPE}  # the tiny ViT's
-    for name in pretraining:  # the budget and seed of the chain, the source's shape, everything else from 'pretrain:'
+    for name in pretraining:  # the budget and seed of the chain, the source's model, the rest from 'pretrain:'
         epochs, seed = int(name.split("_e")[1][0]), int(name[-1])
-        assert stages[name].options == {**shape, **spec["pretrain"], "epochs": epochs, "seed": seed}
+        assert stages[name].options == {"shape_from": str(natural_mae), **spec["pretrain"], "epochs": epochs,
+                                        "seed": seed}
         assert stages[name].init_from is None  # scratch: random initialisation
     assert stages["random_s3/rs"].init_from is None and stages["direct_s4/rs"].init_from == "source"
     assert stages["scratch_e2_s4/rs"].init_from == "pretrain_scratch_e2_s4"
@@ -187,6 +188,10 @@ def test_seeds_and_budgets_make_one_chain_each_with_probes_and_a_report_averaged
         assert state["done"] and state["seconds"] > 0
         pretrained = yaml.safe_load((pipe / f"pretrain_scratch_e1_s{seed}" / "config.yaml").read_text())
         assert (pretrained["epochs"], pretrained["seed"]) == (1, seed)
+        source = load_checkpoint(natural_mae)  # scratch: the source's model (not ViT-B/16), its own weights
+        scratch = load_checkpoint(pipe / f"pretrain_scratch_e1_s{seed}" / "encoder.safetensors")
+        assert scratch.arch["embed_dim"] == source.arch["embed_dim"] and scratch.arch["depth"] == source.arch["depth"]
+        assert not torch.allclose(scratch.state_dict["pos_embed"], source.state_dict["pos_embed"])
         assert yaml.safe_load((pipe / f"scratch_e1_s{seed}" / "rs" / "config.yaml").read_text())["seed"] == seed
     scores = {(arm, task): [json.loads((pipe / f"{arm}_s{seed}" / task / "metrics.json").read_text())["oa"]
                             for seed in (3, 4)]
@@ -336,43 +341,25 @@ def test_the_demo_recipes_take_their_shape_from_a_source_of_another_architecture
             assert (fields["decoder_dim"], fields["decoder_depth"]) == (48, 1)
 
 
-def test_arms_from_random_initialisation_take_the_source_architecture_unless_their_options_name_one(tmp_path):
+def test_arms_from_random_initialisation_build_the_sources_model_with_random_weights(natural_mae, tmp_path):
     """Without a shape in the spec, the random and scratch arms used to build the default ViT-B/16 beside a tiny
-    source: a comparison of architectures, not of initialisations."""
-    import dataclasses
-
-    from cspt.models import MaskedAutoencoderViT
-    from cspt.models.vit import resolve_arch
-    from tests.conftest import TINY_ARCH
-
-    source = tmp_path / "p16.pth"
-    torch.save({"model": MaskedAutoencoderViT(dataclasses.replace(TINY_ARCH, patch_size=16, img_size=48,
-                                                                  decoder_dim=48)).state_dict()}, source)
-    inferred = load_checkpoint(source).arch
-    spec = {"output": str(tmp_path / "pipe"), "source": str(source),
-            "arms": ["direct", "random", "cspt", "scratch", "fresh_teacher"],
-            "pretrain": {"data": ["pool"], "epochs": 1},
-            "finetune": {"trees": {"task": "detect", "train": "t.csv", "tile_size": 96},
-                         "scenes": {"task": "classify", "data": "c.csv", "img_size": 32, "depth": 1}}}
-
-    def built(stage, task_inferred):  # the ViT a stage builds: its options, then the shapes of what it starts from
-        explicit = {f.name: stage.options.get(f.name) for f in dataclasses.fields(TINY_ARCH)}
-        arch = resolve_arch(explicit, stage.options.get("model"), task_inferred)
-        encoder = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "img_size")
-        return arch if stage.kind == "pretrain" else {k: getattr(arch, k) for k in encoder}  # no decoder
-
-    stages = {stage.name: stage for stage in plan(spec)}
-    for arm in ("scratch", "fresh_teacher"):
-        assert built(stages[f"pretrain_{arm}"], None) == built(stages["pretrain"], inferred)
-        assert built(stages[f"pretrain_{arm}"], None).decoder_dim == 48
-    for task in ("trees", "scenes"):
-        assert built(stages[f"random/{task}"], None) == built(stages[f"direct/{task}"], inferred)
-    assert built(stages["random/trees"], None)["patch_size"] == 16
-    assert built(stages["random/scenes"], None)["depth"] == 1 and built(stages["random/scenes"], None)["img_size"] == 32
-    spec["finetune"]["trees"]["model"] = "vit_small"  # a preset: the options decide
-    random_trees = next(s for s in plan(spec) if s.name == "random/trees")
-    assert built(random_trees, None)["embed_dim"] == 384 and "patch_size" not in random_trees.options
-    assert "embed_dim" not in next(s for s in plan({**spec, "source": None}) if s.name == "random/scenes").options
+    source: a comparison of architectures, not of initialisations. Now they take ``shape_from: SOURCE`` (the
+    source's shape, bands and pixel contract, random weights; tests/test_band_groups.py checks what it builds),
+    and a source replaced at the same path makes them new stages."""
+    spec = {"output": str(tmp_path / "pipe"), "source": str(natural_mae),
+            "arms": ["direct", "random", "cspt", "scratch", "fresh_teacher"], "pretrain": {"data": ["pool"]},
+            "finetune": {"trees": {"task": "detect", "train": "t.csv"}}}
+    options = {stage.name: stage.options for stage in plan(spec)}
+    assert options["random/trees"]["shape_from"] == options["pretrain_scratch"]["shape_from"] == str(natural_mae)
+    for name in ("direct/trees", "pretrain", "pretrain_fresh_teacher", "scratch/trees"):  # these load weights
+        assert "shape_from" not in options[name], name  # (fresh_teacher: its teacher's model, tasks/pretrain.py)
+    assert "shape_from" not in next(s for s in plan({**spec, "source": None}) if s.name == "random/trees").options
+    copy = tmp_path / "source.pth"
+    shutil.copyfile(natural_mae, copy)
+    random_trees = next(s for s in plan({**spec, "source": str(copy)}) if s.name == "random/trees")
+    before = stage_key(random_trees, "random")
+    os.utime(copy, ns=(1, 1))  # replaced at the same path
+    assert stage_key(random_trees, "random") != before
 
 
 def test_report_and_palette_refuse_what_they_cannot_read(tmp_path):

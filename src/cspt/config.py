@@ -70,6 +70,9 @@ class EncoderConfig:
 
     init: str | None = option(None, "start from these weights (fresh optimizer and schedule)")
     trust_checkpoint: bool = option(False, "allow --init checkpoints that need unsafe unpickling")
+    shape_from: str | None = option(None, "build the model this checkpoint describes (its shape, bands, band "
+                                    "groups and pixel contract) with random weights: a random-initialisation "
+                                    "baseline of the same model (not with --init)")
     model: str | None = option(None, "size preset: vit_tiny, vit_small, vit_base, vit_large, vit_huge")
     embed_dim: int | None = option(None, "encoder width")
     depth: int | None = option(None, "encoder blocks")

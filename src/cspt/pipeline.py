@@ -34,7 +34,6 @@ STAGE`` that stage alone.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import json
@@ -63,9 +62,6 @@ TEACHER_ARMS = ("cspt_teacher", "fresh_teacher")
 RANDOM_START_ARMS = ("random", "scratch", "fresh_teacher")
 TASKS = {"classify": ClassifyConfig, "detect": DetectConfig, "segment": SegmentConfig}
 STAGE_FILE = "stage.json"
-#: what a source checkpoint's tensor shapes decide for a stage that starts from it (unless its options say)
-SOURCE_SHAPE = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "img_size", "decoder_dim",
-                "decoder_depth", "decoder_num_heads")
 PIPELINE_KEYS = {"output", "source", "arms", "pretrain", "replay", "finetune", "probes", "gap", "seeds", "budgets",
                  "evidence"}
 
@@ -154,21 +150,22 @@ def chains(spec: dict[str, Any]) -> list[Chain]:
 def plan(spec: dict[str, Any]) -> list[Stage]:
     """The stages of a pipeline spec, in the order they run."""
     output = Path(spec["output"])
-    shape = source_shape(spec)
     stages = []
     for chain in chains(spec):
         if chain.arm in PRETRAINING_ARMS:
             name = pretraining_stage(chain)
             options, init_from = chain_pretraining(spec, chain), "source"
-            if chain.arm in RANDOM_START_ARMS:
-                options, init_from = shaped_as_source(options, PretrainConfig, shape), None
+            if chain.arm == "scratch":
+                options = shaped_as_source(options, spec)
+            if chain.arm in RANDOM_START_ARMS:  # fresh_teacher: the student takes the teacher's model (the source)
+                init_from = None
             stages.append(Stage(name, "pretrain", options, output / name, init_from, chain))
     for chain in chains(spec):
         for name, options in (spec.get("finetune") or {}).items():
             options = seeded(options, chain)
             kind = options.pop("task")
             if chain_input(chain) is None:
-                options = shaped_as_source(options, TASKS[kind], shape)
+                options = shaped_as_source(options, spec)
             stages.append(Stage(f"{chain.label}/{name}", kind, options, output / chain.label / name,
                                 chain_input(chain), chain))
     for chain in chains(spec):
@@ -184,27 +181,11 @@ def plan(spec: dict[str, Any]) -> list[Stage]:
     return stages
 
 
-def shaped_as_source(options: dict[str, Any], config: type, shape: dict[str, Any]) -> dict[str, Any]:
-    """A random-start stage's options with the source's architecture (``shape``) where they name none, as a stage
-    that starts from the source gets it (its options first; a ``model`` preset decides instead): the arms then
-    differ in their initial weights, not in their shape."""
-    if not shape or options.get("model"):
-        return options
-    fields = {f.name for f in dataclasses.fields(config)}
-    return {**{k: v for k, v in shape.items() if k in fields}, **options}
-
-
-def source_shape(spec: dict[str, Any]) -> dict[str, Any]:
-    """The architecture fields (``SOURCE_SHAPE``) the source checkpoint's shapes give, when a chain starts from
-    random initialisation beside it; else empty (nothing read)."""
-    from cspt.weights.load import load_checkpoint
-
-    if not spec.get("source") or all(chain.arm not in RANDOM_START_ARMS for chain in chains(spec)):
-        return {}
-    sections = [spec.get("pretrain") or {}, *(spec.get("finetune") or {}).values()]
-    trust = any(section.get("trust_checkpoint") for section in sections)
-    arch = load_checkpoint(spec["source"], trust).arch
-    return {k: arch[k] for k in SOURCE_SHAPE if k in arch}
+def shaped_as_source(options: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """A random-start stage's options with ``shape_from: SOURCE`` (unless they name their own): it builds the
+    source's model, bands and pixel contract with random weights, so the arms differ in their initial weights
+    only. Unchanged without a source."""
+    return {"shape_from": spec["source"], **options} if spec.get("source") else options
 
 
 def pretraining_stage(chain: Chain) -> str:
@@ -263,9 +244,12 @@ def teacher_content(path: str) -> str:
 def stage_key(stage: Stage, input_key: str) -> str:
     """A hash of the stage's options, of its input's key and of its teacher's content (a teacher replaced at
     the same path makes a new stage)."""
-    teacher = stage.options.get("distill_from")
-    text = json.dumps({"kind": stage.kind, "options": stage.options, "input": input_key,
-                       "teacher": teacher_content(str(teacher)) if teacher else None}, sort_keys=True, default=str)
+    teacher, shape_from = stage.options.get("distill_from"), stage.options.get("shape_from")
+    fields = {"kind": stage.kind, "options": stage.options, "input": input_key,
+              "teacher": teacher_content(str(teacher)) if teacher else None}
+    if shape_from:  # the model of a random start: a checkpoint replaced at the same path makes a new stage
+        fields["shape"] = file_identity(str(shape_from))
+    text = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -435,6 +435,19 @@ def sample_crops(contract: PixelContract, files: Sequence[Path], img_size: int, 
     return torch.stack(crops) if crops else None
 
 
+def shape_source(config: object) -> Checkpoint | None:
+    """The ``--shape-from`` checkpoint, read for its architecture and pixel contract only (its weights are not
+    loaded); None without one."""
+    shape_from = getattr(config, "shape_from", None)
+    if not shape_from:
+        return None
+    if getattr(config, "init", None):
+        raise CsptError(f"--shape-from {shape_from}: takes a checkpoint's model without its weights; --init "
+                        "takes both, so give one of them")
+    log.info("model and pixels: those of %s, with random weights (--shape-from)", shape_from)
+    return load_checkpoint(shape_from, getattr(config, "trust_checkpoint", False))
+
+
 def start_run(cls: type[C], config: C, resume: str | Path | bool | None, overrides: dict[str, Any] | None,
               resolve: Callable[[C, Checkpoint | None], C]) -> tuple[C, Path, Checkpoint | None]:
     """The resolved config, run directory and loaded ``--init`` of a stage.
@@ -450,7 +463,7 @@ def start_run(cls: type[C], config: C, resume: str | Path | bool | None, overrid
         raise CsptError("no --output run directory given")
     run_dir = Path(config.output)
     init = load_checkpoint(config.init, config.trust_checkpoint) if getattr(config, "init", None) else None
-    config = resolve(config, init)
+    config = resolve(config, init or shape_source(config))
     if has_checkpoint(run_dir):
         check_same_run(saved_config(run_dir) or {}, config, run_dir)
     return config, run_dir, init
