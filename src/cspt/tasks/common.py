@@ -462,8 +462,9 @@ def start_run(cls: type[C], config: C, resume: str | Path | bool | None, overrid
     if not config.output:
         raise CsptError("no --output run directory given")
     run_dir = Path(config.output)
+    shaped = shape_source(config)  # refused beside --init
     init = load_checkpoint(config.init, config.trust_checkpoint) if getattr(config, "init", None) else None
-    config = resolve(config, init or shape_source(config))
+    config = resolve(config, init or shaped)
     if has_checkpoint(run_dir):
         check_same_run(saved_config(run_dir) or {}, config, run_dir)
     return config, run_dir, init
