@@ -69,7 +69,7 @@ class EncoderConfig:
     """Where the ViT's weights come from, its shape, and how its inputs are normalised."""
 
     init: str | None = option(None, "start from these weights (fresh optimizer and schedule)")
-    trust_checkpoint: bool = option(False, "allow --init checkpoints that need unsafe unpickling")
+    trust_checkpoint: bool = option(False, "allow --init and --shape-from checkpoints that need unsafe unpickling")
     shape_from: str | None = option(None, "build the model this checkpoint describes (its shape, bands, band "
                                     "groups and pixel contract) with random weights: a random-initialisation "
                                     "baseline of the same model (not with --init)")
