@@ -154,12 +154,11 @@ def plan(spec: dict[str, Any]) -> list[Stage]:
     for chain in chains(spec):
         if chain.arm in PRETRAINING_ARMS:
             name = pretraining_stage(chain)
-            options, init_from = chain_pretraining(spec, chain), "source"
-            if chain.arm == "scratch":
+            options = chain_pretraining(spec, chain)
+            if chain.arm == "scratch":  # fresh_teacher's student takes the teacher's model (the source) itself
                 options = shaped_as_source(options, spec)
-            if chain.arm in RANDOM_START_ARMS:  # fresh_teacher: the student takes the teacher's model (the source)
-                init_from = None
-            stages.append(Stage(name, "pretrain", options, output / name, init_from, chain))
+            stages.append(Stage(name, "pretrain", options, output / name,
+                                None if chain.arm in RANDOM_START_ARMS else "source", chain))
     for chain in chains(spec):
         for name, options in (spec.get("finetune") or {}).items():
             options = seeded(options, chain)
